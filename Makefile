@@ -1,0 +1,37 @@
+# Every target creates the virtualenv it needs, so each works on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install lint test test-fast demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint,demo]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+# The whole suite: lint first, then every test (real Redis, cluster, Celery, chaos in bounded form).
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Unit tests only (fakeredis), for a quick loop while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not redis and not cluster and not celery and not chaos and not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/revoker demo
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

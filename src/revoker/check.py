@@ -1,0 +1,136 @@
+"""The per-request check, shared by the middleware and the dependency.
+
+Parse the bearer token, verify it (cached by exact token string), then ask the store in one
+round trip whether any rule revokes it. The failure policy (fail-open or fail-closed) is the
+caller's: a Redis failure is reported, not decided, here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from revoker import exceptions as exc
+from revoker.breaker import CircuitBreaker
+from revoker.metrics import BREAKER_OPEN, CHECK_LATENCY, CHECKS
+from revoker.settings import RevokerSettings, get_settings
+from revoker.tokens import MAX_TOKEN_BYTES, TokenData, TokenVerifier, get_verifier
+
+if TYPE_CHECKING:
+    from revoker.store import RedisTokenRevocationStore
+
+__all__ = ["CheckResult", "RevocationChecker", "bearer_token"]
+
+logger = logging.getLogger("revoker.check")
+
+#: RFC 6750 §2.1 b64token: what a bearer credential may contain.
+_B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+_AUTHORIZATION: Final = b"authorization"
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token of raw ASGI headers; None when there is no bearer credential.
+
+    Raises TokenTooLarge before looking inside an oversized value, and MalformedToken for a
+    repeated Authorization header or a bearer value that is not an RFC 6750 b64token.
+    """
+    found: bytes | None = None
+    for name, value in headers:
+        if name.lower() != _AUTHORIZATION:
+            continue
+        if found is not None:
+            raise exc.MalformedToken("more than one Authorization header")
+        found = value
+    if found is None:
+        return None
+    if len(found) > MAX_TOKEN_BYTES:
+        raise exc.TokenTooLarge(f"Authorization header is larger than {MAX_TOKEN_BYTES} bytes")
+    scheme, _, credentials = found.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    credentials = credentials.strip()
+    if not credentials:
+        raise exc.MalformedToken("bearer token is empty")
+    if _B64TOKEN.fullmatch(credentials) is None:
+        raise exc.MalformedToken("bearer token has characters a JWT cannot contain")
+    return credentials.decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """A verified token, and whether the revocation lookup could be made."""
+
+    token: TokenData
+    #: Set when Redis could not answer: the token verified, but its revocation is unknown.
+    store_error: exc.StoreUnavailable | None = None
+
+
+class RevocationChecker:
+    """Verify and look up one token. One per event loop (the breaker is not thread-safe)."""
+
+    def __init__(
+        self,
+        store: RedisTokenRevocationStore | None = None,
+        *,
+        settings: RevokerSettings | None = None,
+        verifier: TokenVerifier | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.settings = settings or (store.settings if store is not None else get_settings())
+        self.verifier = verifier or get_verifier(self.settings)
+        self._store = store
+        self.breaker = breaker or CircuitBreaker(
+            self.settings.breaker_failures, self.settings.breaker_reset_seconds
+        )
+        self._ok = CHECKS.labels("ok")
+        self._revoked = CHECKS.labels("revoked")
+        self._invalid = CHECKS.labels("invalid")
+
+    @property
+    def store(self) -> RedisTokenRevocationStore:
+        if self._store is not None:
+            return self._store
+        # Looked up per call: the process-wide store is one per event loop (see
+        # get_revocation_store), and a middleware object can outlive the loop it first saw.
+        from revoker.store import get_revocation_store
+
+        return get_revocation_store(self.settings)
+
+    async def check(self, token: str) -> CheckResult:
+        """Verify ``token`` as an access token and look it up.
+
+        Raises a TokenError (TokenRevoked when revoked); reports a Redis failure in the result.
+        """
+        try:
+            data = self.verifier.decode(token, "access", use_cache=True)
+        except exc.TokenError:
+            self._invalid.inc()
+            raise
+        if not self.breaker.allow():
+            return CheckResult(data, exc.StoreUnavailable("circuit breaker open: Redis is down"))
+        started = time.perf_counter()
+        try:
+            status = await self.store.is_revoked(data)
+        except exc.StoreUnavailable as e:
+            was_open = self.breaker.state != "closed"
+            self.breaker.record_failure()
+            if not was_open and self.breaker.state != "closed":
+                BREAKER_OPEN.set(1)
+                logger.warning(
+                    "revocation store unavailable; breaker open", extra={"error": str(e)}
+                )
+            return CheckResult(data, e)
+        if self.breaker.state != "closed":
+            logger.info("revocation store reachable again; breaker closed")
+            BREAKER_OPEN.set(0)
+        self.breaker.record_success()
+        CHECK_LATENCY.observe(time.perf_counter() - started)
+        if status.revoked:
+            self._revoked.inc()
+            raise exc.TokenRevoked(status)
+        self._ok.inc()
+        return CheckResult(data)

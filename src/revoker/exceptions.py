@@ -1,0 +1,190 @@
+"""Every error revoker raises, under one root.
+
+The tree::
+
+    RevokerError
+    ├── ConfigurationError          invalid settings; the message names the REVOKER_ variable
+    ├── InvalidIdentifier           an id (jti, user, tenant, family, job) that cannot be used
+    ├── TokenError                  a presented token is not acceptable (HTTP 401)
+    │   ├── TokenTooLarge           over the size bound, rejected before any decoding
+    │   ├── MalformedToken          not a JWS compact token, bad header or bad claims shape
+    │   ├── ForbiddenHeader         jwk / jku / x5u / x5c / crit in the header
+    │   ├── UnknownKeyId            `kid` names no key we trust
+    │   ├── InvalidSignature        signature or algorithm does not verify
+    │   ├── TokenExpired            `exp` in the past (beyond leeway)
+    │   ├── TokenNotYetValid        `iat` / `nbf` in the future (beyond leeway)
+    │   ├── MissingClaim            a required claim is absent
+    │   ├── InvalidClaim            wrong issuer, audience or a claim of the wrong type
+    │   ├── WrongTokenType          a refresh token used as access, or the reverse
+    │   └── TokenRevoked            verified, but revoked; carries the RevocationStatus
+    ├── RefreshError                refresh rotation could not proceed
+    │   ├── RefreshTokenReused      a superseded refresh token was presented: family revoked
+    │   ├── FamilyRevoked           the token's family was already revoked
+    │   └── UnknownFamily           the family has no session record (never started or expired)
+    ├── StoreError                  the revocation store could not answer
+    │   └── StoreUnavailable        Redis unreachable, timed out, or the breaker is open
+    └── JobError                    bulk jobs
+        ├── JobNotFound             no job record with that id
+        └── DuplicateJob            the same request is already running (carries its job id)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from revoker.rules import RevocationStatus
+
+__all__ = [
+    "ConfigurationError",
+    "DuplicateJob",
+    "FamilyRevoked",
+    "ForbiddenHeader",
+    "InvalidClaim",
+    "InvalidIdentifier",
+    "InvalidSignature",
+    "JobError",
+    "JobNotFound",
+    "MalformedToken",
+    "MissingClaim",
+    "RefreshError",
+    "RefreshTokenReused",
+    "RevokerError",
+    "StoreError",
+    "StoreUnavailable",
+    "TokenError",
+    "TokenExpired",
+    "TokenNotYetValid",
+    "TokenRevoked",
+    "TokenTooLarge",
+    "UnknownFamily",
+    "UnknownKeyId",
+    "WrongTokenType",
+]
+
+
+class RevokerError(Exception):
+    """Root of every error revoker raises."""
+
+
+class ConfigurationError(RevokerError):
+    """The configuration is invalid; the message names the setting."""
+
+
+class InvalidIdentifier(RevokerError, ValueError):
+    """An id that cannot be stored: empty, too long, or not a string."""
+
+
+class TokenError(RevokerError):
+    """A presented token is not acceptable. ``description`` is safe to send to the client."""
+
+    #: RFC 6750 error code sent in WWW-Authenticate.
+    error_code = "invalid_token"
+
+    @property
+    def description(self) -> str:
+        return str(self)
+
+
+class TokenTooLarge(TokenError):
+    """The token or Authorization header exceeds the size bound."""
+
+
+class MalformedToken(TokenError):
+    """Not a well-formed JWS compact token."""
+
+
+class ForbiddenHeader(TokenError):
+    """The JOSE header carries key material, a key URL or an unknown critical extension."""
+
+
+class UnknownKeyId(TokenError):
+    """The token's ``kid`` names no trusted key."""
+
+
+class InvalidSignature(TokenError):
+    """The signature does not verify with the pinned algorithm and key."""
+
+
+class TokenExpired(TokenError):
+    """The token's ``exp`` has passed."""
+
+
+class TokenNotYetValid(TokenError):
+    """The token's ``iat`` or ``nbf`` lies in the future."""
+
+
+class MissingClaim(TokenError):
+    """A required claim is absent."""
+
+
+class InvalidClaim(TokenError):
+    """A claim has the wrong value or type (issuer, audience, ...)."""
+
+
+class WrongTokenType(TokenError):
+    """An access token where a refresh token is expected, or the reverse."""
+
+
+class TokenRevoked(TokenError):
+    """The token verified but has been revoked."""
+
+    def __init__(self, status: RevocationStatus) -> None:
+        self.status = status
+        super().__init__(f"token has been revoked ({status.rule} revocation)")
+
+
+class RefreshError(RevokerError):
+    """Refresh-token rotation could not proceed."""
+
+
+class RefreshTokenReused(RefreshError):
+    """A refresh token that was already rotated was presented again; its family is now revoked."""
+
+    def __init__(self, family_id: str) -> None:
+        self.family_id = family_id
+        super().__init__(f"refresh token reuse detected: session {family_id} has been revoked")
+
+
+class FamilyRevoked(RefreshError):
+    """The refresh token's family (session) is revoked."""
+
+    def __init__(self, family_id: str) -> None:
+        self.family_id = family_id
+        super().__init__(f"session {family_id} has been revoked")
+
+
+class UnknownFamily(RefreshError):
+    """The refresh token's family has no session record."""
+
+    def __init__(self, family_id: str) -> None:
+        self.family_id = family_id
+        super().__init__(f"session {family_id} is unknown or has expired")
+
+
+class StoreError(RevokerError):
+    """The revocation store could not complete an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis is unreachable, timed out, or the circuit breaker is open."""
+
+
+class JobError(RevokerError):
+    """A bulk-job operation failed."""
+
+
+class JobNotFound(JobError):
+    """No job record exists with that id (it may have passed its retention)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no such job: {job_id}")
+
+
+class DuplicateJob(JobError):
+    """An identical request is already pending or running."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"an identical job is already in progress: {job_id}")

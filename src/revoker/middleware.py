@@ -1,0 +1,175 @@
+"""TokenRevocationMiddleware: verify and revocation-check every request, inline, in pure ASGI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
+from revoker import exceptions as exc
+from revoker.check import RevocationChecker, bearer_token
+from revoker.metrics import CHECKS
+from revoker.settings import RevokerSettings, get_settings
+
+if TYPE_CHECKING:
+    from revoker.breaker import CircuitBreaker
+    from revoker.store import RedisTokenRevocationStore
+
+__all__ = ["DEFAULT_EXEMPT_PATHS", "TokenRevocationMiddleware", "error_response"]
+
+logger = logging.getLogger("revoker.middleware")
+
+#: Paths served without a check unless told otherwise: probes, metrics and API docs.
+DEFAULT_EXEMPT_PATHS: Final = (
+    "/health",
+    "/healthz",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+)
+#: WebSocket close codes (RFC 6455 §7.4.1): policy violation, and try again later.
+WS_POLICY_VIOLATION: Final = 1008
+WS_TRY_AGAIN_LATER: Final = 1013
+
+
+def _header_safe(text: str) -> str:
+    """``text`` made fit for a WWW-Authenticate quoted-string (RFC 6750 §3 allowed characters)."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)[:200]
+
+
+def error_response(
+    status_code: int,
+    error: str | None,
+    description: str,
+    *,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    """An RFC 6750 error: JSON body and, for 401, the WWW-Authenticate challenge."""
+    headers: dict[str, str] = {"Cache-Control": "no-store"}
+    if status_code == 401:
+        challenge = "Bearer"
+        if error is not None:
+            challenge += f' error="{error}", error_description="{_header_safe(description)}"'
+        headers["WWW-Authenticate"] = challenge
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(
+        {"error": error or "unauthorized", "error_description": description},
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+class TokenRevocationMiddleware:
+    """Reject revoked and invalid bearer tokens before the app runs.
+
+    * ``exempt_paths`` are matched exactly, ``exempt_prefixes`` as path prefixes.
+    * A verified, unrevoked token's claims are put in ``request.state.token``.
+    * Without a bearer token the request passes (the app decides) unless ``require_token``.
+    * When Redis cannot answer: ``fail_open`` (default from settings) lets the request through,
+      except under ``fail_closed_prefixes``, which answer 503 with Retry-After.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: RedisTokenRevocationStore | None = None,
+        settings: RevokerSettings | None = None,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        exempt_prefixes: Iterable[str] = (),
+        require_token: bool = False,
+        fail_open: bool | None = None,
+        fail_closed_prefixes: Iterable[str] = (),
+        breaker: CircuitBreaker | None = None,
+        checker: RevocationChecker | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings or (store.settings if store is not None else get_settings())
+        self.checker = checker or RevocationChecker(store, settings=self.settings, breaker=breaker)
+        self.exempt_paths = frozenset(exempt_paths)
+        self.exempt_prefixes = tuple(exempt_prefixes)
+        self.require_token = require_token
+        self.fail_open = self.settings.fail_open if fail_open is None else fail_open
+        self.fail_closed_prefixes = tuple(fail_closed_prefixes)
+        self._missing = CHECKS.labels("missing")
+        self._error_open = CHECKS.labels("error_open")
+        self._error_closed = CHECKS.labels("error_closed")
+
+    def is_exempt(self, path: str) -> bool:
+        return path in self.exempt_paths or (
+            bool(self.exempt_prefixes) and path.startswith(self.exempt_prefixes)
+        )
+
+    def fails_open(self, path: str) -> bool:
+        if self.fail_closed_prefixes and path.startswith(self.fail_closed_prefixes):
+            return False
+        return self.fail_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.is_exempt(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            token = bearer_token(scope["headers"])
+            if token is None:
+                if self.require_token:
+                    self._missing.inc()
+                    await self._reject(
+                        scope, receive, send, 401, None, "a bearer token is required"
+                    )
+                    return
+                await self.app(scope, receive, send)
+                return
+            result = await self.checker.check(token)
+        except exc.TokenError as e:
+            if isinstance(e, exc.TokenRevoked):
+                logger.info(
+                    "revoked token rejected",
+                    extra={"rule": e.status.rule, "path": scope["path"]},
+                )
+            await self._reject(scope, receive, send, 401, e.error_code, e.description)
+            return
+        state = scope.setdefault("state", {})
+        state["token"] = result.token
+        state["revocation_checked"] = result.store_error is None
+        if result.store_error is not None:
+            if not self.fails_open(scope["path"]):
+                self._error_closed.inc()
+                await self._reject(
+                    scope,
+                    receive,
+                    send,
+                    503,
+                    "temporarily_unavailable",
+                    "token revocation cannot be checked right now",
+                    retry_after=self.settings.retry_after_seconds,
+                )
+                return
+            self._error_open.inc()
+        await self.app(scope, receive, send)
+
+    async def _reject(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status_code: int,
+        error: str | None,
+        description: str,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
+        if scope["type"] == "websocket":
+            code = WS_TRY_AGAIN_LATER if status_code == 503 else WS_POLICY_VIOLATION
+            await WebSocketClose(code=code, reason=_header_safe(description)[:120])(
+                scope, receive, send
+            )
+            return
+        response = error_response(status_code, error, description, retry_after=retry_after)
+        await response(scope, receive, send)

@@ -1,0 +1,205 @@
+"""The asyncio store: what services and the middleware use."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio.cluster import RedisCluster
+
+from revoker.exceptions import StoreUnavailable
+from revoker.rules import RevocationStatus
+from revoker.settings import RevokerSettings, get_settings
+from revoker.store._base import (
+    BACKEND_ERRORS,
+    Plan,
+    ScriptCall,
+    SessionRecord,
+    StoreCore,
+    load_script,
+)
+from revoker.store._clients import make_async_client
+from revoker.tokens import TokenData
+
+__all__ = ["RedisTokenRevocationStore"]
+
+T = TypeVar("T")
+
+
+class RedisTokenRevocationStore:
+    """Revoke tokens, families, users and tenants, and check tokens, with ``redis.asyncio``.
+
+    Every method is one Redis round trip on a single Redis (the watermark writes add one script
+    call). Backend failures raise :class:`~revoker.exceptions.StoreUnavailable`.
+    """
+
+    def __init__(self, client: Any = None, *, settings: RevokerSettings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.core = StoreCore(self.settings)
+        self.keys = self.core.keys
+        self.client = client if client is not None else make_async_client(self.settings)
+        self.is_cluster = isinstance(self.client, RedisCluster)
+        self._scripts = {
+            name: self.client.register_script(load_script(name)) for name in StoreCore.SCRIPTS
+        }
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> RedisTokenRevocationStore:
+        """A store for ``url``; other settings from the environment or ``overrides``."""
+        return cls(settings=RevokerSettings.from_dsn(url, **overrides))
+
+    async def _execute(self, plan: Plan[T]) -> T:
+        replies: list[Any] = [None] * len(plan.commands)
+        try:
+            plain: list[tuple[int, tuple[Any, ...]]] = []
+            for i, command in enumerate(plan.commands):
+                if isinstance(command, ScriptCall):
+                    script = self._scripts[command.name]
+                    replies[i] = await script(keys=list(command.keys), args=list(command.args))
+                else:
+                    plain.append((i, command))
+            if len(plain) == 1:
+                i, command = plain[0]
+                replies[i] = await self.client.execute_command(*command)
+            elif plain:
+                pipe = self.client.pipeline(transaction=False)
+                for _, command in plain:
+                    pipe.execute_command(*command)
+                for (i, _), reply in zip(plain, await pipe.execute(), strict=True):
+                    replies[i] = reply
+        except BACKEND_ERRORS as e:
+            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+        return plan.finish(replies)
+
+    # --- revocations ---------------------------------------------------------------------------
+
+    async def revoke_token(
+        self,
+        jti: str,
+        *,
+        expires_at: float | None = None,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> bool:
+        """Revoke one token by jti. True if newly revoked, False if it already was.
+
+        ``expires_at`` (the token's ``exp``) bounds how long the entry is kept; without it the
+        entry lives as long as an access token can.
+        """
+        return await self._execute(
+            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor)
+        )
+
+    async def revoke_family(
+        self,
+        family_id: str,
+        *,
+        tenant_id: str | None = None,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> bool:
+        """Revoke one refresh family (a login session) and every token carrying it.
+
+        ``tenant_id`` is the tenant the family's tokens carry (None for tenant-less tokens).
+        True if newly revoked.
+        """
+        return await self._execute(
+            self.core.plan_revoke_family(family_id, tenant_id=tenant_id, reason=reason, actor=actor)
+        )
+
+    async def revoke_user_tokens(
+        self,
+        user_id: str,
+        *,
+        tenant_id: str | None,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> float:
+        """Revoke every token of ``user_id`` in ``tenant_id`` issued up to now.
+
+        Returns the cut-off (unix seconds): tokens issued after this call returns stay valid.
+        """
+        return await self._execute(
+            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor)
+        )
+
+    async def revoke_tenant_tokens(
+        self, tenant_id: str, *, reason: str | None = None, actor: str | None = None
+    ) -> float:
+        """Revoke every token of ``tenant_id`` issued up to now. Returns the cut-off."""
+        return await self._execute(
+            self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor)
+        )
+
+    # --- checks --------------------------------------------------------------------------------
+
+    async def is_token_revoked(self, jti: str) -> bool:
+        """Whether this jti was revoked individually (the seed's check)."""
+        return await self._execute(self.core.plan_is_token_revoked(jti))
+
+    async def is_revoked(self, token: TokenData) -> RevocationStatus:
+        """Whether a verified token is revoked by any rule, in one round trip.
+
+        On a single Redis: one MGET. On a Redis Cluster: one MGET per slot involved (at most
+        two: the jti's and the tenant's), sent in parallel.
+        """
+        keys = self.core.check_keys(token)
+        present = [key for key in keys if key is not None]
+        try:
+            if not self.is_cluster:
+                values = await self.client.execute_command("MGET", *present)
+                found = dict(zip(present, values, strict=True))
+            else:
+                found = await self._cluster_mget(present)
+        except BACKEND_ERRORS as e:
+            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+        return self.core.decide(token, keys, found)
+
+    async def _cluster_mget(self, keys: Sequence[str]) -> dict[str, Any]:
+        groups = list(self.core.group_by_slot(keys).values())
+        results = await asyncio.gather(
+            *(self.client.execute_command("MGET", *group) for group in groups)
+        )
+        found: dict[str, Any] = {}
+        for group, values in zip(groups, results, strict=True):
+            found.update(zip(group, values, strict=True))
+        return found
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    async def record_session(self, family_id: str, **fields: Any) -> None:
+        """Record a family (session) and index it under its tenant and user."""
+        await self._execute(self.core.plan_record_session(family_id, **fields))
+
+    async def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
+        """The family's session record, or None if unknown or expired."""
+        return await self._execute(self.core.plan_get_session(family_id, tenant_id=tenant_id))
+
+    # --- operations ----------------------------------------------------------------------------
+
+    async def health_check(self) -> dict[str, Any]:
+        """PING Redis: ``{"healthy", "status", "latency_ms", "error"}``; never raises."""
+        started = time.perf_counter()
+        try:
+            await self.client.ping()
+        except BACKEND_ERRORS as e:
+            return self.core.health_result(started, e)
+        return self.core.health_result(started, None)
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Revocation counters and the audit stream's length."""
+        return await self._execute(self.core.plan_stats())
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> RedisTokenRevocationStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,332 @@
+"""What the sync and async stores share: every command they send, and what replies mean.
+
+A store method is a *plan*: the Redis commands to send (pipelined in one round trip) and a
+function that turns the replies into the result. :class:`StoreCore` builds plans and does no I/O;
+the sync and async stores only execute them. Lua scripts are package data, loaded by both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from revoker import keys as k
+from revoker.exceptions import InvalidIdentifier
+from revoker.rules import RevocationStatus, decide, encode_mark, now_us
+from revoker.settings import RevokerSettings
+from revoker.tokens import TokenData
+
+T = TypeVar("T")
+
+__all__ = ["Command", "Plan", "ScriptCall", "StoreCore", "load_script"]
+
+Command = tuple[Any, ...]
+
+#: Errors that mean "the store cannot answer" (wrapped as StoreUnavailable). redis-py raises its
+#: own ConnectionError/TimeoutError, but a dead socket can surface as a bare OSError.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+def load_script(name: str) -> str:
+    """The source of ``revoker/scripts/<name>.lua``."""
+    return resources.files("revoker.scripts").joinpath(f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """A Lua script call inside a plan (run by the store's registered Script object)."""
+
+    name: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+@dataclass(slots=True)
+class Plan(Generic[T]):
+    """Commands to send in one pipeline, and how to read their replies."""
+
+    commands: list[Command | ScriptCall]
+    finish: Callable[[list[Any]], T]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What a family (session) hash holds, decoded."""
+
+    family_id: str
+    user_id: str
+    tenant_id: str | None
+    client_id: str | None
+    created: float
+    expires: int
+    current_jti: str | None
+    scopes: tuple[str, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StoreCore:
+    """Key layout, TTL arithmetic and reply parsing for both stores."""
+
+    SCRIPTS: tuple[str, ...] = ("set_watermark",)
+
+    def __init__(self, settings: RevokerSettings) -> None:
+        self.settings = settings
+        self.keys = k.KeyLayout(settings.key_prefix)
+
+    # --- the per-request check ---------------------------------------------------------------
+
+    def check_keys(self, token: TokenData) -> list[str | None]:
+        return self.keys.check_keys(token.jti, token.tenant, token.sub, token.family)
+
+    @staticmethod
+    def group_by_slot(keys: Iterable[str]) -> dict[int, list[str]]:
+        """Keys grouped by Redis Cluster slot, for one MGET per slot."""
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key_slot(key.encode()), []).append(key)
+        return groups
+
+    @staticmethod
+    def decide(
+        token: TokenData, keys: Sequence[str | None], found: dict[str, Any]
+    ) -> RevocationStatus:
+        return decide(token.iat, [found.get(key) if key is not None else None for key in keys])
+
+    # --- audit and counters --------------------------------------------------------------------
+
+    def audit_command(
+        self,
+        kind: str,
+        target: str,
+        *,
+        tenant_id: str | None = None,
+        reason: str | None,
+        actor: str | None,
+        at_us: int,
+        extra: dict[str, str] | None = None,
+    ) -> Command:
+        fields: list[str] = [
+            "kind", kind,
+            "target", target,
+            "tenant", tenant_id or "",
+            "reason", reason or "",
+            "actor", actor or "",
+            "at", str(at_us),
+        ]  # fmt: skip
+        for name, value in (extra or {}).items():
+            fields += [name, value]
+        return ("XADD", self.keys.audit, "MAXLEN", "~", self.settings.audit_max_len, "*", *fields)
+
+    def count_command(self, counter: str, amount: int = 1) -> Command:
+        return ("HINCRBY", self.keys.stats, counter, amount)
+
+    # --- single revocations --------------------------------------------------------------------
+
+    def plan_revoke_token(
+        self,
+        jti: str,
+        *,
+        expires_at: float | None,
+        reason: str | None,
+        actor: str | None,
+    ) -> Plan[bool]:
+        key = self.keys.jti(jti)
+        at = now_us()
+        ttl = k.jti_ttl(expires_at, at / 1e6, self.settings.access_token_ttl, self.settings.leeway)
+        return Plan(
+            [
+                ("SET", key, encode_mark(at, reason), "EX", ttl, "GET"),
+                self.audit_command("token", jti, reason=reason, actor=actor, at_us=at),
+                self.count_command("tokens"),
+            ],
+            lambda replies: replies[0] is None,
+        )
+
+    def plan_revoke_family(
+        self,
+        family_id: str,
+        *,
+        tenant_id: str | None,
+        reason: str | None,
+        actor: str | None,
+    ) -> Plan[bool]:
+        at = now_us()
+        ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
+        return Plan(
+            [
+                (
+                    "SET",
+                    self.keys.family_revoked(tenant_id, family_id),
+                    encode_mark(at, reason),
+                    "EX",
+                    ttl,
+                    "GET",
+                ),
+                self.audit_command(
+                    "family", family_id, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
+                ),
+                self.count_command("families"),
+            ],
+            lambda replies: replies[0] is None,
+        )
+
+    def plan_watermark(
+        self,
+        kind: str,
+        key: str,
+        target: str,
+        *,
+        tenant_id: str | None,
+        reason: str | None,
+        actor: str | None,
+    ) -> Plan[float]:
+        at = now_us()
+        ttl = k.watermark_ttl(self.settings.longest_token_ttl, self.settings.leeway)
+        return Plan(
+            [
+                ScriptCall("set_watermark", [key], [encode_mark(at, reason), ttl]),
+                self.audit_command(
+                    kind, target, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
+                ),
+                self.count_command(f"{kind}s"),
+            ],
+            lambda replies: int(_text(replies[0]).partition("|")[0]) / 1e6,
+        )
+
+    def plan_revoke_user(
+        self, user_id: str, *, tenant_id: str | None, reason: str | None, actor: str | None
+    ) -> Plan[float]:
+        return self.plan_watermark(
+            "user",
+            self.keys.user_watermark(tenant_id, user_id),
+            user_id,
+            tenant_id=tenant_id,
+            reason=reason,
+            actor=actor,
+        )
+
+    def plan_revoke_tenant(
+        self, tenant_id: str, *, reason: str | None, actor: str | None
+    ) -> Plan[float]:
+        if tenant_id is None:
+            raise InvalidIdentifier("tenant id must not be None")
+        return self.plan_watermark(
+            "tenant",
+            self.keys.tenant_watermark(tenant_id),
+            tenant_id,
+            tenant_id=tenant_id,
+            reason=reason,
+            actor=actor,
+        )
+
+    def plan_is_token_revoked(self, jti: str) -> Plan[bool]:
+        return Plan([("EXISTS", self.keys.jti(jti))], lambda replies: bool(replies[0]))
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def plan_record_session(
+        self,
+        family_id: str,
+        *,
+        user_id: str,
+        tenant_id: str | None,
+        client_id: str | None,
+        scopes: Sequence[str],
+        current_jti: str,
+        created: float,
+        expires: int,
+    ) -> Plan[None]:
+        f = k.FAMILY_FIELDS
+        mapping: dict[str, str] = {
+            f["user"]: user_id,
+            f["created"]: f"{created:.6f}",
+            f["expires"]: str(expires),
+            f["current"]: current_jti,
+        }
+        if tenant_id is not None:
+            mapping[f["tenant"]] = tenant_id
+        if client_id is not None:
+            mapping[f["client"]] = client_id
+        if scopes:
+            mapping[f["scopes"]] = " ".join(scopes)
+        ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
+        family_key = self.keys.family(tenant_id, family_id)
+        tenant_index = self.keys.tenant_index(tenant_id)
+        user_index = self.keys.user_index(tenant_id, user_id)
+        flat = [item for pair in mapping.items() for item in pair]
+        # Indexes expire with their newest member; all families share one lifetime, so the last
+        # EXPIRE written is always the latest one.
+        return Plan(
+            [
+                ("HSET", family_key, *flat),
+                ("EXPIRE", family_key, ttl),
+                ("ZADD", tenant_index, expires, family_id),
+                ("EXPIRE", tenant_index, ttl),
+                ("ZADD", user_index, expires, family_id),
+                ("EXPIRE", user_index, ttl),
+            ],
+            lambda _replies: None,
+        )
+
+    def plan_get_session(
+        self, family_id: str, *, tenant_id: str | None
+    ) -> Plan[SessionRecord | None]:
+        def finish(replies: list[Any]) -> SessionRecord | None:
+            raw = replies[0]
+            if not raw:
+                return None
+            data = {_text(a): _text(b) for a, b in raw.items()}
+            f = k.FAMILY_FIELDS
+            known = set(f.values())
+            return SessionRecord(
+                family_id=family_id,
+                user_id=data.get(f["user"], ""),
+                tenant_id=data.get(f["tenant"]),
+                client_id=data.get(f["client"]),
+                created=float(data.get(f["created"], "0")),
+                expires=int(data.get(f["expires"], "0")),
+                current_jti=data.get(f["current"]),
+                scopes=tuple(data.get(f["scopes"], "").split()),
+                extra={a: b for a, b in data.items() if a not in known},
+            )
+
+        return Plan([("HGETALL", self.keys.family(tenant_id, family_id))], finish)
+
+    # --- health and stats ----------------------------------------------------------------------
+
+    def plan_stats(self) -> Plan[dict[str, Any]]:
+        def finish(replies: list[Any]) -> dict[str, Any]:
+            counters = {_text(a): int(b) for a, b in (replies[0] or {}).items()}
+            return {
+                "revoked_tokens": counters.get("tokens", 0),
+                "revoked_families": counters.get("families", 0),
+                "user_revocations": counters.get("users", 0),
+                "tenant_revocations": counters.get("tenants", 0),
+                "families_revoked_by_jobs": counters.get("job_families", 0),
+                "audit_entries": int(replies[1]),
+                "key_prefix": self.settings.key_prefix,
+            }
+
+        return Plan([("HGETALL", self.keys.stats), ("XLEN", self.keys.audit)], finish)
+
+    @staticmethod
+    def health_result(started: float, error: BaseException | None) -> dict[str, Any]:
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        if error is None:
+            return {"healthy": True, "status": "healthy", "latency_ms": latency_ms, "error": None}
+        return {
+            "healthy": False,
+            "status": "unhealthy",
+            "latency_ms": latency_ms,
+            "error": f"{type(error).__name__}: {error}",
+        }

@@ -1,0 +1,455 @@
+"""Issue and verify JWTs with PyJWT.
+
+Verification trusts nothing the token says about how to verify it: the algorithm is pinned from
+settings, keys come from settings (a secret, a PEM file or a JWKS URL), headers that carry key
+material or key URLs are refused, and ``exp``, ``iat``, ``jti``, ``sub`` and ``typ`` are required.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, Literal, NamedTuple
+
+import jwt
+from cachetools import TLRUCache
+from pydantic import BaseModel, ConfigDict
+
+from revoker import exceptions as exc
+from revoker.rules import now_us
+from revoker.settings import HMAC_ALGORITHMS, RevokerSettings, get_settings
+
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "IssuedToken",
+    "TokenData",
+    "TokenType",
+    "TokenVerifier",
+    "create_access_token",
+    "create_refresh_token",
+    "decode_token",
+    "generate_jti",
+    "get_verifier",
+    "issue_token",
+]
+
+TokenType = Literal["access", "refresh"]
+#: Tokens (and Authorization header values) longer than this are rejected before decoding.
+MAX_TOKEN_BYTES: Final = 8192
+#: JOSE header parameters that carry key material or point at it (RFC 7515 §4.1), and ``crit``:
+#: we implement no extension, so a token demanding one cannot be understood (RFC 7515 §4.1.11).
+FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
+#: Claims every token must carry, beyond issuer/audience when those are configured.
+REQUIRED_CLAIMS: Final = ("exp", "iat", "jti", "sub", "typ")
+
+
+def generate_jti() -> str:
+    """A new random token id: 128 bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+class TokenData(BaseModel):
+    """The verified claims revoker relies on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sub: str
+    jti: str
+    typ: TokenType
+    iat: float
+    exp: int
+    tenant: str | None = None
+    family: str | None = None
+    scopes: tuple[str, ...] = ()
+    client: str | None = None
+
+    @property
+    def user_id(self) -> str:
+        """The subject: the seed's name for it."""
+        return self.sub
+
+    @property
+    def tenant_id(self) -> str | None:
+        return self.tenant
+
+    @property
+    def family_id(self) -> str | None:
+        return self.family
+
+
+def _lifetime(expires_delta: timedelta | float | None, default: int) -> float:
+    if expires_delta is None:
+        return float(default)
+    seconds = (
+        expires_delta.total_seconds()
+        if isinstance(expires_delta, timedelta)
+        else float(expires_delta)
+    )
+    if not seconds > 0:
+        raise ValueError("expires_delta must be positive")
+    return seconds
+
+
+def _check_optional_id(value: str | None, what: str) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise exc.InvalidIdentifier(f"{what} must be a non-empty string or None")
+
+
+class IssuedToken(NamedTuple):
+    """A signed token with its jti and the claims it carries."""
+
+    token: str
+    jti: str
+    claims: dict[str, Any]
+
+
+def issue_token(
+    typ: TokenType,
+    user_id: str,
+    *,
+    tenant_id: str | None,
+    family_id: str | None,
+    scopes: Iterable[str],
+    client_id: str | None,
+    lifetime: float,
+    jti: str | None,
+    settings: RevokerSettings,
+) -> IssuedToken:
+    """Sign a token of type ``typ``; what create_access_token/create_refresh_token build on."""
+    if not isinstance(user_id, str) or not user_id:
+        raise exc.InvalidIdentifier("user_id must be a non-empty string")
+    _check_optional_id(tenant_id, "tenant_id")
+    _check_optional_id(family_id, "family_id")
+    _check_optional_id(client_id, "client_id")
+    scope_list = [scopes] if isinstance(scopes, str) else list(scopes)
+    for scope in scope_list:
+        if not scope or " " in scope:
+            raise ValueError(f"invalid scope {scope!r}: scopes are non-empty and have no spaces")
+    jti = jti or generate_jti()
+    issued_us = now_us()
+    # iat carries microseconds so that watermark comparisons are exact (see revoker.rules).
+    iat = issued_us / 1_000_000
+    payload: dict[str, Any] = {
+        "sub": user_id,
+        "jti": jti,
+        "typ": typ,
+        "iat": iat,
+        "exp": math.ceil(iat + lifetime),
+    }
+    if settings.issuer is not None:
+        payload["iss"] = settings.issuer
+    if settings.audience is not None:
+        payload["aud"] = settings.audience
+    if tenant_id is not None:
+        payload["tenant"] = tenant_id
+    if family_id is not None:
+        payload["fam"] = family_id
+    if scope_list:
+        payload["scope"] = " ".join(scope_list)
+    if client_id is not None:
+        payload["client_id"] = client_id
+    verifier = get_verifier(settings)
+    headers = {"kid": settings.jwt_key_id} if settings.jwt_key_id else None
+    token = jwt.encode(
+        payload, verifier.signing_key(), algorithm=settings.jwt_algorithm, headers=headers
+    )
+    return IssuedToken(token, jti, payload)
+
+
+def create_access_token(
+    user_id: str,
+    *,
+    tenant_id: str | None = None,
+    family_id: str | None = None,
+    scopes: Iterable[str] = (),
+    client_id: str | None = None,
+    expires_delta: timedelta | float | None = None,
+    jti: str | None = None,
+    settings: RevokerSettings | None = None,
+) -> tuple[str, str]:
+    """Issue an access token. Returns ``(token, jti)``."""
+    settings = settings or get_settings()
+    token, jti, _ = issue_token(
+        "access",
+        user_id,
+        tenant_id=tenant_id,
+        family_id=family_id,
+        scopes=scopes,
+        client_id=client_id,
+        lifetime=_lifetime(expires_delta, settings.access_token_ttl),
+        jti=jti,
+        settings=settings,
+    )
+    return token, jti
+
+
+def create_refresh_token(
+    user_id: str,
+    *,
+    tenant_id: str | None = None,
+    family_id: str | None = None,
+    scopes: Iterable[str] = (),
+    client_id: str | None = None,
+    expires_delta: timedelta | float | None = None,
+    jti: str | None = None,
+    settings: RevokerSettings | None = None,
+) -> tuple[str, str, str]:
+    """Issue a refresh token, starting a new family when none is given.
+
+    Returns ``(token, jti, family_id)``. Pure: nothing is written to Redis (see
+    :func:`revoker.start_session` for a tracked login session).
+    """
+    settings = settings or get_settings()
+    family_id = family_id or generate_jti()
+    token, jti, _ = issue_token(
+        "refresh",
+        user_id,
+        tenant_id=tenant_id,
+        family_id=family_id,
+        scopes=scopes,
+        client_id=client_id,
+        lifetime=_lifetime(expires_delta, settings.refresh_token_ttl),
+        jti=jti,
+        settings=settings,
+    )
+    return token, jti, family_id
+
+
+class TokenVerifier:
+    """Verifies tokens against one settings object; caches keys and (optionally) results.
+
+    The result cache is keyed by the exact token string and drops each entry at the token's
+    ``exp``; it only saves the signature check. Revocation is never cached here.
+    """
+
+    def __init__(self, settings: RevokerSettings) -> None:
+        self.settings = settings
+        self._algorithms = [settings.jwt_algorithm]
+        self._verify_key: Any = None
+        self._signing_key: Any = None
+        self._jwks: jwt.PyJWKClient | None = None
+        self._require = list(REQUIRED_CLAIMS)
+        if settings.issuer is not None:
+            self._require.append("iss")
+        if settings.audience is not None:
+            self._require.append("aud")
+        if settings.jwt_algorithm in HMAC_ALGORITHMS:
+            assert settings.jwt_secret is not None  # enforced by the settings model
+            secret = settings.jwt_secret.get_secret_value()
+            self._verify_key = self._signing_key = secret
+        else:
+            if settings.jwt_private_key_file is not None:
+                self._signing_key = _load_pem(
+                    settings.jwt_private_key_file, "JWT_PRIVATE_KEY_FILE", private=True
+                )
+            if settings.jwt_public_key_file is not None:
+                self._verify_key = _load_pem(
+                    settings.jwt_public_key_file, "JWT_PUBLIC_KEY_FILE", private=False
+                )
+            elif self._signing_key is not None and settings.jwks_url is None:
+                self._verify_key = self._signing_key.public_key()
+            if settings.jwks_url is not None:
+                self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
+        self._cache: TLRUCache[tuple[str, str], TokenData] | None = (
+            TLRUCache(maxsize=settings.verify_cache_size, ttu=_until_exp, timer=time.time)
+            if settings.verify_cache_size > 0
+            else None
+        )
+        self._lock = threading.Lock()
+
+    def signing_key(self) -> Any:
+        if self._signing_key is None:
+            raise exc.ConfigurationError(
+                f"issuing {self.settings.jwt_algorithm} tokens needs REVOKER_JWT_PRIVATE_KEY_FILE"
+            )
+        return self._signing_key
+
+    def decode(
+        self, token: str, expected_type: TokenType = "access", *, use_cache: bool = False
+    ) -> TokenData:
+        """Verify ``token`` and return its claims, or raise a TokenError."""
+        if use_cache and self._cache is not None:
+            key = (expected_type, token)
+            with self._lock:
+                hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+            data = self._decode(token, expected_type)
+            with self._lock:
+                self._cache[key] = data
+            return data
+        return self._decode(token, expected_type)
+
+    def _decode(self, token: str, expected_type: TokenType) -> TokenData:
+        if not isinstance(token, str):
+            raise exc.MalformedToken("token must be a string")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise exc.TokenTooLarge(f"token is larger than {MAX_TOKEN_BYTES} bytes")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise exc.MalformedToken("token is not a well-formed JWT") from None
+        forbidden = FORBIDDEN_HEADERS.intersection(header)
+        if forbidden:
+            raise exc.ForbiddenHeader(
+                f"token header parameter not accepted: {', '.join(sorted(forbidden))}"
+            )
+        if header.get("alg") != self.settings.jwt_algorithm:
+            raise exc.InvalidSignature("token algorithm is not accepted")
+        key = self._key_for(header.get("kid"))
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                issuer=self.settings.issuer,
+                audience=self.settings.audience,
+                leeway=self.settings.leeway,
+                options={"require": self._require, "strict_aud": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise exc.TokenExpired("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise exc.TokenNotYetValid("token is not yet valid") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise exc.MissingClaim(f"token is missing the {e.claim!r} claim") from None
+        except jwt.InvalidIssuerError:
+            raise exc.InvalidClaim("token issuer is not accepted") from None
+        except jwt.InvalidAudienceError:
+            raise exc.InvalidClaim("token audience is not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise exc.InvalidSignature("token signature is invalid") from None
+        except jwt.InvalidAlgorithmError:
+            raise exc.InvalidSignature("token algorithm is not accepted") from None
+        except jwt.DecodeError:
+            raise exc.MalformedToken("token is not a well-formed JWT") from None
+        except jwt.InvalidTokenError as e:
+            raise exc.InvalidClaim(f"token claims are invalid: {e}") from None
+        return self._claims(payload, expected_type)
+
+    def _key_for(self, kid: object) -> Any:
+        if kid is not None and not isinstance(kid, str):
+            raise exc.MalformedToken("token kid must be a string")
+        if self._jwks is not None:
+            if kid is None:
+                raise exc.UnknownKeyId("token has no kid; the JWKS needs one")
+            return self._jwks_key(kid)
+        configured = self.settings.jwt_key_id
+        if kid is not None and configured is not None and kid != configured:
+            raise exc.UnknownKeyId("token kid is not trusted")
+        if kid is not None and configured is None:
+            raise exc.UnknownKeyId("token kid is not trusted")
+        if self._verify_key is None:
+            raise exc.ConfigurationError("no verification key is configured")
+        return self._verify_key
+
+    def _jwks_key(self, kid: str) -> Any:
+        assert self._jwks is not None
+        try:
+            keys = self._jwks.get_jwk_set().keys
+        except jwt.PyJWKClientError as e:
+            raise exc.UnknownKeyId(f"cannot fetch the JWKS: {e}") from None
+        for jwk in keys:
+            if jwk.key_id != kid:
+                continue
+            # PyJWT ignores `use` and `key_ops`: only keys meant for signatures verify here.
+            use = jwk._jwk_data.get("use")
+            ops = jwk._jwk_data.get("key_ops")
+            alg = jwk._jwk_data.get("alg")
+            if use not in (None, "sig") or (ops is not None and "verify" not in ops):
+                continue
+            if alg is not None and alg != self.settings.jwt_algorithm:
+                continue
+            return jwk.key
+        raise exc.UnknownKeyId("token kid is not trusted")
+
+    @staticmethod
+    def _claims(payload: dict[str, Any], expected_type: TokenType) -> TokenData:
+        typ = payload.get("typ")
+        if typ not in ("access", "refresh"):
+            raise exc.InvalidClaim("token typ must be 'access' or 'refresh'")
+        if typ != expected_type:
+            raise exc.WrongTokenType(f"a {typ} token cannot be used as a {expected_type} token")
+        for name in ("sub", "jti"):
+            value = payload.get(name)
+            if not isinstance(value, str) or not value or len(value) > 256:
+                raise exc.InvalidClaim(f"token {name} must be a non-empty string")
+        optional: dict[str, str | None] = {}
+        for claim in ("tenant", "fam", "client_id"):
+            value = payload.get(claim)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 256):
+                raise exc.InvalidClaim(f"token {claim} must be a non-empty string")
+            optional[claim] = value
+        scope = payload.get("scope", "")
+        if not isinstance(scope, str):
+            raise exc.InvalidClaim("token scope must be a space-separated string")
+        iat = payload["iat"]
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise exc.InvalidClaim("token iat must be a number")
+        exp = payload["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise exc.InvalidClaim("token exp must be a number")
+        return TokenData(
+            sub=payload["sub"],
+            jti=payload["jti"],
+            typ=typ,
+            iat=float(iat),
+            exp=int(exp),
+            tenant=optional["tenant"],
+            family=optional["fam"],
+            scopes=tuple(scope.split()),
+            client=optional["client_id"],
+        )
+
+
+def _until_exp(_key: tuple[str, str], value: TokenData, _now: float) -> float:
+    return float(value.exp)
+
+
+def _load_pem(path: Any, setting: str, *, private: bool) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        data = Path(path).read_bytes()
+        if private:
+            return serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_public_key(data)
+    except (OSError, ValueError, TypeError) as e:
+        raise exc.ConfigurationError(f"REVOKER_{setting}: cannot load PEM key: {e}") from None
+
+
+_verifiers_lock = threading.Lock()
+_verifiers: dict[int, tuple[RevokerSettings, TokenVerifier]] = {}
+
+
+def get_verifier(settings: RevokerSettings | None = None) -> TokenVerifier:
+    """The (cached) verifier for ``settings`` (default: the process settings)."""
+    settings = settings or get_settings()
+    entry = _verifiers.get(id(settings))
+    if entry is not None and entry[0] is settings:
+        return entry[1]
+    verifier = TokenVerifier(settings)
+    with _verifiers_lock:
+        if len(_verifiers) > 32:  # settings objects come and go in tests; do not grow forever
+            _verifiers.clear()
+        _verifiers[id(settings)] = (settings, verifier)
+    return verifier
+
+
+def decode_token(
+    token: str,
+    expected_type: TokenType = "access",
+    *,
+    settings: RevokerSettings | None = None,
+) -> TokenData:
+    """Verify ``token`` (signature, pinned algorithm, required claims, type) and return its claims.
+
+    Raises a subclass of :class:`~revoker.exceptions.TokenError`. Does not consult Redis: see
+    :meth:`RedisTokenRevocationStore.is_revoked` for that.
+    """
+    return get_verifier(settings).decode(token, expected_type)
