@@ -30,8 +30,13 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/revoker demo
 
+# wrk is the load generator of the HTTP benchmarks; a fresh Debian/Ubuntu machine lacks it.
+# BENCH_ARGS: e.g. --quick, or --only middleware.
 bench: $(STAMP)
-	$(PY) bench/run.py
+	@command -v wrk >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

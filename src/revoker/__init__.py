@@ -10,12 +10,17 @@ from __future__ import annotations
 from revoker.dependencies import require_scopes, require_valid_token
 from revoker.exceptions import (
     ConfigurationError,
+    FamilyRevoked,
+    RefreshError,
+    RefreshTokenReused,
     RevokerError,
     StoreUnavailable,
     TokenError,
     TokenRevoked,
+    UnknownFamily,
 )
 from revoker.middleware import TokenRevocationMiddleware
+from revoker.refresh import rotate_refresh_token, rotate_refresh_token_sync
 from revoker.rules import RevocationStatus
 from revoker.sessions import TokenPair, start_session, start_session_sync
 from revoker.settings import RevokerSettings, configure, get_settings
@@ -37,7 +42,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "FamilyRevoked",
     "RedisTokenRevocationStore",
+    "RefreshError",
+    "RefreshTokenReused",
     "RevocationStatus",
     "RevokerError",
     "RevokerSettings",
@@ -48,6 +56,7 @@ __all__ = [
     "TokenPair",
     "TokenRevocationMiddleware",
     "TokenRevoked",
+    "UnknownFamily",
     "__version__",
     "configure",
     "create_access_token",
@@ -59,6 +68,8 @@ __all__ = [
     "get_sync_revocation_store",
     "require_scopes",
     "require_valid_token",
+    "rotate_refresh_token",
+    "rotate_refresh_token_sync",
     "start_session",
     "start_session_sync",
 ]

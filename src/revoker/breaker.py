@@ -12,9 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-__all__ = ["CircuitBreaker"]
+__all__ = ["CircuitBreaker", "State", "Transition"]
 
 State = Literal["closed", "open", "half-open"]
+#: ``(before, after)`` when a recorded outcome changed the breaker's state.
+Transition = tuple[State, State]
 
 
 class CircuitBreaker:
@@ -27,12 +29,16 @@ class CircuitBreaker:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if failures < 1:
+            raise ValueError("failures must be at least 1")
+        if not reset_seconds > 0:
+            raise ValueError("reset_seconds must be positive")
         self.failures = failures
         self.reset_seconds = reset_seconds
         self._clock = clock
         self._consecutive = 0
         self._opened_at: float | None = None
-        self._trial_in_flight = False
+        self._trial_started: float | None = None
 
     @property
     def state(self) -> State:
@@ -42,23 +48,36 @@ class CircuitBreaker:
             return "half-open"
         return "open"
 
-    def allow(self) -> bool:
-        """Whether a call may go to Redis now."""
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half-open" and not self._trial_in_flight:
-            self._trial_in_flight = True
-            return True
-        return False
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive
 
-    def record_success(self) -> None:
+    def allow(self) -> bool:
+        """Whether a call may go to Redis now (in half-open state: one trial at a time)."""
+        if self._opened_at is None:
+            return True
+        now = self._clock()
+        if now - self._opened_at < self.reset_seconds:
+            return False
+        # A trial whose outcome never came back (its request was cancelled by a client that
+        # hung up) must not wedge the breaker half-open forever: it lapses like an open period.
+        if self._trial_started is not None and now - self._trial_started < self.reset_seconds:
+            return False
+        self._trial_started = now
+        return True
+
+    def record_success(self) -> Transition | None:
+        before = self.state
         self._consecutive = 0
         self._opened_at = None
-        self._trial_in_flight = False
+        self._trial_started = None
+        return (before, "closed") if before != "closed" else None
 
-    def record_failure(self) -> None:
+    def record_failure(self) -> Transition | None:
+        before = self.state
         self._consecutive += 1
-        self._trial_in_flight = False
+        self._trial_started = None
         if self._opened_at is not None or self._consecutive >= self.failures:
             self._opened_at = self._clock()
+        after = self.state
+        return (before, after) if before != after else None

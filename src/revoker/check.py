@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from revoker import exceptions as exc
-from revoker.breaker import CircuitBreaker
+from revoker.breaker import CircuitBreaker, Transition
 from revoker.metrics import BREAKER_OPEN, CHECK_LATENCY, CHECKS
 from revoker.settings import RevokerSettings, get_settings
 from revoker.tokens import MAX_TOKEN_BYTES, TokenData, TokenVerifier, get_verifier
@@ -70,7 +70,16 @@ class CheckResult:
 
 
 class RevocationChecker:
-    """Verify and look up one token. One per event loop (the breaker is not thread-safe)."""
+    """Verify and look up one token. One per event loop (the breaker is not thread-safe).
+
+    Failures are sorted here, once, for the middleware and the dependency alike:
+
+    * a token that does not verify raises a TokenError (401); so does an unexpected error inside
+      verification, logged with its traceback: a token nobody could verify is never admitted;
+    * a Redis failure, a timeout, an open breaker, and any unexpected error inside the lookup (a
+      store bug) are reported in ``CheckResult.store_error`` for the caller's failure policy
+      (:meth:`admit_unchecked`); the unexpected ones are logged with their traceback.
+    """
 
     def __init__(
         self,
@@ -89,6 +98,8 @@ class RevocationChecker:
         self._ok = CHECKS.labels("ok")
         self._revoked = CHECKS.labels("revoked")
         self._invalid = CHECKS.labels("invalid")
+        self._error_open = CHECKS.labels("error_open")
+        self._error_closed = CHECKS.labels("error_closed")
 
     @property
     def store(self) -> RedisTokenRevocationStore:
@@ -110,27 +121,67 @@ class RevocationChecker:
         except exc.TokenError:
             self._invalid.inc()
             raise
+        except Exception as e:
+            self._invalid.inc()
+            logger.exception("token verification failed unexpectedly")
+            raise exc.TokenError("token could not be verified") from e
         if not self.breaker.allow():
-            return CheckResult(data, exc.StoreUnavailable("circuit breaker open: Redis is down"))
+            return CheckResult(data, _BREAKER_OPEN)
         started = time.perf_counter()
         try:
             status = await self.store.is_revoked(data)
         except exc.StoreUnavailable as e:
-            was_open = self.breaker.state != "closed"
-            self.breaker.record_failure()
-            if not was_open and self.breaker.state != "closed":
-                BREAKER_OPEN.set(1)
-                logger.warning(
-                    "revocation store unavailable; breaker open", extra={"error": str(e)}
-                )
+            self._failed(str(e))
             return CheckResult(data, e)
-        if self.breaker.state != "closed":
-            logger.info("revocation store reachable again; breaker closed")
-            BREAKER_OPEN.set(0)
-        self.breaker.record_success()
+        except Exception as e:
+            # A bug in the store (or a client error it did not translate) says nothing about the
+            # token: it goes through the failure policy like an unreachable Redis, loudly.
+            logger.exception("revocation lookup failed unexpectedly")
+            self._failed(f"{type(e).__name__}: {e}")
+            return CheckResult(data, exc.StoreUnavailable(f"revocation lookup failed: {e!r}"))
         CHECK_LATENCY.observe(time.perf_counter() - started)
+        if self.breaker.state != "closed":
+            self._transition(self.breaker.record_success(), None)
+        else:
+            self.breaker.record_success()
         if status.revoked:
             self._revoked.inc()
-            raise exc.TokenRevoked(status)
+            raise exc.TokenRevoked(status, data)
         self._ok.inc()
         return CheckResult(data)
+
+    def admit_unchecked(self, fail_open: bool) -> bool:
+        """Apply the failure policy to a token whose revocation is unknown; count the outcome."""
+        if fail_open:
+            self._error_open.inc()
+        else:
+            self._error_closed.inc()
+        return fail_open
+
+    def _failed(self, error: str) -> None:
+        self._transition(self.breaker.record_failure(), error)
+
+    def _transition(self, change: Transition | None, error: str | None) -> None:
+        if change is None:
+            return
+        before, after = change
+        extra = {
+            "breaker_from": before,
+            "breaker_to": after,
+            "consecutive_failures": self.breaker.consecutive_failures,
+            "error": error,
+        }
+        if after == "closed":
+            BREAKER_OPEN.set(0)
+            logger.info("revocation store reachable again; breaker closed", extra=extra)
+        else:
+            BREAKER_OPEN.set(1)
+            logger.warning(
+                "revocation store unavailable; breaker open for %.3gs",
+                self.breaker.reset_seconds,
+                extra=extra,
+            )
+
+
+#: Reported while the breaker is open: one shared instance, nothing is allocated per request.
+_BREAKER_OPEN: Final = exc.StoreUnavailable("circuit breaker open: Redis is down")

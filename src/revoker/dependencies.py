@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from revoker import exceptions as exc
 from revoker.check import RevocationChecker, bearer_token
+from revoker.middleware import www_authenticate
 from revoker.settings import get_settings
 from revoker.tokens import TokenData
 
@@ -25,19 +26,23 @@ def _default_checker() -> RevocationChecker:
 
 
 def _unauthorized(description: str, error: str | None = "invalid_token") -> HTTPException:
-    challenge = (
-        "Bearer"
-        if error is None
-        else (f'Bearer error="{error}", error_description="{description}"')
+    return HTTPException(
+        401,
+        detail=description,
+        headers={
+            "WWW-Authenticate": www_authenticate(error, description),
+            "Cache-Control": "no-store",
+        },
     )
-    return HTTPException(401, detail=description, headers={"WWW-Authenticate": challenge})
 
 
 async def require_valid_token(conn: HTTPConnection) -> TokenData:
     """The request's verified, unrevoked access token, or a 401 (503 when failing closed).
 
     If :class:`~revoker.middleware.TokenRevocationMiddleware` already checked the request, its
-    result is reused: no second lookup.
+    result is reused: no second lookup (and its failure policy stands). On a path the
+    middleware exempts, or without the middleware, the check runs here, with the process-wide
+    settings' failure policy.
     """
     state = conn.scope.get("state") or {}
     checked = state.get("token")
@@ -51,7 +56,7 @@ async def require_valid_token(conn: HTTPConnection) -> TokenData:
         result = await checker.check(token)
     except exc.TokenError as e:
         raise _unauthorized(e.description, e.error_code) from None
-    if result.store_error is not None and not checker.settings.fail_open:
+    if result.store_error is not None and not checker.admit_unchecked(checker.settings.fail_open):
         raise HTTPException(
             503,
             detail="token revocation cannot be checked right now",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from revoker.rules import RevocationStatus
+    from revoker.tokens import TokenData
 
 __all__ = [
     "ConfigurationError",
@@ -129,8 +130,10 @@ class WrongTokenType(TokenError):
 class TokenRevoked(TokenError):
     """The token verified but has been revoked."""
 
-    def __init__(self, status: RevocationStatus) -> None:
+    def __init__(self, status: RevocationStatus, token: TokenData | None = None) -> None:
         self.status = status
+        #: The verified claims of the revoked token, for logs (never sent to the client).
+        self.token = token
         super().__init__(f"token has been revoked ({status.rule} revocation)")
 
 

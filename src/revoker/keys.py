@@ -9,8 +9,12 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:{<T>}:tw                     string  "<revoked_at_us>" tenant watermark
     P:{<T>}:ti                     zset    tenant index: family ids scored by expiry (unix s)
     P:{<T>}:ui:<user>              zset    user index: family ids scored by expiry (unix s)
-    P:job:<job_id>                 hash    one bulk job record
+    P:job:{<job_id>}               hash    one bulk job record
+    P:job:{<job_id>}:c:<n>         string  family ids of chunk n of the job's snapshot
+    P:job:{<job_id>}:done          set     chunk numbers finished (each counted once)
+    P:job:{<job_id>}:dlv           hash    chunk number -> deliveries (redelivery cap)
     P:jobs                         zset    job ids scored by creation time (ms)
+    P:jobs:pending                 zset    outbox: jobs not yet started, by creation time (ms)
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
@@ -27,6 +31,8 @@ string can forge another key or move a key to another slot.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
@@ -41,6 +47,7 @@ __all__ = [
     "escape_id",
     "family_ttl",
     "jti_ttl",
+    "tenant_tag",
     "watermark_ttl",
 ]
 
@@ -49,6 +56,9 @@ MAX_ID_LENGTH: Final = 256
 #: Characters left as they are in keys; everything else (braces, colons, %, spaces, non-ASCII)
 #: is percent-encoded, which keeps escaping injective.
 _SAFE_CHARS: Final = "-._~@+=!$&'()*,;"
+#: Ids made only of characters quote() never changes are their own escape. Nearly every id is
+#: (jtis, uuids, slugs), and the per-request check escapes four of them: skip quote() for those.
+_UNCHANGED_BY_QUOTE: Final = re.compile(r"[A-Za-z0-9_.~\-@+=!$&'()*,;]+")
 #: Hash tag of tokens that carry no tenant. Never the escape of a real tenant (those start "t:").
 NO_TENANT_TAG: Final = "-"
 #: Field names of the family (session) hash: short, because there is one hash per session.
@@ -63,6 +73,7 @@ FAMILY_FIELDS: Final = {
     "rotated": "rot",  # unix seconds, float, of the last rotation
     "scopes": "sc",  # space-separated
     "successor": "nxt",  # the current access jti, for a grace-window retry
+    "issued": "ia",  # integer µs iat of the current pair: a grace retry re-signs the same claims
 }
 
 
@@ -74,7 +85,13 @@ def escape_id(value: object, what: str = "id") -> str:
         raise InvalidIdentifier(f"{what} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidIdentifier(f"{what} is longer than {MAX_ID_LENGTH} characters")
-    return quote(value, safe=_SAFE_CHARS)
+    if _UNCHANGED_BY_QUOTE.fullmatch(value) is not None:
+        return value
+    try:
+        return quote(value, safe=_SAFE_CHARS)
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON "\ud800" decodes to one) has no UTF-8 form.
+        raise InvalidIdentifier(f"{what} is not valid Unicode text") from None
 
 
 def tenant_tag(tenant_id: str | None) -> str:
@@ -106,6 +123,15 @@ class KeyLayout:
         """Marker of a revoked family, read by the per-request check."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:fr:{escape_id(family_id, 'family id')}"
 
+    def family_keys(
+        self, tenant_id: str | None, family_ids: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """``family`` and ``family_revoked`` of many families of one tenant, for the fan-out's
+        hot path: the tenant's tag is escaped once and each family id once."""
+        base = f"{self.prefix}:{{{tenant_tag(tenant_id)}}}"
+        escaped = [escape_id(fid, "family id") for fid in family_ids]
+        return [f"{base}:f:{e}" for e in escaped], [f"{base}:fr:{e}" for e in escaped]
+
     def user_watermark(self, tenant_id: str | None, user_id: str) -> str:
         """Every token of this user (in this tenant) issued at or before the value is revoked."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:uw:{escape_id(user_id, 'user id')}"
@@ -123,11 +149,29 @@ class KeyLayout:
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ui:{escape_id(user_id, 'user id')}"
 
     def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{escape_id(job_id, 'job id')}"
+        """One bulk job record. Tagged by the job id: the job's keys below share its slot."""
+        return f"{self.prefix}:job:{{{escape_id(job_id, 'job id')}}}"
+
+    def job_chunk(self, job_id: str, chunk: int) -> str:
+        """The family ids of one chunk of a job's snapshot, newline-separated."""
+        return f"{self.job(job_id)}:c:{int(chunk)}"
+
+    def job_chunks_done(self, job_id: str) -> str:
+        """Set of the job's chunk numbers that have finished (counted exactly once)."""
+        return f"{self.job(job_id)}:done"
+
+    def job_deliveries(self, job_id: str) -> str:
+        """Hash chunk number -> deliveries, for the redelivery cap."""
+        return f"{self.job(job_id)}:dlv"
 
     @property
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"
+
+    @property
+    def jobs_pending(self) -> str:
+        """The outbox: ids of jobs not yet started, scored by creation time (ms)."""
+        return f"{self.prefix}:jobs:pending"
 
     def job_idempotency(self, digest: str) -> str:
         return f"{self.prefix}:jobkey:{escape_id(digest, 'idempotency key')}"

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
     from revoker.breaker import CircuitBreaker
     from revoker.store import RedisTokenRevocationStore
 
-__all__ = ["DEFAULT_EXEMPT_PATHS", "TokenRevocationMiddleware", "error_response"]
+__all__ = [
+    "DEFAULT_EXEMPT_PATHS",
+    "TokenRevocationMiddleware",
+    "error_response",
+    "www_authenticate",
+]
 
 logger = logging.getLogger("revoker.middleware")
 
@@ -42,6 +47,13 @@ def _header_safe(text: str) -> str:
     return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)[:200]
 
 
+def www_authenticate(error: str | None, description: str) -> str:
+    """The RFC 6750 §3 challenge: bare ``Bearer`` without an error (no credentials were sent)."""
+    if error is None:
+        return "Bearer"
+    return f'Bearer error="{error}", error_description="{_header_safe(description)}"'
+
+
 def error_response(
     status_code: int,
     error: str | None,
@@ -52,10 +64,7 @@ def error_response(
     """An RFC 6750 error: JSON body and, for 401, the WWW-Authenticate challenge."""
     headers: dict[str, str] = {"Cache-Control": "no-store"}
     if status_code == 401:
-        challenge = "Bearer"
-        if error is not None:
-            challenge += f' error="{error}", error_description="{_header_safe(description)}"'
-        headers["WWW-Authenticate"] = challenge
+        headers["WWW-Authenticate"] = www_authenticate(error, description)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return JSONResponse(
@@ -65,14 +74,38 @@ def error_response(
     )
 
 
+def _prefix_rule(prefix: str) -> str:
+    if not prefix.startswith("/"):
+        raise ValueError(f"path prefix {prefix!r} must start with '/'")
+    return prefix
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``path`` is ``prefix`` or lies below it, segment-wise.
+
+    ``/static`` covers ``/static`` and ``/static/app.js`` but not ``/static-admin``: a plain
+    string prefix would exempt routes nobody meant to exempt. A prefix ending in ``/`` covers
+    exactly what lies below it.
+    """
+    for prefix in prefixes:
+        if path.startswith(prefix) and (
+            len(path) == len(prefix) or prefix[-1] == "/" or path[len(prefix)] == "/"
+        ):
+            return True
+    return False
+
+
 class TokenRevocationMiddleware:
     """Reject revoked and invalid bearer tokens before the app runs.
 
-    * ``exempt_paths`` are matched exactly, ``exempt_prefixes`` as path prefixes.
+    * ``exempt_paths`` are matched exactly, ``exempt_prefixes`` as path prefixes at a segment
+      boundary (``/public`` covers ``/public/x``, not ``/publicity``).
     * A verified, unrevoked token's claims are put in ``request.state.token``.
     * Without a bearer token the request passes (the app decides) unless ``require_token``.
     * When Redis cannot answer: ``fail_open`` (default from settings) lets the request through,
       except under ``fail_closed_prefixes``, which answer 503 with Retry-After.
+    * WebSockets are refused before accept: with the HTTP 401/503 itself where the server
+      supports the denial-response extension, else by closing with 1008 (1013 for 503).
     """
 
     def __init__(
@@ -93,21 +126,19 @@ class TokenRevocationMiddleware:
         self.settings = settings or (store.settings if store is not None else get_settings())
         self.checker = checker or RevocationChecker(store, settings=self.settings, breaker=breaker)
         self.exempt_paths = frozenset(exempt_paths)
-        self.exempt_prefixes = tuple(exempt_prefixes)
+        self.exempt_prefixes = tuple(_prefix_rule(p) for p in exempt_prefixes)
         self.require_token = require_token
         self.fail_open = self.settings.fail_open if fail_open is None else fail_open
-        self.fail_closed_prefixes = tuple(fail_closed_prefixes)
+        self.fail_closed_prefixes = tuple(_prefix_rule(p) for p in fail_closed_prefixes)
         self._missing = CHECKS.labels("missing")
-        self._error_open = CHECKS.labels("error_open")
-        self._error_closed = CHECKS.labels("error_closed")
 
     def is_exempt(self, path: str) -> bool:
         return path in self.exempt_paths or (
-            bool(self.exempt_prefixes) and path.startswith(self.exempt_prefixes)
+            bool(self.exempt_prefixes) and _under(path, self.exempt_prefixes)
         )
 
     def fails_open(self, path: str) -> bool:
-        if self.fail_closed_prefixes and path.startswith(self.fail_closed_prefixes):
+        if self.fail_closed_prefixes and _under(path, self.fail_closed_prefixes):
             return False
         return self.fail_open
 
@@ -115,43 +146,50 @@ class TokenRevocationMiddleware:
         if scope["type"] not in ("http", "websocket") or self.is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
+        # Only the check is guarded: an exception raised by the app must reach the server (and
+        # its error handling) untouched, not be answered with a second response.
         try:
             token = bearer_token(scope["headers"])
-            if token is None:
-                if self.require_token:
-                    self._missing.inc()
-                    await self._reject(
-                        scope, receive, send, 401, None, "a bearer token is required"
-                    )
-                    return
-                await self.app(scope, receive, send)
-                return
-            result = await self.checker.check(token)
+            result = None if token is None else await self.checker.check(token)
         except exc.TokenError as e:
             if isinstance(e, exc.TokenRevoked):
                 logger.info(
                     "revoked token rejected",
-                    extra={"rule": e.status.rule, "path": scope["path"]},
+                    extra={
+                        "rule": e.status.rule,
+                        "reason": e.status.reason,
+                        "jti": e.token.jti if e.token else None,
+                        "sub": e.token.sub if e.token else None,
+                        "tenant": e.token.tenant if e.token else None,
+                        "path": scope["path"],
+                        "scope_type": scope["type"],
+                    },
                 )
             await self._reject(scope, receive, send, 401, e.error_code, e.description)
+            return
+        if result is None:
+            if self.require_token:
+                self._missing.inc()
+                await self._reject(scope, receive, send, 401, None, "a bearer token is required")
+                return
+            await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
         state["token"] = result.token
         state["revocation_checked"] = result.store_error is None
-        if result.store_error is not None:
-            if not self.fails_open(scope["path"]):
-                self._error_closed.inc()
-                await self._reject(
-                    scope,
-                    receive,
-                    send,
-                    503,
-                    "temporarily_unavailable",
-                    "token revocation cannot be checked right now",
-                    retry_after=self.settings.retry_after_seconds,
-                )
-                return
-            self._error_open.inc()
+        if result.store_error is not None and not self.checker.admit_unchecked(
+            self.fails_open(scope["path"])
+        ):
+            await self._reject(
+                scope,
+                receive,
+                send,
+                503,
+                "temporarily_unavailable",
+                "token revocation cannot be checked right now",
+                retry_after=self.settings.retry_after_seconds,
+            )
+            return
         await self.app(scope, receive, send)
 
     async def _reject(
@@ -165,11 +203,15 @@ class TokenRevocationMiddleware:
         *,
         retry_after: int | None = None,
     ) -> None:
+        response = error_response(status_code, error, description, retry_after=retry_after)
         if scope["type"] == "websocket":
+            if "websocket.http.response" in scope.get("extensions", {}):
+                # The client learns why (401 + challenge, or 503 + Retry-After), not just "403".
+                await response(scope, receive, send)
+                return
             code = WS_TRY_AGAIN_LATER if status_code == 503 else WS_POLICY_VIOLATION
             await WebSocketClose(code=code, reason=_header_safe(description)[:120])(
                 scope, receive, send
             )
             return
-        response = error_response(status_code, error, description, retry_after=retry_after)
         await response(scope, receive, send)

@@ -24,6 +24,7 @@ __all__ = [
     "NOT_REVOKED",
     "RULE_ORDER",
     "RevocationStatus",
+    "Rule",
     "decide",
     "encode_mark",
     "now_us",
@@ -67,12 +68,14 @@ def encode_mark(at_us: int, reason: str | None = None) -> str:
 
 
 def _decode_mark(raw: bytes | str) -> tuple[int, str | None]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
+    # A value we did not write (or a corrupted one) must not crash the check: bad bytes are
+    # replaced, and an unreadable time reads as 0. A jti or family entry is revoked by its mere
+    # presence; a watermark reads as "no cut-off", as scripts/*.lua read it.
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     at, _, reason = text.partition("|")
     try:
         at_us = int(at)
     except ValueError:
-        # A value we did not write (or a corrupted one) must still count as revoked.
         at_us = 0
     return at_us, (reason or None)
 

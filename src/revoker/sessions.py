@@ -54,9 +54,11 @@ def issue_session_tokens(
     settings: RevokerSettings,
     access_jti: str | None = None,
     refresh_jti: str | None = None,
+    issued_at_us: int | None = None,
 ) -> tuple[TokenPair, float]:
     """Sign an access and a refresh token of ``family_id``. Pure: writes nothing.
 
+    ``issued_at_us`` pins both tokens' ``iat`` (refresh rotation re-signs a pair it issued).
     Returns the pair and the refresh token's ``iat``.
     """
     common: dict[str, Any] = {
@@ -65,6 +67,7 @@ def issue_session_tokens(
         "scopes": tuple(scopes),
         "client_id": client_id,
         "settings": settings,
+        "issued_at_us": issued_at_us,
     }
     refresh = issue_token(
         "refresh",

@@ -17,7 +17,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from revoker.exceptions import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "RevokerSettings", "configure", "get_settings", "reset_settings"]
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "ENV_PREFIX",
+    "HMAC_ALGORITHMS",
+    "MIN_HMAC_SECRET_BYTES",
+    "JwtAlgorithm",
+    "RevokerSettings",
+    "configure",
+    "get_settings",
+    "load_settings",
+    "reset_settings",
+    "settings_reference",
+]
 
 ENV_PREFIX = "REVOKER_"
 
@@ -274,3 +286,13 @@ def reset_settings() -> None:
     global _current
     with _lock:
         _current = None
+
+
+def settings_reference() -> str:
+    """The configuration reference as a Markdown table (the README embeds it; a test compares)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in RevokerSettings.model_fields.items():
+        default = info.default
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(rows)

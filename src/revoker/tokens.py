@@ -7,6 +7,9 @@ material or key URLs are refused, and ``exp``, ``iat``, ``jti``, ``sub`` and ``t
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import secrets
 import threading
@@ -21,11 +24,17 @@ from cachetools import TLRUCache
 from pydantic import BaseModel, ConfigDict
 
 from revoker import exceptions as exc
+from revoker.keys import MAX_ID_LENGTH, escape_id
 from revoker.rules import now_us
 from revoker.settings import HMAC_ALGORITHMS, RevokerSettings, get_settings
 
 __all__ = [
+    "FORBIDDEN_HEADERS",
+    "JWKS_FETCH_TIMEOUT",
+    "JWKS_LIFESPAN",
+    "JWKS_REFRESH_COOLDOWN",
     "MAX_TOKEN_BYTES",
+    "REQUIRED_CLAIMS",
     "IssuedToken",
     "TokenData",
     "TokenType",
@@ -46,6 +55,15 @@ MAX_TOKEN_BYTES: Final = 8192
 FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 #: Claims every token must carry, beyond issuer/audience when those are configured.
 REQUIRED_CLAIMS: Final = ("exp", "iat", "jti", "sub", "typ")
+#: Seconds a fetched JWKS is used before it is fetched again.
+JWKS_LIFESPAN: Final = 300.0
+#: Least seconds between two refetches of the JWKS caused by unknown kids (bounds what a flood
+#: of made-up kids can cost the issuer and us).
+JWKS_REFRESH_COOLDOWN: float = 30.0
+#: Seconds a JWKS fetch may take.
+JWKS_FETCH_TIMEOUT: Final = 3.0
+#: The JWK ``kty`` each algorithm family verifies with (prefix of the algorithm name).
+_JWK_KEY_TYPES: Final = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
 def generate_jti() -> str:
@@ -96,8 +114,10 @@ def _lifetime(expires_delta: timedelta | float | None, default: int) -> float:
 
 
 def _check_optional_id(value: str | None, what: str) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise exc.InvalidIdentifier(f"{what} must be a non-empty string or None")
+    # The ids a token carries become Redis keys: one rule (keys.escape_id) says which ids can,
+    # so a token is never issued that the check could not look up.
+    if value is not None:
+        escape_id(value, what)
 
 
 class IssuedToken(NamedTuple):
@@ -119,10 +139,15 @@ def issue_token(
     lifetime: float,
     jti: str | None,
     settings: RevokerSettings,
+    issued_at_us: int | None = None,
 ) -> IssuedToken:
-    """Sign a token of type ``typ``; what create_access_token/create_refresh_token build on."""
-    if not isinstance(user_id, str) or not user_id:
-        raise exc.InvalidIdentifier("user_id must be a non-empty string")
+    """Sign a token of type ``typ``; what create_access_token/create_refresh_token build on.
+
+    ``issued_at_us`` (integer µs) pins ``iat`` and hence ``exp``: with the same jti it re-signs
+    the same claims (a refresh grace-window retry returns the pair it already issued).
+    """
+    escape_id(user_id, "user_id")
+    _check_optional_id(jti, "jti")
     _check_optional_id(tenant_id, "tenant_id")
     _check_optional_id(family_id, "family_id")
     _check_optional_id(client_id, "client_id")
@@ -131,7 +156,7 @@ def issue_token(
         if not scope or " " in scope:
             raise ValueError(f"invalid scope {scope!r}: scopes are non-empty and have no spaces")
     jti = jti or generate_jti()
-    issued_us = now_us()
+    issued_us = now_us() if issued_at_us is None else issued_at_us
     # iat carries microseconds so that watermark comparisons are exact (see revoker.rules).
     iat = issued_us / 1_000_000
     payload: dict[str, Any] = {
@@ -254,7 +279,13 @@ class TokenVerifier:
             elif self._signing_key is not None and settings.jwks_url is None:
                 self._verify_key = self._signing_key.public_key()
             if settings.jwks_url is not None:
-                self._jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
+                self._jwks = jwt.PyJWKClient(
+                    settings.jwks_url,
+                    lifespan=JWKS_LIFESPAN,
+                    cooldown_duration=JWKS_REFRESH_COOLDOWN,
+                    # The fetch runs inside a request (on the event loop): keep it short.
+                    timeout=JWKS_FETCH_TIMEOUT,
+                )
         self._cache: TLRUCache[tuple[str, str], TokenData] | None = (
             TLRUCache(maxsize=settings.verify_cache_size, ttu=_until_exp, timer=time.time)
             if settings.verify_cache_size > 0
@@ -290,10 +321,7 @@ class TokenVerifier:
             raise exc.MalformedToken("token must be a string")
         if len(token) > MAX_TOKEN_BYTES:
             raise exc.TokenTooLarge(f"token is larger than {MAX_TOKEN_BYTES} bytes")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise exc.MalformedToken("token is not a well-formed JWT") from None
+        header = _unverified_header(token)
         forbidden = FORBIDDEN_HEADERS.intersection(header)
         if forbidden:
             raise exc.ForbiddenHeader(
@@ -301,6 +329,8 @@ class TokenVerifier:
             )
         if header.get("alg") != self.settings.jwt_algorithm:
             raise exc.InvalidSignature("token algorithm is not accepted")
+        if "kid" in header and not isinstance(header["kid"], str):
+            raise exc.MalformedToken("token kid must be a string")
         key = self._key_for(header.get("kid"))
         try:
             payload = jwt.decode(
@@ -351,22 +381,27 @@ class TokenVerifier:
     def _jwks_key(self, kid: str) -> Any:
         assert self._jwks is not None
         try:
-            keys = self._jwks.get_jwk_set().keys
-        except jwt.PyJWKClientError as e:
+            # get_signing_key refetches the set once (at most every cooldown) on an unknown kid,
+            # so a key rotated in at the issuer is trusted without waiting for the cache to age.
+            jwk = self._jwks.get_signing_key(kid)
+        except jwt.PyJWKClientConnectionError as e:
             raise exc.UnknownKeyId(f"cannot fetch the JWKS: {e}") from None
-        for jwk in keys:
-            if jwk.key_id != kid:
-                continue
-            # PyJWT ignores `use` and `key_ops`: only keys meant for signatures verify here.
-            use = jwk._jwk_data.get("use")
-            ops = jwk._jwk_data.get("key_ops")
-            alg = jwk._jwk_data.get("alg")
-            if use not in (None, "sig") or (ops is not None and "verify" not in ops):
-                continue
-            if alg is not None and alg != self.settings.jwt_algorithm:
-                continue
-            return jwk.key
-        raise exc.UnknownKeyId("token kid is not trusted")
+        except jwt.PyJWKClientError:
+            raise exc.UnknownKeyId("token kid is not trusted") from None
+        # PyJWT filters on `use` but ignores `key_ops`, `alg` and the key type: only a key meant
+        # to verify signatures of the pinned algorithm is accepted (an `oct` key in the set
+        # must not become an HMAC secret).
+        data = jwk._jwk_data
+        ops = data.get("key_ops")
+        alg = data.get("alg")
+        if (
+            data.get("use") not in (None, "sig")
+            or (ops is not None and "verify" not in ops)
+            or (alg is not None and alg != self.settings.jwt_algorithm)
+            or jwk.key_type != _JWK_KEY_TYPES.get(self.settings.jwt_algorithm[:2])
+        ):
+            raise exc.UnknownKeyId("token kid is not trusted")
+        return jwk.key
 
     @staticmethod
     def _claims(payload: dict[str, Any], expected_type: TokenType) -> TokenData:
@@ -375,15 +410,17 @@ class TokenVerifier:
             raise exc.InvalidClaim("token typ must be 'access' or 'refresh'")
         if typ != expected_type:
             raise exc.WrongTokenType(f"a {typ} token cannot be used as a {expected_type} token")
-        for name in ("sub", "jti"):
-            value = payload.get(name)
-            if not isinstance(value, str) or not value or len(value) > 256:
-                raise exc.InvalidClaim(f"token {name} must be a non-empty string")
         optional: dict[str, str | None] = {}
-        for claim in ("tenant", "fam", "client_id"):
+        for claim in ("sub", "jti", "tenant", "fam", "client_id"):
             value = payload.get(claim)
-            if value is not None and (not isinstance(value, str) or not value or len(value) > 256):
-                raise exc.InvalidClaim(f"token {claim} must be a non-empty string")
+            if value is not None or claim in ("sub", "jti"):
+                try:
+                    escape_id(value, claim)
+                except exc.InvalidIdentifier:
+                    raise exc.InvalidClaim(
+                        f"token {claim} must be a non-empty string of at most "
+                        f"{MAX_ID_LENGTH} characters"
+                    ) from None
             optional[claim] = value
         scope = payload.get("scope", "")
         if not isinstance(scope, str):
@@ -405,6 +442,21 @@ class TokenVerifier:
             scopes=tuple(scope.split()),
             client=optional["client_id"],
         )
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, parsed here rather than by PyJWT: PyJWT already rejects some forbidden
+    parameters (``crit``) and a non-string ``kid`` with errors that do not say which rule broke."""
+    head, dot, _ = token.partition(".")
+    try:
+        if not dot:
+            raise ValueError("no header segment")
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):  # json and UTF-8 errors are ValueErrors
+        raise exc.MalformedToken("token is not a well-formed JWT") from None
+    if not isinstance(header, dict):
+        raise exc.MalformedToken("token header is not a JSON object")
+    return header
 
 
 def _until_exp(_key: tuple[str, str], value: TokenData, _now: float) -> float:

@@ -8,11 +8,12 @@ import weakref
 
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._async import RedisTokenRevocationStore
-from revoker.store._base import SessionRecord, StoreCore
+from revoker.store._base import RotationReply, SessionRecord, StoreCore
 from revoker.store._sync import SyncRedisTokenRevocationStore
 
 __all__ = [
     "RedisTokenRevocationStore",
+    "RotationReply",
     "SessionRecord",
     "StoreCore",
     "SyncRedisTokenRevocationStore",

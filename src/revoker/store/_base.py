@@ -18,13 +18,23 @@ from redis.exceptions import RedisError
 
 from revoker import keys as k
 from revoker.exceptions import InvalidIdentifier
-from revoker.rules import RevocationStatus, decide, encode_mark, now_us
+from revoker.rules import RevocationStatus, decide, encode_mark, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.tokens import TokenData
 
 T = TypeVar("T")
 
-__all__ = ["Command", "Plan", "ScriptCall", "StoreCore", "load_script"]
+__all__ = [
+    "BACKEND_ERRORS",
+    "ROTATION_FIELDS",
+    "Command",
+    "Plan",
+    "RotationReply",
+    "ScriptCall",
+    "SessionRecord",
+    "StoreCore",
+    "load_script",
+]
 
 Command = tuple[Any, ...]
 
@@ -74,10 +84,29 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True, slots=True)
+class RotationReply:
+    """What the rotate_refresh script decided (see ``scripts/rotate_refresh.lua``).
+
+    ``outcome`` is "rotated", "grace" (with the successor to re-sign), "reuse" (the family was
+    revoked by this call), "unknown", or "revoked" (with the status; nothing was written).
+    """
+
+    outcome: str
+    access_jti: str | None = None
+    refresh_jti: str | None = None
+    issued_at_us: int | None = None
+    status: RevocationStatus | None = None
+
+
+#: Family hash fields the rotate_refresh script reads or writes, in its ARGV order.
+ROTATION_FIELDS = ("user", "current", "previous", "rotated", "successor", "issued", "expires")
+
+
 class StoreCore:
     """Key layout, TTL arithmetic and reply parsing for both stores."""
 
-    SCRIPTS: tuple[str, ...] = ("set_watermark",)
+    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh")
 
     def __init__(self, settings: RevokerSettings) -> None:
         self.settings = settings
@@ -145,7 +174,10 @@ class StoreCore:
         ttl = k.jti_ttl(expires_at, at / 1e6, self.settings.access_token_ttl, self.settings.leeway)
         return Plan(
             [
-                ("SET", key, encode_mark(at, reason), "EX", ttl, "GET"),
+                # NX: a repeat keeps the first revocation's time and reason; EXPIRE GT still
+                # lets it extend the entry (a later call may know a later exp), never shorten it.
+                ("SET", key, encode_mark(at, reason), "EX", ttl, "NX", "GET"),
+                ("EXPIRE", key, ttl, "GT"),
                 self.audit_command("token", jti, reason=reason, actor=actor, at_us=at),
                 self.count_command("tokens"),
             ],
@@ -162,16 +194,12 @@ class StoreCore:
     ) -> Plan[bool]:
         at = now_us()
         ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
+        key = self.keys.family_revoked(tenant_id, family_id)
         return Plan(
             [
-                (
-                    "SET",
-                    self.keys.family_revoked(tenant_id, family_id),
-                    encode_mark(at, reason),
-                    "EX",
-                    ttl,
-                    "GET",
-                ),
+                # As for a jti: the first revocation's time and reason stay (see above).
+                ("SET", key, encode_mark(at, reason), "EX", ttl, "NX", "GET"),
+                ("EXPIRE", key, ttl, "GT"),
                 self.audit_command(
                     "family", family_id, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
                 ),
@@ -301,6 +329,67 @@ class StoreCore:
             )
 
         return Plan([("HGETALL", self.keys.family(tenant_id, family_id))], finish)
+
+    def plan_rotate(
+        self,
+        token: TokenData,
+        *,
+        refresh_jti: str,
+        access_jti: str,
+        issued_at_us: int,
+        expires_at: int,
+        reuse_mark: str,
+        check_jti: bool,
+    ) -> Plan[RotationReply]:
+        """Make the pair (``refresh_jti``, ``access_jti``) current if ``token`` is; one script call.
+
+        ``check_jti`` puts the token's jti key in the script; on a cluster it lives in another
+        slot, so the caller checks it beforehand instead.
+        """
+        if token.family is None:
+            raise InvalidIdentifier("a refresh token without a family cannot be rotated")
+        tenant, family, user = token.tenant, token.family, token.sub
+        f = k.FAMILY_FIELDS
+        keys = [
+            self.keys.family(tenant, family),
+            self.keys.family_revoked(tenant, family),
+            self.keys.user_watermark(tenant, user),
+            self.keys.tenant_index(tenant),
+            self.keys.user_index(tenant, user),
+        ]
+        if tenant is not None:
+            keys.append(self.keys.tenant_watermark(tenant))
+        if check_jti:
+            keys.append(self.keys.jti(token.jti))
+        args = [
+            token.jti,
+            to_us(token.iat),
+            user,
+            refresh_jti,
+            access_jti,
+            issued_at_us,
+            expires_at,
+            self.settings.refresh_reuse_grace_seconds,
+            k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway),
+            reuse_mark,
+            family,
+            "1" if tenant is not None else "0",
+            "1" if check_jti else "0",
+            *(f[name] for name in ROTATION_FIELDS),
+        ]
+
+        def finish(replies: list[Any]) -> RotationReply:
+            reply = replies[0]
+            outcome = _text(reply[0])
+            if outcome == "grace":
+                return RotationReply(
+                    outcome, _text(reply[1]), _text(reply[2]), int(_text(reply[3]))
+                )
+            if outcome == "revoked":
+                return RotationReply(outcome, status=decide(token.iat, list(reply[1:5])))
+            return RotationReply(outcome)
+
+        return Plan([ScriptCall("rotate_refresh", keys, args)], finish)
 
     # --- health and stats ----------------------------------------------------------------------
 

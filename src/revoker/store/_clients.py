@@ -10,7 +10,11 @@ from redis.backoff import NoBackoff
 
 from revoker.settings import RevokerSettings
 
-__all__ = ["make_async_client", "make_sync_client"]
+__all__ = [
+    "SYNC_SOCKET_TIMEOUT",
+    "make_async_client",
+    "make_sync_client",
+]
 
 #: Socket timeout of the sync (Celery task) client: bulk pipelines carry thousands of commands, so
 #: the short per-request timeout would fail them; a hung Redis is still noticed within this bound.

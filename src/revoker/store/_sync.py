@@ -18,6 +18,7 @@ from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
     BACKEND_ERRORS,
     Plan,
+    RotationReply,
     ScriptCall,
     SessionRecord,
     StoreCore,
@@ -89,7 +90,7 @@ class SyncRedisTokenRevocationStore:
         self,
         family_id: str,
         *,
-        tenant_id: str | None = None,
+        tenant_id: str | None,
         reason: str | None = None,
         actor: str | None = None,
     ) -> bool:
@@ -139,6 +140,10 @@ class SyncRedisTokenRevocationStore:
     def record_session(self, family_id: str, **fields: Any) -> None:
         """See :meth:`RedisTokenRevocationStore.record_session`."""
         self._execute(self.core.plan_record_session(family_id, **fields))
+
+    def rotate_refresh(self, token: TokenData, **new: Any) -> RotationReply:
+        """See :meth:`RedisTokenRevocationStore.rotate_refresh`."""
+        return self._execute(self.core.plan_rotate(token, check_jti=not self.is_cluster, **new))
 
     def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
         """See :meth:`RedisTokenRevocationStore.get_session`."""

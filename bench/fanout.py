@@ -1,0 +1,609 @@
+"""Issue 3's benchmark: fan-out of a big tenant by real Celery workers, measured from outside.
+
+One run, on the benchmark's own Redis (data) and a second throwaway Redis (Celery broker):
+
+* ``redis-benchmark -P 64 -c 1 -t set`` on the data Redis: what one pipelining client reaches;
+* per round: a tenant of N sessions (1,000,000; 200,000 with --quick) written with the exact
+  commands of ``start_session``'s record path (``StoreCore.plan_record_session``), pipelined raw;
+  Redis memory per session (``INFO memory`` before/after); then ``enqueue_tenant_revocation`` and
+  a worker with one, then two, pool processes fans it out while a separate process runs
+  ``store.is_revoked`` at a steady rate against the same Redis (its p50/p99 during the fan-out
+  and before it), and an HTTP client polls a uvicorn service (``TokenRevocationMiddleware``)
+  with a token of the tenant: enforcement latency is the time from ``enqueue`` returning to
+  the first 401 (also for a tenant of 10 sessions).
+
+Sessions revoked per second = sessions / (enqueue called -> job seen done). Redis writes per
+second = calls of write commands (``COMMAND`` flags, so commands run inside the Lua scripts count)
+in ``INFO commandstats`` over the same span. Worker and Redis CPU seconds per 1,000 sessions say
+which side bounds the fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import hiredis
+import redis
+from apps import ITEM_PATH
+from common import (
+    REPO_DIR,
+    ServerProcess,
+    clean_env,
+    environment_line,
+    fmt,
+    markdown_table,
+    median,
+    process_cpu_seconds,
+    reproduce_line,
+    start_uvicorn,
+)
+
+from revoker.jobs import enqueue_tenant_revocation, get_job, wait_for_job
+from revoker.localredis import LocalRedis
+from revoker.sessions import start_session_sync
+from revoker.settings import RevokerSettings, load_settings
+from revoker.store import StoreCore, SyncRedisTokenRevocationStore
+from revoker.tokens import generate_jti
+
+sys.path.insert(0, str(REPO_DIR / "tests"))
+from celery_helpers import WorkerProcess, start_worker, worker_env
+
+NAME = "fanout"
+SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+PREFIX = "bfan"
+BIG = "big-tenant"
+#: Sessions per user in the big tenant (each user has a user index of this many members).
+SESSIONS_PER_USER = 4
+#: Sessions of the tenant whose tokens the steady checker presents (never revoked).
+CHECKED_SESSIONS = 200
+#: Steady per-request checks per second during the fan-out (a lightly loaded service).
+CHECK_RATE = 500
+#: Sessions written per pipelined batch while populating.
+POPULATE_BATCH = 2_000
+
+Sample = tuple[float, float]  # (unix time the check started, latency in seconds)
+
+
+@dataclass
+class Round:
+    workers: int
+    sessions: int
+    wall_s: float
+    job_span_s: float
+    revoked: int
+    writes: int
+    by_command: dict[str, int]
+    usec_by_command: dict[str, int]
+    enforcement_big_ms: float
+    enforcement_small_ms: float
+    during: list[float] = field(default_factory=list)  # check latencies (s) during the fan-out
+    idle: list[float] = field(default_factory=list)  # check latencies (s) before it
+    check_errors: int = 0
+    worker_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
+    bytes_per_session: float = 0.0
+    populate_rate: float = 0.0
+
+    @property
+    def sessions_per_s(self) -> float:
+        return self.revoked / self.wall_s
+
+    @property
+    def writes_per_s(self) -> float:
+        return self.writes / self.wall_s
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def bench_settings(data_url: str, broker_url: str) -> RevokerSettings:
+    return load_settings(
+        redis_url=data_url,
+        broker_url=broker_url,
+        result_backend=broker_url,
+        key_prefix=PREFIX,
+        jwt_algorithm="HS256",
+        jwt_secret=SECRET,
+    )
+
+
+def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float:
+    """Write ``n`` sessions of ``tenant`` with start_session's record commands; returns sessions/s.
+
+    The commands are exactly ``plan_record_session``'s; only their transport is raw (hiredis
+    packs, one socket, one batch always in flight) so that a million sessions take a minute, not
+    the ~15 minutes of signing two JWTs and a round trip per session.
+    """
+    core = StoreCore(settings)
+    users = max(1, n // SESSIONS_PER_USER)
+    now = time.time()
+    expires = int(now + settings.refresh_token_ttl)
+    reader = hiredis.Reader()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        pending = 0
+
+        def drain(expected: int) -> None:
+            got = 0
+            while got < expected:
+                reply = reader.gets()
+                if reply is False:
+                    reader.feed(sock.recv(1 << 20))
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RuntimeError(f"populate: Redis replied {reply}")
+                got += 1
+
+        for start in range(0, n, POPULATE_BATCH):
+            out: list[bytes] = []
+            for i in range(start, min(n, start + POPULATE_BATCH)):
+                plan = core.plan_record_session(
+                    generate_jti(),
+                    user_id=f"user-{i % users}",
+                    tenant_id=tenant,
+                    client_id="web" if i % 3 else "mobile",
+                    scopes=(),
+                    current_jti=generate_jti(),
+                    created=now,
+                    expires=expires,
+                )
+                out.extend(hiredis.pack_command(command) for command in plan.commands)
+            sock.sendall(b"".join(out))
+            # One batch stays in flight: Redis works on it while the next one is packed.
+            drain(pending)
+            pending = len(out)
+        drain(pending)
+    return n / (time.perf_counter() - started)
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def write_commands(client: redis.Redis) -> frozenset[str]:
+    """Names of the commands Redis flags as writes (as INFO commandstats spells them)."""
+    table: dict[str, Any] = client.command()
+    return frozenset(name.lower() for name, info in table.items() if "write" in info["flags"])
+
+
+def command_calls(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """(calls, microseconds) per command since the server started (INFO commandstats)."""
+    return {
+        name.removeprefix("cmdstat_").lower(): (int(stats["calls"]), int(stats["usec"]))
+        for name, stats in client.info("commandstats").items()
+    }
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def redis_benchmark(port: int, requests: int) -> tuple[float, str]:
+    """SET requests/s of ``redis-benchmark -P 64 -c 1 -t set -n requests`` and its command."""
+    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if binary is None:
+        raise SystemExit("redis-benchmark is not installed (apt-get install -y redis-tools)")
+    command = [binary, "-h", "127.0.0.1", "-p", str(port), "-P", "64", "-c", "1",
+               "-t", "set", "-n", str(requests), "-q"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    # -q prints progress with carriage returns, then "SET: 123456.78 requests per second, ...".
+    match = re.search(r"SET: ([\d.]+) requests per second", done.stdout.replace("\r", "\n"))
+    if match is None:
+        raise RuntimeError(f"cannot parse redis-benchmark output: {done.stdout!r}")
+    shown = f"redis-benchmark -P 64 -c 1 -t set -n {requests}"
+    return float(match[1]), shown
+
+
+def worker_cpu(worker: WorkerProcess) -> float:
+    """CPU seconds of the worker's main process and its pool children."""
+    pids = [worker.pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+        pids += [int(p) for p in children]
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += process_cpu_seconds(pid)
+    return total
+
+
+# --- the steady checker (a separate process) ------------------------------------------------------
+
+
+def _checker_main(config_path: str) -> None:
+    """Run ``store.is_revoked`` at CHECK_RATE until SIGTERM; print the samples as JSON."""
+    config = json.loads(Path(config_path).read_text())
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(_check_loop(config))
+
+
+async def _check_loop(config: dict[str, Any]) -> None:
+    from revoker.exceptions import StoreUnavailable
+    from revoker.store import RedisTokenRevocationStore
+    from revoker.tokens import decode_token
+
+    settings = bench_settings(config["redis_url"], config["redis_url"])
+    store = RedisTokenRevocationStore(settings=settings)
+    # The middleware caches verified tokens; what is measured here is the Redis round trip.
+    tokens = [decode_token(t, settings=settings) for t in config["tokens"]]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    samples: list[Sample] = []
+    errors = 0
+    interval = 1.0 / config["rate"]
+    next_at = time.perf_counter()
+    print("ready", flush=True)
+    i = 0
+    while not stop.is_set():
+        now = time.perf_counter()
+        if now < next_at:
+            await asyncio.sleep(next_at - now)
+        next_at += interval
+        token = tokens[i % len(tokens)]
+        i += 1
+        wall = time.time()
+        started = time.perf_counter()
+        try:
+            status = await store.is_revoked(token)
+        except StoreUnavailable:
+            errors += 1
+            continue
+        samples.append((wall, time.perf_counter() - started))
+        if status.revoked:
+            raise RuntimeError("a checker token was revoked: the benchmark is misconfigured")
+    await store.aclose()
+    print(json.dumps({"samples": samples, "errors": errors}), flush=True)
+
+
+@contextlib.contextmanager
+def steady_checker(redis_url: str, tokens: list[str], workdir: Path) -> Iterator[dict[str, Any]]:
+    """Run the checker process for the ``with`` block; the yielded dict gets its results."""
+    config_path = workdir / "checker-config.json"
+    config_path.write_text(
+        json.dumps({"redis_url": redis_url, "tokens": tokens, "rate": CHECK_RATE})
+    )
+    env = clean_env({"PYTHONPATH": str(Path(__file__).resolve().parent)})
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--checker", str(config_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    results: dict[str, Any] = {}
+    try:
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the checker process did not start")
+        yield results
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+    if process.returncode != 0 or not out.strip():
+        raise RuntimeError(f"the checker process failed ({process.returncode})")
+    results.update(json.loads(out))
+
+
+# --- enforcement ----------------------------------------------------------------------------------
+
+
+def first_401_ms(server: ServerProcess, token: str, enqueue: Any) -> tuple[float, str]:
+    """Milliseconds from ``enqueue()`` returning to the first 401 for ``token``; and the job id."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def status() -> int:
+        conn.request("GET", ITEM_PATH, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return int(response.status)
+
+    try:
+        if status() != 200:  # warm: connection open, token verified once (the cache is normal)
+            raise RuntimeError("the enforcement token was rejected before the revocation")
+        job_id = enqueue()
+        returned = time.perf_counter()
+        deadline = returned + 30
+        while status() != 401:
+            if time.perf_counter() > deadline:
+                raise RuntimeError("no 401 within 30 s of enqueue returning")
+        return (time.perf_counter() - returned) * 1000, job_id
+    finally:
+        conn.close()
+
+
+# --- one round ------------------------------------------------------------------------------------
+
+
+def one_round(
+    *,
+    workers: int,
+    n: int,
+    settings: RevokerSettings,
+    data: LocalRedis,
+    server: ServerProcess,
+    workdir: Path,
+    writes: frozenset[str],
+    index: int,
+) -> Round:
+    client = redis.Redis.from_url(data.url, socket_timeout=600)
+    store = SyncRedisTokenRevocationStore(settings=settings)
+    try:
+        client.flushall()
+        before = used_memory(client)
+        rate = populate(settings, data.port, BIG, n)
+        per_session = (used_memory(client) - before) / n
+        print(f"  populated {fmt(n)} sessions at {fmt(rate)}/s", file=sys.stderr)
+        small = f"small-tenant-{index}"
+        big_token = start_session_sync("user-0", tenant_id=BIG, store=store).access_token
+        small_pairs = [start_session_sync(f"s{i}", tenant_id=small, store=store) for i in range(10)]
+        checked = [
+            start_session_sync(f"c{i}", tenant_id="checked", store=store).access_token
+            for i in range(CHECKED_SESSIONS)
+        ]
+        worker = start_worker(worker_env(settings), concurrency=workers)
+        try:
+            with steady_checker(data.url, checked, workdir) as checks:
+                time.sleep(2.0)  # baseline samples of the check before any fan-out
+                small_ms, small_job = first_401_ms(
+                    server,
+                    small_pairs[0].access_token,
+                    lambda: enqueue_tenant_revocation(
+                        small, reason="bench", actor="bench", settings=settings
+                    ),
+                )
+                wait_for_job(small_job, timeout=60, poll_interval=0.01, settings=settings)
+                calls_before = command_calls(client)
+                cpu_before, redis_cpu_before = worker_cpu(worker), redis_cpu(client)
+                window_start = time.time()
+                started = time.perf_counter()
+                big_ms, job_id = first_401_ms(
+                    server,
+                    big_token,
+                    lambda: enqueue_tenant_revocation(
+                        BIG, reason="bench", actor="bench", settings=settings
+                    ),
+                )
+                record = wait_for_job(job_id, timeout=1800, poll_interval=0.02, settings=settings)
+                wall = time.perf_counter() - started
+                window_end = time.time()
+                worker_seconds = worker_cpu(worker) - cpu_before
+                redis_seconds = redis_cpu(client) - redis_cpu_before
+                calls_after = command_calls(client)
+        finally:
+            worker.stop()
+        if record.status != "done":
+            raise RuntimeError(f"fan-out job ended {record.status}: {record.error}")
+        record = get_job(job_id, settings=settings)
+        delta = {
+            name: (
+                calls - calls_before.get(name, (0, 0))[0],
+                usec - calls_before.get(name, (0, 0))[1],
+            )
+            for name, (calls, usec) in calls_after.items()
+            if calls != calls_before.get(name, (0, 0))[0]
+        }
+        samples: list[Sample] = checks["samples"]
+        return Round(
+            workers=workers,
+            sessions=n + 1,
+            wall_s=wall,
+            job_span_s=(record.finished_at or 0) - (record.started_at or 0),
+            revoked=record.families_revoked,
+            writes=sum(calls for name, (calls, _) in delta.items() if name in writes),
+            by_command={name: calls for name, (calls, _) in delta.items()},
+            usec_by_command={name: usec for name, (_, usec) in delta.items()},
+            enforcement_big_ms=big_ms,
+            enforcement_small_ms=small_ms,
+            during=[lat for at, lat in samples if window_start <= at <= window_end],
+            idle=[lat for at, lat in samples if at < window_start - 0.5],
+            check_errors=int(checks["errors"]),
+            worker_cpu_s=worker_seconds,
+            redis_cpu_s=redis_seconds,
+            bytes_per_session=per_session,
+            populate_rate=rate,
+        )
+    finally:
+        store.close()
+        client.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))]
+
+
+# --- run and report -------------------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> str:
+    n = 200_000 if quick else 1_000_000
+    repeats = 1 if quick else 2
+    bench_requests = 400_000 if quick else 2_000_000
+    workdir = Path(tempfile.mkdtemp(prefix="revoker-bench-fanout-"))
+    rounds: list[Round] = []
+    with LocalRedis() as data, LocalRedis() as broker:
+        settings = bench_settings(data.url, broker.url)
+        client = redis.Redis.from_url(data.url, socket_timeout=600)
+        writes = write_commands(client)
+        env = clean_env(worker_env(settings))
+        server = start_uvicorn("apps:revoker", name="fanout-service", env=env, cpu=None,
+                               log_dir=workdir, ready_path="/bench/count")  # fmt: skip
+        try:
+            benchmark_rates = []
+            for r in range(repeats):
+                for workers in (1, 2):
+                    client.flushall()
+                    rate, bench_command = redis_benchmark(data.port, bench_requests)
+                    benchmark_rates.append(rate)
+                    print(f"  {bench_command}: {fmt(rate)} SET/s", file=sys.stderr)
+                    result = one_round(
+                        workers=workers, n=n, settings=settings, data=data, server=server,
+                        workdir=workdir, writes=writes, index=len(rounds),
+                    )  # fmt: skip
+                    rounds.append(result)
+                    print(
+                        f"  round {r + 1}/{repeats}, {workers} worker process(es): "
+                        f"{fmt(result.sessions_per_s)} sessions/s, "
+                        f"{fmt(result.writes_per_s)} writes/s, check p99 "
+                        f"{percentile(result.during, 0.99) * 1000:.2f} ms, enforcement "
+                        f"{result.enforcement_small_ms:.2f} / {result.enforcement_big_ms:.2f} ms",
+                        file=sys.stderr,
+                    )
+            env_line = environment_line(client)
+        finally:
+            server.stop()
+            client.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report(
+        rounds, benchmark_rates, bench_command, env_line, n, settings.chunk_size, quick=quick
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def report(
+    rounds: list[Round],
+    benchmark_rates: list[float],
+    bench_command: str,
+    env_line: str,
+    n: int,
+    chunk_size: int,
+    *,
+    quick: bool,
+) -> str:
+    bench_rate = median(benchmark_rates)
+    rows = []
+    for r in rounds:
+        rows.append(
+            [
+                str(r.workers),
+                fmt(r.revoked),
+                f"{r.wall_s:.2f}",
+                fmt(r.sessions_per_s),
+                fmt(r.writes_per_s),
+                f"{r.writes_per_s / bench_rate:.2f}",
+                f"{percentile(r.idle, 0.5) * 1000:.2f} / {percentile(r.idle, 0.99) * 1000:.2f}",
+                f"{percentile(r.during, 0.5) * 1000:.2f} / {percentile(r.during, 0.99) * 1000:.2f}",
+                f"{r.check_errors}",
+                f"{r.worker_cpu_s / r.revoked * 1e6:.1f}",
+                f"{r.redis_cpu_s / r.revoked * 1e6:.1f}",
+                f"{r.enforcement_small_ms:.2f} / {r.enforcement_big_ms:.2f}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "worker processes", "sessions revoked", "enqueue → done s", "sessions/s",
+            "Redis writes/s", "writes / redis-benchmark", "check p50 / p99 ms before",
+            "check p50 / p99 ms during", "check errors", "worker CPU µs/session",
+            "Redis CPU µs/session", "enforcement ms, 10 / all sessions",
+        ],
+        rows,
+    )  # fmt: skip
+    two = [r for r in rounds if r.workers == 2]
+    best_two = median([r.sessions_per_s for r in two])
+    writes_ratio = median([r.writes_per_s for r in two]) / bench_rate
+    p99_during = max(percentile(r.during, 0.99) for r in rounds) * 1000
+    enforcement_small = max(r.enforcement_small_ms for r in rounds)
+    enforcement_big = max(r.enforcement_big_ms for r in rounds)
+    memory = median([r.bytes_per_session for r in rounds])
+    targets = markdown_table(
+        ["target", "measured", "goal", "verdict"],
+        [
+            ["sessions revoked/s, two worker processes", fmt(best_two), "≥ 200,000",
+             _verdict(best_two >= 200_000)],
+            ["Redis writes/s vs redis-benchmark, two workers", f"{writes_ratio:.2f}", "≥ 0.5",
+             _verdict(writes_ratio >= 0.5)],
+            ["check p99 during the fan-out (worst round)", f"{p99_during:.2f} ms", "< 2 ms",
+             _verdict(p99_during < 2)],
+            ["enforcement, tenant of 10 (worst round)", f"{enforcement_small:.2f} ms", "< 5 ms",
+             _verdict(enforcement_small < 5)],
+            [f"enforcement, tenant of {fmt(n)} (worst round)", f"{enforcement_big:.2f} ms",
+             "< 5 ms", _verdict(enforcement_big < 5)],
+            ["Redis memory per tracked session", f"{memory:.0f} B", "< 300 B",
+             _verdict(memory < 300)],
+        ],
+    )  # fmt: skip
+    per_session = sorted(
+        ((name, calls / rounds[-1].revoked) for name, calls in rounds[-1].by_command.items()),
+        key=lambda item: -item[1],
+    )
+    breakdown = ", ".join(f"{name.upper()} {v:.3f}" for name, v in per_session if v >= 0.001)
+    last = rounds[-1]
+    usec = sorted(last.usec_by_command.items(), key=lambda item: -item[1])
+    redis_time = ", ".join(
+        f"{name.upper()} {u / last.revoked:.2f} µs/session "
+        f"({u / last.by_command[name]:,.1f} µs/call)"
+        for name, u in usec
+        if u / last.revoked >= 0.05
+    )
+    mode = " (--quick: figures are indicative only)" if quick else ""
+    return f"""## Fan-out: revoking a whole tenant with Celery workers (issue 3){mode}
+
+{reproduce_line(NAME)}
+
+Measured {env_line}. The data Redis and the Celery broker are two throwaway servers on loopback;
+nothing is pinned, so the worker processes, Redis, the checker and the service share the
+machine's cores with each other (and with whatever else the machine was running: see the load
+average). Each round: `FLUSHALL`, `{bench_command}` on the data Redis (median
+{fmt(bench_rate)} SET/s over {len(benchmark_rates)} runs), a tenant of {fmt(n)} sessions
+({SESSIONS_PER_USER} per user, written with `plan_record_session`'s commands, pipelined raw at
+~{fmt(median([r.populate_rate for r in rounds]))} sessions/s), then `celery -A revoker.worker
+worker --concurrency K` (`REVOKER_CHUNK_SIZE` {chunk_size:,}) revokes the tenant
+after `enqueue_tenant_revocation`. A separate process calls `store.is_revoked` {CHECK_RATE} times a
+second on the same Redis throughout ("before" = the 2 s before the job, "during" = enqueue to
+done). Enforcement: a uvicorn service with `TokenRevocationMiddleware` is polled over one
+keep-alive connection from the moment `enqueue` returns until it answers 401.
+
+{table}
+
+Targets (two worker processes; worst round where a latency bound is stated):
+
+{targets}
+
+Redis commands per revoked session in the last round (`INFO commandstats`, script-internal
+commands included): {breakdown}. Time Redis spent in them (`usec`; a script's time includes the
+commands it runs, which are also listed on their own): {redis_time}. One script call holds Redis
+for its whole duration, so a check arriving meanwhile waits for it: compare its µs per call with
+the check's p99.
+Worker CPU per session is the worker's main process plus pool children (utime+stime); Redis CPU
+is `used_cpu_user+used_cpu_sys` over the same span: when the workers' CPU per session times the
+rate approaches the cores they have, the client side bounds the fan-out, not Redis.
+"""
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--checker":
+        _checker_main(sys.argv[2])
+    else:
+        print(run(quick="--quick" in sys.argv))

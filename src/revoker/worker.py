@@ -1,0 +1,109 @@
+"""The Celery app: ``celery -A revoker.worker worker|beat|flower``.
+
+Configured from :func:`revoker.settings.get_settings` (REVOKER_* variables) when the configuration
+is first needed, not at import time. :func:`celery_config` is the one place the reliability
+settings live; the job publisher in :mod:`revoker.jobs` uses the same configuration.
+
+Why each reliability setting:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its
+  task returned, and a task whose process died is requeued, so a killed worker loses nothing
+  (with the defaults a killed task is lost: measured in DESIGN.md).
+* ``worker_prefetch_multiplier=1``: a worker holds no more messages than it runs, so a crash
+  strands at most the chunks in flight and idle workers can take the rest.
+* one ``visibility_timeout`` for the broker and the result backend transport (Redis broker), and
+  time limits below it: a task still running is never redelivered to a second worker.
+* the redelivery cap is counted by the chunk task itself in Redis (see :mod:`revoker.tasks`),
+  because RabbitMQ and Redis brokers count (or do not count) redeliveries differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from revoker.settings import RevokerSettings, get_settings
+
+__all__ = [
+    "BEAT_EXPIRE_SECONDS",
+    "BEAT_OUTBOX_SECONDS",
+    "app",
+    "celery_config",
+    "time_limits",
+]
+
+#: Beat period of ``expire_entries``.
+BEAT_EXPIRE_SECONDS = 60.0
+#: Beat period of ``publish_pending_jobs`` (the outbox sweep).
+BEAT_OUTBOX_SECONDS = 5.0
+
+
+def time_limits(settings: RevokerSettings) -> tuple[int, int]:
+    """(soft, hard) task time limits, below the visibility timeout: no live task is redelivered."""
+    hard = max(5, int(settings.visibility_timeout * 0.8))
+    soft = max(3, hard - max(2, hard // 10))
+    return soft, hard
+
+
+def celery_config(settings: RevokerSettings) -> dict[str, Any]:
+    """The Celery configuration for ``settings``."""
+    soft, hard = time_limits(settings)
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu restores unacked messages of dead workers only on this sweep; with its defaults
+        # (10 s x 10) a short visibility timeout would still wait ~100 s.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_url": settings.effective_broker_url,
+        "result_backend": settings.effective_result_backend,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A task killed by the hard time limit is requeued, not acknowledged: it then meets the
+        # chunk's redelivery cap and is parked, instead of vanishing with its job left running.
+        "task_acks_on_failure_or_timeout": False,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": soft,
+        "task_time_limit": hard,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "result_expires": settings.job_retention,
+        # One queue per key prefix: deployments sharing a broker never run each other's tasks,
+        # and revoker tasks stay apart from an application's own Celery tasks.
+        "task_default_queue": settings.key_prefix,
+        # Publishing must fail fast when the broker is down: the job stays pending in the outbox
+        # and the sweeper publishes it later, instead of blocking the caller.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "broker_connection_timeout": 2.0,
+        "timezone": "UTC",
+        "beat_schedule": {
+            "revoker-expire-entries": {
+                "task": "revoker.expire_entries",
+                "schedule": BEAT_EXPIRE_SECONDS,
+            },
+            "revoker-publish-pending-jobs": {
+                "task": "revoker.publish_pending_jobs",
+                "schedule": BEAT_OUTBOX_SECONDS,
+            },
+        },
+    }
+
+
+app = Celery("revoker", include=["revoker.tasks"])
+# A promise: the settings are read when Celery first needs its configuration (in the worker, after
+# the REVOKER_* environment is in place), never at import time.
+app.add_defaults(lambda: celery_config(get_settings()))

@@ -1,0 +1,266 @@
+"""Start real ``celery -A revoker.worker worker`` processes for tests and benchmarks.
+
+The worker is configured only through REVOKER_* environment variables, exactly as in production.
+Each worker runs in its own session (process group), so :meth:`WorkerProcess.kill` can SIGKILL the
+main process and every pool child at once, as a crashed machine would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from revoker.keys import FAMILY_FIELDS, KeyLayout, family_ttl
+from revoker.settings import ENV_PREFIX, RevokerSettings
+
+__all__ = [
+    "WorkerProcess",
+    "celery_command",
+    "seed_sessions",
+    "start_beat",
+    "start_worker",
+    "worker_env",
+]
+
+
+def celery_command() -> list[str]:
+    """The ``celery`` entry point of this virtualenv."""
+    exe = Path(sys.executable).parent / "celery"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "celery"]
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def worker_env(settings: RevokerSettings, broker_url: str | None = None) -> dict[str, str]:
+    """``settings`` as REVOKER_* variables (unset fields are left out), plus the broker URL."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(value)
+    if broker_url is not None:
+        env[f"{ENV_PREFIX}BROKER_URL"] = broker_url
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """One worker (main process plus its pool) started by :func:`start_worker`."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    hostname: str
+    _log: Any = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        """Everything the worker has written so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
+        """Block until the worker consumes (its "ready." log line); raise with its log if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"celery worker exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                )
+            time.sleep(0.05)
+        raise TimeoutError(f"celery worker not ready within {timeout}s:\n{self.log()[-4000:]}")
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children) at once."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait(10)
+        self._close_log()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Warm shutdown (SIGTERM); SIGKILL the group if it has not exited within ``timeout``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        # Pool children orphaned by a crash of the main process would keep consuming.
+        self._signal_group(signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_worker(
+    env: Mapping[str, str],
+    *,
+    concurrency: int = 2,
+    extra_args: Sequence[str] = (),
+    wait: bool = True,
+) -> WorkerProcess:
+    """Start ``celery -A revoker.worker worker`` with ``env`` (REVOKER_* variables) added.
+
+    The caller's own REVOKER_* variables are dropped so only ``env`` configures the worker.
+    """
+    full = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    full.update(env)
+    full.setdefault("PYTHONUNBUFFERED", "1")
+    hostname = f"test-{uuid.uuid4().hex[:8]}@127.0.0.1"
+    fd, name = tempfile.mkstemp(prefix="revoker-worker-", suffix=".log")
+    log = os.fdopen(fd, "wb")
+    command = [
+        *celery_command(),
+        "-A", "revoker.worker",
+        "worker",
+        "--loglevel", "INFO",
+        "--pool", "prefork",
+        "--concurrency", str(concurrency),
+        "--hostname", hostname,
+        "--without-gossip",
+        "--without-mingle",
+        *extra_args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    worker = WorkerProcess(process, Path(name), hostname, log)
+    if wait:
+        try:
+            worker.wait_ready()
+        except BaseException:
+            worker.stop(timeout=2)
+            raise
+    return worker
+
+
+def start_beat(env: Mapping[str, str]) -> WorkerProcess:
+    """Start ``celery -A revoker.worker beat`` (schedule file in a temporary directory)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    full.update(env)
+    workdir = tempfile.mkdtemp(prefix="revoker-beat-")
+    log_path = Path(workdir) / "beat.log"
+    log = log_path.open("wb")
+    command = [
+        *celery_command(), "-A", "revoker.worker", "beat", "--loglevel", "INFO",
+        "--schedule", str(Path(workdir) / "schedule"),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return WorkerProcess(process, log_path, "beat", log)
+
+
+#: Records sessions as ``StoreCore.plan_record_session`` does, many per call (seeding only).
+#: KEYS: tenant index, then per session its family hash and its user index.
+#: ARGV: ttl, expires, then per session: family id, user, created, client ("" for none), tenant
+#: ("" for none), current refresh jti. Field names come from FAMILY_FIELDS via ARGV[3..8].
+_SEED_SCRIPT = """
+local ttl, expires = ARGV[1], ARGV[2]
+local fu, fcr, fex, fcur, fc, ft = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  local a = 8 + (i - 1) * 6
+  local fam, ukey = KEYS[1 + i], KEYS[1 + n + i]
+  redis.call("HSET", fam, fu, ARGV[a + 2], fcr, ARGV[a + 3], fex, expires, fcur, ARGV[a + 6])
+  if ARGV[a + 4] ~= "" then redis.call("HSET", fam, fc, ARGV[a + 4]) end
+  if ARGV[a + 5] ~= "" then redis.call("HSET", fam, ft, ARGV[a + 5]) end
+  redis.call("EXPIRE", fam, ttl)
+  redis.call("ZADD", KEYS[1], expires, ARGV[a + 1])
+  redis.call("ZADD", ukey, expires, ARGV[a + 1])
+  redis.call("EXPIRE", ukey, ttl)
+end
+redis.call("EXPIRE", KEYS[1], ttl)
+return n
+"""
+
+
+def seed_sessions(
+    client: Any,
+    settings: RevokerSettings,
+    tenant_id: str | None,
+    count: int,
+    *,
+    users: int = 10,
+    client_ids: Sequence[str | None] = (None,),
+    created: Sequence[float] | None = None,
+    id_prefix: str = "fam",
+    batch: int = 200,
+) -> list[str]:
+    """Record ``count`` sessions fast (Lua, pipelined), as ``record_session`` would.
+
+    Session ``i`` belongs to user ``u<i % users>``, client ``client_ids[i % len(client_ids)]`` and
+    was created at ``created[i]`` (default: now). Returns the family ids in order. Tests and
+    benchmarks need 100,000s of sessions: one ``start_session`` each would take minutes.
+    """
+    keys = KeyLayout(settings.key_prefix)
+    f = FAMILY_FIELDS
+    now = time.time()
+    ttl = family_ttl(settings.refresh_token_ttl, settings.leeway)
+    expires = int(now) + settings.refresh_token_ttl
+    ids = [f"{id_prefix}-{i:07d}-{uuid.uuid4().hex[:8]}" for i in range(count)]
+    family_keys, _ = keys.family_keys(tenant_id, ids)
+    user_keys = {u: keys.user_index(tenant_id, f"u{u}") for u in range(users)}
+    head = [ttl, expires, f["user"], f["created"], f["expires"], f["current"], f["client"],
+            f["tenant"]]  # fmt: skip
+    script = client.register_script(_SEED_SCRIPT)
+    tenant_index = keys.tenant_index(tenant_id)
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, count, batch):
+        stop = min(count, start + batch)
+        args: list[Any] = list(head)
+        for i in range(start, stop):
+            client_id = client_ids[i % len(client_ids)]
+            args += [
+                ids[i],
+                f"u{i % users}",
+                f"{created[i] if created is not None else now:.6f}",
+                client_id or "",
+                tenant_id or "",
+                f"rt-{ids[i]}",
+            ]
+        script(
+            keys=[
+                tenant_index,
+                *family_keys[start:stop],
+                *(user_keys[i % users] for i in range(start, stop)),
+            ],
+            args=args,
+            client=pipe,
+        )
+        if len(pipe) >= 50:
+            pipe.execute()
+    pipe.execute()
+    return ids

@@ -1,0 +1,69 @@
+"""The same bulk job with RabbitMQ as the broker (the machines run one at 127.0.0.1:5672).
+
+Data and results stay on a throwaway Redis. The queue is named after the test's key prefix, so
+nothing else on the shared RabbitMQ consumes it; it is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from celery_helpers import seed_sessions, start_worker, worker_env
+from conftest import make_settings
+from revoker import jobs
+from revoker.localredis import LocalRedis
+from revoker.settings import configure
+from revoker.store import SyncRedisTokenRevocationStore
+
+pytestmark = [pytest.mark.celery]
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _rabbitmq_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def server() -> Iterator[LocalRedis]:
+    """A Redis of this test's own (data and results)."""
+    if not _rabbitmq_up():
+        pytest.skip("RabbitMQ is not reachable at 127.0.0.1:5672")
+    with LocalRedis() as lr:
+        yield lr
+
+
+def test_tenant_job_over_rabbitmq(server: LocalRedis) -> None:
+    """Enqueue over AMQP, a real worker consumes it and revokes every session."""
+    from kombu import Connection
+
+    s = configure(make_settings(redis_url=server.url, broker_url=AMQP_URL, chunk_size=100))
+    r = redis.Redis.from_url(server.url)
+    store = SyncRedisTokenRevocationStore(settings=s)
+    ids = seed_sessions(r, s, "rabbit", 450)
+    worker = start_worker(worker_env(s, AMQP_URL), concurrency=2)
+    try:
+        job_id = jobs.enqueue_tenant_revocation("rabbit", reason="r", actor="a")
+        record = jobs.wait_for_job(job_id, timeout=60)
+    finally:
+        worker.stop()
+        with Connection(AMQP_URL, connect_timeout=2) as conn:
+            conn.default_channel.queue_delete(s.key_prefix)
+    assert record.status == "done", record.error
+    assert record.chunks_total == record.chunks_done == 5
+    assert record.families_revoked == len(ids)
+    assert r.zcard(store.keys.tenant_index("rabbit")) == 0
+    pipe = r.pipeline(transaction=False)
+    for fid in ids:
+        pipe.exists(store.keys.family_revoked("rabbit", fid))
+    assert sum(pipe.execute()) == len(ids)
+    store.close()
+    r.close()
