@@ -148,3 +148,13 @@ def test_now_us_is_integer_microseconds() -> None:
     value = now_us()
     assert isinstance(value, int)
     assert before - 1000 <= value <= to_us(time.time()) + 1000
+
+
+def test_watermark_reason_is_reported_by_the_level_that_set_the_cutoff() -> None:
+    """The status of a watermark revocation carries the reason stored with that watermark."""
+    user = encode_mark(2_000_000, "offboarding")
+    tenant = encode_mark(1_000_000, "breach")
+    status = decide(1.5, [None, None, user, tenant])
+    assert (status.rule, status.reason) == ("user", "offboarding")
+    status = decide(0.5, [None, None, encode_mark(500_000, "old"), tenant])
+    assert (status.rule, status.reason) == ("tenant", "breach")

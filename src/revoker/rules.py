@@ -97,13 +97,13 @@ def decide(
         return RevocationStatus(True, "family", at / 1e6 if at else None, reason)
     iat_us = to_us(issued_at)
     # The effective cut-off is the max of the two watermark levels; report the level that set it.
-    best: tuple[int, Rule] | None = None
+    best: tuple[int, Rule, str | None] | None = None
     for rule, raw in (("user", user_raw), ("tenant", tenant_raw)):
         if raw is None:
             continue
-        wm, _ = _decode_mark(raw)
+        wm, reason = _decode_mark(raw)
         if best is None or wm > best[0]:
-            best = (wm, rule)  # type: ignore[assignment]
+            best = (wm, rule, reason)  # type: ignore[assignment]
     if best is not None and iat_us <= best[0]:
-        return RevocationStatus(True, best[1], best[0] / 1e6)
+        return RevocationStatus(True, best[1], best[0] / 1e6, best[2])
     return NOT_REVOKED
