@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,6 @@ from revoker.rules import to_us
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.store._base import BACKEND_ERRORS
-from revoker.tokens import generate_jti
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -301,8 +301,14 @@ def _record_and_publish(record: JobRecord, settings: RevokerSettings) -> str:
     return record.id
 
 
+def new_job_id() -> str:
+    """A new job id: 96 random bits in hex, so it never starts with "-" (a CLI option) and
+    needs no quoting in URLs, shells or Flower's search box."""
+    return secrets.token_hex(12)
+
+
 def _new_record(**fields: Any) -> JobRecord:
-    return JobRecord(id=generate_jti(), created_at=time.time(), **fields)
+    return JobRecord(id=new_job_id(), created_at=time.time(), **fields)
 
 
 # --- the API -------------------------------------------------------------------------------------
