@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from revoker.localredis import free_port
+from revoker.localredis import free_port, stop_process
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -173,14 +173,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (uvicorn shuts down gracefully), SIGKILL if it does not exit."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        stop_process(self.process, timeout)
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:

@@ -25,7 +25,7 @@ from schemathesis.checks import not_a_server_error
 
 from conftest import TEST_SECRET
 from revoker.api import ADMIN_SCOPE, openapi_document
-from revoker.localredis import LocalRedis, free_port
+from revoker.localredis import LocalRedis, free_port, stop_process
 from revoker.settings import load_settings
 from revoker.tokens import create_access_token
 
@@ -78,12 +78,7 @@ def served_api() -> Iterator[tuple[str, dict[str, str]]]:
             )
             yield base, {"Authorization": f"Bearer {token}"}
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            stop_process(process)
             log.seek(0)
             # Shown by pytest only when a test of this module failed: the server's side of it.
             print(log.read().decode(errors="replace")[-5000:])

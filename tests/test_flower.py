@@ -23,7 +23,7 @@ import redis
 from celery_helpers import WorkerProcess, celery_command, start_worker, worker_env
 from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker.jobs import enqueue_tenant_revocation, wait_for_job
-from revoker.localredis import LocalRedis, free_port
+from revoker.localredis import LocalRedis, free_port, stop_process
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings
 from revoker.store import SyncRedisTokenRevocationStore
@@ -106,12 +106,7 @@ def flower(flower_settings: RevokerSettings, worker: WorkerProcess) -> Iterator[
         poll(up, timeout=30, what="Flower to answer")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
         log.unlink(missing_ok=True)
 
 

