@@ -8,6 +8,7 @@ under the test's own key prefix.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -269,3 +270,56 @@ def test_job_task_failing_for_good_fails_the_job(r: redis.Redis) -> None:
         assert jobs.enqueue_tenant_revocation("broken", reason="r", actor="a") != job_id
     finally:
         delete_prefix(r, s.key_prefix)
+
+
+def test_window_edges_compare_like_the_stored_creation_time() -> None:
+    """A window bound equal to a session's creation time matches it, at any µs fraction."""
+    rng = random.Random(3)
+    # Times like time.time() today: a double there holds ~16 digits, so about one in eight of
+    # them lands a µs apart when converted by another route than the writer's "%.6f".
+    for at in [1795712581.3381386, 1795712557.3514514, 1795712648.6826906] + [
+        1_795_000_000 + rng.random() * 100_000 for _ in range(2_000)
+    ]:
+        record = jobs.JobRecord(id="j", kind="tenant", tenant_id="t", issued_after=at,
+                                issued_before=at, created_at=0.0)  # fmt: skip
+        assert record.matches(None, f"{at:.6f}"), f"{at!r} stored as {at:.6f}"
+        assert record.matches(None, at)
+
+
+def test_unfiltered_tenant_job_freezes_the_index_and_spares_later_sessions(
+    s: RevokerSettings, r: redis.Redis
+) -> None:
+    """The frozen snapshot's families are revoked and leave both indexes; newer ones stay."""
+    from revoker import tasks
+    from revoker.sessions import start_session_sync
+
+    store = get_sync_revocation_store(s)
+    keys = store.keys
+    ids = seed_sessions(r, s, "frz", 1_200, users=7)
+    record = jobs.JobRecord(id="job-frz", kind="tenant", tenant_id="frz", created_at=0.0)
+    chunks, fields = tasks._freeze(store, record)
+    assert chunks == -(-1_200 // s.chunk_size)
+    later = start_session_sync("u3", tenant_id="frz", store=store)  # after the freeze
+    frozen = keys.frozen_index("frz", record.id)
+    first, size = int(fields["frozen_from"]), int(fields["frozen_chunk"])
+    revoked = []
+    for n in range(chunks):
+        low = first + n * size
+        revoked += tasks.revoke_frozen_range(
+            store, frozen, low, low + size, tenant_id="frz", mark="1|test"
+        )
+    # Rerunning a chunk (a redelivery) revokes the same families again, nothing else.
+    assert tasks.revoke_frozen_range(store, frozen, first, first + size, tenant_id="frz",
+                                     mark="1|test") == revoked[:size]  # fmt: skip
+    assert sorted(m.decode() for m in revoked) == sorted(ids)
+    assert tasks.sweep_user_indexes(store, "frz", frozen) == len(ids)
+    assert tasks.sweep_user_indexes(store, "frz", frozen) == 0  # idempotent
+    pipe = r.pipeline(transaction=False)
+    for fid in [*ids, later.family_id]:
+        pipe.exists(keys.family_revoked("frz", fid))
+    flags = pipe.execute()
+    assert all(flags[:-1])
+    assert not flags[-1]
+    assert r.zrange(keys.tenant_index("frz"), 0, -1) == [later.family_id.encode()]
+    assert r.zrange(keys.user_index("frz", "u3"), 0, -1) == [later.family_id.encode()]
+    assert all(r.zcard(keys.user_index("frz", f"u{u}")) == 0 for u in range(7) if u != 3)

@@ -44,6 +44,7 @@ KEY_IDS = {
     "tenant_watermark": (0,),
     "tenant_index": (0,),
     "user_index": (0, 1),
+    "frozen_index": (0, 3),
 }
 
 
@@ -63,6 +64,7 @@ def all_keys(tenant: str | None, user: str, family: str, jti: str) -> dict[str, 
         "tenant_index": LAYOUT.tenant_index(tenant),
         "user_index": LAYOUT.user_index(tenant, user),
         "job": LAYOUT.job(jti),
+        "frozen_index": LAYOUT.frozen_index(tenant, jti),
     }
 
 
@@ -88,7 +90,7 @@ def test_no_id_can_change_a_hash_tag(tenant: str | None, user: str, family: str,
     tag = NO_TENANT_TAG if tenant is None else "t:" + escape_id(tenant)
     for name in ("family", "family_revoked", "user_watermark", "tenant_watermark"):
         assert hash_tag(keys[name]) == tag, name
-    for name in ("tenant_index", "user_index"):
+    for name in ("tenant_index", "user_index", "frozen_index"):
         assert hash_tag(keys[name]) == tag, name
     assert hash_tag(keys["jti"]) == escape_id(jti)
     # One pair of braces per key: nothing an id contains opens a second tag.
@@ -129,6 +131,7 @@ def test_tenant_keys_share_one_slot(tenant: str | None, user: str, family: str, 
             "tenant_watermark",
             "tenant_index",
             "user_index",
+            "frozen_index",
         )
     }
     assert len(slots) == 1

@@ -280,6 +280,12 @@ def test_flower_shows_the_job_tasks_with_progress(
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        # Flower answers before its event receiver listens: wait for a worker heartbeat event,
+        # or the job task's events (sent at once on enqueue) can be missed.
+        while time.monotonic() < deadline:
+            if httpx.get(f"{base}/workers?json=1", timeout=2).json()["data"]:
+                break
+            time.sleep(0.2)
         seed_sessions(r, s, "flowerco", 3 * CHUNK)
         job_id = jobs.enqueue_tenant_revocation("flowerco", reason="r", actor="a")
         jobs.wait_for_job(job_id, timeout=60)
@@ -291,7 +297,9 @@ def test_flower_shows_the_job_tasks_with_progress(
             mine = [t for t in tasks.values() if job_id in str(t.get("args"))]
             names = {t["name"] for t in mine}
             chunks = [t for t in mine if t["name"] == "revoker.revoke_chunk"]
-            if len(chunks) == 3 and all(t["state"] == "SUCCESS" for t in chunks):
+            # Events arrive in any order: the job task's may come after its chunks finished.
+            done = len(chunks) == 3 and all(t["state"] == "SUCCESS" for t in chunks)
+            if done and "revoker.revoke_job" in names:
                 break
             time.sleep(0.2)
         assert names == {"revoker.revoke_job", "revoker.revoke_chunk"}

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
 
@@ -28,7 +29,6 @@ from pydantic import BaseModel
 
 from revoker.exceptions import DuplicateJob, InvalidIdentifier, JobNotFound, StoreUnavailable
 from revoker.keys import KeyLayout, escape_id
-from revoker.rules import to_us
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.store._base import BACKEND_ERRORS
@@ -113,11 +113,13 @@ class JobRecord(BaseModel):
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
-    def matches(self, client_id: str | None, created: float | None) -> bool:
+    def matches(self, client_id: str | None, created: str | float | None) -> bool:
         """Whether a session (its client and creation time) is selected by this job's filters.
 
         The issue window is inclusive at both ends, compared in whole microseconds (the
-        precision creation times are stored with).
+        precision creation times are stored with). ``created`` is best given as stored (the
+        "%.6f" text): a double near 1.7e9 s does not hold 16 digits exactly, and converting it
+        to µs by another route than the writer's can land one µs off at a window's edge.
         """
         if self.client_id is not None and client_id != self.client_id:
             return False
@@ -125,10 +127,10 @@ class JobRecord(BaseModel):
             return True
         if created is None:
             return False
-        at = to_us(created)
-        if self.issued_after is not None and at < to_us(self.issued_after):
+        at = _stored_us(created)
+        if self.issued_after is not None and at < _stored_us(self.issued_after):
             return False
-        return not (self.issued_before is not None and at > to_us(self.issued_before))
+        return not (self.issued_before is not None and at > _stored_us(self.issued_before))
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -166,6 +168,16 @@ class JobRecord(BaseModel):
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _stored_us(value: str | float) -> int:
+    """Integer µs of a creation time as the session record stores it ("%.6f" of unix seconds).
+
+    A float goes through the same "%.6f" the writer used, so a window bound equal to a session's
+    creation time (as a float) compares equal to it.
+    """
+    text = value if isinstance(value, str) else f"{value:.6f}"
+    return int(Decimal(text).scaleb(6).to_integral_value())
 
 
 def _store(settings: RevokerSettings | None) -> SyncRedisTokenRevocationStore:

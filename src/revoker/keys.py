@@ -9,6 +9,7 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:{<T>}:tw                     string  "<revoked_at_us>" tenant watermark
     P:{<T>}:ti                     zset    tenant index: family ids scored by expiry (unix s)
     P:{<T>}:ui:<user>              zset    user index: family ids scored by expiry (unix s)
+    P:{<T>}:tj:<job_id>            zset    a tenant index frozen by an unfiltered tenant job
     P:job:{<job_id>}               hash    one bulk job record
     P:job:{<job_id>}:c:<n>         string  family ids of chunk n of the job's snapshot
     P:job:{<job_id>}:done          set     chunk numbers finished (each counted once)
@@ -144,9 +145,19 @@ class KeyLayout:
         """All live families of a tenant, scored by expiry."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ti"
 
+    def frozen_index(self, tenant_id: str | None, job_id: str) -> str:
+        """The tenant index as an unfiltered tenant job found it (renamed aside; the job's
+        snapshot). Not matched by the expiry task's ``:ti`` / ``:ui:*`` patterns."""
+        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:tj:{escape_id(job_id, 'job id')}"
+
     def user_index(self, tenant_id: str | None, user_id: str) -> str:
         """All live families of one user in one tenant, scored by expiry."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ui:{escape_id(user_id, 'user id')}"
+
+    def user_index_pattern(self, tenant_id: str | None) -> str:
+        """SCAN MATCH pattern of every user index of one tenant (glob characters escaped)."""
+        base = f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ui:"
+        return re.sub(r"([*?\[\]\\])", r"\\\1", base) + "*"
 
     def job(self, job_id: str) -> str:
         """One bulk job record. Tagged by the job id: the job's keys below share its slot."""

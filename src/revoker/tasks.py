@@ -1,6 +1,17 @@
 """Celery tasks: bulk fan-out in chunks, the family-reuse follow-up, expiry and the outbox sweep.
 
-A bulk job runs in two steps:
+A bulk job runs in two steps. An unfiltered tenant job (the big one) takes a faster road:
+
+* ``revoke_job`` renames the tenant index aside (``P:{T}:tj:<job>``, O(1) RENAMENX: every member
+  is to be revoked, and sessions started afterwards begin a fresh index), dispatches one
+  ``revoke_chunk`` per rank range of it, then sweeps the tenant's user indexes itself (SCAN, then
+  per user one ZMSCORE against the frozen index and one ZREM) while the chunks run elsewhere.
+* ``revoke_chunk`` reads its rank range in pages and writes one revoked marker (SET EX) per
+  family: plain pipelined commands on a raw connection, no Lua and no per-family read, so Redis
+  serves the per-request checks between them. The job is done when its chunks and its sweep are
+  (``job_chunk_done.lua``); the frozen index is then UNLINKed.
+
+Other jobs (filtered, user, dry runs) take the general road:
 
 * ``revoke_job`` snapshots the walked index (the tenant's or the user's) into chunk lists stored in
   Redis (``P:job:{id}:c:<n>``, JSON), records ``chunks_total`` and dispatches one
@@ -26,13 +37,17 @@ of looping forever on a poison message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
+import hiredis
+import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -60,12 +75,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Index members read per ZRANGE while snapshotting (~0.5 ms of Redis each).
-SNAPSHOT_BATCH = 5_000
-#: Families per write script call: about 1 ms of Redis time (~10 us each, measured).
-WRITE_BATCH = 100
-#: Family records per read script call (~3 us each).
-READ_BATCH = 300
+#: Index members read per ZRANGE while snapshotting or reading a frozen index: ZRANGE costs
+#: ~0.8 us per member on a 1M-member index, so ~0.4 ms of Redis each (5,000 held it ~4 ms).
+SNAPSHOT_BATCH = 500
+#: Families per write script call (filtered and user jobs): ~10 us each, ~0.5 ms per call.
+WRITE_BATCH = 50
+#: Family records per read script call (~3 us each, ~0.3 ms per call).
+READ_BATCH = 100
+#: Keys examined per SCAN call of the user-index sweep (~1 µs each under load).
+SCAN_COUNT = 200
+#: User indexes per round trip of the sweep. Redis runs every command of one 16 KB read before
+#: serving another client, and ~100 bytes of ZRANGE or ZMSCORE cost it ~5 µs: 500 of them held
+#: it over a millisecond, which the per-request checks queued behind them felt.
+SWEEP_BATCH = 100
 #: Expired index members removed per script call.
 EXPIRE_BATCH = 1_000
 #: Jobs handled per page by the expiry task and the outbox sweep.
@@ -102,7 +124,177 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# --- the write path ------------------------------------------------------------------------------
+# --- the write path of unfiltered tenant jobs (no Lua) -------------------------------------------
+
+
+@contextlib.contextmanager
+def _exchange(store: SyncRedisTokenRevocationStore) -> Iterator[Callable[[list[Any]], list[Any]]]:
+    """A function sending a batch of commands in one round trip and returning their replies.
+
+    On a single Redis the batch is packed by hiredis and written to one pooled connection whose
+    replies are then read one by one: redis-py's pipeline machinery costs several µs of Python
+    per command, which at 200k sessions/s is the whole CPU budget. A cluster client (or fakeredis)
+    goes through an ordinary pipeline. Never a MULTI or a script: Redis serves other clients
+    between the commands of a batch, so the per-request check never waits behind a whole batch.
+    """
+    client = store.client
+    if type(client) is not redis.Redis:
+
+        def piped(commands: list[Any]) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return cast(list[Any], pipe.execute())
+
+        yield piped
+        return
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()  # redis-py's Connection is unannotated
+    pack = hiredis.pack_command
+    reader = hiredis.Reader()
+
+    def raw(commands: list[Any]) -> list[Any]:
+        conn.send_packed_command([b"".join([pack(c) for c in commands])], check_health=False)
+        # Replies parsed by our own hiredis reader straight off the pooled connection's socket
+        # (ours while we hold it): redis-py's read_response costs ~2 µs of Python per reply.
+        sock = conn._sock
+        replies: list[Any] = []
+        want = len(commands)
+        while len(replies) < want:
+            reply = reader.gets()
+            if reply is False:
+                data = sock.recv(1 << 20)
+                if not data:
+                    raise redis.ConnectionError("Redis closed the connection mid-batch")
+                reader.feed(data)
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                raise redis.ResponseError(str(reply))
+            replies.append(reply)
+        return replies
+
+    try:
+        conn.connect()  # a fresh pool connection has no socket until its first command
+        yield raw
+    except BaseException:
+        # Replies may be left unread on the socket: never hand such a connection back.
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
+def revoke_frozen_range(
+    store: SyncRedisTokenRevocationStore,
+    frozen: str,
+    start: int,
+    stop: int,
+    *,
+    tenant_id: str | None,
+    mark: str,
+) -> list[bytes]:
+    """Revoke the families at ranks ``[start, stop)`` of a frozen tenant index; returns their ids.
+
+    One command per family: its revoked marker (SET EX). The tenant index needs no per-member
+    ZREM (the frozen copy is the job's, UNLINKed once it is done) and the user indexes are swept
+    by the job task (:func:`sweep_user_indexes`), so nothing reads the family records. One round
+    trip per page of :data:`SNAPSHOT_BATCH` members carries the page's markers and the ZRANGE of
+    the next page. Idempotent: the frozen index never changes, so a rerun rewrites the same
+    markers.
+    """
+    ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
+    revoked: list[bytes] = []
+    with _exchange(store) as exchange:
+        members: list[bytes] = exchange(
+            [("ZRANGE", frozen, start, min(stop, start + SNAPSHOT_BATCH) - 1)]
+        )[0]
+        low = start + SNAPSHOT_BATCH
+        while members:
+            revoked_keys = store.keys.family_keys(tenant_id, [m.decode() for m in members])[1]
+            commands: list[Any] = [("SET", key, mark, "EX", ttl) for key in revoked_keys]
+            if low < stop:
+                commands.append(("ZRANGE", frozen, low, min(stop, low + SNAPSHOT_BATCH) - 1))
+            replies = exchange(commands)
+            revoked += members
+            members = replies[-1] if low < stop else []
+            low += SNAPSHOT_BATCH
+    return revoked
+
+
+def sweep_user_indexes(store: SyncRedisTokenRevocationStore, tenant_id: str, frozen: str) -> int:
+    """Remove the frozen index's families from every user index of the tenant; returns how many.
+
+    An unfiltered tenant job revokes every family of its frozen index, so it cleans the user
+    indexes per user (a few families each), not per family: SCAN finds the tenant's user indexes,
+    and per page of them one round trip reads their members, one asks the frozen index which of
+    them it holds (ZMSCORE) and one removes those. Members added after the freeze are kept.
+    Idempotent, and every command is bounded (SCAN COUNT, :data:`SNAPSHOT_BATCH` members).
+    """
+    removed = 0
+    pending: list[tuple[str, int]] = []  # (user index, rank to read from)
+    with _exchange(store) as exchange:
+
+        def sweep(batch: list[tuple[str, int]]) -> list[tuple[str, int]]:
+            nonlocal removed
+            pages = exchange(
+                [("ZRANGE", key, rank, rank + SNAPSHOT_BATCH - 1) for key, rank in batch]
+            )
+            read = [(b, p) for b, p in zip(batch, pages, strict=True) if p]
+            if not read:
+                return []
+            scores = exchange([("ZMSCORE", frozen, *page) for _, page in read])
+            drops: list[Any] = []
+            more: list[tuple[str, int]] = []
+            for ((key, rank), page), score in zip(read, scores, strict=True):
+                gone = [m for m, sc in zip(page, score, strict=True) if sc is not None]
+                if gone:
+                    drops.append(("ZREM", key, *gone))
+                if len(page) == SNAPSHOT_BATCH:  # a big index: its next page, after the kept
+                    more.append((key, rank + len(page) - len(gone)))
+            if drops:
+                removed += sum(exchange(drops))
+            return more
+
+        pattern = store.keys.user_index_pattern(tenant_id)
+        for key in store.client.scan_iter(match=pattern, count=SCAN_COUNT):
+            pending.append((_text(key), 0))
+            if len(pending) >= SWEEP_BATCH:
+                pending = sweep(pending)
+        while pending:
+            pending = sweep(pending[:SWEEP_BATCH]) + pending[SWEEP_BATCH:]
+    return removed
+
+
+def _freeze(store: SyncRedisTokenRevocationStore, record: JobRecord) -> tuple[int, dict[str, Any]]:
+    """Snapshot of an unfiltered tenant job: rename the tenant index aside (O(1)).
+
+    Returns the number of chunks and the job fields that locate them. Every member is revoked by
+    the job, so moving them all out of the tenant index at once replaces a per-member ZREM; new
+    sessions (after the rename) start a fresh tenant index and are not touched. RENAMENX: a
+    redelivered job task finds its frozen index already there and keeps it.
+    """
+    client = store.client
+    index = store.keys.tenant_index(record.tenant_id)
+    frozen = store.keys.frozen_index(record.tenant_id, record.id)
+    client.zcard(index)  # WRONGTYPE before anything moves, if the index is not a sorted set
+    client.hset(store.keys.job(record.id), "frozen", frozen)
+    try:
+        client.renamenx(index, frozen)
+    except redis.ResponseError as e:
+        if "no such key" not in str(e).lower():
+            raise
+    # Members are scored by expiry: the expired ones (lowest ranks) are skipped.
+    first = int(client.zcount(frozen, "-inf", f"({int(time.time())}"))
+    live = int(client.zcard(frozen)) - first
+    size = store.settings.chunk_size
+    chunks = math.ceil(live / size)
+    fields: dict[str, Any] = {"frozen_from": first, "frozen_chunk": size}
+    if chunks:
+        fields["sweeping"] = "1"  # the job is done once its chunks AND the user-index sweep are
+    return chunks, fields
+
+
+# --- the write path of filtered and user jobs ----------------------------------------------------
 
 
 def revoke_families(
@@ -146,7 +338,7 @@ def revoke_families(
                 assert select is not None
                 if owner is None:
                     continue
-                created = float(row[2]) if row[2] is not None else None
+                created = _text(row[2]) if row[2] is not None else None
                 client_id = _text(row[1]) if row[1] is not None else None
                 if not select.matches(client_id, created):
                     continue
@@ -223,16 +415,22 @@ def _finish_job(
         pipe.expire(key, retention)
     pipe.zrem(keys.jobs_pending, job_id)
     pipe.execute()
-    _release_job(store, job_id)
+    _release_job(store, job_id, done=status == "done")
 
 
-def _release_job(store: SyncRedisTokenRevocationStore, job_id: str) -> None:
-    """Free the job's idempotency key (if still ours) and drop its chunk lists."""
+def _release_job(store: SyncRedisTokenRevocationStore, job_id: str, *, done: bool) -> None:
+    """Free the job's idempotency key (if still ours) and drop its chunk lists.
+
+    A done job's frozen tenant index goes too (UNLINK: freed off Redis's main thread). A failed
+    job keeps it (with the index's TTL) for a rerun or an operator, until the job record expires.
+    """
     client = store.client
     job_key = store.keys.job(job_id)
-    idem_key, total = client.hmget(job_key, ["idem_key", "chunks_total"])
+    idem_key, total, frozen = client.hmget(job_key, ["idem_key", "chunks_total", "frozen"])
     if idem_key is not None and client.get(idem_key) == job_id.encode():
         client.delete(idem_key)
+    if done and frozen is not None:
+        client.unlink(frozen)
     chunks = int(total or 0)
     for start in range(0, chunks, 500):
         client.delete(
@@ -371,8 +569,12 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
     else:
         if task.request.id is not None:  # None when called directly, not by a worker
             task.update_state(state="PROGRESS", meta={"job_id": job_id, "phase": "snapshot"})
-        total = _snapshot(store, record)
-        client.hset(job_key, mapping={"chunks_total": total, "snapshot": "1"})
+        fields: dict[str, Any] = {}
+        if record.kind == "tenant" and not record.filtered and not record.dry_run:
+            total, fields = _freeze(store, record)
+        else:
+            total = _snapshot(store, record)
+        client.hset(job_key, mapping={**fields, "chunks_total": total, "snapshot": "1"})
     if total == 0:
         _finish_job(store, job_id, "done")
         _report(task, store, job_id)
@@ -382,6 +584,16 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
         for n in range(total):
             if n not in done:
                 revoke_chunk.apply_async((job_id, n), producer=producer)
+    frozen = client.hget(job_key, "frozen")
+    if frozen is not None and record.tenant_id is not None:
+        # Meanwhile the chunks run in the other worker processes; the job is done when both are.
+        sweep_user_indexes(store, record.tenant_id, _text(frozen))
+        _, finished = _script(store, "job_chunk_done")(
+            keys=[job_key, keys.job_chunks_done(job_id), keys.job_deliveries(job_id)],
+            args=["sweep", 0, 0, repr(time.time()), store.settings.job_retention],
+        )
+        if finished:
+            _release_job(store, job_id, done=True)
     _report(task, store, job_id)
 
 
@@ -412,21 +624,34 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         return {"job_id": job_id, "chunk": chunk, "parked": True}
     try:
         record = get_job(job_id, settings=settings)
-        raw = client.get(keys.job_chunk(job_id, chunk))
-        if raw is None:
-            raise LookupError(f"the family list of chunk {chunk} is gone")
-        family_ids: list[str] = json.loads(raw)
-        selected, revoked = revoke_families(
-            store,
-            family_ids,
-            tenant_id=record.tenant_id,
-            walked_index=_walked_index(store, record),
-            user_id=record.user_id if record.kind == "user" else None,
-            select=record,
-            dry_run=record.dry_run,
-            mark=_job_mark(record),
+        frozen, frozen_from, frozen_chunk = client.hmget(
+            keys.job(job_id), ["frozen", "frozen_from", "frozen_chunk"]
         )
-        matched = len(selected)
+        if frozen is not None and frozen_from is not None and frozen_chunk is not None:
+            low = int(frozen_from) + chunk * int(frozen_chunk)
+            ids = revoke_frozen_range(
+                store, _text(frozen), low, low + int(frozen_chunk),
+                tenant_id=record.tenant_id, mark=_job_mark(record),
+            )  # fmt: skip
+            revoked = matched = len(ids)
+            listed = b" ".join(ids).decode()
+        else:
+            raw = client.get(keys.job_chunk(job_id, chunk))
+            if raw is None:
+                raise LookupError(f"the family list of chunk {chunk} is gone")
+            family_ids: list[str] = json.loads(raw)
+            selected, revoked = revoke_families(
+                store,
+                family_ids,
+                tenant_id=record.tenant_id,
+                walked_index=_walked_index(store, record),
+                user_id=record.user_id if record.kind == "user" else None,
+                select=record,
+                dry_run=record.dry_run,
+                mark=_job_mark(record),
+            )
+            matched = len(selected)
+            listed = " ".join(selected)
         if revoked:
             audit = store.core.audit_command(
                 "job_chunk",
@@ -435,7 +660,7 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
                 reason=record.reason,
                 actor=record.actor,
                 at_us=now_us(),
-                extra={"chunk": str(chunk), "count": str(revoked), "families": " ".join(selected)},
+                extra={"chunk": str(chunk), "count": str(revoked), "families": listed},
             )
             pipe = client.pipeline(transaction=False)
             pipe.execute_command(*audit)
@@ -456,7 +681,7 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         # Each retry is a delivery for the cap; back off a little more each time.
         raise self.retry(exc=e, countdown=min(5.0, 0.2 * deliveries)) from e
     if finished:
-        _release_job(store, job_id)
+        _release_job(store, job_id, done=True)
     meta = _report(self, store, job_id)
     return {"job_id": job_id, "chunk": chunk, "matched": matched, "revoked": revoked, **meta}
 
@@ -534,7 +759,7 @@ def expire_entries() -> dict[str, int]:
     patterns = (keys.tenant_index(None), keys.user_index(None, "*"))
     # Index keys of every tenant: the tag of tenant-less keys ("{-}") replaced by a glob.
     for pattern in {p.replace("{-}", "{*}") for p in patterns}:
-        for key in client.scan_iter(match=pattern, count=1000):
+        for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
             while True:
                 removed = int(prune(keys=[key], args=[int(now), EXPIRE_BATCH]))
                 pruned += removed
@@ -554,15 +779,17 @@ def expire_entries() -> dict[str, int]:
             break
         pipe = client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), ["status", "chunks_total"])
+            pipe.hmget(keys.job(job_id), ["status", "chunks_total", "frozen"])
         kept = 0
-        for job_id, (status, total) in zip(ids, pipe.execute(), strict=True):
+        for job_id, (status, total, frozen) in zip(ids, pipe.execute(), strict=True):
             if status is not None and _text(status) not in ("done", "failed"):
                 kept += 1  # still active: an operator must see it
                 continue
             doomed = [keys.job(job_id), keys.job_chunks_done(job_id), keys.job_deliveries(job_id)]
             doomed += [keys.job_chunk(job_id, n) for n in range(int(total or 0))]
             client.delete(*doomed)
+            if frozen is not None:
+                client.unlink(frozen)
             client.zrem(keys.jobs, job_id)
             jobs_removed += 1
         offset += kept
