@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -442,3 +443,38 @@ def test_jwks_unreachable_is_a_token_error(tmp_path: Path) -> None:
     token, _ = create_access_token("alice", settings=issuer)
     with pytest.raises(exc.UnknownKeyId, match="JWKS"):
         decode_token(token, settings=verifier)
+
+
+@pytest.mark.redis
+async def test_jwks_fetch_does_not_block_the_event_loop(
+    jwks_pair: JwksSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the check waits on a slow JWKS fetch, other coroutines on the loop keep running."""
+    from revoker.check import RevocationChecker
+
+    issuer, verifier = jwks_pair("k1")
+    token, _ = create_access_token("alice", settings=issuer)
+    original = jwt.PyJWKClient.fetch_data
+
+    def slow_fetch(self: jwt.PyJWKClient) -> Any:
+        time.sleep(0.5)
+        return original(self)
+
+    monkeypatch.setattr(jwt.PyJWKClient, "fetch_data", slow_fetch)
+    checker = RevocationChecker(settings=verifier)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await asyncio.wait_for(checker.check(token), 5)
+    finally:
+        task.cancel()
+        await checker.store.aclose()
+    assert result.token.sub == "alice"
+    assert ticks >= 20, f"the loop ran only {ticks} times during a 0.5 s fetch"

@@ -7,6 +7,7 @@ caller's: a Redis failure is reported, not decided, here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -117,7 +118,17 @@ class RevocationChecker:
         Raises a TokenError (TokenRevoked when revoked); reports a Redis failure in the result.
         """
         try:
-            data = self.verifier.decode(token, "access", use_cache=True)
+            if self.verifier.fetches_keys:
+                # A JWKS (re)fetch is a blocking HTTP call: keep it off the event loop, so one
+                # unknown kid does not stall every request in flight. Cache hits stay inline.
+                cached = self.verifier.cached(token, "access")
+                if cached is None:
+                    cached = await asyncio.to_thread(
+                        self.verifier.decode, token, "access", use_cache=True
+                    )
+                data = cached
+            else:
+                data = self.verifier.decode(token, "access", use_cache=True)
         except exc.TokenError:
             self._invalid.inc()
             raise

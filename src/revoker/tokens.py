@@ -300,6 +300,18 @@ class TokenVerifier:
             )
         return self._signing_key
 
+    @property
+    def fetches_keys(self) -> bool:
+        """Whether verifying may fetch a JWKS over the network (a blocking call)."""
+        return self._jwks is not None
+
+    def cached(self, token: str, expected_type: TokenType = "access") -> TokenData | None:
+        """The cached result of verifying ``token``, or None."""
+        if self._cache is None:
+            return None
+        with self._lock:
+            return self._cache.get((expected_type, token))
+
     def decode(
         self, token: str, expected_type: TokenType = "access", *, use_cache: bool = False
     ) -> TokenData:
