@@ -1,0 +1,407 @@
+"""Bulk jobs on a real 3-node Redis Cluster, run by a real ``celery -A revoker.worker worker``.
+
+The data lives on the cluster (``redis_cluster=True``); the Celery broker and result backend are a
+separate plain Redis, since Celery cannot use a cluster as its broker. Tenants are chosen so their
+keys live on different nodes: a job whose commands span slots would fail with CROSSSLOT (or MOVED
+inside a script), and a SCAN that visits one node only would leave the other nodes' keys behind.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import redis
+import redis.cluster
+from redis.crc import key_slot
+
+from celery_helpers import WorkerProcess, seed_sessions, start_worker, worker_env
+from conftest import make_settings
+from revoker import jobs
+from revoker.exceptions import DuplicateJob
+from revoker.keys import KeyLayout
+from revoker.localredis import LocalRedis, RedisCluster3, free_port, start_cluster
+from revoker.sessions import start_session_sync
+from revoker.settings import RevokerSettings, configure
+from revoker.store import SyncRedisTokenRevocationStore
+from revoker.tokens import decode_token
+
+pytestmark = [pytest.mark.cluster, pytest.mark.celery]
+
+CHUNK = 250
+
+JOB_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster3]:
+    """Three redis-server nodes in cluster mode: the data store."""
+    nodes = start_cluster()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalRedis]:
+    """A plain Redis of this module's own: Celery broker and result backend."""
+    with LocalRedis() as lr:
+        yield lr
+
+
+@pytest.fixture(scope="module")
+def module_settings(cluster: RedisCluster3, broker: LocalRedis) -> RevokerSettings:
+    """Data on the cluster, Celery on the plain Redis; small chunks so jobs have several."""
+    return make_settings(
+        redis_url=cluster.url,
+        redis_cluster=True,
+        redis_timeout=5.0,
+        broker_url=broker.url,
+        result_backend=broker.url,
+        chunk_size=CHUNK,
+        visibility_timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def worker(module_settings: RevokerSettings, broker: LocalRedis) -> Iterator[WorkerProcess]:
+    """One real worker for the module (two pool processes), configured only by REVOKER_* vars."""
+    w = start_worker(worker_env(module_settings, broker.url), concurrency=2)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def s(module_settings: RevokerSettings, worker: WorkerProcess) -> RevokerSettings:
+    """The module settings made process-wide for this test, with the worker running."""
+    return configure(module_settings)
+
+
+@pytest.fixture
+def rc(cluster: RedisCluster3) -> Iterator[redis.cluster.RedisCluster]:
+    """A cluster client for seeding and for reading what the jobs did."""
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sstore(s: RevokerSettings) -> Iterator[SyncRedisTokenRevocationStore]:
+    """The sync store on the cluster."""
+    st = SyncRedisTokenRevocationStore(settings=s)
+    assert st.is_cluster
+    yield st
+    st.close()
+
+
+class _ScriptRunner:
+    """What ``seed_sessions`` needs of a client, for a cluster: scripts run one call at a time.
+
+    redis-py's ClusterPipeline refuses EVALSHA ("blocked when running redis in cluster mode"), so
+    the seeding scripts go straight to the node owning their keys (one tenant's tag) instead.
+    """
+
+    def __init__(self, client: redis.cluster.RedisCluster) -> None:
+        self.client = client
+
+    def register_script(self, script: str) -> Any:
+        return self.client.register_script(script)
+
+    def pipeline(self, transaction: bool = False) -> _ScriptRunner:
+        return self
+
+    def __len__(self) -> int:
+        return 0
+
+    def execute(self) -> list[Any]:
+        return []
+
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
+        return self.client.evalsha(sha, numkeys, *args)
+
+    def script_load(self, script: str) -> Any:
+        return self.client.script_load(script)
+
+
+def seed(
+    rc: redis.cluster.RedisCluster, s: RevokerSettings, tenant: str, count: int, **kwargs: Any
+) -> list[str]:
+    """``seed_sessions`` on the cluster."""
+    return seed_sessions(_ScriptRunner(rc), s, tenant, count, **kwargs)
+
+
+def node_of(rc: redis.cluster.RedisCluster, key: str) -> str:
+    """The name of the node serving ``key``."""
+    return str(rc.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
+
+
+def tenants_on_every_node(
+    rc: redis.cluster.RedisCluster, keys: KeyLayout, stem: str, per_node: int = 1
+) -> list[str]:
+    """``per_node`` tenant ids per node of the cluster, found by their hash tag's slot."""
+    found: dict[str, list[str]] = {}
+    for i in range(2000):
+        tenant = f"{stem}-{i}"
+        bucket = found.setdefault(node_of(rc, keys.tenant_index(tenant)), [])
+        if len(bucket) < per_node:
+            bucket.append(tenant)
+        if len(found) == 3 and all(len(b) == per_node for b in found.values()):
+            return [t for b in found.values() for t in b]
+    raise AssertionError(f"no {per_node} tenant(s) per node among 2000 candidates: {found}")
+
+
+def revoked_flags(
+    rc: redis.cluster.RedisCluster, keys: KeyLayout, tenant: str, ids: Sequence[str]
+) -> list[bool]:
+    """For each family id, whether its revoked marker exists."""
+    pipe = rc.pipeline()
+    for fid in ids:
+        pipe.exists(keys.family_revoked(tenant, fid))
+    return [bool(x) for x in pipe.execute()]
+
+
+def members(rc: redis.cluster.RedisCluster, key: str) -> set[str]:
+    """The members of a sorted set, decoded."""
+    return {m.decode() for m in rc.zrange(key, 0, -1)}
+
+
+def test_seeded_tenants_live_on_every_node(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster
+) -> None:
+    """The tenant picker really spreads tenants over the three nodes (the premise of this file)."""
+    keys = KeyLayout(s.key_prefix)
+    tenants = tenants_on_every_node(rc, keys, "spread")
+    assert len({node_of(rc, keys.tenant_index(t)) for t in tenants}) == 3
+    # A tenant's index, families and user indexes share one slot: a chunk touches one node.
+    t = tenants[0]
+    slots = {
+        key_slot(k.encode())
+        for k in (keys.tenant_index(t), keys.family(t, "f"), keys.user_index(t, "u"),
+                  keys.family_revoked(t, "f"), keys.frozen_index(t, "job"))
+    }  # fmt: skip
+    assert len(slots) == 1
+
+
+def test_unfiltered_tenant_jobs_on_every_node(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """Three tenants (one per node, 1,000 sessions each) revoked at once; a fourth is untouched."""
+    keys = sstore.keys
+    candidates = tenants_on_every_node(rc, keys, "tj", per_node=2)
+    # One victim per node; the bystander shares a node (and so a connection) with a victim.
+    victims, bystander = candidates[0::2], candidates[1]
+    assert len({node_of(rc, keys.tenant_index(t)) for t in victims}) == 3
+    seeded = {t: seed(rc, s, t, 1000, users=20) for t in [*victims, bystander]}
+    pairs = {t: start_session_sync("alice", tenant_id=t, store=sstore) for t in victims}
+    tokens = {t: decode_token(p.access_token, "access", settings=s) for t, p in pairs.items()}
+    for t in victims:
+        seeded[t].append(pairs[t].family_id)
+        assert not sstore.is_revoked(tokens[t])
+
+    job_ids = {}
+    for t in victims:
+        job_ids[t] = jobs.enqueue_tenant_revocation(t, reason="breach", actor="ops@example.com")
+        # Enforcement does not wait for the worker: the watermark was written before the return.
+        assert sstore.is_revoked(tokens[t]).rule == "tenant"
+    records = {t: jobs.wait_for_job(j, timeout=JOB_TIMEOUT) for t, j in job_ids.items()}
+
+    for t in victims:
+        ids, record = seeded[t], records[t]
+        assert record.status == "done", record.error
+        assert record.chunks_total == math.ceil(len(ids) / CHUNK)
+        assert record.chunks_done == record.chunks_total
+        assert record.families_revoked == record.families_matched == len(ids)
+        assert all(revoked_flags(rc, keys, t, ids)), t
+        assert rc.zcard(keys.tenant_index(t)) == 0
+        assert all(rc.zcard(keys.user_index(t, f"u{u}")) == 0 for u in range(20))
+        assert rc.zcard(keys.user_index(t, "alice")) == 0
+        assert not rc.exists(keys.frozen_index(t, job_ids[t]))
+    assert not any(revoked_flags(rc, keys, bystander, seeded[bystander]))
+    assert rc.zcard(keys.tenant_index(bystander)) == len(seeded[bystander])
+    assert rc.get(keys.tenant_watermark(bystander)) is None
+    # The same request is accepted again once the job is done: the idempotency key was released.
+    again = jobs.enqueue_tenant_revocation(victims[0], reason="again", actor="ops")
+    assert jobs.wait_for_job(again, timeout=JOB_TIMEOUT).status == "done"
+
+
+def test_user_job_on_the_cluster(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """All of one user's sessions are revoked; the tenant's other users keep theirs."""
+    keys = sstore.keys
+    tenant = tenants_on_every_node(rc, keys, "uj")[1]
+    ids = seed(rc, s, tenant, 600, users=3)
+    mine = [fid for i, fid in enumerate(ids) if i % 3 == 1]
+    theirs = [fid for i, fid in enumerate(ids) if i % 3 != 1]
+    pair = start_session_sync("u1", tenant_id=tenant, store=sstore)
+    mine.append(pair.family_id)
+    token = decode_token(pair.access_token, "access", settings=s)
+
+    job_id = jobs.enqueue_user_revocation("u1", tenant_id=tenant, reason="left", actor="hr")
+    assert sstore.is_revoked(token).rule == "user"
+    record = jobs.wait_for_job(job_id, timeout=JOB_TIMEOUT)
+
+    assert record.status == "done", record.error
+    assert record.chunks_total == math.ceil(len(mine) / CHUNK)
+    assert record.families_revoked == record.families_matched == len(mine)
+    assert all(revoked_flags(rc, keys, tenant, mine))
+    assert not any(revoked_flags(rc, keys, tenant, theirs))
+    assert rc.zcard(keys.user_index(tenant, "u1")) == 0
+    assert members(rc, keys.tenant_index(tenant)) == set(theirs)
+    assert rc.get(keys.tenant_watermark(tenant)) is None
+
+
+def test_client_filtered_job_on_the_cluster(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """Only one client app's sessions are revoked, no watermark; a dry run first changes nothing."""
+    keys = sstore.keys
+    tenant = tenants_on_every_node(rc, keys, "cj")[2]
+    ids = seed(rc, s, tenant, 900, users=7, client_ids=("web", "mobile", None))
+    mobile = [fid for i, fid in enumerate(ids) if i % 3 == 1]
+    rest = [fid for i, fid in enumerate(ids) if i % 3 != 1]
+    web = start_session_sync("bob", tenant_id=tenant, client_id="web", store=sstore)
+
+    dry = jobs.wait_for_job(
+        jobs.enqueue_tenant_revocation(
+            tenant, client_id="mobile", dry_run=True, reason="check", actor="ops"
+        ),
+        timeout=JOB_TIMEOUT,
+    )
+    assert (dry.status, dry.families_matched, dry.families_revoked) == ("done", len(mobile), 0)
+    assert not any(revoked_flags(rc, keys, tenant, mobile))
+
+    job_id = jobs.enqueue_tenant_revocation(
+        tenant, client_id="mobile", reason="bad build", actor="ops"
+    )
+    record = jobs.wait_for_job(job_id, timeout=JOB_TIMEOUT)
+
+    assert record.status == "done", record.error
+    assert record.watermark_at is None
+    assert rc.get(keys.tenant_watermark(tenant)) is None
+    assert record.families_revoked == record.families_matched == len(mobile)
+    assert all(revoked_flags(rc, keys, tenant, mobile))
+    assert not any(revoked_flags(rc, keys, tenant, rest))
+    assert not sstore.is_revoked(decode_token(web.access_token, "access", settings=s))
+    assert members(rc, keys.tenant_index(tenant)) == {*rest, web.family_id}
+
+
+def test_duplicate_request_is_detected_on_the_cluster(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """The idempotency key works on the cluster: the same request while pending is refused."""
+    tenant = tenants_on_every_node(rc, sstore.keys, "dup")[0]
+    # A broker that is down keeps the job pending, so the worker cannot finish it meanwhile.
+    configure(s.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    first = jobs.enqueue_tenant_revocation(tenant, reason="r", actor="a")
+    assert jobs.get_job(first).status == "pending"
+    with pytest.raises(DuplicateJob) as info:
+        jobs.enqueue_tenant_revocation(tenant, reason="other words", actor="b")
+    assert info.value.job_id == first
+    # A different selector is a different request.
+    jobs.enqueue_tenant_revocation(tenant, client_id="web", reason="r", actor="a")
+    rc.hset(sstore.keys.job(first), "status", "done")
+    assert jobs.enqueue_tenant_revocation(tenant, reason="r", actor="a") != first
+
+
+def test_family_reuse_follow_up_on_the_cluster(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """The reuse task marks the family, removes it from both indexes and audits it."""
+    keys = sstore.keys
+    tenant = tenants_on_every_node(rc, keys, "reuse")[2]
+    pair = start_session_sync("dave", tenant_id=tenant, store=sstore)
+    keep = start_session_sync("dave", tenant_id=tenant, store=sstore)
+
+    job_id = jobs.enqueue_family_reuse(pair.family_id, tenant_id=tenant, user_id="dave")
+    record = jobs.wait_for_job(job_id, timeout=JOB_TIMEOUT)
+
+    assert record.status == "done", record.error
+    assert rc.exists(keys.family_revoked(tenant, pair.family_id))
+    assert not rc.exists(keys.family_revoked(tenant, keep.family_id))
+    assert members(rc, keys.user_index(tenant, "dave")) == {keep.family_id}
+    assert members(rc, keys.tenant_index(tenant)) == {keep.family_id}
+    audit = [e for _, e in rc.xrange(keys.audit) if e[b"kind"] == b"family_reuse"]
+    assert [e[b"target"] for e in audit] == [pair.family_id.encode()]
+
+
+def test_expire_entries_on_the_cluster(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """The worker's expiry task prunes expired index members on every node, old jobs and audit."""
+    from revoker.tasks import expire_entries
+
+    keys = sstore.keys
+    tenants = tenants_on_every_node(rc, keys, "exp")
+    old = int(time.time()) - 10
+    live = {t: seed(rc, s, t, 5, users=1) for t in tenants}
+    for t in tenants:
+        # Expired members (scored by an expiry in the past) in the tenant and a user index.
+        rc.zadd(keys.tenant_index(t), {f"gone-{i}": old - i for i in range(30)})
+        rc.zadd(keys.user_index(t, "u0"), {f"gone-{i}": old - i for i in range(30)})
+    # A finished job long past its retention, with its chunk list and done set.
+    stale = "job-stale-cluster"
+    rc.hset(keys.job(stale), mapping={"id": stale, "status": "done", "chunks_total": 1})
+    rc.set(keys.job_chunk(stale, 0), "[]")
+    rc.sadd(keys.job_chunks_done(stale), 0)
+    rc.zadd(keys.jobs, {stale: 1_000})
+    # Audit entries far past retention (more than one stream node, so "~" trimming drops some),
+    # then a fresh one; the stream is rebuilt because XADD ids must grow.
+    rc.delete(keys.audit)
+    pipe = rc.pipeline()
+    for i in range(300):
+        pipe.xadd(keys.audit, {"kind": "old"}, id=f"1000-{i + 1}")
+    pipe.xadd(keys.audit, {"kind": "new"})
+    pipe.execute()
+    audit_before = rc.xlen(keys.audit)
+
+    result = expire_entries.apply_async().get(timeout=JOB_TIMEOUT)
+
+    assert result["index_members"] == 2 * 30 * len(tenants)
+    assert result["jobs"] >= 1
+    assert result["audit_entries"] > 0
+    for t in tenants:
+        assert members(rc, keys.tenant_index(t)) == set(live[t])
+        assert members(rc, keys.user_index(t, "u0")) == set(live[t])
+    assert not rc.exists(keys.job(stale))
+    assert not rc.exists(keys.job_chunk(stale, 0))
+    assert not rc.exists(keys.job_chunks_done(stale))
+    assert rc.zscore(keys.jobs, stale) is None
+    assert rc.xlen(keys.audit) < audit_before
+    assert [e[b"kind"] for _, e in rc.xrange(keys.audit)][-1] == b"new"
+
+
+def test_freeze_and_sweep_in_process_on_the_cluster(
+    s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
+) -> None:
+    """RENAMENX of the index, the frozen ranges and the user-index sweep work within one slot."""
+    from revoker import tasks
+
+    keys = sstore.keys
+    tenant = tenants_on_every_node(rc, keys, "frz")[1]
+    ids = seed(rc, s, tenant, 600, users=7)
+    record = jobs.JobRecord(id="job-frz-cluster", kind="tenant", tenant_id=tenant, created_at=0.0)
+    chunks, fields = tasks._freeze(sstore, record)
+    assert chunks == math.ceil(600 / CHUNK)
+    later = start_session_sync("u3", tenant_id=tenant, store=sstore)  # after the freeze
+    frozen = keys.frozen_index(tenant, record.id)
+    first, size = int(fields["frozen_from"]), int(fields["frozen_chunk"])
+    revoked: list[bytes] = []
+    for n in range(chunks):
+        low = first + n * size
+        revoked += tasks.revoke_frozen_range(
+            sstore, frozen, low, low + size, tenant_id=tenant, mark="1|test"
+        )
+    assert sorted(m.decode() for m in revoked) == sorted(ids)
+    assert tasks.sweep_user_indexes(sstore, tenant, frozen) == len(ids)
+    assert tasks.sweep_user_indexes(sstore, tenant, frozen) == 0  # idempotent
+    flags = revoked_flags(rc, keys, tenant, [*ids, later.family_id])
+    assert all(flags[:-1])
+    assert not flags[-1]
+    assert members(rc, keys.tenant_index(tenant)) == {later.family_id}
+    assert members(rc, keys.user_index(tenant, "u3")) == {later.family_id}
+    assert all(rc.zcard(keys.user_index(tenant, f"u{u}")) == 0 for u in range(7) if u != 3)
