@@ -651,18 +651,20 @@ is `used_cpu_user+used_cpu_sys` over the same span: when the workers' CPU per se
 rate approaches the cores they have, the client side bounds the fan-out, not Redis.
 
 How the fan-out spends that (src/revoker/tasks.py): the job task renames the tenant index aside
-(O(1); sessions started later begin a fresh index), each chunk writes one `SET fr:<family> EX`
-per family from its rank range of the frozen index (plain pipelined commands on a raw
-connection, no Lua, no per-family read), and the job task itself sweeps the tenant's user
-indexes meanwhile (SCAN, then one ZMSCORE against the frozen index and one ZREM per user). A
-Redis command is bounded (pages of 500 members, 100 user indexes per round trip, SCAN COUNT
-200), so the check's p99 during the fan-out is what CPU contention leaves: on this 2-core box two
-worker processes, Redis, the checker, the service and the broker share two cores.
+(O(1); sessions started later begin a fresh index), lists the tenant's user indexes with SCAN
+before any chunk runs (so it steps over no revoked marker yet) and deals them out to the chunks;
+each chunk writes one `SET fr:<family> EX` per family from its rank range of the frozen index
+(plain pipelined commands on a raw connection, no Lua, no per-family read), then sweeps its
+share of the user indexes (one ZRANGE, one ZMSCORE against the frozen index and one ZREM per
+user). A Redis command is bounded (pages of 500 members, 100 user indexes per round trip, SCAN
+COUNT 200), so the check's p99 during the fan-out is what CPU contention leaves: on this 2-core
+box the worker processes, Redis, the checker, the service and the broker share two cores.
 
-The sweep runs in the job task, in one worker process, for most of the job: with two worker
-processes the chunks mostly have one process left, which is why two processes gain little over
-one here; and SCAN walks every key of the Redis (sessions, markers, indexes), which makes it the
-largest Redis cost per session above. Writes / redis-benchmark counts commands: a session now
+Every worker process takes chunks, markers and sweep alike; only the SCAN (about 1 µs of Redis
+per key examined: sessions, indexes and whatever else the Redis holds) runs alone, before the
+chunks. With two cores for everything, a second worker process mostly competes with Redis for
+CPU: the fan-out rate here is bound by the worker and Redis CPU per session above, not by the
+number of worker processes. Writes / redis-benchmark counts commands: a session now
 costs 1 SET plus ~0.25 ZREM instead of SET, ZREM and HMGET inside a script, so that ratio falls
 as the fan-out gets cheaper per session; sessions/s is the figure to compare.
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
+from celery import Celery
 from redis.crc import key_slot
 
 from celery_helpers import WorkerProcess, seed_sessions, start_worker, worker_env
@@ -28,6 +29,7 @@ from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore
 from revoker.tokens import decode_token
+from revoker.worker import celery_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.celery]
 
@@ -359,7 +361,14 @@ def test_expire_entries_on_the_cluster(
     pipe.execute()
     audit_before = rc.xlen(keys.audit)
 
-    result = expire_entries.apply_async().get(timeout=JOB_TIMEOUT)
+    # A client app of this module's own: revoker.worker.app took its broker from whichever
+    # settings were current when an earlier test module first used it.
+    client_app = Celery("cluster-expiry-test", set_as_current=False)
+    client_app.conf.update(celery_config(s))
+    try:
+        result = client_app.send_task(expire_entries.name).get(timeout=JOB_TIMEOUT)
+    finally:
+        client_app.close()
 
     assert result["index_members"] == 2 * 30 * len(tenants)
     assert result["jobs"] >= 1

@@ -323,3 +323,38 @@ def test_unfiltered_tenant_job_freezes_the_index_and_spares_later_sessions(
     assert r.zrange(keys.tenant_index("frz"), 0, -1) == [later.family_id.encode()]
     assert r.zrange(keys.user_index("frz", "u3"), 0, -1) == [later.family_id.encode()]
     assert all(r.zcard(keys.user_index("frz", f"u{u}")) == 0 for u in range(7) if u != 3)
+
+
+def test_each_chunk_of_a_frozen_job_sweeps_its_own_share_of_user_indexes(r: redis.Redis) -> None:
+    """The job deals the user indexes out to its chunks; each chunk empties exactly its share."""
+    from revoker import tasks
+
+    s = configure(_settings(chunk_size=400, max_redeliveries=2))
+    try:
+        store = get_sync_revocation_store(s)
+        keys = store.keys
+        seed_sessions(r, s, "shr", 1_200, users=30)
+        job_id = jobs.enqueue_tenant_revocation("shr", reason="r", actor="a")
+        record = jobs.get_job(job_id)
+        chunks, fields = tasks._freeze(store, record)
+        tasks._share_sweep(store, record, chunks)
+        r.hset(keys.job(job_id), mapping={**fields, "status": "running", "chunks_total": chunks,
+                                          "snapshot": 1})  # fmt: skip
+        shares = [json.loads(r.get(keys.job_chunk(job_id, n)) or "") for n in range(chunks)]
+        every = [k for share in shares for k in share]
+        assert chunks == 3
+        assert sorted(every) == sorted(keys.user_index("shr", f"u{u}") for u in range(30))
+        tasks.revoke_chunk(job_id, 0)
+        assert all(r.zcard(key) == 0 for key in shares[0])
+        assert all(r.zcard(key) > 0 for key in shares[1] + shares[2])
+        r.delete(keys.job_chunk(job_id, 2))
+        with pytest.raises(LookupError, match="user indexes of chunk 2 are gone"):
+            tasks.revoke_chunk(job_id, 2)
+        r.set(keys.job_chunk(job_id, 2), json.dumps(shares[2]))
+        tasks.revoke_chunk(job_id, 1)
+        tasks.revoke_chunk(job_id, 2)
+        done = jobs.get_job(job_id)
+        assert (done.status, done.families_revoked) == ("done", 1_200)
+        assert [key for key in every if r.exists(key)] == []
+    finally:
+        delete_prefix(r, s.key_prefix)

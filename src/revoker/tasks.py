@@ -3,13 +3,14 @@
 A bulk job runs in two steps. An unfiltered tenant job (the big one) takes a faster road:
 
 * ``revoke_job`` renames the tenant index aside (``P:{T}:tj:<job>``, O(1) RENAMENX: every member
-  is to be revoked, and sessions started afterwards begin a fresh index), dispatches one
-  ``revoke_chunk`` per rank range of it, then sweeps the tenant's user indexes itself (SCAN, then
-  per user one ZMSCORE against the frozen index and one ZREM) while the chunks run elsewhere.
+  is to be revoked, and sessions started afterwards begin a fresh index), lists the tenant's
+  user indexes (SCAN) into one share per chunk (``P:job:{id}:c:<n>``, JSON) and dispatches one
+  ``revoke_chunk`` per rank range of the frozen index.
 * ``revoke_chunk`` reads its rank range in pages and writes one revoked marker (SET EX) per
-  family: plain pipelined commands on a raw connection, no Lua and no per-family read, so Redis
-  serves the per-request checks between them. The job is done when its chunks and its sweep are
-  (``job_chunk_done.lua``); the frozen index is then UNLINKed.
+  family, then sweeps its share of the user indexes (per user one ZMSCORE against the frozen
+  index and one ZREM): plain pipelined commands on a raw connection, no Lua and no per-family
+  read, so Redis serves the per-request checks between them. The job is done when its chunks
+  are (``job_chunk_done.lua``); the frozen index is then UNLINKed.
 
 Other jobs (filtered, user, dry runs) take the general road:
 
@@ -82,7 +83,7 @@ SNAPSHOT_BATCH = 500
 WRITE_BATCH = 50
 #: Family records per read script call (~3 us each, ~0.3 ms per call).
 READ_BATCH = 100
-#: Keys examined per SCAN call of the user-index sweep (~1 µs each under load).
+#: Keys examined per SCAN call (~1 µs of Redis each under load).
 SCAN_COUNT = 200
 #: User indexes per round trip of the sweep. Redis runs every command of one 16 KB read before
 #: serving another client, and ~100 bytes of ZRANGE or ZMSCORE cost it ~5 µs: 500 of them held
@@ -112,12 +113,40 @@ def _context() -> tuple[RevokerSettings, SyncRedisTokenRevocationStore]:
 
 
 def _script(store: SyncRedisTokenRevocationStore, name: str) -> Any:
+    if store.is_cluster:
+        return _ClusterScript(store.client, load_script(name))
     scripts = _scripts.get(store)
     if scripts is None:
         scripts = _scripts[store] = {
             n: store.client.register_script(load_script(n)) for n in _SCRIPTS
         }
     return scripts[name]
+
+
+class _ClusterScript:
+    """A Lua script callable like redis-py's, also inside a Redis Cluster pipeline.
+
+    redis-py refuses scripts in a cluster pipeline, so EVALSHA is queued by hand; the cluster
+    routes it by its keys' slot (a batch is always one tenant's or one job's slot). The script is
+    loaded on every primary when this object is made, i.e. once per task step: a failover that
+    flushed the script cache costs one failed attempt, not every retry.
+    """
+
+    def __init__(self, client: Any, text: str) -> None:
+        self.client = client
+        self.text = text
+        self.sha = client.script_load(text)
+
+    def __call__(
+        self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+    ) -> Any:
+        if client is not None and client is not self.client:
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.sha = self.client.script_load(self.text)
+            return self.client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _text(value: Any) -> str:
@@ -197,7 +226,7 @@ def revoke_frozen_range(
 
     One command per family: its revoked marker (SET EX). The tenant index needs no per-member
     ZREM (the frozen copy is the job's, UNLINKed once it is done) and the user indexes are swept
-    by the job task (:func:`sweep_user_indexes`), so nothing reads the family records. One round
+    per user afterwards (:func:`sweep_user_indexes`), so nothing reads the family records. One round
     trip per page of :data:`SNAPSHOT_BATCH` members carries the page's markers and the ZRANGE of
     the next page. Idempotent: the frozen index never changes, so a rerun rewrites the same
     markers.
@@ -221,17 +250,30 @@ def revoke_frozen_range(
     return revoked
 
 
-def sweep_user_indexes(store: SyncRedisTokenRevocationStore, tenant_id: str, frozen: str) -> int:
-    """Remove the frozen index's families from every user index of the tenant; returns how many.
+def user_index_keys(store: SyncRedisTokenRevocationStore, tenant_id: str | None) -> list[str]:
+    """Every user index of the tenant (SCAN: bounded steps of :data:`SCAN_COUNT` keys)."""
+    pattern = store.keys.user_index_pattern(tenant_id)
+    return [_text(key) for key in store.client.scan_iter(match=pattern, count=SCAN_COUNT)]
+
+
+def sweep_user_indexes(
+    store: SyncRedisTokenRevocationStore,
+    tenant_id: str | None,
+    frozen: str,
+    index_keys: Sequence[str] | None = None,
+) -> int:
+    """Remove the frozen index's families from the tenant's user indexes; returns how many.
+
+    ``index_keys`` limits the sweep to those user indexes (a chunk's share); by default every
+    user index of the tenant is swept.
 
     An unfiltered tenant job revokes every family of its frozen index, so it cleans the user
-    indexes per user (a few families each), not per family: SCAN finds the tenant's user indexes,
-    and per page of them one round trip reads their members, one asks the frozen index which of
-    them it holds (ZMSCORE) and one removes those. Members added after the freeze are kept.
-    Idempotent, and every command is bounded (SCAN COUNT, :data:`SNAPSHOT_BATCH` members).
+    indexes per user (a few families each), not per family: per page of them one round trip
+    reads their members, one asks the frozen index which of them it holds (ZMSCORE) and one
+    removes those. Members added after the freeze are kept. Idempotent, and every command is
+    bounded (:data:`SNAPSHOT_BATCH` members).
     """
     removed = 0
-    pending: list[tuple[str, int]] = []  # (user index, rank to read from)
     with _exchange(store) as exchange:
 
         def sweep(batch: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -255,11 +297,9 @@ def sweep_user_indexes(store: SyncRedisTokenRevocationStore, tenant_id: str, fro
                 removed += sum(exchange(drops))
             return more
 
-        pattern = store.keys.user_index_pattern(tenant_id)
-        for key in store.client.scan_iter(match=pattern, count=SCAN_COUNT):
-            pending.append((_text(key), 0))
-            if len(pending) >= SWEEP_BATCH:
-                pending = sweep(pending)
+        if index_keys is None:
+            index_keys = user_index_keys(store, tenant_id)
+        pending = [(key, 0) for key in index_keys]
         while pending:
             pending = sweep(pending[:SWEEP_BATCH]) + pending[SWEEP_BATCH:]
     return removed
@@ -288,10 +328,29 @@ def _freeze(store: SyncRedisTokenRevocationStore, record: JobRecord) -> tuple[in
     live = int(client.zcard(frozen)) - first
     size = store.settings.chunk_size
     chunks = math.ceil(live / size)
-    fields: dict[str, Any] = {"frozen_from": first, "frozen_chunk": size}
-    if chunks:
-        fields["sweeping"] = "1"  # the job is done once its chunks AND the user-index sweep are
-    return chunks, fields
+    return chunks, {"frozen_from": first, "frozen_chunk": size}
+
+
+def _share_sweep(store: SyncRedisTokenRevocationStore, record: JobRecord, chunks: int) -> None:
+    """Deal the tenant's user indexes out to the chunks of an unfiltered tenant job.
+
+    Each chunk sweeps its share after its markers, so every worker process takes part in the
+    sweep (one job task sweeping them all kept one process busy for most of the job). The SCAN
+    runs before any chunk: then it steps over no revoked marker yet (~1 µs of Redis per key
+    examined; a SCAN interleaved with the chunks stepped over nearly twice as many keys). The
+    shares are written before the job records its snapshot, so before any chunk is dispatched: a
+    rerun of the job task deals them afresh only while no chunk can have swept one.
+    """
+    shares: list[list[str]] = [[] for _ in range(chunks)]
+    for n, key in enumerate(user_index_keys(store, record.tenant_id)):
+        shares[n % chunks].append(key)
+    retention = store.settings.job_retention
+    pipe = store.client.pipeline(transaction=False)
+    for n, share in enumerate(shares):
+        pipe.set(store.keys.job_chunk(record.id, n), json.dumps(share), ex=retention)
+        if len(pipe) >= 20:
+            pipe.execute()
+    pipe.execute()
 
 
 # --- the write path of filtered and user jobs ----------------------------------------------------
@@ -572,6 +631,8 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
         fields: dict[str, Any] = {}
         if record.kind == "tenant" and not record.filtered and not record.dry_run:
             total, fields = _freeze(store, record)
+            if total:
+                _share_sweep(store, record, total)
         else:
             total = _snapshot(store, record)
         client.hset(job_key, mapping={**fields, "chunks_total": total, "snapshot": "1"})
@@ -584,16 +645,6 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
         for n in range(total):
             if n not in done:
                 revoke_chunk.apply_async((job_id, n), producer=producer)
-    frozen = client.hget(job_key, "frozen")
-    if frozen is not None and record.tenant_id is not None:
-        # Meanwhile the chunks run in the other worker processes; the job is done when both are.
-        sweep_user_indexes(store, record.tenant_id, _text(frozen))
-        _, finished = _script(store, "job_chunk_done")(
-            keys=[job_key, keys.job_chunks_done(job_id), keys.job_deliveries(job_id)],
-            args=["sweep", 0, 0, repr(time.time()), store.settings.job_retention],
-        )
-        if finished:
-            _release_job(store, job_id, done=True)
     _report(task, store, job_id)
 
 
@@ -635,6 +686,10 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
             )  # fmt: skip
             revoked = matched = len(ids)
             listed = b" ".join(ids).decode()
+            share = client.get(keys.job_chunk(job_id, chunk))
+            if share is None:
+                raise LookupError(f"the user indexes of chunk {chunk} are gone")
+            sweep_user_indexes(store, record.tenant_id, _text(frozen), json.loads(share))
         else:
             raw = client.get(keys.job_chunk(job_id, chunk))
             if raw is None:
