@@ -195,3 +195,26 @@ async def test_demo_service_logs_in_checks_and_rotates(settings: RevokerSettings
         store = get_revocation_store(settings)
         await store.aclose()
         await store.client.connection_pool.disconnect()
+
+
+@pytest.mark.celery
+def test_demo_cleans_up_when_its_output_is_closed() -> None:
+    """`revoker demo | head`: the reader goes away mid-story, and still no process is left."""
+    proc = subprocess.Popen(
+        [*revoker_command(), "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("REVOKER_")},
+    )
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        assert line, "the demo ended before starting its services:\n" + "".join(seen)
+        seen.append(line)
+        if "Flower:" in line:
+            break
+    proc.stdout.close()  # the next line the demo prints hits a closed pipe
+    proc.wait(DEMO_TIMEOUT)
+    assert_nothing_left("".join(seen))

@@ -522,9 +522,12 @@ def main(keep_running: bool = False) -> int:
                 _say(f"The demo failed: {e}", fg="red")
                 code = 1
             finally:
-                _say("Stopping every process the demo started...")
+                # A closed stdout (`revoker demo | head`) must not skip the clean-up.
+                with suppress(OSError):
+                    _say("Stopping every process the demo started...")
                 stack.stop()
-                _say("Demo finished: all processes stopped.", bold=True)
+                with suppress(OSError):
+                    _say("Demo finished: all processes stopped.", bold=True)
     except (KeyboardInterrupt, _Interrupted):
         # A second Ctrl-C during clean-up: stop() is idempotent, finish it.
         stack.stop()
