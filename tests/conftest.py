@@ -6,6 +6,7 @@ under it afterwards: tests never touch data they did not create.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -66,18 +67,27 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     reset_revocation_stores()
 
 
+@contextlib.contextmanager
+def private_settings(**overrides: Any) -> Iterator[RevokerSettings]:
+    """``make_settings(**overrides)``; afterwards its keys on the test Redis are deleted."""
+    s = make_settings(**overrides)
+    try:
+        yield s
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            delete_prefix(client, s.key_prefix)
+        except redis.ConnectionError:
+            pass
+        finally:
+            client.close()
+
+
 @pytest.fixture
 def settings() -> Iterator[RevokerSettings]:
     """Process-wide settings with a private key prefix; its keys are deleted afterwards."""
-    s = configure(make_settings())
-    yield s
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        delete_prefix(client, s.key_prefix)
-    except redis.ConnectionError:
-        pass
-    finally:
-        client.close()
+    with private_settings() as s:
+        yield configure(s)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -19,11 +19,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import redis
 from click.testing import CliRunner
 
 from celery_helpers import WorkerProcess, start_worker, worker_env
-from conftest import REDIS_URL, TEST_SECRET, delete_prefix, make_settings
+from conftest import TEST_SECRET, private_settings
 from revoker import cli as cli_module
 from revoker.cli import EXIT_CODES, cli
 from revoker.localredis import LocalRedis, free_port
@@ -394,15 +393,10 @@ def broker() -> Iterator[LocalRedis]:
 @pytest.fixture(scope="module")
 def job_settings(broker: LocalRedis) -> Iterator[RevokerSettings]:
     """Settings shared by the module's worker and CLI calls: small chunks, private prefix."""
-    s = make_settings(
+    with private_settings(
         broker_url=broker.url, result_backend=broker.url, chunk_size=40, visibility_timeout=30
-    )
-    yield s
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        delete_prefix(client, s.key_prefix)
-    finally:
-        client.close()
+    ) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

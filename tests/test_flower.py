@@ -18,10 +18,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import redis
 
 from celery_helpers import WorkerProcess, celery_command, start_worker, worker_env
-from conftest import REDIS_URL, delete_prefix, make_settings
+from conftest import private_settings
 from revoker.jobs import enqueue_tenant_revocation, wait_for_job
 from revoker.localredis import LocalRedis, free_port, stop_process
 from revoker.sessions import start_session_sync
@@ -57,13 +56,8 @@ def broker() -> Iterator[LocalRedis]:
 @pytest.fixture(scope="module")
 def flower_settings(broker: LocalRedis) -> Iterator[RevokerSettings]:
     """Settings of the worker, Flower and the test: five chunks of 40 for 200 sessions."""
-    s = make_settings(broker_url=broker.url, result_backend=broker.url, chunk_size=40)
-    yield s
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        delete_prefix(client, s.key_prefix)
-    finally:
-        client.close()
+    with private_settings(broker_url=broker.url, result_backend=broker.url, chunk_size=40) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
