@@ -77,6 +77,11 @@ def test_generate_jti_is_random_and_url_safe() -> None:
     assert all(len(j) == 22 and j.replace("-", "").replace("_", "").isalnum() for j in jtis)
 
 
+def test_generated_ids_never_look_like_a_command_line_option() -> None:
+    """10,000 jtis (also used as family ids): none starts with '-', which a CLI would misread."""
+    assert not any(generate_jti().startswith("-") for _ in range(10_000))
+
+
 def test_access_token_round_trip_carries_every_claim() -> None:
     """An access token decodes to the claims it was issued with."""
     s = make_settings()

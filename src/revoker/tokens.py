@@ -67,8 +67,15 @@ _JWK_KEY_TYPES: Final = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
 def generate_jti() -> str:
-    """A new random token id: 128 bits, URL-safe (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """A new random token id: 128 bits, URL-safe (22 characters), never starting with "-".
+
+    Jtis and family ids are typed into `revoker revoke family ID` and friends, where a leading
+    "-" reads as an option; redrawing the 1-in-64 such ids keeps every id usable as is.
+    """
+    while True:
+        jti = secrets.token_urlsafe(16)
+        if not jti.startswith("-"):
+            return jti
 
 
 class TokenData(BaseModel):
