@@ -58,6 +58,7 @@ from common import (
 )
 
 from revoker.jobs import enqueue_tenant_revocation, get_job, wait_for_job
+from revoker.keys import bucket_of_user, family_id_prefix
 from revoker.localredis import LocalRedis
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, load_settings
@@ -101,6 +102,8 @@ class Round:
     worker_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
     bytes_per_session: float = 0.0
+    #: Memory per session once the job is done: its revoked marker (the record is deleted).
+    bytes_per_revoked: float = 0.0
     populate_rate: float = 0.0
     #: MEMORY USAGE per session of each structure (family hash, tenant index, user indexes).
     memory_parts: dict[str, float] = field(default_factory=dict)
@@ -158,9 +161,11 @@ def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float
         for start in range(0, n, POPULATE_BATCH):
             out: list[bytes] = []
             for i in range(start, min(n, start + POPULATE_BATCH)):
+                user = f"user-{i % users}"
+                bucket = bucket_of_user(user, settings.session_buckets)
                 plan = core.plan_record_session(
-                    generate_jti(),
-                    user_id=f"user-{i % users}",
+                    family_id_prefix(bucket) + generate_jti(),
+                    user_id=user,
                     tenant_id=tenant,
                     client_id="web" if i % 3 else "mobile",
                     scopes=(),
@@ -178,29 +183,19 @@ def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float
 
 
 def memory_parts(client: redis.Redis, settings: RevokerSettings, n: int) -> dict[str, float]:
-    """Bytes per session of each structure: ``MEMORY USAGE`` (exact: SAMPLES 0) of the tenant
-    index, and the mean of 200 family hashes and 200 user indexes found by SCAN. MEMORY USAGE
-    counts a key's name, object and value, not its main-dict and expires-dict entries."""
-    layout = StoreCore(settings).keys
-
-    def sample(pattern: str) -> list[bytes]:
-        found: list[bytes] = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            found.append(key)
-            if len(found) >= 200:
-                break
-        return found
-
-    def usage(key: bytes | str) -> int:
-        return int(client.memory_usage(key, samples=0) or 0)
-
-    families = sample(layout.family(BIG, "x")[:-1] + "*")
-    users = sample(layout.user_index_pattern(BIG))
-    return {
-        "family hash": sum(map(usage, families)) / max(1, len(families)),
-        "tenant index": usage(layout.tenant_index(BIG)) / n,
-        "user indexes": sum(map(usage, users)) / max(1, len(users)) / SESSIONS_PER_USER,
+    """Bytes per session of the tenant's session buckets: ``MEMORY USAGE`` (exact: SAMPLES 0)
+    of every bucket, over the sessions. MEMORY USAGE counts a key's name, object and value, not
+    its main-dict and expires-dict entries (one per bucket, not per session)."""
+    base = StoreCore(settings).keys.session_bucket_base(BIG)
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(settings.session_buckets):
+        pipe.memory_usage(f"{base}{bucket}", samples=0)
+    total = sum(int(used or 0) for used in pipe.execute())
+    encodings = {
+        client.object("encoding", f"{base}{b}") for b in range(0, settings.session_buckets, 97)
     }
+    print(f"  bucket encodings seen: {sorted(e.decode() for e in encodings if e)}", file=sys.stderr)
+    return {"session buckets": total / n}
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -435,6 +430,7 @@ def one_round(
         if record.status != "done":
             raise RuntimeError(f"fan-out job ended {record.status}: {record.error}")
         record = get_job(job_id, settings=settings)
+        per_revoked = (used_memory(client) - before) / n
         delta = {
             name: (
                 calls - calls_before.get(name, (0, 0))[0],
@@ -461,6 +457,7 @@ def one_round(
             worker_cpu_s=worker_seconds,
             redis_cpu_s=redis_seconds,
             bytes_per_session=per_session,
+            bytes_per_revoked=per_revoked,
             memory_parts=parts,
             populate_rate=rate,
         )
@@ -525,7 +522,7 @@ def run(quick: bool = False) -> str:
             client.close()
     shutil.rmtree(workdir, ignore_errors=True)
     return report(
-        rounds, benchmark_rates, bench_command, env_line, n, settings.chunk_size, quick=quick,
+        rounds, benchmark_rates, bench_command, env_line, n, settings, quick=quick,
         redis_niced=redis_niced,
     )  # fmt: skip
 
@@ -540,7 +537,7 @@ def report(
     bench_command: str,
     env_line: str,
     n: int,
-    chunk_size: int,
+    settings: RevokerSettings,
     *,
     quick: bool,
     redis_niced: bool,
@@ -613,6 +610,8 @@ def report(
         if u / last.revoked >= 0.05
     )
     mode = " (--quick: figures are indicative only)" if quick else ""
+    settings_buckets = settings.session_buckets
+    chunk_size = settings.chunk_size
     niced = "it did" if redis_niced else "not permitted here: it did not"
     return f"""## Fan-out: revoking a whole tenant with Celery workers (issue 3){mode}
 
@@ -650,35 +649,30 @@ Worker CPU per session is the worker's main process plus pool children (utime+st
 is `used_cpu_user+used_cpu_sys` over the same span: when the workers' CPU per session times the
 rate approaches the cores they have, the client side bounds the fan-out, not Redis.
 
-How the fan-out spends that (src/revoker/tasks.py): the job task renames the tenant index aside
-(O(1); sessions started later begin a fresh index), lists the tenant's user indexes with SCAN
-before any chunk runs (so it steps over no revoked marker yet) and deals them out to the chunks;
-each chunk writes one `SET fr:<family> EX` per family from its rank range of the frozen index
-(plain pipelined commands on a raw connection, no Lua, no per-family read), then sweeps its
-share of the user indexes (one ZRANGE, one ZMSCORE against the frozen index and one ZREM per
-user). A Redis command is bounded (pages of 500 members, 100 user indexes per round trip, SCAN
-COUNT 200), so the check's p99 during the fan-out is what CPU contention leaves: on this 2-core
-box the worker processes, Redis, the checker, the service and the broker share two cores.
-
-Every worker process takes chunks, markers and sweep alike; only the SCAN (about 1 µs of Redis
-per key examined: sessions, indexes and whatever else the Redis holds) runs alone, before the
-chunks. With two cores for everything, a second worker process mostly competes with Redis for
-CPU: the fan-out rate here is bound by the worker and Redis CPU per session above, not by the
-number of worker processes. Writes / redis-benchmark counts commands: a session now
-costs 1 SET plus ~0.25 ZREM instead of SET, ZREM and HMGET inside a script, so that ratio falls
-as the fan-out gets cheaper per session; sessions/s is the figure to compare.
+How the fan-out spends that (src/revoker/tasks.py): sessions live as fields of the tenant's
+{settings_buckets:,} bucket hashes (`P:{{T}}:s:<n>`, a user's sessions all in one bucket). The job
+task counts the buckets (HLEN each, pipelined) and groups consecutive non-empty ones into chunks
+of ~{chunk_size:,} sessions; each chunk reads its buckets with pipelined HSCANs (16 buckets per
+round trip), keeps the records created at or before the job's watermark, writes one
+`SET fr:<family> EX` per family (2,000 per round trip), records itself done, then deletes the
+records (one HDEL per bucket). Plain pipelined commands on a raw connection, no Lua: no single
+command holds Redis longer than the µs per call above, so the check's p99 during the fan-out is
+what CPU contention leaves: on this 2-core box the worker processes, Redis, the checker, the
+service and the broker share two cores. Writes / redis-benchmark counts write commands: a
+session costs one SET (plus 1/~120 of an HDEL), so the ratio is sessions/s over SET/s.
 
 Memory per tracked session in the last round: {last.bytes_per_session:.0f} B
-(`used_memory`), of which `MEMORY USAGE` finds {parts};
-the other {unaccounted:.0f} B are the main-dict and
-expires-dict entries of the per-session key (and allocator slack). The family hash holds user,
-client, created, expires, current jti and tenant. Dropping the two fields another structure
-already says (tenant: the key's tag; expires: the indexes' score) and storing created as integer
-µs would save about 35 B (estimated from the field sizes), not what is missing. What would
-reach < 300 B is a layout without a key per session (no per-key dict, expires entry and key
-name): session records as fields of bucketed hashes (listpack-encoded while small; per-field
-TTL needs Redis 7.4's HEXPIRE) and a bucketed tenant index of small listpack sorted sets
-instead of one big skiplist.
+(`used_memory` before and after writing the sessions), of which `MEMORY USAGE` of the buckets
+finds {parts}; the other {unaccounted:.0f} B are the buckets' dict entries and allocator slack.
+A bucket of ~{n / settings_buckets:.0f} sessions stays listpack-encoded (Redis's compact form,
+up to `hash-max-listpack-entries` 128 fields of at most `hash-max-listpack-value` 64 bytes): a
+session costs its family id and its record (user, client, created µs, expires, current refresh
+jti) and a few bytes of listpack framing, with no key, dict entry or expires entry of its own.
+A rotated session's record also holds the previous and successor jtis (~110 bytes): its bucket
+turns into a hashtable, about 100 B more per session (measured in the layout study:
+`used_memory` per session of 169 B listpack, 272 B hashtable with 36-character user ids). Once
+revoked, a session costs its revoked marker (a string key with a TTL) instead of its record:
+{last.bytes_per_revoked:.0f} B per revoked session after the job (`used_memory`).
 """
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from revoker.keys import FAMILY_FIELDS, KeyLayout, family_ttl
+from revoker.keys import KeyLayout, bucket_of_user, encode_record, family_id_prefix, family_ttl
+from revoker.rules import to_us
 from revoker.settings import ENV_PREFIX, RevokerSettings
 
 __all__ = [
@@ -183,30 +184,6 @@ def start_beat(env: Mapping[str, str]) -> WorkerProcess:
     return WorkerProcess(process, log_path, "beat", log)
 
 
-#: Records sessions as ``StoreCore.plan_record_session`` does, many per call (seeding only).
-#: KEYS: tenant index, then per session its family hash and its user index.
-#: ARGV: ttl, expires, then per session: family id, user, created, client ("" for none), tenant
-#: ("" for none), current refresh jti. Field names come from FAMILY_FIELDS via ARGV[3..8].
-_SEED_SCRIPT = """
-local ttl, expires = ARGV[1], ARGV[2]
-local fu, fcr, fex, fcur, fc, ft = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local n = (#KEYS - 1) / 2
-for i = 1, n do
-  local a = 8 + (i - 1) * 6
-  local fam, ukey = KEYS[1 + i], KEYS[1 + n + i]
-  redis.call("HSET", fam, fu, ARGV[a + 2], fcr, ARGV[a + 3], fex, expires, fcur, ARGV[a + 6])
-  if ARGV[a + 4] ~= "" then redis.call("HSET", fam, fc, ARGV[a + 4]) end
-  if ARGV[a + 5] ~= "" then redis.call("HSET", fam, ft, ARGV[a + 5]) end
-  redis.call("EXPIRE", fam, ttl)
-  redis.call("ZADD", KEYS[1], expires, ARGV[a + 1])
-  redis.call("ZADD", ukey, expires, ARGV[a + 1])
-  redis.call("EXPIRE", ukey, ttl)
-end
-redis.call("EXPIRE", KEYS[1], ttl)
-return n
-"""
-
-
 def seed_sessions(
     client: Any,
     settings: RevokerSettings,
@@ -226,41 +203,28 @@ def seed_sessions(
     benchmarks need 100,000s of sessions: one ``start_session`` each would take minutes.
     """
     keys = KeyLayout(settings.key_prefix)
-    f = FAMILY_FIELDS
     now = time.time()
     ttl = family_ttl(settings.refresh_token_ttl, settings.leeway)
     expires = int(now) + settings.refresh_token_ttl
-    ids = [f"{id_prefix}-{i:07d}-{uuid.uuid4().hex[:8]}" for i in range(count)]
-    family_keys, _ = keys.family_keys(tenant_id, ids)
-    user_keys = {u: keys.user_index(tenant_id, f"u{u}") for u in range(users)}
-    head = [ttl, expires, f["user"], f["created"], f["expires"], f["current"], f["client"],
-            f["tenant"]]  # fmt: skip
-    script = client.register_script(_SEED_SCRIPT)
-    tenant_index = keys.tenant_index(tenant_id)
+    buckets = [bucket_of_user(f"u{u}", settings.session_buckets) for u in range(users)]
+    ids = [
+        f"{family_id_prefix(buckets[i % users])}{id_prefix}-{i:07d}-{uuid.uuid4().hex[:8]}"
+        for i in range(count)
+    ]
     pipe = client.pipeline(transaction=False)
-    for start in range(0, count, batch):
-        stop = min(count, start + batch)
-        args: list[Any] = list(head)
-        for i in range(start, stop):
-            client_id = client_ids[i % len(client_ids)]
-            args += [
-                ids[i],
-                f"u{i % users}",
-                f"{created[i] if created is not None else now:.6f}",
-                client_id or "",
-                tenant_id or "",
-                f"rt-{ids[i]}",
-            ]
-        script(
-            keys=[
-                tenant_index,
-                *family_keys[start:stop],
-                *(user_keys[i % users] for i in range(start, stop)),
-            ],
-            args=args,
-            client=pipe,
+    for i in range(count):
+        key = keys.session_bucket(tenant_id, buckets[i % users])
+        record = encode_record(
+            user_id=f"u{i % users}",
+            client_id=client_ids[i % len(client_ids)],
+            created_us=to_us(created[i] if created is not None else now),
+            expires=expires,
+            current_jti=f"rt-{ids[i]}",
         )
-        if len(pipe) >= 50:
+        pipe.execute_command("HSET", key, ids[i], record)
+        if len(pipe) >= batch * 10:
             pipe.execute()
+    for b in set(buckets):
+        pipe.execute_command("EXPIRE", keys.session_bucket(tenant_id, b), ttl)
     pipe.execute()
     return ids

@@ -2,13 +2,15 @@
 poison chunk under a real worker.
 
 Every test starts its own Redis servers (broker and data) and workers: nothing here may disturb
-the shared Redis.
+the shared Redis. The SIGKILL test keeps the default session bucket count (8192), as in
+production; the others use ``BUCKETS`` so that planning their jobs is quick.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -17,9 +19,10 @@ import redis
 from celery_helpers import seed_sessions, start_beat, start_worker, worker_env
 from conftest import make_settings
 from revoker import jobs
+from revoker.keys import KeyLayout, bucket_of_user, family_bucket
 from revoker.localredis import LocalRedis
 from revoker.sessions import start_session_sync
-from revoker.settings import configure
+from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore
 from revoker.tokens import decode_token
 
@@ -29,6 +32,27 @@ SESSIONS = 100_000
 CHUNK = 1_000
 #: The minimum the settings allow; kombu then restores a dead worker's messages in ~11 s.
 VISIBILITY = 10
+#: Session buckets per tenant, except in the SIGKILL test (the default there).
+BUCKETS = 64
+
+
+def _expected_chunks(sizes: dict[int, int], chunk_size: int) -> int:
+    """How many chunks a tenant job plans: consecutive non-empty buckets, >= chunk_size each."""
+    chunks, size = 0, 0
+    for bucket in sorted(sizes):
+        size += sizes[bucket]
+        if size >= chunk_size:
+            chunks, size = chunks + 1, 0
+    return chunks + (1 if size else 0)
+
+
+def _records(r: redis.Redis, s: RevokerSettings, tenant: str) -> set[bytes]:
+    """Every family id with a record in any of the tenant's session buckets."""
+    keys = KeyLayout(s.key_prefix)
+    pipe = r.pipeline(transaction=False)
+    for b in range(s.session_buckets):
+        pipe.hkeys(keys.session_bucket(tenant, b))
+    return {fid for ids in pipe.execute() for fid in ids}
 
 
 @pytest.fixture
@@ -42,10 +66,13 @@ def test_worker_sigkill_mid_job_loses_nothing_and_counts_once(server: LocalRedis
     """SIGKILL the whole worker at about half of a 100k-session job: a new worker finishes it."""
     s = configure(make_settings(redis_url=server.url, chunk_size=CHUNK,
                                 visibility_timeout=VISIBILITY))  # fmt: skip
+    assert s.session_buckets == 8192  # the default, as in production
     r = redis.Redis.from_url(server.url)
     store = SyncRedisTokenRevocationStore(settings=s)
     ids = seed_sessions(r, s, "big", SESSIONS, users=1000)
-    total = SESSIONS // CHUNK
+    sizes = Counter(family_bucket(fid) for fid in ids)
+    total = _expected_chunks({b: n for b, n in sizes.items() if b is not None}, CHUNK)
+    assert SESSIONS // (CHUNK + max(sizes.values())) <= total <= SESSIONS // CHUNK
 
     first = start_worker(worker_env(s, server.url), concurrency=2)
     try:
@@ -57,8 +84,9 @@ def test_worker_sigkill_mid_job_loses_nothing_and_counts_once(server: LocalRedis
             pipe = r.pipeline(transaction=False)
             pipe.smembers(store.keys.job_chunks_done(job_id))
             pipe.hkeys(store.keys.job_deliveries(job_id))
-            done, begun = pipe.execute()
-            if len(done) >= total // 2 and set(begun) - done:
+            pipe.hget(store.keys.job(job_id), "chunks_total")
+            done, begun, planned = pipe.execute()
+            if planned is not None and len(done) >= total // 2 and set(begun) - done:
                 break
             time.sleep(0.002)
         first.kill()
@@ -88,7 +116,8 @@ def test_worker_sigkill_mid_job_loses_nothing_and_counts_once(server: LocalRedis
     for fid in ids:
         pipe.exists(store.keys.family_revoked("big", fid))
     assert sum(pipe.execute()) == SESSIONS
-    assert r.zcard(store.keys.tenant_index("big")) == 0
+    # Every revoked session's record is gone from its bucket, the chunks killed mid-way included.
+    assert _records(r, s, "big") == set()
     store.close()
     r.close()
 
@@ -96,7 +125,8 @@ def test_worker_sigkill_mid_job_loses_nothing_and_counts_once(server: LocalRedis
 def test_broker_down_at_enqueue_enforces_at_once_and_completes_later(server: LocalRedis) -> None:
     """Broker stopped: enqueue still returns, the watermark enforces, beat's sweep finishes it."""
     with LocalRedis() as broker:
-        s = configure(make_settings(redis_url=server.url, broker_url=broker.url, chunk_size=100))
+        s = configure(make_settings(redis_url=server.url, broker_url=broker.url, chunk_size=100,
+                                    session_buckets=BUCKETS))  # fmt: skip
         r = redis.Redis.from_url(server.url)
         store = SyncRedisTokenRevocationStore(settings=s)
         ids = seed_sessions(r, s, "outage", 500)
@@ -109,6 +139,7 @@ def test_broker_down_at_enqueue_enforces_at_once_and_completes_later(server: Loc
         assert time.monotonic() - started < 5, "enqueue must not hang on a dead broker"
         assert store.is_revoked(token).rule == "tenant"
         assert jobs.get_job(job_id).status == "pending"
+        later = start_session_sync("erin", tenant_id="outage", store=store)  # after the cut-off
 
         broker.restart()
         # The real sweeper: beat sends publish_pending_jobs every few seconds.
@@ -123,7 +154,11 @@ def test_broker_down_at_enqueue_enforces_at_once_and_completes_later(server: Loc
 
         assert record.status == "done", record.error
         assert record.families_revoked == len(ids) + 1
-        assert r.zcard(store.keys.tenant_index("outage")) == 0
+        assert r.exists(store.keys.family_revoked("outage", pair.family_id))
+        # The revoked sessions' records are gone; the one started after the cut-off is untouched.
+        assert _records(r, s, "outage") == {later.family_id.encode()}
+        assert not r.exists(store.keys.family_revoked("outage", later.family_id))
+        assert not store.is_revoked(decode_token(later.access_token, "access", settings=s))
         # Nothing left in the outbox: the next sweep publishes nothing.
         assert publish_pending_jobs(grace=0) == 0
         store.close()
@@ -132,14 +167,15 @@ def test_broker_down_at_enqueue_enforces_at_once_and_completes_later(server: Loc
 
 def test_poison_chunk_is_parked_by_a_real_worker(server: LocalRedis) -> None:
     """A chunk failing on every delivery is parked as failed; the healthy chunk still completes."""
-    s = configure(make_settings(redis_url=server.url, max_redeliveries=3))
+    s = configure(make_settings(redis_url=server.url, max_redeliveries=3, session_buckets=BUCKETS))
     r = redis.Redis.from_url(server.url)
     store = SyncRedisTokenRevocationStore(settings=s)
     ids = seed_sessions(r, s, "poisoned", 10)
+    buckets = sorted({bucket_of_user(f"u{u}", BUCKETS) for u in range(10)})
     # Published now, run once the worker starts: the record is rigged before that.
     job_id = jobs.enqueue_tenant_revocation("poisoned", reason="r", actor="a")
     r.hset(store.keys.job(job_id), mapping={"chunks_total": 2, "snapshot": 1})
-    r.set(store.keys.job_chunk(job_id, 0), json.dumps(ids))
+    r.set(store.keys.job_chunk(job_id, 0), json.dumps(buckets))
     r.hset(store.keys.job_chunk(job_id, 1), "not", "a list")  # WRONGTYPE on every delivery
 
     worker = start_worker(worker_env(s, server.url), concurrency=2)
@@ -157,5 +193,6 @@ def test_poison_chunk_is_parked_by_a_real_worker(server: LocalRedis) -> None:
     assert int(r.hget(store.keys.job_deliveries(job_id), "1") or 0) == 4
     assert r.smembers(store.keys.job_chunks_done(job_id)) == {b"0"}
     assert all(r.exists(store.keys.family_revoked("poisoned", fid)) for fid in ids)
+    assert _records(r, s, "poisoned") == set()  # the healthy chunk deleted what it revoked
     store.close()
     r.close()

@@ -18,6 +18,7 @@ import redis.cluster
 from redis.crc import key_slot
 
 from conftest import make_settings
+from revoker.keys import bucket_of_user, family_id_prefix
 from revoker.localredis import RedisCluster3, start_cluster
 from revoker.rules import now_us
 from revoker.sessions import start_session, start_session_sync
@@ -140,11 +141,12 @@ async def test_every_rule_at_once_needs_no_crossslot(call: Call) -> None:
     assert (await call("is_revoked", data)).rule == "jti"
 
 
-async def test_sessions_stats_and_health(call: Call) -> None:
+async def test_sessions_stats_and_health(call: Call, cluster_settings: RevokerSettings) -> None:
     """Recording a session, stats and health work on the cluster too."""
+    family = family_id_prefix(bucket_of_user("alice", cluster_settings.session_buckets)) + "f1"
     await call(
         "record_session",
-        "f1",
+        family,
         user_id="alice",
         tenant_id="acme",
         client_id=None,
@@ -153,9 +155,9 @@ async def test_sessions_stats_and_health(call: Call) -> None:
         created=time.time(),
         expires=int(time.time()) + 3600,
     )
-    record = await call("get_session", "f1", tenant_id="acme")
+    record = await call("get_session", family, tenant_id="acme")
     assert record is not None
-    assert record.current_jti == "r1"
+    assert (record.user_id, record.current_jti) == ("alice", "r1")
     await call("revoke_token", "j1")
     stats = await call("get_stats")
     assert (stats["revoked_tokens"], stats["audit_entries"]) == (1, 1)
@@ -168,7 +170,16 @@ async def test_start_session_on_the_cluster(cluster_settings: RevokerSettings) -
         pair = await start_session("alice", tenant_id="acme", store=store)
         with SyncRedisTokenRevocationStore(settings=cluster_settings) as sync_store:
             other = start_session_sync("alice", tenant_id="acme", store=sync_store)
-            assert sync_store.client.zcard(sync_store.keys.tenant_index("acme")) == 2
+            # Both sessions are fields of alice's one bucket, each found again by its id.
+            bucket = sync_store.keys.session_bucket(
+                "acme", bucket_of_user("alice", cluster_settings.session_buckets)
+            )
+            assert {f.decode() for f in sync_store.client.hkeys(bucket)} == {
+                pair.family_id,
+                other.family_id,
+            }
+            assert sync_store.client.ttl(bucket) > 0
+            assert sync_store.get_session(other.family_id, tenant_id="acme") is not None
         await store.revoke_family(pair.family_id, tenant_id="acme")
         assert await store.is_revoked(decode_token(pair.access_token, settings=store.settings))
         assert not await store.is_revoked(decode_token(other.access_token, settings=store.settings))

@@ -8,10 +8,11 @@ inside a script), and a SCAN that visits one node only would leave the other nod
 
 from __future__ import annotations
 
-import math
+import json
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -22,9 +23,11 @@ from redis.crc import key_slot
 from celery_helpers import WorkerProcess, seed_sessions, start_worker, worker_env
 from conftest import make_settings
 from revoker import jobs
-from revoker.exceptions import DuplicateJob
-from revoker.keys import KeyLayout
+from revoker.exceptions import DuplicateJob, RefreshTokenReused
+from revoker.keys import KeyLayout, bucket_of_user, encode_record, family_bucket, family_id_prefix
 from revoker.localredis import LocalRedis, RedisCluster3, free_port, start_cluster
+from revoker.refresh import rotate_refresh_token_sync
+from revoker.rules import to_us
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore
@@ -100,40 +103,16 @@ def sstore(s: RevokerSettings) -> Iterator[SyncRedisTokenRevocationStore]:
     st.close()
 
 
-class _ScriptRunner:
-    """What ``seed_sessions`` needs of a client, for a cluster: scripts run one call at a time.
-
-    redis-py's ClusterPipeline refuses EVALSHA ("blocked when running redis in cluster mode"), so
-    the seeding scripts go straight to the node owning their keys (one tenant's tag) instead.
-    """
-
-    def __init__(self, client: redis.cluster.RedisCluster) -> None:
-        self.client = client
-
-    def register_script(self, script: str) -> Any:
-        return self.client.register_script(script)
-
-    def pipeline(self, transaction: bool = False) -> _ScriptRunner:
-        return self
-
-    def __len__(self) -> int:
-        return 0
-
-    def execute(self) -> list[Any]:
-        return []
-
-    def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
-        return self.client.evalsha(sha, numkeys, *args)
-
-    def script_load(self, script: str) -> Any:
-        return self.client.script_load(script)
-
-
 def seed(
     rc: redis.cluster.RedisCluster, s: RevokerSettings, tenant: str, count: int, **kwargs: Any
 ) -> list[str]:
-    """``seed_sessions`` on the cluster."""
-    return seed_sessions(_ScriptRunner(rc), s, tenant, count, **kwargs)
+    """``seed_sessions`` on the cluster (a cluster pipeline routes each bucket to its node)."""
+    return seed_sessions(rc, s, tenant, count, **kwargs)
+
+
+def pipeline(rc: redis.cluster.RedisCluster) -> Any:
+    """A cluster pipeline (redis-py leaves ``RedisCluster.pipeline`` unannotated)."""
+    return cast(Any, rc).pipeline()
 
 
 def node_of(rc: redis.cluster.RedisCluster, key: str) -> str:
@@ -148,7 +127,7 @@ def tenants_on_every_node(
     found: dict[str, list[str]] = {}
     for i in range(2000):
         tenant = f"{stem}-{i}"
-        bucket = found.setdefault(node_of(rc, keys.tenant_index(tenant)), [])
+        bucket = found.setdefault(node_of(rc, keys.tenant_watermark(tenant)), [])
         if len(bucket) < per_node:
             bucket.append(tenant)
         if len(found) == 3 and all(len(b) == per_node for b in found.values()):
@@ -160,15 +139,44 @@ def revoked_flags(
     rc: redis.cluster.RedisCluster, keys: KeyLayout, tenant: str, ids: Sequence[str]
 ) -> list[bool]:
     """For each family id, whether its revoked marker exists."""
-    pipe = rc.pipeline()
+    pipe = pipeline(rc)
     for fid in ids:
         pipe.exists(keys.family_revoked(tenant, fid))
     return [bool(x) for x in pipe.execute()]
 
 
-def members(rc: redis.cluster.RedisCluster, key: str) -> set[str]:
-    """The members of a sorted set, decoded."""
-    return {m.decode() for m in rc.zrange(key, 0, -1)}
+def present(
+    rc: redis.cluster.RedisCluster, keys: KeyLayout, tenant: str, ids: Sequence[str]
+) -> list[bool]:
+    """For each family id, whether its record is still a field of its session bucket."""
+    pipe = pipeline(rc)
+    for fid in ids:
+        bucket = family_bucket(fid)
+        assert bucket is not None, fid
+        pipe.hexists(keys.session_bucket(tenant, bucket), fid)
+    return [bool(x) for x in pipe.execute()]
+
+
+def expected_chunks(ids: Sequence[str], chunk: int) -> int:
+    """The chunks a tenant job plans: non-empty buckets in order, a chunk closed at ``chunk``."""
+    sizes = Counter(family_bucket(fid) for fid in ids)
+    chunks = size = 0
+    for bucket in sorted(b for b in sizes if b is not None):
+        size += sizes[bucket]
+        if size >= chunk:
+            chunks, size = chunks + 1, 0
+    return chunks + (1 if size else 0)
+
+
+def neighbour_of(user: str, buckets: int) -> str:
+    """Another user id whose sessions share ``user``'s bucket."""
+    target = bucket_of_user(user, buckets)
+    return next(f"n{i}" for i in range(1_000_000) if bucket_of_user(f"n{i}", buckets) == target)
+
+
+def by_bucket(selected: dict[int, list[bytes]]) -> dict[int, set[str]]:
+    """What ``revoke_buckets`` returned, order-free and decoded."""
+    return {b: {fid.decode() for fid in ids} for b, ids in selected.items()}
 
 
 def test_seeded_tenants_live_on_every_node(
@@ -177,13 +185,14 @@ def test_seeded_tenants_live_on_every_node(
     """The tenant picker really spreads tenants over the three nodes (the premise of this file)."""
     keys = KeyLayout(s.key_prefix)
     tenants = tenants_on_every_node(rc, keys, "spread")
-    assert len({node_of(rc, keys.tenant_index(t)) for t in tenants}) == 3
-    # A tenant's index, families and user indexes share one slot: a chunk touches one node.
+    assert len({node_of(rc, keys.session_bucket(t, 0)) for t in tenants}) == 3
+    # A tenant's buckets, markers and watermarks share one slot: a chunk touches one node.
     t = tenants[0]
     slots = {
         key_slot(k.encode())
-        for k in (keys.tenant_index(t), keys.family(t, "f"), keys.user_index(t, "u"),
-                  keys.family_revoked(t, "f"), keys.frozen_index(t, "job"))
+        for k in (keys.session_bucket(t, 0), keys.session_bucket(t, s.session_buckets - 1),
+                  keys.family_revoked(t, "f"), keys.user_watermark(t, "u"),
+                  keys.tenant_watermark(t))
     }  # fmt: skip
     assert len(slots) == 1
 
@@ -196,7 +205,7 @@ def test_unfiltered_tenant_jobs_on_every_node(
     candidates = tenants_on_every_node(rc, keys, "tj", per_node=2)
     # One victim per node; the bystander shares a node (and so a connection) with a victim.
     victims, bystander = candidates[0::2], candidates[1]
-    assert len({node_of(rc, keys.tenant_index(t)) for t in victims}) == 3
+    assert len({node_of(rc, keys.tenant_watermark(t)) for t in victims}) == 3
     seeded = {t: seed(rc, s, t, 1000, users=20) for t in [*victims, bystander]}
     pairs = {t: start_session_sync("alice", tenant_id=t, store=sstore) for t in victims}
     tokens = {t: decode_token(p.access_token, "access", settings=s) for t, p in pairs.items()}
@@ -214,16 +223,17 @@ def test_unfiltered_tenant_jobs_on_every_node(
     for t in victims:
         ids, record = seeded[t], records[t]
         assert record.status == "done", record.error
-        assert record.chunks_total == math.ceil(len(ids) / CHUNK)
+        assert record.chunks_total == expected_chunks(ids, CHUNK) > 1
         assert record.chunks_done == record.chunks_total
         assert record.families_revoked == record.families_matched == len(ids)
         assert all(revoked_flags(rc, keys, t, ids)), t
-        assert rc.zcard(keys.tenant_index(t)) == 0
-        assert all(rc.zcard(keys.user_index(t, f"u{u}")) == 0 for u in range(20))
-        assert rc.zcard(keys.user_index(t, "alice")) == 0
-        assert not rc.exists(keys.frozen_index(t, job_ids[t]))
+        # Every record was deleted from its bucket (an emptied hash is no key at all).
+        assert not any(present(rc, keys, t, ids)), t
+        buckets = {family_bucket(fid) for fid in ids}
+        assert not any(rc.exists(keys.session_bucket(t, b)) for b in buckets if b is not None)
+        assert sstore.get_session(pairs[t].family_id, tenant_id=t) is None
     assert not any(revoked_flags(rc, keys, bystander, seeded[bystander]))
-    assert rc.zcard(keys.tenant_index(bystander)) == len(seeded[bystander])
+    assert all(present(rc, keys, bystander, seeded[bystander]))
     assert rc.get(keys.tenant_watermark(bystander)) is None
     # The same request is accepted again once the job is done: the idempotency key was released.
     again = jobs.enqueue_tenant_revocation(victims[0], reason="again", actor="ops")
@@ -233,7 +243,7 @@ def test_unfiltered_tenant_jobs_on_every_node(
 def test_user_job_on_the_cluster(
     s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """All of one user's sessions are revoked; the tenant's other users keep theirs."""
+    """All of one user's sessions are revoked; other users, even in the same bucket, keep theirs."""
     keys = sstore.keys
     tenant = tenants_on_every_node(rc, keys, "uj")[1]
     ids = seed(rc, s, tenant, 600, users=3)
@@ -242,18 +252,25 @@ def test_user_job_on_the_cluster(
     pair = start_session_sync("u1", tenant_id=tenant, store=sstore)
     mine.append(pair.family_id)
     token = decode_token(pair.access_token, "access", settings=s)
+    # Another user's session in u1's very bucket: the job must pick records, not whole buckets.
+    neighbour = start_session_sync(
+        neighbour_of("u1", s.session_buckets), tenant_id=tenant, store=sstore
+    )
+    assert family_bucket(neighbour.family_id) == family_bucket(pair.family_id)
+    theirs.append(neighbour.family_id)
 
     job_id = jobs.enqueue_user_revocation("u1", tenant_id=tenant, reason="left", actor="hr")
     assert sstore.is_revoked(token).rule == "user"
     record = jobs.wait_for_job(job_id, timeout=JOB_TIMEOUT)
 
     assert record.status == "done", record.error
-    assert record.chunks_total == math.ceil(len(mine) / CHUNK)
+    assert record.chunks_total == 1  # one bucket, its user's, whatever the chunk size
     assert record.families_revoked == record.families_matched == len(mine)
     assert all(revoked_flags(rc, keys, tenant, mine))
     assert not any(revoked_flags(rc, keys, tenant, theirs))
-    assert rc.zcard(keys.user_index(tenant, "u1")) == 0
-    assert members(rc, keys.tenant_index(tenant)) == set(theirs)
+    assert not any(present(rc, keys, tenant, mine))
+    assert all(present(rc, keys, tenant, theirs))
+    assert not sstore.is_revoked(decode_token(neighbour.access_token, "access", settings=s))
     assert rc.get(keys.tenant_watermark(tenant)) is None
 
 
@@ -276,6 +293,7 @@ def test_client_filtered_job_on_the_cluster(
     )
     assert (dry.status, dry.families_matched, dry.families_revoked) == ("done", len(mobile), 0)
     assert not any(revoked_flags(rc, keys, tenant, mobile))
+    assert all(present(rc, keys, tenant, mobile))
 
     job_id = jobs.enqueue_tenant_revocation(
         tenant, client_id="mobile", reason="bad build", actor="ops"
@@ -289,7 +307,8 @@ def test_client_filtered_job_on_the_cluster(
     assert all(revoked_flags(rc, keys, tenant, mobile))
     assert not any(revoked_flags(rc, keys, tenant, rest))
     assert not sstore.is_revoked(decode_token(web.access_token, "access", settings=s))
-    assert members(rc, keys.tenant_index(tenant)) == {*rest, web.family_id}
+    assert not any(present(rc, keys, tenant, mobile))
+    assert all(present(rc, keys, tenant, [*rest, web.family_id]))
 
 
 def test_duplicate_request_is_detected_on_the_cluster(
@@ -313,38 +332,62 @@ def test_duplicate_request_is_detected_on_the_cluster(
 def test_family_reuse_follow_up_on_the_cluster(
     s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """The reuse task marks the family, removes it from both indexes and audits it."""
+    """A reused refresh token: marked by the rotation, the task deletes its record and audits it."""
     keys = sstore.keys
     tenant = tenants_on_every_node(rc, keys, "reuse")[2]
     pair = start_session_sync("dave", tenant_id=tenant, store=sstore)
     keep = start_session_sync("dave", tenant_id=tenant, store=sstore)
+    rotate_refresh_token_sync(pair.refresh_token, store=sstore)
+    with pytest.raises(RefreshTokenReused):
+        rotate_refresh_token_sync(pair.refresh_token, store=sstore)  # the superseded one again
+    assert rc.exists(keys.family_revoked(tenant, pair.family_id))
 
-    job_id = jobs.enqueue_family_reuse(pair.family_id, tenant_id=tenant, user_id="dave")
-    record = jobs.wait_for_job(job_id, timeout=JOB_TIMEOUT)
+    (job,) = [j for j in jobs.list_jobs() if j.family_id == pair.family_id]
+    record = jobs.wait_for_job(job.id, timeout=JOB_TIMEOUT)
 
     assert record.status == "done", record.error
+    assert record.kind == "family_reuse"
     assert rc.exists(keys.family_revoked(tenant, pair.family_id))
     assert not rc.exists(keys.family_revoked(tenant, keep.family_id))
-    assert members(rc, keys.user_index(tenant, "dave")) == {keep.family_id}
-    assert members(rc, keys.tenant_index(tenant)) == {keep.family_id}
-    audit = [e for _, e in rc.xrange(keys.audit) if e[b"kind"] == b"family_reuse"]
+    assert present(rc, keys, tenant, [pair.family_id, keep.family_id]) == [False, True]
+    assert sstore.get_session(pair.family_id, tenant_id=tenant) is None
+    audit = [e for _, e in audit_entries(rc, keys) if e[b"kind"] == b"family_reuse"]
     assert [e[b"target"] for e in audit] == [pair.family_id.encode()]
+
+
+def audit_entries(
+    rc: redis.cluster.RedisCluster, keys: KeyLayout
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The audit stream, typed."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], rc.xrange(keys.audit))
 
 
 def test_expire_entries_on_the_cluster(
     s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """The worker's expiry task prunes expired index members on every node, old jobs and audit."""
+    """The worker's expiry task prunes expired records on every node, old jobs and audit."""
     from revoker.tasks import expire_entries
 
     keys = sstore.keys
     tenants = tenants_on_every_node(rc, keys, "exp")
-    old = int(time.time()) - 10
+    old = int(time.time()) - s.leeway - 10  # past expiry plus leeway: prunable
     live = {t: seed(rc, s, t, 5, users=1) for t in tenants}
+    u0 = bucket_of_user("u0", s.session_buckets)
+    ghost = bucket_of_user("ghost", s.session_buckets)
+    assert ghost != u0
+    expired: dict[str, list[str]] = {}
     for t in tenants:
-        # Expired members (scored by an expiry in the past) in the tenant and a user index.
-        rc.zadd(keys.tenant_index(t), {f"gone-{i}": old - i for i in range(30)})
-        rc.zadd(keys.user_index(t, "u0"), {f"gone-{i}": old - i for i in range(30)})
+        # 30 expired sessions beside the live ones in u0's bucket, 30 alone in ghost's.
+        expired[t] = []
+        for user, bucket in (("u0", u0), ("ghost", ghost)):
+            for i in range(30):
+                fid = f"{family_id_prefix(bucket)}gone-{user}-{i}"
+                record = encode_record(
+                    user_id=user, client_id=None, created_us=(old - 3600) * 1_000_000,
+                    expires=old - i, current_jti=f"rt-{fid}",
+                )  # fmt: skip
+                rc.hset(keys.session_bucket(t, bucket), fid, record)
+                expired[t].append(fid)
     # A finished job long past its retention, with its chunk list and done set.
     stale = "job-stale-cluster"
     rc.hset(keys.job(stale), mapping={"id": stale, "status": "done", "chunks_total": 1})
@@ -354,7 +397,7 @@ def test_expire_entries_on_the_cluster(
     # Audit entries far past retention (more than one stream node, so "~" trimming drops some),
     # then a fresh one; the stream is rebuilt because XADD ids must grow.
     rc.delete(keys.audit)
-    pipe = rc.pipeline()
+    pipe = pipeline(rc)
     for i in range(300):
         pipe.xadd(keys.audit, {"kind": "old"}, id=f"1000-{i + 1}")
     pipe.xadd(keys.audit, {"kind": "new"})
@@ -370,47 +413,68 @@ def test_expire_entries_on_the_cluster(
     finally:
         client_app.close()
 
-    assert result["index_members"] == 2 * 30 * len(tenants)
+    assert result["sessions"] == 2 * 30 * len(tenants)
     assert result["jobs"] >= 1
     assert result["audit_entries"] > 0
     for t in tenants:
-        assert members(rc, keys.tenant_index(t)) == set(live[t])
-        assert members(rc, keys.user_index(t, "u0")) == set(live[t])
+        assert all(present(rc, keys, t, live[t]))
+        assert not any(present(rc, keys, t, expired[t]))
+        fields = cast(list[bytes], rc.hkeys(keys.session_bucket(t, u0)))
+        assert {f.decode() for f in fields} == set(live[t])
+        assert not rc.exists(keys.session_bucket(t, ghost))  # emptied, so gone
     assert not rc.exists(keys.job(stale))
     assert not rc.exists(keys.job_chunk(stale, 0))
     assert not rc.exists(keys.job_chunks_done(stale))
     assert rc.zscore(keys.jobs, stale) is None
     assert rc.xlen(keys.audit) < audit_before
-    assert [e[b"kind"] for _, e in rc.xrange(keys.audit)][-1] == b"new"
+    assert [e[b"kind"] for _, e in audit_entries(rc, keys)][-1] == b"new"
 
 
-def test_freeze_and_sweep_in_process_on_the_cluster(
+def test_plan_and_revoke_buckets_in_process_on_the_cluster(
     s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """RENAMENX of the index, the frozen ranges and the user-index sweep work within one slot."""
+    """plan_chunks, revoke_buckets and delete_records work pipelined on a cluster client."""
     from revoker import tasks
 
     keys = sstore.keys
-    tenant = tenants_on_every_node(rc, keys, "frz")[1]
+    tenant = tenants_on_every_node(rc, keys, "plan")[1]
     ids = seed(rc, s, tenant, 600, users=7)
-    record = jobs.JobRecord(id="job-frz-cluster", kind="tenant", tenant_id=tenant, created_at=0.0)
-    chunks, fields = tasks._freeze(sstore, record)
-    assert chunks == math.ceil(600 / CHUNK)
-    later = start_session_sync("u3", tenant_id=tenant, store=sstore)  # after the freeze
-    frozen = keys.frozen_index(tenant, record.id)
-    first, size = int(fields["frozen_from"]), int(fields["frozen_chunk"])
-    revoked: list[bytes] = []
-    for n in range(chunks):
-        low = first + n * size
-        revoked += tasks.revoke_frozen_range(
-            sstore, frozen, low, low + size, tenant_id=tenant, mark="1|test"
+    record = jobs.JobRecord(
+        id="job-plan-cluster", kind="tenant", tenant_id=tenant, created_at=time.time()
+    )
+    chunks = tasks.plan_chunks(sstore, record)
+    assert chunks == expected_chunks(ids, CHUNK) > 1
+    # The chunk lists (in the job's slot) hold every non-empty bucket once, in order.
+    raw = [cast(bytes, rc.get(keys.job_chunk(record.id, n))) for n in range(chunks)]
+    lists: list[list[int]] = [json.loads(r) for r in raw]
+    planned = [b for bucket_list in lists for b in bucket_list]
+    assert planned == sorted({bucket_of_user(f"u{u}", s.session_buckets) for u in range(7)})
+    time.sleep(0.01)
+    later = start_session_sync("u3", tenant_id=tenant, store=sstore)  # after the cut-off
+    select = tasks.Selection(record, to_us(record.created_at))
+
+    # A dry run (no mark) selects everything covered and writes nothing.
+    dry = tasks.revoke_buckets(sstore, planned, tenant_id=tenant, select=select, mark=None)
+    assert sorted(fid for fids in by_bucket(dry).values() for fid in fids) == sorted(ids)
+    assert not any(revoked_flags(rc, keys, tenant, ids))
+
+    selected: dict[int, list[bytes]] = {}
+    for bucket_list in lists:
+        selected.update(
+            tasks.revoke_buckets(sstore, bucket_list, tenant_id=tenant, select=select, mark="1|t")
         )
-    assert sorted(m.decode() for m in revoked) == sorted(ids)
-    assert tasks.sweep_user_indexes(sstore, tenant, frozen) == len(ids)
-    assert tasks.sweep_user_indexes(sstore, tenant, frozen) == 0  # idempotent
+    assert by_bucket(selected) == by_bucket(dry)
     flags = revoked_flags(rc, keys, tenant, [*ids, later.family_id])
     assert all(flags[:-1])
     assert not flags[-1]
-    assert members(rc, keys.tenant_index(tenant)) == {later.family_id}
-    assert members(rc, keys.user_index(tenant, "u3")) == {later.family_id}
-    assert all(rc.zcard(keys.user_index(tenant, f"u{u}")) == 0 for u in range(7) if u != 3)
+    # Until the records are deleted a rerun selects exactly the same sessions (crash recovery).
+    again = tasks.revoke_buckets(sstore, planned, tenant_id=tenant, select=select, mark="1|t")
+    assert by_bucket(again) == by_bucket(selected)
+    assert all(present(rc, keys, tenant, ids))
+
+    tasks.delete_records(sstore, tenant, selected)
+    assert not any(present(rc, keys, tenant, ids))
+    assert present(rc, keys, tenant, [later.family_id]) == [True]
+    # Nothing covered is left; the later session is never selected.
+    assert tasks.revoke_buckets(sstore, planned, tenant_id=tenant, select=select, mark="1|t") == {}
+    assert not any(revoked_flags(rc, keys, tenant, [later.family_id]))

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 import redis
 
-from conftest import REDIS_URL, delete_prefix, make_settings
+from conftest import REDIS_URL, delete_prefix, make_settings, private_settings
 from revoker import jobs, tasks
+from revoker.exceptions import JobNotFound
+from revoker.keys import KeyLayout, bucket_of_user, decode_record, encode_record, family_id_prefix
 from revoker.localredis import free_port
+from revoker.rules import to_us
 from revoker.settings import RevokerSettings, configure
 from revoker.store import get_sync_revocation_store
+
+#: (bucket key, family id) -> the raw record written there.
+Written = dict[tuple[str, str], str]
 
 # A module, not its task objects: pytest would evaluate Celery's task proxies at collection.
 
@@ -21,8 +28,10 @@ pytestmark = [pytest.mark.redis]
 
 @pytest.fixture
 def s() -> Iterator[RevokerSettings]:
-    """Settings with a private prefix and a broker that is down; keys deleted afterwards."""
-    settings = configure(make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    """Private prefix, 8 session buckets, a broker that is down; keys deleted afterwards."""
+    settings = configure(
+        make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=8)
+    )
     yield settings
     client = redis.Redis.from_url(REDIS_URL)
     delete_prefix(client, settings.key_prefix)
@@ -37,25 +46,122 @@ def r() -> Iterator[redis.Redis]:
     client.close()
 
 
-def test_expired_index_members_are_pruned_in_batches(s: RevokerSettings, r: redis.Redis) -> None:
-    """Members past their expiry leave every index, over several bounded batches; live ones stay."""
-    keys = get_sync_revocation_store(s).keys
+def write_records(
+    r: redis.Redis, s: RevokerSettings, tenant: str | None, users: dict[str, list[int]]
+) -> Written:
+    """One session record per (user, expires) given, as record_session writes it."""
+    keys = KeyLayout(s.key_prefix)
+    written: Written = {}
+    pipe = r.pipeline(transaction=False)
+    for user, expiries in users.items():
+        bucket = bucket_of_user(user, s.session_buckets)
+        key = keys.session_bucket(tenant, bucket)
+        for i, expires in enumerate(expiries):
+            fid = f"{family_id_prefix(bucket)}{user}-{i}"
+            record = encode_record(
+                user_id=user,
+                client_id="web",
+                created_us=to_us(time.time() - 60),
+                expires=expires,
+                current_jti=f"rt-{fid}",
+                scopes=("read",),
+            )
+            pipe.hset(key, fid, record)
+            written[key, fid] = record
+        pipe.expire(key, 3600)
+    pipe.execute()
+    return written
+
+
+def stored(r: redis.Redis, written: Written) -> set[tuple[str, str]]:
+    """The (bucket, family id) of ``written`` whose record is still in its bucket, unchanged."""
+    return {
+        (key, fid) for (key, fid), record in written.items() if r.hget(key, fid) == record.encode()
+    }
+
+
+def test_expired_records_are_deleted_and_live_ones_kept(s: RevokerSettings, r: redis.Redis) -> None:
+    """Records past expires + leeway leave their buckets, in every tenant; the others stay."""
     now = int(time.time())
-    expired = {f"old-{i}": now - 10 - i for i in range(tasks.EXPIRE_BATCH * 2 + 5)}
-    live = {f"new-{i}": now + 3600 for i in range(7)}
-    for tenant in ("a", "b:{weird}"):
-        r.zadd(keys.tenant_index(tenant), {**expired, **live})
-        r.zadd(keys.user_index(tenant, "u1"), {"old-x": now - 1, "new-x": now + 60})
-    r.zadd(keys.tenant_index(None), {"old-y": now - 5, "new-y": now + 5})
+    dead = now - s.leeway - 5  # its refresh token cannot verify any more
+    grace = now - s.leeway + 5  # expired, but still inside the verification leeway
+    live = now + 3600
+    keys = KeyLayout(s.key_prefix)
+    expired: Written = {}
+    kept: Written = {}
+    for tenant in ("a", "b:{weird}", None):
+        for (key, fid), record in write_records(
+            r, s, tenant, {"alice": [dead, live, grace]}
+        ).items():
+            (expired if fid.endswith("-0") else kept)[key, fid] = record
+        # A bucket whose every record is dead.
+        expired |= write_records(r, s, tenant, {"bob": [dead, dead - 1000]})
+    # Keys that are not buckets, under the same tenant tags: left alone (and no WRONGTYPE).
+    others = [keys.user_watermark("a", "alice"), keys.family_revoked("a", "x"), keys.jti("j")]
+    for key in others:
+        r.set(key, "1", ex=3600)
 
     result = tasks.expire_entries()
 
-    assert result["index_members"] == 2 * len(expired) + 2 + 1
-    for tenant in ("a", "b:{weird}"):
-        assert {m.decode() for m in r.zrange(keys.tenant_index(tenant), 0, -1)} == set(live)
-        assert r.zrange(keys.user_index(tenant, "u1"), 0, -1) == [b"new-x"]
-    assert r.zrange(keys.tenant_index(None), 0, -1) == [b"new-y"]
-    assert tasks.expire_entries()["index_members"] == 0
+    assert result["sessions"] == len(expired)
+    assert stored(r, expired) == set()
+    assert stored(r, kept) == set(kept)
+    assert bucket_of_user("bob", s.session_buckets) != bucket_of_user("alice", s.session_buckets)
+    for tenant in ("a", "b:{weird}", None):
+        bob = keys.session_bucket(tenant, bucket_of_user("bob", s.session_buckets))
+        assert not r.exists(bob)  # emptied: Redis drops the hash
+    assert all(r.ttl(key) > 0 for key, _ in kept)  # a live bucket keeps its TTL
+    assert r.exists(*others) == len(others)
+    assert tasks.expire_entries()["sessions"] == 0
+
+
+def test_big_bucket_is_pruned_across_hscan_pages(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket grown past one HSCAN page (more than 500 records) is pruned whole, page by page."""
+    now = int(time.time())
+    dead, live = now - s.leeway - 10, now + 3600
+    total = tasks.SCAN_FIELDS * 2 + 150
+    expiries = [dead if i % 5 else live for i in range(total)]
+    written = write_records(r, s, "acme", {"heavy": expiries})
+    (key,) = {key for key, _ in written}
+    assert r.hlen(key) == total > 500
+    kept = {
+        entry for entry, record in written.items() if decode_record(record)["expires"] == str(live)
+    }
+    pages: list[int] = []
+    hscan = redis.Redis.hscan
+
+    def counted(self: redis.Redis, name: str, *args: Any, **kwargs: Any) -> Any:
+        reply = hscan(self, name, *args, **kwargs)
+        if _text(name) == key:
+            pages.append(len(reply[1]))
+        return reply
+
+    monkeypatch.setattr(redis.Redis, "hscan", counted)
+
+    result = tasks.expire_entries()
+
+    assert len(pages) >= 2  # really paged: one HSCAN could not have returned it all
+    assert result["sessions"] == total - len(kept)
+    assert {(key, _text(f)) for f in r.hkeys(key)} == kept
+    assert stored(r, written) == kept
+    assert tasks.expire_entries()["sessions"] == 0
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_expiry_touches_only_its_own_prefix(s: RevokerSettings, r: redis.Redis) -> None:
+    """Expired records under another key prefix (another deployment) are not touched."""
+    dead = int(time.time()) - s.leeway - 10
+    with private_settings(session_buckets=s.session_buckets) as other:
+        theirs = write_records(r, other, "acme", {"alice": [dead]})
+        ours = write_records(r, s, "acme", {"alice": [dead]})
+        assert tasks.expire_entries()["sessions"] == 1
+        assert stored(r, ours) == set()
+        assert stored(r, theirs) == set(theirs)
 
 
 def test_finished_jobs_past_retention_are_removed(s: RevokerSettings, r: redis.Redis) -> None:
@@ -76,7 +182,7 @@ def test_finished_jobs_past_retention_are_removed(s: RevokerSettings, r: redis.R
     assert not r.exists(keys.job(old_done), keys.job_chunk(old_done, 1),
                         keys.job_chunks_done(old_done))  # fmt: skip
     assert r.zscore(keys.jobs, old_done) is None
-    with pytest.raises(jobs.JobNotFound):
+    with pytest.raises(JobNotFound):
         jobs.get_job(old_done)
     assert jobs.get_job(old_active).status == "pending"
     assert jobs.get_job(recent_done).status == "done"
@@ -93,7 +199,8 @@ def test_audit_entries_past_retention_are_trimmed(s: RevokerSettings, r: redis.R
 
     trimmed = tasks.expire_entries()["audit_entries"]
 
-    kinds = [e[b"kind"] for _, e in r.xrange(keys.audit)]
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", r.xrange(keys.audit))
+    kinds = [e[b"kind"] for _, e in entries]
     assert kinds.count(b"new") == 10
     # Approximate trimming keeps at most one partly old stream node (100 entries by default).
     assert kinds.count(b"old") < 100

@@ -118,7 +118,7 @@ def test_flower_shows_the_jobs_tasks_and_progress(
     """The job task and its five chunk tasks appear under their names with their progress."""
     with SyncRedisTokenRevocationStore(settings=flower_settings) as store:
         for i in range(200):
-            start_session_sync(f"user-{i % 7}", tenant_id="flower-co", store=store)
+            start_session_sync(f"user-{i}", tenant_id="flower-co", store=store)
     job_id = enqueue_tenant_revocation(
         "flower-co", reason="flower test", actor="pytest", settings=flower_settings
     )

@@ -2,32 +2,48 @@
 
 The broker URL points at a closed loopback port, so publishing fails as with a broker that is
 down: every job stays ``pending``, exactly what the outbox must handle. Data is on the real Redis
-under the test's own key prefix.
+under the test's own key prefix. A job is run in this process (``_run_inline``) where a test needs
+one done; the fan-out's parts (``plan_chunks``, ``Selection``, ``revoke_buckets``,
+``delete_records``) are also tested on their own. Tenants get ``BUCKETS`` session buckets (planning
+a tenant job counts every one), except where a test says it keeps the default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis
 
 from celery_helpers import seed_sessions
 from conftest import REDIS_URL, delete_prefix, make_settings
-from revoker import jobs
+from revoker import jobs, tasks
 from revoker.exceptions import DuplicateJob, InvalidIdentifier, JobNotFound, StoreUnavailable
+from revoker.keys import bucket_of_user, encode_record, family_bucket, family_id_prefix
 from revoker.localredis import free_port
+from revoker.rules import now_us, to_us
+from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure
-from revoker.store import get_sync_revocation_store
+from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
+from revoker.tokens import decode_token
+from revoker.worker import app
 
 pytestmark = [pytest.mark.redis]
 
 
+#: Session buckets per tenant in these tests (the default, 8192, is kept by one test).
+BUCKETS = 64
+
+
 def _settings(**overrides: object) -> RevokerSettings:
-    return make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", **overrides)
+    values: dict[str, Any] = {"session_buckets": BUCKETS, **overrides}
+    return make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", **values)
 
 
 @pytest.fixture
@@ -177,64 +193,144 @@ def test_poison_chunk_is_parked_after_max_redeliveries(s: RevokerSettings, r: re
     assert record.chunks_done == 0
 
 
-def test_rerun_chunk_counts_once(s: RevokerSettings, r: redis.Redis) -> None:
-    """Running a chunk twice writes the same markers and counts its families once."""
-    from revoker.tasks import revoke_chunk
+# --- helpers -------------------------------------------------------------------------------------
 
+
+def _run_inline(monkeypatch: pytest.MonkeyPatch, job_id: str) -> jobs.JobRecord:
+    """Run a job as a worker would, in this process: ``revoke_job``, which runs each chunk."""
+    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(
+        tasks.revoke_chunk, "apply_async", lambda args, **kw: tasks.revoke_chunk(*args)
+    )
+    tasks.revoke_job(job_id)
+    return jobs.get_job(job_id)
+
+
+def _sharing_a_bucket(user: str, buckets: int, count: int) -> list[str]:
+    """``count`` other user ids whose sessions share ``user``'s bucket."""
+    target = bucket_of_user(user, buckets)
+    others = (f"{user}-n{i}" for i in range(100_000))
+    return [o for o in others if bucket_of_user(o, buckets) == target][:count]
+
+
+def _fields(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> set[str]:
+    """Every family id with a record in any of the tenant's buckets."""
+    pipe = r.pipeline(transaction=False)
+    for b in range(store.settings.session_buckets):
+        pipe.hkeys(store.keys.session_bucket(tenant, b))
+    return {fid.decode() for ids in pipe.execute() for fid in ids}
+
+
+def _marked(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> set[str]:
+    """Every family id with a revoked marker in the tenant."""
+    base = store.keys.family_revoked_base(tenant)
+    return {key.decode()[len(base) :] for key in r.scan_iter(match=f"{base}*", count=1000)}
+
+
+def _raw(user: str, created_us: int, client: str | None = None) -> bytes:
+    return encode_record(
+        user_id=user, client_id=client, created_us=created_us, expires=2_000_000_000,
+        current_jti="rt",
+    ).encode()  # fmt: skip
+
+
+def _record(**fields: Any) -> jobs.JobRecord:
+    values: dict[str, Any] = {"id": "j", "kind": "tenant", "tenant_id": "t", "created_at": 0.0}
+    return jobs.JobRecord(**{**values, **fields})
+
+
+# --- chunks and redelivery -----------------------------------------------------------------------
+
+
+def test_chunk_killed_between_counting_and_deleting_deletes_on_redelivery(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk counted but not yet cleaned up deletes its records when redelivered."""
     store = get_sync_revocation_store(s)
+    ids = seed_sessions(r, s, "gap", 20)
+    job_id = jobs.enqueue_tenant_revocation("gap", reason="r", actor="a")
+    r.hset(store.keys.job(job_id), mapping={"status": "running", "chunks_total": 1, "snapshot": 1})
+    r.set(store.keys.job_chunk(job_id, 0), json.dumps(sorted({family_bucket(f) for f in ids})))
+
+    def lost(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.ConnectionError("lost during HDEL")
+
+    monkeypatch.setattr(tasks, "delete_records", lost)
+    with pytest.raises(Exception, match="lost during HDEL"):
+        tasks.revoke_chunk(job_id, 0)
+    assert _fields(r, store, "gap") == set(ids)  # counted, marked, not yet deleted
+    monkeypatch.undo()
+    assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
+    assert _fields(r, store, "gap") == set()
+    record = jobs.get_job(job_id)
+    assert (record.status, record.families_revoked) == ("done", 20)
+    assert _marked(r, store, "gap") == set(ids)
+
+
+def test_rerun_chunk_counts_once(s: RevokerSettings, r: redis.Redis) -> None:
+    """A chunk rerun after a crash writes the same markers and counts its families once."""
+    store = get_sync_revocation_store(s)
+    keys = store.keys
     ids = seed_sessions(r, s, "rerun", 30)
+    buckets = sorted({family_bucket(fid) or 0 for fid in ids})
+    first, second = buckets[: len(buckets) // 2], buckets[len(buckets) // 2 :]
+    in_second = [fid for fid in ids if family_bucket(fid) in second]
     job_id = jobs.enqueue_tenant_revocation("rerun", reason="r", actor="a")
-    r.hset(store.keys.job(job_id), mapping={"status": "running", "chunks_total": 2, "snapshot": 1})
-    r.set(store.keys.job_chunk(job_id, 0), json.dumps(ids[:20]))
-    r.set(store.keys.job_chunk(job_id, 1), json.dumps(ids[20:]))
-    revoke_chunk(job_id, 0)
+    r.hset(keys.job(job_id), mapping={"status": "running", "chunks_total": 2, "snapshot": 1})
+    r.set(keys.job_chunk(job_id, 0), json.dumps(first))
+    r.set(keys.job_chunk(job_id, 1), json.dumps(second))
+    assert tasks.revoke_chunk(job_id, 0)["revoked"] == len(ids) - len(in_second)
     # Redelivered after it recorded itself done: nothing runs again.
-    assert revoke_chunk(job_id, 0)["already_done"] is True
-    # Killed after its writes but before recording itself done: it reruns, counting once.
-    r.srem(store.keys.job_chunks_done(job_id), 0)
-    r.hincrby(store.keys.job(job_id), "chunks_done", -1)
-    r.hincrby(store.keys.job(job_id), "families_revoked", -20)
-    r.hincrby(store.keys.job(job_id), "families_matched", -20)
-    assert revoke_chunk(job_id, 0)["revoked"] == 20
-    assert jobs.get_job(job_id).families_revoked == 20
-    revoke_chunk(job_id, 1)
+    assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
+    # Chunk 1 killed after writing its markers but before recording itself done: it reruns.
+    record = jobs.get_job(job_id)
+    cutoff = to_us(record.watermark_at or 0.0)
+    tasks.revoke_buckets(store, second, tenant_id="rerun", select=tasks.Selection(record, cutoff),
+                         mark="1|killed run")  # fmt: skip
+    r.hincrby(keys.job_deliveries(job_id), "1", 1)
+    assert _fields(r, store, "rerun") == set(in_second)  # not deleted before being counted
+    assert tasks.revoke_chunk(job_id, 1)["revoked"] == len(in_second)
     record = jobs.get_job(job_id)
     assert (record.status, record.chunks_done, record.families_revoked) == ("done", 2, 30)
-    assert all(r.exists(store.keys.family_revoked("rerun", fid)) for fid in ids)
+    assert record.families_matched == 30
+    assert _marked(r, store, "rerun") == set(ids)
+    assert _fields(r, store, "rerun") == set()
 
 
 def test_family_reuse_escalates_to_the_user(r: redis.Redis) -> None:
-    """With reuse_escalation="user" the follow-up revokes all of the user's sessions."""
-    from revoker.tasks import handle_family_reuse
-
+    """With reuse_escalation="user" the follow-up revokes all of the user's sessions only."""
     s = configure(_settings(reuse_escalation="user"))
     try:
         store = get_sync_revocation_store(s)
         ids = seed_sessions(r, s, "esc", 12, users=3)
         victim = [fid for i, fid in enumerate(ids) if i % 3 == 0]
         others = [fid for i, fid in enumerate(ids) if i % 3 != 0]
+        # A user of another name in the victim's bucket is no victim.
+        (neighbour,) = _sharing_a_bucket("u0", s.session_buckets, 1)
+        spared = start_session_sync(neighbour, tenant_id="esc", store=store).family_id
+        assert family_bucket(spared) == family_bucket(victim[0])
+        # The rotation that saw the reuse wrote the family's own marker; the job does the rest.
+        r.set(store.keys.family_revoked("esc", victim[0]), "1|reuse")
         job_id = jobs.enqueue_family_reuse(victim[0], tenant_id="esc", user_id="u0")
-        handle_family_reuse(job_id)
+        tasks.handle_family_reuse(job_id)
         record = jobs.get_job(job_id)
         assert record.status == "done"
         assert record.families_revoked == len(victim)
-        assert all(r.exists(store.keys.family_revoked("esc", fid)) for fid in victim)
-        assert not any(r.exists(store.keys.family_revoked("esc", fid)) for fid in others)
+        assert _marked(r, store, "esc") == set(victim)
         assert r.get(store.keys.user_watermark("esc", "u0")) is not None
-        assert r.zcard(store.keys.user_index("esc", "u0")) == 0
-        assert r.zcard(store.keys.tenant_index("esc")) == len(others)
+        assert _fields(r, store, "esc") == {*others, spared}
+        assert store.get_session(victim[0], tenant_id="esc") is None
     finally:
         delete_prefix(r, s.key_prefix)
 
 
-def test_family_keys_match_the_single_key_builders(s: RevokerSettings) -> None:
+def test_family_revoked_keys_match_the_single_key_builder(s: RevokerSettings) -> None:
     """The fan-out's batch key builder names exactly the keys the check reads."""
     keys = get_sync_revocation_store(s).keys
-    ids = ["plain", "with:colon", "{brace}", "sp ace", "ünï"]
+    ids = ["plain", "with:colon", "{brace}", "sp ace", "ünï", "7.a|b"]
     for tenant in (None, "acme", "t:{x}"):
-        family, revoked = keys.family_keys(tenant, ids)
-        assert family == [keys.family(tenant, fid) for fid in ids]
-        assert revoked == [keys.family_revoked(tenant, fid) for fid in ids]
+        revoked = keys.family_revoked_keys(tenant, [fid.encode() for fid in ids])
+        assert revoked == [keys.family_revoked(tenant, fid).encode() for fid in ids]
 
 
 def test_unreachable_redis_is_a_clear_error() -> None:
@@ -253,14 +349,12 @@ def test_unreachable_redis_is_a_clear_error() -> None:
 
 def test_job_task_failing_for_good_fails_the_job(r: redis.Redis) -> None:
     """revoke_job retries a failure and, out of attempts, marks the job failed with the cause."""
-    from revoker.tasks import revoke_job
-
     s = configure(_settings(max_redeliveries=1))
     try:
         store = get_sync_revocation_store(s)
-        r.set(store.keys.tenant_index("broken"), "not a sorted set")
+        r.set(store.keys.session_bucket("broken", 5), "not a hash")  # WRONGTYPE while planning
         job_id = jobs.enqueue_tenant_revocation("broken", reason="r", actor="a")
-        revoke_job(job_id)
+        tasks.revoke_job(job_id)
         record = jobs.get_job(job_id)
         assert record.status == "failed"
         assert record.error is not None
@@ -272,89 +366,336 @@ def test_job_task_failing_for_good_fails_the_job(r: redis.Redis) -> None:
         delete_prefix(r, s.key_prefix)
 
 
+# --- Selection -----------------------------------------------------------------------------------
+
+
+def test_selection_cutoff_excludes_sessions_created_after_it() -> None:
+    """Sessions created at or before the cut-off are selected; one µs later is not."""
+    cutoff = 1_795_000_000_123_456
+    flat = [
+        b"early", _raw("u", cutoff - 1),
+        b"at", _raw("u", cutoff),
+        b"late", _raw("u", cutoff + 1),
+        b"junk", b"not a record",
+        b"bad-created", b"u||soon|1|rt",
+    ]  # fmt: skip
+    assert tasks.Selection(_record(), cutoff)(flat) == [b"early", b"at"]
+
+
+def test_selection_user_filter_keeps_only_that_users_records() -> None:
+    """A user selection picks its user's records of a shared bucket, by exact (escaped) id."""
+    flat = [
+        b"a1", _raw("alice", 1),
+        b"b1", _raw("bob", 2),
+        b"a2", _raw("alice", 3),
+        b"x1", _raw("alice|x", 4),
+        b"x2", _raw("alicex", 5),
+    ]  # fmt: skip
+    assert tasks.Selection(_record(kind="user"), 10, "alice")(flat) == [b"a1", b"a2"]
+    assert tasks.Selection(_record(kind="user"), 10, "alice|x")(flat) == [b"x1"]
+    assert tasks.Selection(_record(), 10)(flat) == [b"a1", b"b1", b"a2", b"x1", b"x2"]
+
+
+def test_selection_client_filter() -> None:
+    """A job naming a client selects only that client's sessions (escaped ids compare exactly)."""
+    flat = [
+        b"w", _raw("u", 1, "web"),
+        b"i", _raw("u", 2, "ios"),
+        b"n", _raw("u", 3),
+        b"s", _raw("u", 4, "web app|2"),
+    ]  # fmt: skip
+    assert tasks.Selection(_record(client_id="web"), 10)(flat) == [b"w"]
+    assert tasks.Selection(_record(client_id="web app|2"), 10)(flat) == [b"s"]
+    assert tasks.Selection(_record(), 10)(flat) == [b"w", b"i", b"n", b"s"]
+
+
+def test_selection_issue_window_is_inclusive_in_whole_microseconds() -> None:
+    """Window bounds equal to a creation time match it; one µs outside does not."""
+    after_us, before_us = 1_795_712_581_338_138, 1_795_712_648_682_690
+    record = _record(issued_after=after_us / 1e6, issued_before=before_us / 1e6)
+    assert record.window_us() == (after_us, before_us)
+    flat = [
+        b"below", _raw("u", after_us - 1),
+        b"after", _raw("u", after_us),
+        b"between", _raw("u", after_us + 5_000_000),
+        b"before", _raw("u", before_us),
+        b"above", _raw("u", before_us + 1),
+    ]  # fmt: skip
+    cutoff = before_us + 10
+    assert tasks.Selection(record, cutoff)(flat) == [b"after", b"between", b"before"]
+    open_below = _record(issued_before=before_us / 1e6)
+    assert tasks.Selection(open_below, cutoff)(flat) == [b"below", b"after", b"between", b"before"]
+    open_above = _record(issued_after=after_us / 1e6)
+    assert tasks.Selection(open_above, cutoff)(flat) == [b"after", b"between", b"before", b"above"]
+
+
 def test_window_edges_compare_like_the_stored_creation_time() -> None:
-    """A window bound equal to a session's creation time matches it, at any µs fraction."""
+    """A window bound equal to a session's creation time (its µs iat) matches it, at any µs."""
     rng = random.Random(3)
-    # Times like time.time() today: a double there holds ~16 digits, so about one in eight of
-    # them lands a µs apart when converted by another route than the writer's "%.6f".
-    for at in [1795712581.3381386, 1795712557.3514514, 1795712648.6826906] + [
-        1_795_000_000 + rng.random() * 100_000 for _ in range(2_000)
+    for at_us in [1_795_712_581_338_138, 1_795_712_557_351_451] + [
+        1_795_000_000_000_000 + rng.randrange(100_000_000_000) for _ in range(2_000)
     ]:
-        record = jobs.JobRecord(id="j", kind="tenant", tenant_id="t", issued_after=at,
-                                issued_before=at, created_at=0.0)  # fmt: skip
-        assert record.matches(None, f"{at:.6f}"), f"{at!r} stored as {at:.6f}"
-        assert record.matches(None, at)
+        at = at_us / 1e6  # a token's iat, as issued
+        record = _record(issued_after=at, issued_before=at)
+        flat = [b"f", _raw("u", to_us(at))]  # created as record_session stores it
+        assert tasks.Selection(record, at_us)(flat) == [b"f"], f"{at!r}"
 
 
-def test_unfiltered_tenant_job_freezes_the_index_and_spares_later_sessions(
-    s: RevokerSettings, r: redis.Redis
-) -> None:
-    """The frozen snapshot's families are revoked and leave both indexes; newer ones stay."""
-    from revoker import tasks
-    from revoker.sessions import start_session_sync
+# --- plan_chunks ---------------------------------------------------------------------------------
 
+
+def _fill(r: redis.Redis, s: RevokerSettings, tenant: str, sizes: dict[int, int]) -> None:
+    """Put ``sizes[b]`` session records into bucket ``b`` of ``tenant``."""
     store = get_sync_revocation_store(s)
-    keys = store.keys
-    ids = seed_sessions(r, s, "frz", 1_200, users=7)
-    record = jobs.JobRecord(id="job-frz", kind="tenant", tenant_id="frz", created_at=0.0)
-    chunks, fields = tasks._freeze(store, record)
-    assert chunks == -(-1_200 // s.chunk_size)
-    later = start_session_sync("u3", tenant_id="frz", store=store)  # after the freeze
-    frozen = keys.frozen_index("frz", record.id)
-    first, size = int(fields["frozen_from"]), int(fields["frozen_chunk"])
-    revoked = []
-    for n in range(chunks):
-        low = first + n * size
-        revoked += tasks.revoke_frozen_range(
-            store, frozen, low, low + size, tenant_id="frz", mark="1|test"
-        )
-    # Rerunning a chunk (a redelivery) revokes the same families again, nothing else.
-    assert tasks.revoke_frozen_range(store, frozen, first, first + size, tenant_id="frz",
-                                     mark="1|test") == revoked[:size]  # fmt: skip
-    assert sorted(m.decode() for m in revoked) == sorted(ids)
-    assert tasks.sweep_user_indexes(store, "frz", frozen) == len(ids)
-    assert tasks.sweep_user_indexes(store, "frz", frozen) == 0  # idempotent
-    pipe = r.pipeline(transaction=False)
-    for fid in [*ids, later.family_id]:
-        pipe.exists(keys.family_revoked("frz", fid))
-    flags = pipe.execute()
-    assert all(flags[:-1])
-    assert not flags[-1]
-    assert r.zrange(keys.tenant_index("frz"), 0, -1) == [later.family_id.encode()]
-    assert r.zrange(keys.user_index("frz", "u3"), 0, -1) == [later.family_id.encode()]
-    assert all(r.zcard(keys.user_index("frz", f"u{u}")) == 0 for u in range(7) if u != 3)
+    for bucket, size in sizes.items():
+        r.hset(store.keys.session_bucket(tenant, bucket), mapping={
+            f"{family_id_prefix(bucket)}f{i}": _raw(f"u{bucket}", 1) for i in range(size)
+        })  # fmt: skip
 
 
-def test_each_chunk_of_a_frozen_job_sweeps_its_own_share_of_user_indexes(r: redis.Redis) -> None:
-    """The job deals the user indexes out to its chunks; each chunk empties exactly its share."""
-    from revoker import tasks
+def _chunks(r: redis.Redis, s: RevokerSettings, job_id: str, total: int) -> list[list[int]]:
+    keys = get_sync_revocation_store(s).keys
+    assert r.get(keys.job_chunk(job_id, total)) is None
+    return [json.loads(r.get(keys.job_chunk(job_id, n)) or "null") for n in range(total)]
 
-    s = configure(_settings(chunk_size=400, max_redeliveries=2))
+
+def test_plan_chunks_groups_consecutive_non_empty_buckets(r: redis.Redis) -> None:
+    """A tenant job's chunks: consecutive non-empty buckets of >= chunk_size sessions, in order."""
+    s = _settings(chunk_size=6)
     try:
         store = get_sync_revocation_store(s)
-        keys = store.keys
-        seed_sessions(r, s, "shr", 1_200, users=30)
-        job_id = jobs.enqueue_tenant_revocation("shr", reason="r", actor="a")
-        record = jobs.get_job(job_id)
-        chunks, fields = tasks._freeze(store, record)
-        tasks._share_sweep(store, record, chunks)
-        r.hset(keys.job(job_id), mapping={**fields, "status": "running", "chunks_total": chunks,
-                                          "snapshot": 1})  # fmt: skip
-        shares = [json.loads(r.get(keys.job_chunk(job_id, n)) or "") for n in range(chunks)]
-        every = [k for share in shares for k in share]
-        assert chunks == 3
-        assert sorted(every) == sorted(keys.user_index("shr", f"u{u}") for u in range(30))
-        tasks.revoke_chunk(job_id, 0)
-        assert all(r.zcard(key) == 0 for key in shares[0])
-        assert all(r.zcard(key) > 0 for key in shares[1] + shares[2])
-        r.delete(keys.job_chunk(job_id, 2))
-        with pytest.raises(LookupError, match="user indexes of chunk 2 are gone"):
-            tasks.revoke_chunk(job_id, 2)
-        r.set(keys.job_chunk(job_id, 2), json.dumps(shares[2]))
-        tasks.revoke_chunk(job_id, 1)
-        tasks.revoke_chunk(job_id, 2)
-        done = jobs.get_job(job_id)
-        assert (done.status, done.families_revoked) == ("done", 1_200)
-        assert [key for key in every if r.exists(key)] == []
+        _fill(r, s, "plan", {3: 5, 10: 2, 11: 4, 40: 7, 41: 9, 63: 1})
+        _fill(r, s, "other", {4: 50})  # another tenant's buckets are not this job's
+        record = _record(id="plan-job", tenant_id="plan")
+        total = tasks.plan_chunks(store, record)
+        assert _chunks(r, s, "plan-job", total) == [[3, 10], [11, 40], [41], [63]]
+        assert 0 < r.ttl(store.keys.job_chunk("plan-job", 0)) <= s.job_retention
     finally:
         delete_prefix(r, s.key_prefix)
+
+
+def test_plan_chunks_of_an_empty_tenant_is_zero_chunks(r: redis.Redis) -> None:
+    """A tenant without sessions plans no chunk at all (the job is done at once)."""
+    s = _settings()
+    try:
+        store = get_sync_revocation_store(s)
+        _fill(r, s, "other", {0: 3})
+        assert tasks.plan_chunks(store, _record(id="empty-job", tenant_id="empty")) == 0
+        assert _chunks(r, s, "empty-job", 0) == []
+    finally:
+        delete_prefix(r, s.key_prefix)
+
+
+def test_plan_chunks_of_a_user_job_is_its_users_bucket(r: redis.Redis) -> None:
+    """A user job is one chunk: its user's bucket, with or without sessions in it."""
+    s = _settings()
+    try:
+        store = get_sync_revocation_store(s)
+        record = _record(id="user-job", kind="user", user_id="alice", tenant_id="acme")
+        assert tasks.plan_chunks(store, record) == 1
+        assert _chunks(r, s, "user-job", 1) == [[bucket_of_user("alice", BUCKETS)]]
+    finally:
+        delete_prefix(r, s.key_prefix)
+
+
+def test_plan_chunks_with_the_default_bucket_count(r: redis.Redis) -> None:
+    """With the default 8192 buckets every one is counted, across count batches to the last."""
+    s = make_settings(chunk_size=4)
+    assert s.session_buckets == 8192
+    try:
+        store = get_sync_revocation_store(s)
+        _fill(r, s, "wide", {0: 1, 999: 2, 1_000: 1, 5_000: 4, 8_191: 3})
+        total = tasks.plan_chunks(store, _record(id="wide-job", tenant_id="wide"))
+        assert _chunks(r, s, "wide-job", total) == [[0, 999, 1_000], [5_000], [8_191]]
+        # And end to end: every session of the tenant is revoked and its record deleted.
+        seeded = seed_sessions(r, s, "wide2", 40, users=13)
+        job = jobs.JobRecord(id="wide2-job", kind="tenant", tenant_id="wide2",
+                             created_at=0.0, watermark_at=float(now_us() / 1e6))  # fmt: skip
+        chunks = tasks.plan_chunks(store, job)
+        lists = _chunks(r, s, "wide2-job", chunks)
+        assert sorted(b for lst in lists for b in lst) == sorted(
+            {bucket_of_user(f"u{u}", 8192) for u in range(13)}
+        )
+        select = tasks.Selection(job, to_us(job.watermark_at or 0.0))
+        for lst in lists:
+            done = tasks.revoke_buckets(store, lst, tenant_id="wide2", select=select, mark="1|t")
+            tasks.delete_records(store, "wide2", done)
+        assert _marked(r, store, "wide2") == set(seeded)
+        assert _fields(r, store, "wide2") == set()
+    finally:
+        delete_prefix(r, s.key_prefix)
+
+
+# --- revoke_buckets and delete_records -----------------------------------------------------------
+
+
+def test_revoke_buckets_rerun_selects_and_marks_the_same(
+    s: RevokerSettings, r: redis.Redis
+) -> None:
+    """A rerun returns the same selection and rewrites the same markers; the records stay."""
+    store = get_sync_revocation_store(s)
+    keys = store.keys
+    # 3 users, 300 sessions each: buckets past the listpack size, read in several HSCAN pages.
+    ids = seed_sessions(r, s, "rb", 900, users=3)
+    buckets = sorted({family_bucket(fid) or 0 for fid in ids})
+    select = tasks.Selection(_record(tenant_id="rb"), now_us())
+    first = tasks.revoke_buckets(store, buckets, tenant_id="rb", select=select, mark="1|first")
+    assert {b: sorted(v) for b, v in first.items()} == {
+        b: sorted(fid.encode() for fid in ids if family_bucket(fid) == b) for b in buckets
+    }
+    assert _marked(r, store, "rb") == set(ids)
+    assert r.get(keys.family_revoked("rb", ids[0])) == b"1|first"
+    ttl = r.ttl(keys.family_revoked("rb", ids[0]))
+    assert s.refresh_token_ttl + s.leeway - 60 < ttl <= s.refresh_token_ttl + s.leeway
+    assert _fields(r, store, "rb") == set(ids)  # deleting is the caller's step
+    r.delete(keys.family_revoked("rb", ids[5]))  # as if lost: the rerun writes it again
+    again = tasks.revoke_buckets(store, buckets, tenant_id="rb", select=select, mark="1|first")
+    assert {b: sorted(v) for b, v in again.items()} == {b: sorted(v) for b, v in first.items()}
+    assert _marked(r, store, "rb") == set(ids)
+    assert r.get(keys.family_revoked("rb", ids[5])) == b"1|first"
+
+
+def test_revoke_buckets_dry_run_writes_nothing(s: RevokerSettings, r: redis.Redis) -> None:
+    """With mark=None the selection is returned and Redis is left exactly as it was."""
+    store = get_sync_revocation_store(s)
+    ids = seed_sessions(r, s, "dry", 50, users=5, client_ids=("web", "ios"))
+    before = {key: r.hgetall(key) for key in r.scan_iter(match=f"{s.key_prefix}:*")}
+    select = tasks.Selection(_record(tenant_id="dry", client_id="web"), now_us())
+    buckets = list(range(BUCKETS))
+    selected = tasks.revoke_buckets(store, buckets, tenant_id="dry", select=select, mark=None)
+    assert sorted(fid for v in selected.values() for fid in v) == sorted(
+        fid.encode() for i, fid in enumerate(ids) if i % 2 == 0
+    )
+    after = {key: r.hgetall(key) for key in r.scan_iter(match=f"{s.key_prefix}:*")}
+    assert after == before
+
+
+def test_revoke_buckets_user_selection_spares_other_users_in_the_bucket(
+    s: RevokerSettings, r: redis.Redis
+) -> None:
+    """A user's revocation marks and deletes only that user's records of a shared bucket."""
+    store = get_sync_revocation_store(s)
+    neighbours = _sharing_a_bucket("alice", BUCKETS, 2)
+    mine = [start_session_sync("alice", tenant_id="t", store=store).family_id for _ in range(3)]
+    theirs = [start_session_sync(u, tenant_id="t", store=store).family_id for u in neighbours]
+    bucket = bucket_of_user("alice", BUCKETS)
+    select = tasks.Selection(_record(kind="user", user_id="alice"), now_us(), "alice")
+    selected = tasks.revoke_buckets(store, [bucket], tenant_id="t", select=select, mark="1|u")
+    assert sorted(selected[bucket]) == sorted(fid.encode() for fid in mine)
+    tasks.delete_records(store, "t", selected)
+    assert _marked(r, store, "t") == set(mine)
+    assert _fields(r, store, "t") == set(theirs)
+
+
+def test_delete_records_deletes_exactly_the_given_records(
+    s: RevokerSettings, r: redis.Redis
+) -> None:
+    """Only the listed records go, in pages for a big bucket; an empty selection is a no-op."""
+    store = get_sync_revocation_store(s)
+    ids = seed_sessions(r, s, "del", 1_300, users=2)  # 650 per bucket: more than one HDEL each
+    doomed = [fid for i, fid in enumerate(ids) if i % 13 != 0]
+    by_bucket: dict[int, list[bytes]] = {}
+    for fid in doomed:
+        by_bucket.setdefault(family_bucket(fid) or 0, []).append(fid.encode())
+    assert max(len(v) for v in by_bucket.values()) > tasks.SCAN_FIELDS
+    tasks.delete_records(store, "del", {})
+    assert _fields(r, store, "del") == set(ids)
+    tasks.delete_records(store, "del", by_bucket)
+    assert _fields(r, store, "del") == set(ids) - set(doomed)
+    assert _marked(r, store, "del") == set()  # deleting a record is not revoking it
+
+
+# --- whole jobs, run in this process -------------------------------------------------------------
+
+
+def _check(store: SyncRedisTokenRevocationStore, access_token: str) -> bool:
+    """Whether the per-request check refuses this access token."""
+    return store.is_revoked(decode_token(access_token, "access", settings=store.settings)).revoked
+
+
+def test_tenant_job_revokes_every_session_before_its_cutoff(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every session created before the job is refused and deleted; a later one is untouched."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "acme", 600, users=40)
+    live = [start_session_sync(f"u{i}", tenant_id="acme", store=store) for i in range(3)]
+    other_tenant = start_session_sync("u1", tenant_id="globex", store=store)
+    job_id = jobs.enqueue_tenant_revocation("acme", reason="breach", actor="ops")
+    later = start_session_sync("u2", tenant_id="acme", store=store)  # after the cut-off
+    record = _run_inline(monkeypatch, job_id)
+    assert record.status == "done", record.error
+    assert record.families_revoked == record.families_matched == len(seeded) + 3
+    assert record.chunks_done == record.chunks_total
+    sizes = Counter(bucket_of_user(f"u{i % 40}", BUCKETS) for i in range(600))
+    assert record.chunks_total >= 600 // (s.chunk_size + max(sizes.values()))
+    assert all(_check(store, pair.access_token) for pair in live)
+    revoked = {*seeded, *(pair.family_id for pair in live)}
+    assert _marked(r, store, "acme") == revoked
+    assert _fields(r, store, "acme") == {later.family_id}
+    assert not _check(store, later.access_token)
+    assert store.get_session(later.family_id, tenant_id="acme") is not None
+    assert not _check(store, other_tenant.access_token)
+    assert _fields(r, store, "globex") == {other_tenant.family_id}
+
+
+def test_user_job_revokes_only_that_user(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user job revokes the user's sessions; its bucket neighbours and later sessions stay."""
+    store = get_sync_revocation_store(s)
+    (neighbour,) = _sharing_a_bucket("alice", BUCKETS, 1)
+    mine = [start_session_sync("alice", tenant_id="acme", store=store) for _ in range(4)]
+    theirs = start_session_sync(neighbour, tenant_id="acme", store=store)
+    elsewhere = start_session_sync("alice", tenant_id="globex", store=store)
+    job_id = jobs.enqueue_user_revocation("alice", tenant_id="acme", reason="r", actor="a")
+    later = start_session_sync("alice", tenant_id="acme", store=store)
+    record = _run_inline(monkeypatch, job_id)
+    assert (record.status, record.chunks_total, record.families_revoked) == ("done", 1, 4)
+    assert all(_check(store, pair.access_token) for pair in mine)
+    assert _marked(r, store, "acme") == {pair.family_id for pair in mine}
+    assert _fields(r, store, "acme") == {theirs.family_id, later.family_id}
+    for pair in (theirs, later, elsewhere):
+        assert not _check(store, pair.access_token)
+
+
+def test_filtered_job_revokes_only_the_matching_client(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client-filtered job has no watermark: the markers alone refuse the matching sessions."""
+    store = get_sync_revocation_store(s)
+    web = [start_session_sync(f"u{i}", tenant_id="acme", client_id="web", store=store)
+           for i in range(5)]  # fmt: skip
+    ios = [start_session_sync(f"u{i}", tenant_id="acme", client_id="ios", store=store)
+           for i in range(5)]  # fmt: skip
+    seeded = seed_sessions(r, s, "acme", 200, users=20, client_ids=("web", "ios", None))
+    job_id = jobs.enqueue_tenant_revocation("acme", client_id="web", reason="r", actor="a")
+    later = start_session_sync("u1", tenant_id="acme", client_id="web", store=store)
+    record = _run_inline(monkeypatch, job_id)
+    seeded_web = {fid for i, fid in enumerate(seeded) if i % 3 == 0}
+    assert record.status == "done", record.error
+    assert record.families_revoked == len(web) + len(seeded_web)
+    for pair in web:
+        status = store.is_revoked(decode_token(pair.access_token, "access", settings=s))
+        assert status.rule == "family"
+    assert not any(_check(store, pair.access_token) for pair in [*ios, later])
+    assert _marked(r, store, "acme") == {*seeded_web, *(pair.family_id for pair in web)}
+    assert _fields(r, store, "acme") == (
+        set(seeded) - seeded_web | {pair.family_id for pair in [*ios, later]}
+    )
+
+
+def test_dry_run_job_counts_and_changes_nothing(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run reports how many sessions match and revokes or deletes none of them."""
+    store = get_sync_revocation_store(s)
+    pair = start_session_sync("u1", tenant_id="acme", store=store)
+    seeded = seed_sessions(r, s, "acme", 300, users=30)
+    job_id = jobs.enqueue_tenant_revocation("acme", dry_run=True, reason="r", actor="a")
+    record = _run_inline(monkeypatch, job_id)
+    assert record.status == "done", record.error
+    assert (record.families_matched, record.families_revoked) == (301, 0)
+    assert _marked(r, store, "acme") == set()
+    assert _fields(r, store, "acme") == {*seeded, pair.family_id}
+    assert not _check(store, pair.access_token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
 import pytest
@@ -14,10 +15,18 @@ from revoker.exceptions import InvalidIdentifier
 from revoker.keys import (
     MAX_ID_LENGTH,
     NO_TENANT_TAG,
+    RECORD_FIELDS,
     KeyLayout,
+    bucket_of_user,
+    decode_record,
+    encode_record,
     escape_id,
+    escape_part,
+    family_bucket,
+    family_id_prefix,
     family_ttl,
     jti_ttl,
+    record_user,
     watermark_ttl,
 )
 from revoker.settings import RevokerSettings
@@ -33,19 +42,21 @@ ids = st.text(
     max_size=40,
 )
 tenants = st.one_of(st.none(), ids)
+buckets = st.integers(min_value=0, max_value=65_535)
 LAYOUT = KeyLayout("rv")
-#: Which of (tenant, user, family, jti) each kind of key is built from.
+#: Which of (tenant, user, family, jti, bucket) each kind of key is built from.
 KEY_IDS = {
     "jti": (3,),
     "job": (3,),
-    "family": (0, 2),
+    "job_chunk": (3, 4),
+    "session_bucket": (0, 4),
     "family_revoked": (0, 2),
     "user_watermark": (0, 1),
     "tenant_watermark": (0,),
-    "tenant_index": (0,),
-    "user_index": (0, 1),
-    "frozen_index": (0, 3),
 }
+#: The keys of one tenant: all share its hash tag, hence its Redis Cluster slot.
+TENANT_KEYS = ("session_bucket", "family_revoked", "user_watermark", "tenant_watermark")
+Ids = tuple[str | None, str, str, str, int]
 
 
 def hash_tag(key: str) -> str:
@@ -54,17 +65,17 @@ def hash_tag(key: str) -> str:
     return key[start + 1 : key.index("}", start + 1)]
 
 
-def all_keys(tenant: str | None, user: str, family: str, jti: str) -> dict[str, str]:
+def all_keys(
+    tenant: str | None, user: str, family: str, jti: str, bucket: int = 0
+) -> dict[str, str]:
     return {
         "jti": LAYOUT.jti(jti),
-        "family": LAYOUT.family(tenant, family),
+        "session_bucket": LAYOUT.session_bucket(tenant, bucket),
         "family_revoked": LAYOUT.family_revoked(tenant, family),
         "user_watermark": LAYOUT.user_watermark(tenant, user),
         "tenant_watermark": LAYOUT.tenant_watermark(tenant),
-        "tenant_index": LAYOUT.tenant_index(tenant),
-        "user_index": LAYOUT.user_index(tenant, user),
         "job": LAYOUT.job(jti),
-        "frozen_index": LAYOUT.frozen_index(tenant, jti),
+        "job_chunk": LAYOUT.job_chunk(jti, bucket),
     }
 
 
@@ -83,27 +94,26 @@ def test_different_ids_have_different_escapes(a: str, b: str) -> None:
     assert (escape_id(a) == escape_id(b)) == (a == b)
 
 
-@given(tenants, ids, ids, ids)
-def test_no_id_can_change_a_hash_tag(tenant: str | None, user: str, family: str, jti: str) -> None:
+@given(tenants, ids, ids, ids, buckets)
+def test_no_id_can_change_a_hash_tag(
+    tenant: str | None, user: str, family: str, jti: str, bucket: int
+) -> None:
     """Tenant keys are tagged by the tenant alone, the jti key by the jti alone."""
-    keys = all_keys(tenant, user, family, jti)
+    keys = all_keys(tenant, user, family, jti, bucket)
     tag = NO_TENANT_TAG if tenant is None else "t:" + escape_id(tenant)
-    for name in ("family", "family_revoked", "user_watermark", "tenant_watermark"):
-        assert hash_tag(keys[name]) == tag, name
-    for name in ("tenant_index", "user_index", "frozen_index"):
+    for name in TENANT_KEYS:
         assert hash_tag(keys[name]) == tag, name
     assert hash_tag(keys["jti"]) == escape_id(jti)
+    assert hash_tag(keys["job"]) == hash_tag(keys["job_chunk"]) == escape_id(jti)
     # One pair of braces per key: nothing an id contains opens a second tag.
     assert all(key.count("{") == key.count("}") == 1 for key in keys.values())
 
 
 @given(
-    st.tuples(tenants, ids, ids, ids),
-    st.tuples(tenants, ids, ids, ids),
+    st.tuples(tenants, ids, ids, ids, buckets),
+    st.tuples(tenants, ids, ids, ids, buckets),
 )
-def test_no_ids_can_forge_another_key(
-    first: tuple[str | None, str, str, str], second: tuple[str | None, str, str, str]
-) -> None:
+def test_no_ids_can_forge_another_key(first: Ids, second: Ids) -> None:
     """Two different sets of ids never produce the same key, of any kind."""
     a = all_keys(*first)
     b = all_keys(*second)
@@ -118,23 +128,26 @@ def test_no_ids_can_forge_another_key(
                 assert [first[i] for i in used] == [second[i] for i in used]
 
 
-@given(tenants, ids, ids, ids)
-def test_tenant_keys_share_one_slot(tenant: str | None, user: str, family: str, jti: str) -> None:
-    """Every key of one tenant lands in one Redis Cluster slot."""
-    keys = all_keys(tenant, user, family, jti)
-    slots = {
-        key_slot(keys[name].encode())
-        for name in (
-            "family",
-            "family_revoked",
-            "user_watermark",
-            "tenant_watermark",
-            "tenant_index",
-            "user_index",
-            "frozen_index",
-        )
-    }
+@given(tenants, ids, ids, ids, buckets)
+def test_tenant_keys_share_one_slot(
+    tenant: str | None, user: str, family: str, jti: str, bucket: int
+) -> None:
+    """Every key of one tenant (every session bucket too) lands in one Redis Cluster slot."""
+    keys = all_keys(tenant, user, family, jti, bucket)
+    slots = {key_slot(keys[name].encode()) for name in TENANT_KEYS}
     assert len(slots) == 1
+
+
+@given(tenants, ids, ids, ids, buckets)
+def test_bucket_pattern_matches_session_buckets_only(
+    tenant: str | None, user: str, family: str, jti: str, bucket: int
+) -> None:
+    """The SCAN pattern of the expiry task finds every session bucket and no other key."""
+    pattern = LAYOUT.session_bucket_pattern()
+    for name, key in all_keys(tenant, user, family, jti, bucket).items():
+        assert fnmatchcase(key, pattern) == (name == "session_bucket"), name
+    bucket_key = LAYOUT.session_bucket(tenant, bucket)
+    assert bucket_key == LAYOUT.session_bucket_base(tenant) + str(bucket)
 
 
 @given(ids, tenants, tenants)
@@ -171,6 +184,9 @@ def test_layout_is_readable() -> None:
     assert LAYOUT.user_watermark("acme", "alice") == "rv:{t:acme}:uw:alice"
     assert LAYOUT.family_revoked(None, "f1") == "rv:{-}:fr:f1"
     assert LAYOUT.tenant_watermark("a:b{c}") == "rv:{t:a%3Ab%7Bc%7D}:tw"
+    assert LAYOUT.session_bucket("acme", 42) == "rv:{t:acme}:s:42"
+    assert LAYOUT.session_bucket(None, 0) == "rv:{-}:s:0"
+    assert LAYOUT.job_chunk("j1", 3) == "rv:job:{j1}:c:3"
 
 
 @pytest.mark.parametrize(
@@ -194,6 +210,171 @@ def test_bad_prefix_is_refused(prefix: str) -> None:
     """A prefix that could break keys or tags is refused."""
     with pytest.raises(InvalidIdentifier):
         KeyLayout(prefix)
+
+
+# --- session records and buckets ---------------------------------------------------------
+
+#: Record parts: any text (no lone surrogates), "|" and spaces included.
+parts = st.text(
+    alphabet=st.one_of(st.sampled_from("| %{}:\t\n"), st.characters(codec="utf-8")),
+    max_size=30,
+)
+scope_lists = st.lists(parts.filter(bool), max_size=5)
+
+
+@given(
+    user=parts.filter(bool),
+    client=st.one_of(st.none(), parts),
+    created_us=st.integers(min_value=0, max_value=2**62),
+    expires=st.integers(min_value=0, max_value=2**40),
+    current=parts.filter(bool),
+    scopes=scope_lists,
+)
+def test_record_round_trip(
+    user: str,
+    client: str | None,
+    created_us: int,
+    expires: int,
+    current: str,
+    scopes: list[str],
+) -> None:
+    """decode_record(encode_record(...)) gives back every field; "|" never leaks from a part."""
+    value = encode_record(
+        user_id=user,
+        client_id=client,
+        created_us=created_us,
+        expires=expires,
+        current_jti=current,
+        scopes=scopes,
+    )
+    assert value.count("|") == len(RECORD_FIELDS) - 1
+    data = decode_record(value)
+    assert set(data) == set(RECORD_FIELDS)
+    assert data["user"] == user
+    assert data["client"] == (client or "")
+    assert (data["created"], data["expires"]) == (str(created_us), str(expires))
+    assert data["current"] == current
+    assert data["scopes"] == tuple(scopes)
+    assert [data[n] for n in ("previous", "rotated", "successor", "issued")] == ["", "", "", ""]
+    assert decode_record(value.encode()) == data
+    assert record_user(value.encode()) == escape_part(user).encode()
+
+
+@pytest.mark.parametrize(
+    ("user", "client", "scopes"),
+    [
+        ("a|b", "c|d", ("x|y", "z")),
+        ("jane doe", "my app", ("read write", "admin")),
+        ("zoë", "クライアント", ("lire", "écrire")),
+        ("alice", "", ()),
+        ("alice", None, ("a", "b", "c", "d")),
+    ],
+    ids=["pipes", "spaces", "non-ascii", "empty-client", "several-scopes"],
+)
+def test_record_round_trip_examples(user: str, client: str | None, scopes: tuple[str, ...]) -> None:
+    """Awkward ids, an empty or absent client and several scopes survive encoding exactly."""
+    value = encode_record(
+        user_id=user,
+        client_id=client,
+        created_us=1_700_000_000_123_456,
+        expires=1_700_086_400,
+        current_jti="rt|1 é",
+        scopes=scopes,
+    )
+    assert value.isascii()
+    data = decode_record(value)
+    assert (data["user"], data["client"], data["scopes"]) == (user, client or "", scopes)
+    assert (data["created"], data["expires"]) == ("1700000000123456", "1700086400")
+    assert data["current"] == "rt|1 é"
+
+
+def test_short_record_decodes_with_empty_fields() -> None:
+    """A record with fewer parts (an older writer) decodes; missing fields are empty."""
+    data = decode_record(b"alice|web|5|6|rt1")
+    assert (data["user"], data["client"], data["current"]) == ("alice", "web", "rt1")
+    assert (data["previous"], data["issued"], data["scopes"]) == ("", "", ())
+
+
+@given(ids, st.integers(min_value=1, max_value=65_536))
+def test_bucket_of_user_is_deterministic_and_in_range(user: str, count: int) -> None:
+    """A user's bucket is the same on every call and lies in [0, count)."""
+    bucket = bucket_of_user(user, count)
+    assert 0 <= bucket < count
+    assert bucket_of_user(user, count) == bucket
+
+
+def test_bucket_of_user_is_stable_across_processes() -> None:
+    """The bucket is a fixed function of the id (not hash()): every process finds the same one."""
+    assert bucket_of_user("alice", 8192) == 7239
+    assert bucket_of_user("alice", 16) == 7
+    assert bucket_of_user("alice", 1) == 0
+
+
+def test_bucket_of_user_spreads_users() -> None:
+    """Many users use every one of a few buckets (no bucket collects everyone)."""
+    counts = [0] * 16
+    for i in range(1600):
+        counts[bucket_of_user(f"user-{i}", 16)] += 1
+    assert min(counts) > 50
+    assert max(counts) < 150
+
+
+def test_bucket_of_user_refuses_unusable_ids() -> None:
+    """An empty user id has no bucket: InvalidIdentifier."""
+    with pytest.raises(InvalidIdentifier, match="user id"):
+        bucket_of_user("", 8192)
+
+
+def test_family_id_prefix_round_trips_every_bucket() -> None:
+    """family_bucket reads back the bucket of every possible prefix, whatever follows it."""
+    for bucket in range(65_536):
+        prefix = family_id_prefix(bucket)
+        assert prefix == f"{bucket:x}."
+        assert family_bucket(prefix + "Zx7.rest-of.jti") == bucket
+
+
+@given(buckets, ids)
+def test_family_id_prefix_round_trips_any_suffix(bucket: int, suffix: str) -> None:
+    """Whatever random part follows the prefix, the id names its bucket."""
+    assert family_bucket(family_id_prefix(bucket) + suffix) == bucket
+
+
+@pytest.mark.parametrize(
+    "family_id",
+    [
+        "f1",
+        "",
+        "fam-0001",
+        "6f1c2b8e-4f0e-4c55-9d3e-1b2c3d4e5f60",
+        ".abc",
+        "A.abc",
+        "1f2e3.abc",
+        "g.abc",
+        "12-3.abc",
+        "é.abc",
+    ],
+)
+def test_family_bucket_is_none_for_foreign_ids(family_id: str) -> None:
+    """Ids without a 1-4 digit lower-case hex bucket and a dot (not minted) name no bucket."""
+    assert family_bucket(family_id) is None
+
+
+@pytest.mark.parametrize(
+    "family_id",
+    ["3.plain", "a:b", "x y", "zoë", "{t:evil}", "a|b", "50%", "a/b?c", "\\x00"],
+)
+@pytest.mark.parametrize("tenant", [None, "acme", "a:b{c}"])
+def test_family_revoked_keys_escape_like_family_revoked(tenant: str | None, family_id: str) -> None:
+    """The fan-out's bulk key builder gives exactly the keys the per-request check reads."""
+    got = LAYOUT.family_revoked_keys(tenant, [family_id.encode()])
+    assert got == [LAYOUT.family_revoked(tenant, family_id).encode()]
+
+
+@given(tenants, st.lists(ids, max_size=5))
+def test_family_revoked_keys_match_for_any_ids(tenant: str | None, family_ids: list[str]) -> None:
+    """For any ids (as Redis returns them, UTF-8 bytes) the bulk keys equal family_revoked's."""
+    got = LAYOUT.family_revoked_keys(tenant, [f.encode() for f in family_ids])
+    assert got == [LAYOUT.family_revoked(tenant, f).encode() for f in family_ids]
 
 
 # --- TTL rules ------------------------------------------------------------------------------

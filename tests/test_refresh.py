@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker import exceptions as exc
-from revoker.keys import FAMILY_FIELDS
+from revoker.keys import bucket_of_user, encode_record, family_id_prefix
 from revoker.localredis import LocalRedis
 from revoker.middleware import TokenRevocationMiddleware
 from revoker.refresh import REUSE_REASON, rotate_refresh_token, rotate_refresh_token_sync
@@ -167,24 +167,24 @@ async def test_rotation_issues_a_new_pair_of_the_same_session(make_store: StoreF
     assert session.current_jti == third.refresh_jti
 
 
-async def test_rotation_keeps_the_session_indexed_until_its_new_expiry(
+async def test_rotation_keeps_the_session_recorded_until_its_new_expiry(
     make_store: StoreFactory,
 ) -> None:
-    """The indexes bulk jobs walk are re-scored with the new refresh exp (expiry task keeps it)."""
+    """The record bulk jobs walk carries the new refresh exp (the expiry task keeps it)."""
     store = make_store(refresh_token_ttl=3600)
     first = await login(store)
     await asyncio.sleep(1.05)  # exp has whole-second resolution: let the next one move
     second = await rotate_refresh_token(first.refresh_token, store=store)
     assert second.refresh_expires_at > first.refresh_expires_at
     sync = store.sync_client  # type: ignore[attr-defined]
-    tenant_index = store.keys.tenant_index(TENANT)
-    user_index = store.keys.user_index(TENANT, "alice")
-    assert sync.zscore(tenant_index, first.family_id) == second.refresh_expires_at
-    assert sync.zscore(user_index, first.family_id) == second.refresh_expires_at
     session = await store.get_session(first.family_id, tenant_id=TENANT)
     assert session is not None
     assert session.expires == second.refresh_expires_at
-    assert sync.ttl(store.keys.family(TENANT, first.family_id)) > 3600
+    assert session.current_jti == second.refresh_jti
+    bucket = store.keys.session_bucket(
+        TENANT, bucket_of_user("alice", store.settings.session_buckets)
+    )
+    assert sync.ttl(bucket) > 3600
 
 
 def test_sync_twin_rotates_and_detects_reuse(backend: str, fake_jobs: JobRecorder) -> None:
@@ -229,7 +229,7 @@ def test_every_key_of_the_script_is_in_the_tenant_slot() -> None:
     )
     (call,) = plan.commands
     slots = {key_slot(key.encode()) for key in call.keys}  # type: ignore[union-attr]
-    assert len(call.keys) == 6  # type: ignore[union-attr]
+    assert len(call.keys) == 4  # type: ignore[union-attr]
     assert len(slots) == 1
 
 
@@ -450,11 +450,13 @@ async def test_no_rotation_succeeds_after_logout_returns(make_store: StoreFactor
 
 def _expired_refresh(store: RedisTokenRevocationStore) -> str:
     """A refresh token of a recorded family whose exp lies an hour in the past."""
+    bucket = bucket_of_user("erin", store.settings.session_buckets)
+    family = family_id_prefix(bucket) + "expired-family"
     issued = issue_token(
         "refresh",
         "erin",
         tenant_id=TENANT,
-        family_id="expired-family",
+        family_id=family,
         scopes=(),
         client_id=None,
         lifetime=60,
@@ -463,8 +465,15 @@ def _expired_refresh(store: RedisTokenRevocationStore) -> str:
         issued_at_us=now_us() - 3_600_000_000,
     )
     store.sync_client.hset(  # type: ignore[attr-defined]
-        store.keys.family(TENANT, "expired-family"),
-        mapping={FAMILY_FIELDS["user"]: "erin", FAMILY_FIELDS["current"]: issued.jti},
+        store.keys.session_bucket(TENANT, bucket),
+        family,
+        encode_record(
+            user_id="erin",
+            client_id=None,
+            created_us=now_us() - 3_600_000_000,
+            expires=issued.claims["exp"],
+            current_jti=issued.jti,
+        ),
     )
     return issued.token
 
@@ -584,7 +593,7 @@ def test_a_rotation_is_one_script_call(counted_redis: LocalRedis) -> None:
     }
     # Commands run by a script are counted too; everything but the EVALSHA is the script's own.
     assert calls.pop("evalsha") == 1
-    assert set(calls) <= {"get", "hmget", "time", "hset", "expire", "zadd"}
+    assert set(calls) <= {"get", "hget", "time", "hset", "expire"}
     assert calls["hset"] == 1
     store.close()
     client.close()

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker import exceptions as exc
-from revoker.keys import FAMILY_FIELDS
+from revoker.keys import RECORD_FIELDS, bucket_of_user
 from revoker.refresh import rotate_refresh_token_sync
 from revoker.sessions import TokenPair, start_session_sync
 from revoker.store import SyncRedisTokenRevocationStore
@@ -60,6 +60,14 @@ class Model:
         if index == self.previous and self.grace > 0 and self.grace_open:
             return "grace"
         return "reuse"
+
+
+def _age_rotation(client: Any, bucket: str, family: str, seconds: float) -> None:
+    """Move the record's last rotation ``seconds`` into the past (closes the grace window)."""
+    parts = client.hget(bucket, family).decode().split("|")
+    at = RECORD_FIELDS.index("rotated")
+    parts[at] = str(int(parts[at]) - int(seconds * 1_000_000))
+    client.hset(bucket, family, "|".join(parts))
 
 
 def _present(store: SyncRedisTokenRevocationStore, model: Model, index: int) -> None:
@@ -110,7 +118,9 @@ def _run(backend: str, grace: int, scenario: list[Step]) -> None:
     try:
         first = start_session_sync("pat", tenant_id=TENANT, store=store)
         model = Model(grace, [first])
-        family_key = store.keys.family(TENANT, first.family_id)
+        bucket = store.keys.session_bucket(
+            TENANT, bucket_of_user("pat", store.settings.session_buckets)
+        )
         for op, n in scenario:
             if op == "rotate":
                 _present(store, model, model.current)
@@ -123,7 +133,7 @@ def _run(backend: str, grace: int, scenario: list[Step]) -> None:
                 model.revoked = True
                 model.log.append("revoke")
             elif model.previous is not None:  # wait
-                client.hincrbyfloat(family_key, FAMILY_FIELDS["rotated"], -(GRACE + 1))
+                _age_rotation(client, bucket, first.family_id, GRACE + 1)
                 model.grace_open = False
                 model.log.append("wait")
             _check(store, model, client)

@@ -1,14 +1,27 @@
-"""Login sessions: one pipeline writes the family and its index entries, with the right TTLs."""
+"""Login sessions: one pipeline writes the record into its user's session bucket, with its TTL."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import fakeredis
 import pytest
+import redis.asyncio
 
-from revoker.keys import FAMILY_FIELDS, family_ttl
+from conftest import REDIS_URL, private_settings
+from revoker.exceptions import InvalidIdentifier
+from revoker.keys import (
+    bucket_of_user,
+    decode_record,
+    family_bucket,
+    family_id_prefix,
+    family_ttl,
+)
+from revoker.rules import to_us
 from revoker.sessions import TokenPair, start_session, start_session_sync
+from revoker.settings import RevokerSettings
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
 from revoker.tokens import decode_token
 
@@ -46,57 +59,55 @@ class RoundTrips:
 
 
 def check_written(
-    hgetall: dict[bytes, bytes],
-    ttls: dict[str, int],
-    scores: dict[str, float | None],
+    record: bytes | None,
+    bucket_ttl: int,
+    prefix_keys: set[bytes],
+    bucket_key: str,
     pair: TokenPair,
-    settings: Any,
-    tenant: str | None,
+    settings: RevokerSettings,
 ) -> None:
-    f = FAMILY_FIELDS
-    record = {a.decode(): b.decode() for a, b in hgetall.items()}
-    assert record[f["user"]] == "alice"
-    assert record.get(f["tenant"]) == tenant
-    assert record[f["client"]] == "web"
-    assert record[f["current"]] == pair.refresh_jti
-    assert record[f["scopes"]] == "read write"
-    assert int(record[f["expires"]]) == pair.refresh_expires_at
+    """The session's record is in its user's bucket, with every field, and nothing else exists."""
+    bucket = bucket_of_user("alice", settings.session_buckets)
+    assert pair.family_id.startswith(family_id_prefix(bucket))
+    assert family_bucket(pair.family_id) == bucket
+    assert record is not None
+    data = decode_record(record)
+    refresh = decode_token(pair.refresh_token, "refresh", settings=settings)
+    assert data["user"] == "alice"
+    assert data["client"] == "web"
+    assert data["current"] == pair.refresh_jti
+    assert data["scopes"] == ("read", "write")
+    assert int(data["expires"]) == pair.refresh_expires_at
+    assert int(data["created"]) == to_us(refresh.iat)
+    assert [data[n] for n in ("previous", "rotated", "successor", "issued")] == ["", "", "", ""]
     expected = family_ttl(settings.refresh_token_ttl, settings.leeway)
-    for name, ttl in ttls.items():
-        assert expected - 2 <= ttl <= expected, name
-    assert scores == {
-        "tenant_index": pair.refresh_expires_at,
-        "user_index": pair.refresh_expires_at,
-    }
+    assert expected - 2 <= bucket_ttl <= expected
+    # The bucket is the only key: no per-family hash, no index beside it.
+    assert prefix_keys == {bucket_key.encode()}
 
 
 @pytest.mark.parametrize("tenant", ["acme", None])
-async def test_start_session_writes_family_and_indexes_in_one_pipeline(
+async def test_start_session_writes_its_record_in_one_pipeline(
     store: RedisTokenRevocationStore, tenant: str | None
 ) -> None:
-    """start_session: one pipeline writes the family hash and both index entries, with TTLs."""
+    """start_session: one pipeline writes the record into the user's bucket and sets its TTL."""
     trips = RoundTrips(store.client)
     pair = await start_session(
         "alice", tenant_id=tenant, client_id="web", scopes=("read", "write"), store=store
     )
     assert trips.total == 1
-    assert trips.pipelines == [6]
-    keys, c = store.keys, store.client
-    family = keys.family(tenant, pair.family_id)
+    assert trips.pipelines == [2]
+    c = store.client
+    bucket_key = store.keys.session_bucket(
+        tenant, bucket_of_user("alice", store.settings.session_buckets)
+    )
     check_written(
-        await c.hgetall(family),
-        {
-            "family": await c.ttl(family),
-            "tenant_index": await c.ttl(keys.tenant_index(tenant)),
-            "user_index": await c.ttl(keys.user_index(tenant, "alice")),
-        },
-        {
-            "tenant_index": await c.zscore(keys.tenant_index(tenant), pair.family_id),
-            "user_index": await c.zscore(keys.user_index(tenant, "alice"), pair.family_id),
-        },
+        await c.hget(bucket_key, pair.family_id),
+        await c.ttl(bucket_key),
+        {key async for key in c.scan_iter(match=f"{store.settings.key_prefix}:*")},
+        bucket_key,
         pair,
         store.settings,
-        tenant,
     )
 
 
@@ -110,23 +121,18 @@ def test_start_session_sync_writes_the_same(
         "alice", tenant_id=tenant, client_id="web", scopes=("read", "write"), store=sync_store
     )
     assert trips.total == 1
-    assert trips.pipelines == [6]
-    keys, c = sync_store.keys, sync_store.client
-    family = keys.family(tenant, pair.family_id)
+    assert trips.pipelines == [2]
+    c = sync_store.client
+    bucket_key = sync_store.keys.session_bucket(
+        tenant, bucket_of_user("alice", sync_store.settings.session_buckets)
+    )
     check_written(
-        c.hgetall(family),
-        {
-            "family": c.ttl(family),
-            "tenant_index": c.ttl(keys.tenant_index(tenant)),
-            "user_index": c.ttl(keys.user_index(tenant, "alice")),
-        },
-        {
-            "tenant_index": c.zscore(keys.tenant_index(tenant), pair.family_id),
-            "user_index": c.zscore(keys.user_index(tenant, "alice"), pair.family_id),
-        },
+        c.hget(bucket_key, pair.family_id),
+        c.ttl(bucket_key),
+        set(c.scan_iter(match=f"{sync_store.settings.key_prefix}:*")),
+        bucket_key,
         pair,
         sync_store.settings,
-        tenant,
     )
 
 
@@ -191,3 +197,92 @@ async def test_start_session_uses_the_process_store(settings: Any) -> None:
     assert record is not None
     assert record.user_id == "carol"
     await get_revocation_store().aclose()
+
+
+@pytest.fixture
+async def small_store(backend: str) -> AsyncIterator[RedisTokenRevocationStore]:
+    """An async store with only 4 session buckets per tenant (users share them)."""
+    with private_settings(session_buckets=4) as settings:
+        if backend == "fakeredis":
+            client: Any = fakeredis.aioredis.FakeRedis()
+        else:
+            client = redis.asyncio.Redis.from_url(REDIS_URL)
+        s = RedisTokenRevocationStore(client, settings=settings)
+        yield s
+        await s.aclose()
+
+
+def users_sharing_a_bucket(buckets: int) -> tuple[str, str]:
+    """Two different users whose sessions live in the same bucket."""
+    seen: dict[int, str] = {}
+    for i in range(1000):
+        user = f"user-{i}"
+        bucket = bucket_of_user(user, buckets)
+        if bucket in seen:
+            return seen[bucket], user
+        seen[bucket] = user
+    raise AssertionError("no two users share a bucket")
+
+
+async def test_family_id_names_its_users_bucket(small_store: RedisTokenRevocationStore) -> None:
+    """Each family id start_session mints starts with its user's bucket; get_session finds it."""
+    for user in ("alice", "bob", "carol", "dave", "zoë", "a b|c"):
+        pair = await start_session(user, tenant_id="acme", store=small_store)
+        bucket = bucket_of_user(user, 4)
+        assert family_bucket(pair.family_id) == bucket
+        assert pair.family_id.startswith(family_id_prefix(bucket))
+        key = small_store.keys.session_bucket("acme", bucket)
+        assert await small_store.client.hexists(key, pair.family_id)
+        record = await small_store.get_session(pair.family_id, tenant_id="acme")
+        assert record is not None
+        assert record.user_id == user
+
+
+async def test_users_sharing_a_bucket_keep_separate_records(
+    small_store: RedisTokenRevocationStore,
+) -> None:
+    """Two users in one bucket: each session keeps its own record, and tenants stay apart."""
+    first, second = users_sharing_a_bucket(4)
+    a = await start_session(first, tenant_id="acme", client_id="web", store=small_store)
+    b = await start_session(
+        second, tenant_id="acme", client_id="cli", scopes=["x"], store=small_store
+    )
+    a2 = await start_session(first, tenant_id="acme", store=small_store)
+    key = small_store.keys.session_bucket("acme", bucket_of_user(first, 4))
+    raw = await small_store.client.hgetall(key)
+    assert set(raw) == {a.family_id.encode(), b.family_id.encode(), a2.family_id.encode()}
+    records = {fid.decode(): decode_record(value) for fid, value in raw.items()}
+    assert (records[a.family_id]["user"], records[a.family_id]["client"]) == (first, "web")
+    assert (records[b.family_id]["user"], records[b.family_id]["scopes"]) == (second, ("x",))
+    assert records[a2.family_id]["user"] == first
+    assert records[a.family_id]["current"] == a.refresh_jti
+    assert records[b.family_id]["current"] == b.refresh_jti
+    got = await small_store.get_session(b.family_id, tenant_id="acme")
+    assert got is not None
+    assert (got.user_id, got.client_id, got.current_jti) == (second, "cli", b.refresh_jti)
+    # The same family id in another tenant is another bucket key: unknown there.
+    assert await small_store.get_session(a.family_id, tenant_id="other") is None
+    assert await small_store.get_session(a.family_id, tenant_id=None) is None
+
+
+@pytest.mark.parametrize("kind", ["other-bucket", "foreign"])
+async def test_record_session_refuses_a_family_outside_the_users_bucket(
+    small_store: RedisTokenRevocationStore, kind: str
+) -> None:
+    """A family id not naming its user's bucket is InvalidIdentifier; nothing is written."""
+    bucket = bucket_of_user("alice", 4)
+    family_id = family_id_prefix((bucket + 1) % 4) + "jti1" if kind == "other-bucket" else "fam-1"
+    with pytest.raises(InvalidIdentifier, match="bucket"):
+        await small_store.record_session(
+            family_id,
+            user_id="alice",
+            tenant_id="acme",
+            client_id=None,
+            scopes=(),
+            current_jti="rt1",
+            created=time.time(),
+            expires=int(time.time()) + 3600,
+        )
+    prefix = small_store.settings.key_prefix
+    assert [key async for key in small_store.client.scan_iter(match=f"{prefix}:*")] == []
+    assert await small_store.get_session(family_id, tenant_id="acme") is None

@@ -105,6 +105,16 @@ def test_defaults_without_environment() -> None:
     assert (s.jwt_algorithm, s.access_token_ttl, s.fail_open) == ("HS256", 900, True)
 
 
+def test_session_buckets_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REVOKER_SESSION_BUCKETS sets the buckets per tenant (default 8192, at most 65536)."""
+    assert load_settings(jwt_secret=TEST_SECRET).session_buckets == 8192
+    monkeypatch.setenv("REVOKER_JWT_SECRET", TEST_SECRET)
+    monkeypatch.setenv("REVOKER_SESSION_BUCKETS", "16")
+    assert load_settings().session_buckets == 16
+    # The largest count still fits a family id's 1-4 hex digit bucket prefix.
+    assert load_settings(session_buckets=65_536).session_buckets == 65_536
+
+
 def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keyword overrides take precedence over REVOKER_ variables."""
     monkeypatch.setenv("REVOKER_JWT_SECRET", TEST_SECRET)
@@ -180,6 +190,9 @@ def test_key_files_with_hmac_are_refused(pem_files: tuple[Path, Path]) -> None:
         ("REVOKER_REDIS_URL", "localhost:6379"),
         ("REVOKER_BROKER_URL", "localhost"),
         ("REVOKER_KEY_PREFIX", "a{b}"),
+        ("REVOKER_SESSION_BUCKETS", "0"),
+        ("REVOKER_SESSION_BUCKETS", "65537"),
+        ("REVOKER_SESSION_BUCKETS", "many"),
     ],
 )
 def test_invalid_value_names_its_variable(
@@ -209,7 +222,7 @@ def test_settings_are_frozen() -> None:
     """A settings object cannot be changed after validation skipped it."""
     s = load_settings(jwt_secret=TEST_SECRET)
     with pytest.raises(ValueError, match="frozen"):
-        s.leeway = 0  # type: ignore[misc]
+        s.leeway = 0
 
 
 def test_nothing_is_read_at_import_time(tmp_path: Path) -> None:
@@ -255,4 +268,4 @@ def test_nothing_is_read_at_import_time(tmp_path: Path) -> None:
 def test_direct_construction_still_validates() -> None:
     """RevokerSettings(...) validates too (load_settings only rewords the error)."""
     with pytest.raises(ValueError, match="JWT_SECRET"):
-        RevokerSettings(_env_file=None, jwt_secret="x")  # type: ignore[call-arg]
+        RevokerSettings(_env_file=None, jwt_secret="x")  # type: ignore[call-arg,arg-type]

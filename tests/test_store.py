@@ -19,6 +19,7 @@ import redis.asyncio
 
 from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker import exceptions as exc
+from revoker.keys import bucket_of_user, family_id_prefix
 from revoker.localredis import LocalRedis, free_port
 from revoker.rules import now_us, to_us
 from revoker.settings import RevokerSettings, configure
@@ -317,11 +318,12 @@ async def test_bad_ids_fail_before_any_io(
 # --- sessions -------------------------------------------------------------------------------
 
 
-async def test_record_and_get_session(s: Either) -> None:
+async def test_record_and_get_session(s: Either, settings: RevokerSettings) -> None:
     """A recorded session reads back field for field; an unknown one is None."""
+    f1 = family_id_prefix(bucket_of_user("alice", settings.session_buckets)) + "f1"
     await s(
         "record_session",
-        "f1",
+        f1,
         user_id="alice",
         tenant_id="acme",
         client_id="web",
@@ -330,7 +332,7 @@ async def test_record_and_get_session(s: Either) -> None:
         created=1_700_000_000.123456,
         expires=1_700_086_400,
     )
-    record = await s("get_session", "f1", tenant_id="acme")
+    record = await s("get_session", f1, tenant_id="acme")
     assert record is not None
     assert (record.user_id, record.tenant_id, record.client_id) == ("alice", "acme", "web")
     assert (record.current_jti, record.scopes, record.expires) == (
@@ -339,8 +341,9 @@ async def test_record_and_get_session(s: Either) -> None:
         1_700_086_400,
     )
     assert record.created == pytest.approx(1_700_000_000.123456, abs=1e-6)
-    assert await s("get_session", "f1", tenant_id="other") is None
-    assert await s("get_session", "nope", tenant_id="acme") is None
+    assert await s("get_session", f1, tenant_id="other") is None
+    assert await s("get_session", "nope", tenant_id="acme") is None  # not a minted id
+    assert await s("get_session", f1[:-1], tenant_id="acme") is None
 
 
 # --- audit and stats ------------------------------------------------------------------------
@@ -452,7 +455,7 @@ async def test_health_check_unhealthy_never_raises(
         ("revoke_tenant_tokens", ("acme",), {}),
         ("is_token_revoked", ("j1",), {}),
         ("is_revoked", (token(),), {}),
-        ("get_session", ("f1",), {"tenant_id": "acme"}),
+        ("get_session", ("1.f1",), {"tenant_id": "acme"}),
         ("get_stats", (), {}),
     ],
 )

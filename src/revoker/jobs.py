@@ -113,24 +113,12 @@ class JobRecord(BaseModel):
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
-    def matches(self, client_id: str | None, created: str | float | None) -> bool:
-        """Whether a session (its client and creation time) is selected by this job's filters.
-
-        The issue window is inclusive at both ends, compared in whole microseconds (the
-        precision creation times are stored with). ``created`` is best given as stored (the
-        "%.6f" text): a double near 1.7e9 s does not hold 16 digits exactly, and converting it
-        to µs by another route than the writer's can land one µs off at a window's edge.
-        """
-        if self.client_id is not None and client_id != self.client_id:
-            return False
-        if self.issued_after is None and self.issued_before is None:
-            return True
-        if created is None:
-            return False
-        at = _stored_us(created)
-        if self.issued_after is not None and at < _stored_us(self.issued_after):
-            return False
-        return not (self.issued_before is not None and at > _stored_us(self.issued_before))
+    def window_us(self) -> tuple[int | None, int | None]:
+        """The issue window's bounds in whole µs (inclusive), None where open."""
+        return (
+            _stored_us(self.issued_after) if self.issued_after is not None else None,
+            _stored_us(self.issued_before) if self.issued_before is not None else None,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -171,10 +159,10 @@ class JobRecord(BaseModel):
 
 
 def _stored_us(value: str | float) -> int:
-    """Integer µs of a creation time as the session record stores it ("%.6f" of unix seconds).
+    """Integer µs of a time given in unix seconds, rounded through "%.6f" text.
 
-    A float goes through the same "%.6f" the writer used, so a window bound equal to a session's
-    creation time (as a float) compares equal to it.
+    A double near 1.7e9 s does not hold 16 digits exactly: going through the text, a window bound
+    equal to a session's creation time (a µs-precise iat) compares equal to it.
     """
     text = value if isinstance(value, str) else f"{value:.6f}"
     return int(Decimal(text).scaleb(6).to_integral_value())

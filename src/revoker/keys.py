@@ -4,14 +4,11 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
 
     P:jti:{<jti>}                  string  "<revoked_at_us>|<reason>"  one revoked token
     P:{<T>}:fr:<family>            string  "<revoked_at_us>|<reason>"  one revoked family (session)
-    P:{<T>}:f:<family>             hash    the family (session) record, see FAMILY_FIELDS
+    P:{<T>}:s:<n>                  hash    session bucket n: family id -> session record
     P:{<T>}:uw:<user>              string  "<revoked_at_us>" user watermark
     P:{<T>}:tw                     string  "<revoked_at_us>" tenant watermark
-    P:{<T>}:ti                     zset    tenant index: family ids scored by expiry (unix s)
-    P:{<T>}:ui:<user>              zset    user index: family ids scored by expiry (unix s)
-    P:{<T>}:tj:<job_id>            zset    a tenant index frozen by an unfiltered tenant job
     P:job:{<job_id>}               hash    one bulk job record
-    P:job:{<job_id>}:c:<n>         string  family ids of chunk n of the job's snapshot
+    P:job:{<job_id>}:c:<n>         string  the session buckets of chunk n of the job (JSON list)
     P:job:{<job_id>}:done          set     chunk numbers finished (each counted once)
     P:job:{<job_id>}:dlv           hash    chunk number -> deliveries (redelivery cap)
     P:jobs                         zset    job ids scored by creation time (ms)
@@ -25,6 +22,16 @@ of one tenant shares a Redis Cluster slot, so the check needs at most two slots 
 tenant's) and a fan-out chunk touches one. The jti key is tagged by the jti alone: revoking a token
 never requires knowing its tenant.
 
+Sessions live in buckets, not in a key each: a tenant's sessions are the fields of its
+``REVOKER_SESSION_BUCKETS`` bucket hashes, and a user's sessions all share the bucket
+:func:`bucket_of_user` names. A key per session cost ~90 bytes of Redis bookkeeping (dict entry,
+expires entry, key name) before any data, and a tenant index and user index beside it another
+~170; a bucket of ~120 sessions stays a compact listpack. So the buckets are also the indexes: a
+tenant job walks the tenant's buckets, a user job reads one bucket. A family id starts with its
+bucket (:func:`family_id_prefix`), so a family is found from its id alone. A record expires with
+its refresh token (``expires``): the bucket's TTL is its newest session's, and the expiry task
+deletes expired records from live buckets.
+
 Ids are percent-escaped so that no id can contain ``{``, ``}`` or ``:``: no user, tenant or jti
 string can forge another key or move a key to another slot.
 """
@@ -33,21 +40,30 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
-from urllib.parse import quote
+from typing import Any, Final
+from urllib.parse import quote, unquote
 
 from revoker.exceptions import InvalidIdentifier
 
 __all__ = [
-    "FAMILY_FIELDS",
+    "FAMILY_BUCKET_SEPARATOR",
     "MAX_ID_LENGTH",
     "NO_TENANT_TAG",
+    "RECORD_FIELDS",
     "KeyLayout",
+    "bucket_of_user",
+    "decode_record",
+    "encode_record",
     "escape_id",
+    "escape_part",
+    "family_bucket",
+    "family_id_prefix",
     "family_ttl",
     "jti_ttl",
+    "record_user",
     "tenant_tag",
     "watermark_ttl",
 ]
@@ -60,22 +76,27 @@ _SAFE_CHARS: Final = "-._~@+=!$&'()*,;"
 #: Ids made only of characters quote() never changes are their own escape. Nearly every id is
 #: (jtis, uuids, slugs), and the per-request check escapes four of them: skip quote() for those.
 _UNCHANGED_BY_QUOTE: Final = re.compile(r"[A-Za-z0-9_.~\-@+=!$&'()*,;]+")
+_UNCHANGED_BY_QUOTE_BYTES: Final = re.compile(_UNCHANGED_BY_QUOTE.pattern.encode())
 #: Hash tag of tokens that carry no tenant. Never the escape of a real tenant (those start "t:").
 NO_TENANT_TAG: Final = "-"
-#: Field names of the family (session) hash: short, because there is one hash per session.
-FAMILY_FIELDS: Final = {
-    "user": "u",
-    "tenant": "t",
-    "client": "c",
-    "created": "cr",  # unix seconds, float
-    "expires": "ex",  # unix seconds, int
-    "current": "cur",  # the jti of the family's one current refresh token
-    "previous": "prv",  # the jti it replaced (grace-window retries)
-    "rotated": "rot",  # unix seconds, float, of the last rotation
-    "scopes": "sc",  # space-separated
-    "successor": "nxt",  # the current access jti, for a grace-window retry
-    "issued": "ia",  # integer µs iat of the current pair: a grace retry re-signs the same claims
-}
+#: The fields of a session record, in order: one hash field value, "|"-separated, each part
+#: percent-escaped (so "|" never occurs inside one). ``scripts/rotate_refresh.lua`` reads and
+#: rewrites them by position (1-based there): keep the order.
+RECORD_FIELDS: Final = (
+    "user",  # the user id
+    "client",  # the client id, or empty
+    "created",  # integer µs: the session's first iat
+    "expires",  # unix seconds: the current refresh token's exp
+    "current",  # the jti of the family's one current refresh token
+    "previous",  # the jti it replaced (grace-window retries), or empty
+    "rotated",  # integer µs of the last rotation, or empty
+    "successor",  # the current access jti, for a grace-window retry, or empty
+    "issued",  # integer µs iat of the current pair: a grace retry re-signs the same claims
+    "scopes",  # space-separated
+)
+#: Separates a family id's bucket (lower-case hex) from its random part.
+FAMILY_BUCKET_SEPARATOR: Final = "."
+_FAMILY_BUCKET: Final = re.compile(r"([0-9a-f]{1,4})\.")
 
 
 def escape_id(value: object, what: str = "id") -> str:
@@ -102,6 +123,75 @@ def tenant_tag(tenant_id: str | None) -> str:
     return "t:" + escape_id(tenant_id, "tenant id")
 
 
+def bucket_of_user(user_id: str, buckets: int) -> int:
+    """The session bucket holding every session of ``user_id`` (in each tenant)."""
+    return zlib.crc32(escape_id(user_id, "user id").encode()) % buckets
+
+
+def family_id_prefix(bucket: int) -> str:
+    """How the id of a family in ``bucket`` starts (its random part follows)."""
+    return f"{bucket:x}{FAMILY_BUCKET_SEPARATOR}"
+
+
+def family_bucket(family_id: str) -> int | None:
+    """The bucket a family id names, or None for an id not minted by ``start_session``."""
+    match = _FAMILY_BUCKET.match(family_id)
+    return int(match.group(1), 16) if match is not None else None
+
+
+def escape_part(value: str) -> str:
+    """Escape one part of a session record (no "|" or space can remain)."""
+    if _UNCHANGED_BY_QUOTE.fullmatch(value) is not None:
+        return value
+    try:
+        return quote(value, safe=_SAFE_CHARS)
+    except UnicodeEncodeError:
+        raise InvalidIdentifier(f"{value!r} is not valid Unicode text") from None
+
+
+def encode_record(
+    *,
+    user_id: str,
+    client_id: str | None,
+    created_us: int,
+    expires: int,
+    current_jti: str,
+    scopes: Sequence[str] = (),
+) -> str:
+    """A new session's record (never rotated: previous, rotated, successor, issued empty)."""
+    return "|".join(
+        (
+            escape_part(user_id),
+            escape_part(client_id) if client_id else "",
+            str(int(created_us)),
+            str(int(expires)),
+            escape_part(current_jti),
+            "",
+            "",
+            "",
+            "",
+            " ".join(escape_part(s) for s in scopes),
+        )
+    )
+
+
+def decode_record(value: str | bytes) -> dict[str, Any]:
+    """A record's fields by name, unescaped (absent ones empty); ``scopes`` is a tuple."""
+    text = value.decode() if isinstance(value, bytes) else value
+    parts = text.split("|")
+    parts += [""] * (len(RECORD_FIELDS) - len(parts))
+    out: dict[str, Any] = {
+        name: unquote(part) for name, part in zip(RECORD_FIELDS, parts, strict=False)
+    }
+    out["scopes"] = tuple(unquote(s) for s in parts[RECORD_FIELDS.index("scopes")].split())
+    return out
+
+
+def record_user(value: bytes) -> bytes:
+    """The escaped user id of a raw record (the fan-out's hot path: no decoding)."""
+    return value.partition(b"|")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     """Builds every key revoker uses, under one prefix."""
@@ -116,22 +206,37 @@ class KeyLayout:
         """A revoked token. Tagged by the jti alone."""
         return f"{self.prefix}:jti:{{{escape_id(jti, 'jti')}}}"
 
-    def family(self, tenant_id: str | None, family_id: str) -> str:
-        """The session record of one refresh family."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:f:{escape_id(family_id, 'family id')}"
+    def session_bucket(self, tenant_id: str | None, bucket: int) -> str:
+        """One bucket of the tenant's session records."""
+        return f"{self.session_bucket_base(tenant_id)}{int(bucket)}"
+
+    def session_bucket_base(self, tenant_id: str | None) -> str:
+        """What every bucket key of the tenant starts with (the bucket number follows)."""
+        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:s:"
+
+    def session_bucket_pattern(self) -> str:
+        """SCAN MATCH pattern of every session bucket of every tenant."""
+        return f"{self.prefix}:{{*}}:s:*"
 
     def family_revoked(self, tenant_id: str | None, family_id: str) -> str:
         """Marker of a revoked family, read by the per-request check."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:fr:{escape_id(family_id, 'family id')}"
 
-    def family_keys(
-        self, tenant_id: str | None, family_ids: Sequence[str]
-    ) -> tuple[list[str], list[str]]:
-        """``family`` and ``family_revoked`` of many families of one tenant, for the fan-out's
-        hot path: the tenant's tag is escaped once and each family id once."""
-        base = f"{self.prefix}:{{{tenant_tag(tenant_id)}}}"
-        escaped = [escape_id(fid, "family id") for fid in family_ids]
-        return [f"{base}:f:{e}" for e in escaped], [f"{base}:fr:{e}" for e in escaped]
+    def family_revoked_base(self, tenant_id: str | None) -> str:
+        """What every revoked-family key of the tenant starts with (the escaped id follows)."""
+        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:fr:"
+
+    def family_revoked_keys(
+        self, tenant_id: str | None, family_ids: Sequence[bytes]
+    ) -> list[bytes]:
+        """``family_revoked`` of many families of one tenant, for the fan-out's hot path: ids as
+        Redis returned them, escaped only when they need it."""
+        base = self.family_revoked_base(tenant_id).encode()
+        safe = _UNCHANGED_BY_QUOTE_BYTES.fullmatch
+        return [
+            base + fid if safe(fid) else base + escape_id(fid.decode(), "family id").encode()
+            for fid in family_ids
+        ]
 
     def user_watermark(self, tenant_id: str | None, user_id: str) -> str:
         """Every token of this user (in this tenant) issued at or before the value is revoked."""
@@ -141,30 +246,12 @@ class KeyLayout:
         """Every token of this tenant issued at or before the value is revoked."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:tw"
 
-    def tenant_index(self, tenant_id: str | None) -> str:
-        """All live families of a tenant, scored by expiry."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ti"
-
-    def frozen_index(self, tenant_id: str | None, job_id: str) -> str:
-        """The tenant index as an unfiltered tenant job found it (renamed aside; the job's
-        snapshot). Not matched by the expiry task's ``:ti`` / ``:ui:*`` patterns."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:tj:{escape_id(job_id, 'job id')}"
-
-    def user_index(self, tenant_id: str | None, user_id: str) -> str:
-        """All live families of one user in one tenant, scored by expiry."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ui:{escape_id(user_id, 'user id')}"
-
-    def user_index_pattern(self, tenant_id: str | None) -> str:
-        """SCAN MATCH pattern of every user index of one tenant (glob characters escaped)."""
-        base = f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ui:"
-        return re.sub(r"([*?\[\]\\])", r"\\\1", base) + "*"
-
     def job(self, job_id: str) -> str:
         """One bulk job record. Tagged by the job id: the job's keys below share its slot."""
         return f"{self.prefix}:job:{{{escape_id(job_id, 'job id')}}}"
 
     def job_chunk(self, job_id: str, chunk: int) -> str:
-        """The family ids of one chunk of a job's snapshot, newline-separated."""
+        """The session buckets of one chunk of a job (a JSON list)."""
         return f"{self.job(job_id)}:c:{int(chunk)}"
 
     def job_chunks_done(self, job_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Login sessions: a refresh family recorded in Redis and indexed under its tenant and user."""
+"""Login sessions: a refresh family recorded in its user's session bucket (see ``keys``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from revoker import keys as k
 from revoker.settings import RevokerSettings
 from revoker.store import (
     RedisTokenRevocationStore,
@@ -106,7 +107,8 @@ def _new_session(
     pair, created = issue_session_tokens(
         user_id,
         tenant_id=tenant_id,
-        family_id=generate_jti(),
+        family_id=k.family_id_prefix(k.bucket_of_user(user_id, settings.session_buckets))
+        + generate_jti(),
         client_id=client_id,
         scopes=scopes,
         settings=settings,

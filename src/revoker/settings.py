@@ -105,6 +105,14 @@ class RevokerSettings(BaseSettings):
         5, ge=1, description="Deliveries of one chunk before it is parked as failed."
     )
     chunk_size: int = Field(5000, ge=1, le=100_000, description="Sessions per fan-out chunk task.")
+    session_buckets: int = Field(
+        8192,
+        ge=1,
+        le=65_536,
+        description="Session buckets per tenant (hashes of the users' sessions). Keep a bucket "
+        "under Redis's hash-max-listpack-entries (128): about one per 120 sessions of the biggest "
+        "tenant. Fixed for the life of the data, like the key prefix.",
+    )
     job_retention: int = Field(
         7 * 24 * 3600, ge=60, description="Seconds finished job records are kept."
     )

@@ -1,30 +1,25 @@
 """Celery tasks: bulk fan-out in chunks, the family-reuse follow-up, expiry and the outbox sweep.
 
-A bulk job runs in two steps. An unfiltered tenant job (the big one) takes a faster road:
+Every kind of job (tenant, user, filtered, dry run) walks session buckets (see ``keys``):
 
-* ``revoke_job`` renames the tenant index aside (``P:{T}:tj:<job>``, O(1) RENAMENX: every member
-  is to be revoked, and sessions started afterwards begin a fresh index), lists the tenant's
-  user indexes (SCAN) into one share per chunk (``P:job:{id}:c:<n>``, JSON) and dispatches one
-  ``revoke_chunk`` per rank range of the frozen index.
-* ``revoke_chunk`` reads its rank range in pages and writes one revoked marker (SET EX) per
-  family, then sweeps its share of the user indexes (per user one ZMSCORE against the frozen
-  index and one ZREM): plain pipelined commands on a raw connection, no Lua and no per-family
-  read, so Redis serves the per-request checks between them. The job is done when its chunks
-  are (``job_chunk_done.lua``); the frozen index is then UNLINKed.
+* ``revoke_job`` plans the chunks: a user job reads one bucket (its user's); a tenant job counts
+  the sessions of each of the tenant's buckets (HLEN, pipelined) and groups consecutive
+  non-empty buckets into chunks of about ``REVOKER_CHUNK_SIZE`` sessions, stored as JSON lists in
+  ``P:job:{id}:c:<n>``. It records ``chunks_total`` and dispatches one ``revoke_chunk`` task per
+  chunk not yet done. A rerun (redelivery) after the plan was recorded reuses it and dispatches
+  only the missing chunks.
+* ``revoke_chunk`` reads its buckets (HSCAN, a page of several buckets per round trip), selects
+  the records the job covers, writes one revoked marker (SET EX) per selected family, records
+  itself done with ``job_chunk_done.lua`` (a set of done chunk numbers makes the counts exact even
+  when a chunk is rerun after a crash), and only then deletes the selected records from their
+  buckets (HDEL, one per bucket). Plain pipelined commands on a raw connection, no Lua: Redis
+  serves the per-request checks between them. The last chunk flips the job to ``done``.
 
-Other jobs (filtered, user, dry runs) take the general road:
-
-* ``revoke_job`` snapshots the walked index (the tenant's or the user's) into chunk lists stored in
-  Redis (``P:job:{id}:c:<n>``, JSON), records ``chunks_total`` and dispatches one
-  ``revoke_chunk`` task per chunk not yet done. A rerun (redelivery) after the snapshot was
-  recorded reuses it and dispatches only the missing chunks.
-* ``revoke_chunk`` reads its families' records when it must (user ids for the user index,
-  client and creation time for filters) with a read-only script in batches of
-  :data:`READ_BATCH`, then writes the revoked markers and removes the families from both indexes
-  with a write script in batches of :data:`WRITE_BATCH` (Redis is never held for more than about
-  a millisecond), each phase one pipelined round trip. It then records itself
-  done with ``job_chunk_done.lua``: a set of done chunk numbers makes the counts exact even when
-  a chunk is rerun after a crash. The last chunk flips the job to ``done``.
+A job covers the sessions created at or before its cut-off: the watermark it wrote (unfiltered
+jobs), or its enqueue time (filtered ones), and matching its filters (user, client, issue
+window). Creation times never change, so a rerun selects exactly what the first run did, until
+the records are deleted, which happens only after the chunk is counted. A session created
+after the cut-off is never touched (nothing it issued is covered by the watermark either).
 
 Audit: one stream entry per chunk listing its family ids (about 25 bytes per session rather than
 a stream entry of ~100 bytes each), and every revoked marker's reason names the job. The audit
@@ -41,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +49,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from revoker import keys as k
 from revoker.exceptions import JobNotFound
 from revoker.jobs import JobRecord, get_job, publish_job
-from revoker.rules import encode_mark, now_us
+from revoker.rules import encode_mark, now_us, to_us
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.store._base import load_script
@@ -63,40 +57,37 @@ from revoker.worker import app
 
 __all__ = [
     "OUTBOX_GRACE_SECONDS",
-    "READ_BATCH",
-    "SNAPSHOT_BATCH",
-    "WRITE_BATCH",
+    "Selection",
     "expire_entries",
     "handle_family_reuse",
+    "plan_chunks",
     "publish_pending_jobs",
+    "revoke_buckets",
     "revoke_chunk",
-    "revoke_families",
     "revoke_job",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Index members read per ZRANGE while snapshotting or reading a frozen index: ZRANGE costs
-#: ~0.8 us per member on a 1M-member index, so ~0.4 ms of Redis each (5,000 held it ~4 ms).
-SNAPSHOT_BATCH = 500
-#: Families per write script call (filtered and user jobs): ~10 us each, ~0.5 ms per call.
-WRITE_BATCH = 50
-#: Family records per read script call (~3 us each, ~0.3 ms per call).
-READ_BATCH = 100
-#: Keys examined per SCAN call (~1 µs of Redis each under load).
+#: Buckets counted (HLEN, O(1) each) per round trip while a tenant job plans its chunks.
+COUNT_BATCH = 1_000
+#: Buckets read per round trip by a chunk. Redis runs every command of one 16 KB read before
+#: serving another client: 16 HSCANs of ~120-session buckets hold it for about half a
+#: millisecond, which a per-request check queued behind them can afford.
+READ_BUCKETS = 16
+#: Fields per HSCAN call. A listpack bucket (Redis's compact encoding, up to 128 fields) comes
+#: whole whatever the COUNT; only a bucket grown past that is paged.
+SCAN_FIELDS = 500
+#: Families per write round trip (SET EX each, ~1-2 µs of Redis apiece).
+WRITE_BATCH = 2_000
+#: Keys examined per SCAN call of the expiry task (~1 µs of Redis each under load).
 SCAN_COUNT = 200
-#: User indexes per round trip of the sweep. Redis runs every command of one 16 KB read before
-#: serving another client, and ~100 bytes of ZRANGE or ZMSCORE cost it ~5 µs: 500 of them held
-#: it over a millisecond, which the per-request checks queued behind them felt.
-SWEEP_BATCH = 100
-#: Expired index members removed per script call.
-EXPIRE_BATCH = 1_000
 #: Jobs handled per page by the expiry task and the outbox sweep.
 JOB_PAGE = 200
 #: Seconds a new job is left to its own publish before the outbox sweep publishes it.
 OUTBOX_GRACE_SECONDS = 5.0
 
-_SCRIPTS = ("read_families", "revoke_families", "job_chunk_done", "prune_index")
+_SCRIPTS = ("job_chunk_done",)
 _scripts: weakref.WeakKeyDictionary[SyncRedisTokenRevocationStore, dict[str, Any]] = (
     weakref.WeakKeyDictionary()
 )
@@ -153,7 +144,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-# --- the write path of unfiltered tenant jobs (no Lua) -------------------------------------------
+# --- the write path (no Lua) ---------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -213,235 +204,126 @@ def _exchange(store: SyncRedisTokenRevocationStore) -> Iterator[Callable[[list[A
         pool.release(conn)
 
 
-def revoke_frozen_range(
+class Selection:
+    """Which session records a job covers, tested on raw records (the fan-out's hot path).
+
+    Created at or before ``cutoff_us``, of ``user_id`` if given, of the job's client if it names
+    one, and created inside its issue window if it has one (inclusive, whole µs).
+    """
+
+    def __init__(self, record: JobRecord, cutoff_us: int, user_id: str | None = None) -> None:
+        self.cutoff_us = cutoff_us
+        self.user = k.escape_part(user_id).encode() if user_id is not None else None
+        self.client = (
+            k.escape_part(record.client_id).encode() if record.client_id is not None else None
+        )
+        self.after_us, self.before_us = record.window_us()
+
+    def __call__(self, flat: Sequence[bytes]) -> list[bytes]:
+        """The selected family ids of an HSCAN page (field, value, field, value...)."""
+        cutoff, user, client = self.cutoff_us, self.user, self.client
+        after, before = self.after_us, self.before_us
+        out: list[bytes] = []
+        for n in range(0, len(flat), 2):
+            # user | client | created | the rest
+            parts = flat[n + 1].split(b"|", 3)
+            if len(parts) < 4 or not parts[2].isdigit():
+                continue  # not a record this version wrote: left alone
+            created = int(parts[2])
+            if created > cutoff:
+                continue
+            if user is not None and parts[0] != user:
+                continue
+            if client is not None and parts[1] != client:
+                continue
+            if (after is not None and created < after) or (before is not None and created > before):
+                continue
+            out.append(flat[n])
+        return out
+
+
+def read_selected(
+    exchange: Callable[[list[Any]], list[Any]],
+    base: str,
+    buckets: Sequence[int],
+    select: Selection,
+) -> dict[int, list[bytes]]:
+    """The selected family ids of each bucket, read with pipelined HSCANs."""
+    selected: dict[int, list[bytes]] = {}
+    pending: list[tuple[int, bytes]] = [(b, b"0") for b in buckets]
+    while pending:
+        batch, pending = pending[:READ_BUCKETS], pending[READ_BUCKETS:]
+        replies = exchange(
+            [("HSCAN", f"{base}{b}", cursor, "COUNT", SCAN_FIELDS) for b, cursor in batch]
+        )
+        for (bucket, _), (cursor, flat) in zip(batch, replies, strict=True):
+            if isinstance(flat, dict):  # a redis-py pipeline (cluster, fakeredis) parses HSCAN
+                flat = [item for pair in flat.items() for item in pair]
+            chosen = select(flat)
+            if chosen:
+                selected.setdefault(bucket, []).extend(chosen)
+            if cursor not in (b"0", 0, "0"):
+                pending.append((bucket, cursor))
+    # HSCAN may return a field twice while a big (hashtable) bucket is rehashed.
+    return {b: list(dict.fromkeys(ids)) for b, ids in selected.items()}
+
+
+def revoke_buckets(
     store: SyncRedisTokenRevocationStore,
-    frozen: str,
-    start: int,
-    stop: int,
+    buckets: Sequence[int],
     *,
     tenant_id: str | None,
-    mark: str,
-) -> list[bytes]:
-    """Revoke the families at ranks ``[start, stop)`` of a frozen tenant index; returns their ids.
+    select: Selection,
+    mark: str | None,
+) -> dict[int, list[bytes]]:
+    """Revoke the selected sessions of some buckets of a tenant; returns them by bucket.
 
-    One command per family: its revoked marker (SET EX). The tenant index needs no per-member
-    ZREM (the frozen copy is the job's, UNLINKed once it is done) and the user indexes are swept
-    per user afterwards (:func:`sweep_user_indexes`), so nothing reads the family records. One round
-    trip per page of :data:`SNAPSHOT_BATCH` members carries the page's markers and the ZRANGE of
-    the next page. Idempotent: the frozen index never changes, so a rerun rewrites the same
-    markers.
-    """
-    ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
-    revoked: list[bytes] = []
-    with _exchange(store) as exchange:
-        members: list[bytes] = exchange(
-            [("ZRANGE", frozen, start, min(stop, start + SNAPSHOT_BATCH) - 1)]
-        )[0]
-        low = start + SNAPSHOT_BATCH
-        while members:
-            revoked_keys = store.keys.family_keys(tenant_id, [m.decode() for m in members])[1]
-            commands: list[Any] = [("SET", key, mark, "EX", ttl) for key in revoked_keys]
-            if low < stop:
-                commands.append(("ZRANGE", frozen, low, min(stop, low + SNAPSHOT_BATCH) - 1))
-            replies = exchange(commands)
-            revoked += members
-            members = replies[-1] if low < stop else []
-            low += SNAPSHOT_BATCH
-    return revoked
-
-
-def user_index_keys(store: SyncRedisTokenRevocationStore, tenant_id: str | None) -> list[str]:
-    """Every user index of the tenant (SCAN: bounded steps of :data:`SCAN_COUNT` keys)."""
-    pattern = store.keys.user_index_pattern(tenant_id)
-    return [_text(key) for key in store.client.scan_iter(match=pattern, count=SCAN_COUNT)]
-
-
-def sweep_user_indexes(
-    store: SyncRedisTokenRevocationStore,
-    tenant_id: str | None,
-    frozen: str,
-    index_keys: Sequence[str] | None = None,
-) -> int:
-    """Remove the frozen index's families from the tenant's user indexes; returns how many.
-
-    ``index_keys`` limits the sweep to those user indexes (a chunk's share); by default every
-    user index of the tenant is swept.
-
-    An unfiltered tenant job revokes every family of its frozen index, so it cleans the user
-    indexes per user (a few families each), not per family: per page of them one round trip
-    reads their members, one asks the frozen index which of them it holds (ZMSCORE) and one
-    removes those. Members added after the freeze are kept. Idempotent, and every command is
-    bounded (:data:`SNAPSHOT_BATCH` members).
-    """
-    removed = 0
-    with _exchange(store) as exchange:
-
-        def sweep(batch: list[tuple[str, int]]) -> list[tuple[str, int]]:
-            nonlocal removed
-            pages = exchange(
-                [("ZRANGE", key, rank, rank + SNAPSHOT_BATCH - 1) for key, rank in batch]
-            )
-            read = [(b, p) for b, p in zip(batch, pages, strict=True) if p]
-            if not read:
-                return []
-            scores = exchange([("ZMSCORE", frozen, *page) for _, page in read])
-            drops: list[Any] = []
-            more: list[tuple[str, int]] = []
-            for ((key, rank), page), score in zip(read, scores, strict=True):
-                gone = [m for m, sc in zip(page, score, strict=True) if sc is not None]
-                if gone:
-                    drops.append(("ZREM", key, *gone))
-                if len(page) == SNAPSHOT_BATCH:  # a big index: its next page, after the kept
-                    more.append((key, rank + len(page) - len(gone)))
-            if drops:
-                removed += sum(exchange(drops))
-            return more
-
-        if index_keys is None:
-            index_keys = user_index_keys(store, tenant_id)
-        pending = [(key, 0) for key in index_keys]
-        while pending:
-            pending = sweep(pending[:SWEEP_BATCH]) + pending[SWEEP_BATCH:]
-    return removed
-
-
-def _freeze(store: SyncRedisTokenRevocationStore, record: JobRecord) -> tuple[int, dict[str, Any]]:
-    """Snapshot of an unfiltered tenant job: rename the tenant index aside (O(1)).
-
-    Returns the number of chunks and the job fields that locate them. Every member is revoked by
-    the job, so moving them all out of the tenant index at once replaces a per-member ZREM; new
-    sessions (after the rename) start a fresh tenant index and are not touched. RENAMENX: a
-    redelivered job task finds its frozen index already there and keeps it.
-    """
-    client = store.client
-    index = store.keys.tenant_index(record.tenant_id)
-    frozen = store.keys.frozen_index(record.tenant_id, record.id)
-    client.zcard(index)  # WRONGTYPE before anything moves, if the index is not a sorted set
-    client.hset(store.keys.job(record.id), "frozen", frozen)
-    try:
-        client.renamenx(index, frozen)
-    except redis.ResponseError as e:
-        if "no such key" not in str(e).lower():
-            raise
-    # Members are scored by expiry: the expired ones (lowest ranks) are skipped.
-    first = int(client.zcount(frozen, "-inf", f"({int(time.time())}"))
-    live = int(client.zcard(frozen)) - first
-    size = store.settings.chunk_size
-    chunks = math.ceil(live / size)
-    return chunks, {"frozen_from": first, "frozen_chunk": size}
-
-
-def _share_sweep(store: SyncRedisTokenRevocationStore, record: JobRecord, chunks: int) -> None:
-    """Deal the tenant's user indexes out to the chunks of an unfiltered tenant job.
-
-    Each chunk sweeps its share after its markers, so every worker process takes part in the
-    sweep (one job task sweeping them all kept one process busy for most of the job). The SCAN
-    runs before any chunk: then it steps over no revoked marker yet (~1 µs of Redis per key
-    examined; a SCAN interleaved with the chunks stepped over nearly twice as many keys). The
-    shares are written before the job records its snapshot, so before any chunk is dispatched: a
-    rerun of the job task deals them afresh only while no chunk can have swept one.
-    """
-    shares: list[list[str]] = [[] for _ in range(chunks)]
-    for n, key in enumerate(user_index_keys(store, record.tenant_id)):
-        shares[n % chunks].append(key)
-    retention = store.settings.job_retention
-    pipe = store.client.pipeline(transaction=False)
-    for n, share in enumerate(shares):
-        pipe.set(store.keys.job_chunk(record.id, n), json.dumps(share), ex=retention)
-        if len(pipe) >= 20:
-            pipe.execute()
-    pipe.execute()
-
-
-# --- the write path of filtered and user jobs ----------------------------------------------------
-
-
-def revoke_families(
-    store: SyncRedisTokenRevocationStore,
-    family_ids: Sequence[str],
-    *,
-    tenant_id: str | None,
-    walked_index: str,
-    user_id: str | None,
-    select: JobRecord | None,
-    dry_run: bool,
-    mark: str,
-) -> tuple[list[str], int]:
-    """Revoke the families of one chunk; returns (the families matched, how many were revoked).
-
-    ``user_id`` is the owner of every family when the job walks a user index (the other index is
-    then the tenant's); otherwise each family's user is read from its record. ``select`` filters
-    by client and creation time (families whose record has expired cannot match). Two pipelined
-    round trips: the reads (when needed), then the writes, both as small Lua batches.
+    One revoked marker (SET EX) per selected family, ``WRITE_BATCH`` per round trip; ``mark``
+    None (a dry run) writes nothing. The records stay: the caller deletes them
+    (:func:`delete_records`) once it has counted them. Idempotent: a rerun selects the same
+    families and rewrites the same markers.
     """
     keys = store.keys
-    client = store.client
-    f = k.FAMILY_FIELDS
-    filtered = select is not None and select.filtered
-    family_keys, revoked_keys = keys.family_keys(tenant_id, family_ids)
-    selected: list[int] = []
-    other: list[str] = []
-    if filtered or user_id is None:
-        fields = [f["user"], f["client"], f["created"]] if filtered else [f["user"]]
-        width = len(fields)
-        read = _script(store, "read_families")
-        pipe = client.pipeline(transaction=False)
-        for start in range(0, len(family_keys), READ_BATCH):
-            read(keys=family_keys[start : start + READ_BATCH], args=fields, client=pipe)
-        values = [v for batch in pipe.execute() for v in batch]
-        user_index: dict[Any, str] = {}
-        for i in range(len(family_ids)):
-            row = values[i * width : (i + 1) * width]
-            owner = row[0]
-            if filtered:
-                assert select is not None
-                if owner is None:
-                    continue
-                created = _text(row[2]) if row[2] is not None else None
-                client_id = _text(row[1]) if row[1] is not None else None
-                if not select.matches(client_id, created):
-                    continue
-            selected.append(i)
-            if user_id is None:
-                if owner is None:
-                    other.append(walked_index)
-                else:
-                    index = user_index.get(owner)
-                    if index is None:
-                        index = user_index[owner] = keys.user_index(tenant_id, _text(owner))
-                    other.append(index)
-    else:
-        selected = list(range(len(family_ids)))
-    matched_ids = [family_ids[i] for i in selected]
-    if dry_run or not selected:
-        return matched_ids, 0
-    if user_id is not None:
-        other = [keys.tenant_index(tenant_id)] * len(selected)
-    # Families of one user next to each other: the script removes each run with one ZREM.
-    order = sorted(range(len(selected)), key=other.__getitem__)
     ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
-    write = _script(store, "revoke_families")
-    pipe = client.pipeline(transaction=False)
-    for start in range(0, len(order), WRITE_BATCH):
-        batch = order[start : start + WRITE_BATCH]
-        write(
-            keys=[
-                walked_index,
-                *(revoked_keys[selected[j]] for j in batch),
-                *(other[j] for j in batch),
-            ],
-            args=[mark, ttl, len(batch), *(family_ids[selected[j]] for j in batch)],
-            client=pipe,
+    with _exchange(store) as exchange:
+        selected = read_selected(exchange, keys.session_bucket_base(tenant_id), buckets, select)
+        if mark is None:
+            return selected
+        revoked_keys = keys.family_revoked_keys(
+            tenant_id, [fid for ids in selected.values() for fid in ids]
         )
-    pipe.execute()
-    return matched_ids, len(selected)
+        for start in range(0, len(revoked_keys), WRITE_BATCH):
+            exchange(
+                [("SET", key, mark, "EX", ttl) for key in revoked_keys[start : start + WRITE_BATCH]]
+            )
+    return selected
 
 
-def _walked_index(store: SyncRedisTokenRevocationStore, record: JobRecord) -> str:
-    if record.kind == "user":
-        assert record.user_id is not None
-        return store.keys.user_index(record.tenant_id, record.user_id)
-    return store.keys.tenant_index(record.tenant_id)
+def delete_records(
+    store: SyncRedisTokenRevocationStore,
+    tenant_id: str | None,
+    selected: dict[int, list[bytes]],
+) -> None:
+    """Delete revoked sessions' records from their buckets (HDEL, a few hundred per command)."""
+    base = store.keys.session_bucket_base(tenant_id)
+    commands: list[Any] = []
+    for bucket, ids in selected.items():
+        for start in range(0, len(ids), SCAN_FIELDS):
+            commands.append(("HDEL", f"{base}{bucket}", *ids[start : start + SCAN_FIELDS]))
+    if not commands:
+        return
+    with _exchange(store) as exchange:
+        for start in range(0, len(commands), READ_BUCKETS):
+            exchange(commands[start : start + READ_BUCKETS])
+
+
+def _cutoff_us(record: JobRecord) -> int:
+    """A job covers sessions created at or before its watermark (or, without one, its enqueue)."""
+    return to_us(record.watermark_at if record.watermark_at is not None else record.created_at)
+
+
+def _selection(record: JobRecord) -> Selection:
+    return Selection(record, _cutoff_us(record), record.user_id if record.kind == "user" else None)
 
 
 def _job_mark(record: JobRecord) -> str:
@@ -474,27 +356,19 @@ def _finish_job(
         pipe.expire(key, retention)
     pipe.zrem(keys.jobs_pending, job_id)
     pipe.execute()
-    _release_job(store, job_id, done=status == "done")
+    _release_job(store, job_id)
 
 
-def _release_job(store: SyncRedisTokenRevocationStore, job_id: str, *, done: bool) -> None:
-    """Free the job's idempotency key (if still ours) and drop its chunk lists.
+def _release_job(store: SyncRedisTokenRevocationStore, job_id: str) -> None:
+    """Free the job's idempotency key (if still ours).
 
-    A done job's frozen tenant index goes too (UNLINK: freed off Redis's main thread). A failed
-    job keeps it (with the index's TTL) for a rerun or an operator, until the job record expires.
+    The chunk lists stay until the job record expires: a chunk redelivered after the job
+    finished (killed between counting itself and deleting its records) still needs its list.
     """
     client = store.client
-    job_key = store.keys.job(job_id)
-    idem_key, total, frozen = client.hmget(job_key, ["idem_key", "chunks_total", "frozen"])
+    idem_key = client.hget(store.keys.job(job_id), "idem_key")
     if idem_key is not None and client.get(idem_key) == job_id.encode():
         client.delete(idem_key)
-    if done and frozen is not None:
-        client.unlink(frozen)
-    chunks = int(total or 0)
-    for start in range(0, chunks, 500):
-        client.delete(
-            *(store.keys.job_chunk(job_id, n) for n in range(start, min(chunks, start + 500)))
-        )
 
 
 def _progress(record: dict[str, Any]) -> dict[str, Any]:
@@ -536,43 +410,44 @@ def _report(task: Task, store: SyncRedisTokenRevocationStore, job_id: str) -> di
 # --- tasks ---------------------------------------------------------------------------------------
 
 
-def _snapshot(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
-    """Copy the walked index's live members into chunk lists; returns the number of chunks.
+def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
+    """Split the job's buckets into chunk lists stored in Redis; returns the number of chunks.
 
-    Pages are anchored on the rank of the last member read (ZRANK), so members pruned or removed
-    meanwhile do not make the walk skip any. New sessions sort last (they expire last).
+    A user job has one bucket, its user's. A tenant job counts every bucket of the tenant (HLEN,
+    O(1), ``COUNT_BATCH`` per round trip) and groups consecutive non-empty ones into chunks of at
+    least ``chunk_size`` sessions (the last may be smaller).
     """
-    client = store.client
+    settings = store.settings
     keys = store.keys
-    index = _walked_index(store, record)
-    chunk_size = store.settings.chunk_size
-    retention = store.settings.job_retention
-    rank = int(client.zcount(index, "-inf", f"({int(time.time())}"))
-    buffer: list[str] = []
-    chunks = 0
-    pipe = client.pipeline(transaction=False)
-
-    def flush(final: bool) -> None:
-        nonlocal chunks, buffer
-        while len(buffer) >= chunk_size or (final and buffer):
-            part, buffer = buffer[:chunk_size], buffer[chunk_size:]
-            pipe.set(keys.job_chunk(record.id, chunks), json.dumps(part), ex=retention)
-            chunks += 1
-        if len(pipe) >= 20 or final:
+    groups: list[list[int]] = []
+    if record.kind == "user":
+        assert record.user_id is not None
+        groups.append([k.bucket_of_user(record.user_id, settings.session_buckets)])
+    else:
+        base = keys.session_bucket_base(record.tenant_id)
+        group: list[int] = []
+        size = 0
+        with _exchange(store) as exchange:
+            for start in range(0, settings.session_buckets, COUNT_BATCH):
+                numbers = range(start, min(settings.session_buckets, start + COUNT_BATCH))
+                counts = exchange([("HLEN", f"{base}{b}") for b in numbers])
+                for bucket, count in zip(numbers, counts, strict=True):
+                    if not count:
+                        continue
+                    group.append(bucket)
+                    size += int(count)
+                    if size >= settings.chunk_size:
+                        groups.append(group)
+                        group, size = [], 0
+        if group:
+            groups.append(group)
+    pipe = store.client.pipeline(transaction=False)
+    for n, buckets in enumerate(groups):
+        pipe.set(keys.job_chunk(record.id, n), json.dumps(buckets), ex=settings.job_retention)
+        if len(pipe) >= 100:
             pipe.execute()
-
-    while True:
-        members = client.zrange(index, rank, rank + SNAPSHOT_BATCH - 1)
-        if not members:
-            break
-        buffer.extend(_text(m) for m in members)
-        flush(False)
-        last_rank = client.zrank(index, members[-1])
-        if last_rank is None:  # removed meanwhile: fall back to where the page ended
-            last_rank = rank + len(members) - 1
-        rank = int(last_rank) + 1
-    flush(True)
-    return chunks
+    pipe.execute()
+    return len(groups)
 
 
 @_task(bind=True, name="revoker.revoke_job", ignore_result=True, max_retries=None)
@@ -628,14 +503,8 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
     else:
         if task.request.id is not None:  # None when called directly, not by a worker
             task.update_state(state="PROGRESS", meta={"job_id": job_id, "phase": "snapshot"})
-        fields: dict[str, Any] = {}
-        if record.kind == "tenant" and not record.filtered and not record.dry_run:
-            total, fields = _freeze(store, record)
-            if total:
-                _share_sweep(store, record, total)
-        else:
-            total = _snapshot(store, record)
-        client.hset(job_key, mapping={**fields, "chunks_total": total, "snapshot": "1"})
+        total = plan_chunks(store, record)
+        client.hset(job_key, mapping={"chunks_total": total, "snapshot": "1"})
     if total == 0:
         _finish_job(store, job_id, "done")
         _report(task, store, job_id)
@@ -661,6 +530,21 @@ def _park_chunk(
     _finish_job(store, job_id, "failed", error=error)
 
 
+def _delete_revoked(store: SyncRedisTokenRevocationStore, job_id: str, chunk: int) -> None:
+    """Delete the records a counted chunk revoked (it selects the same ones again)."""
+    try:
+        record = get_job(job_id, settings=store.settings)
+    except JobNotFound:
+        return
+    raw = store.client.get(store.keys.job_chunk(job_id, chunk))
+    if record.dry_run or raw is None:
+        return
+    selected = revoke_buckets(
+        store, json.loads(raw), tenant_id=record.tenant_id, select=_selection(record), mark=None
+    )
+    delete_records(store, record.tenant_id, selected)
+
+
 @_task(bind=True, name="revoker.revoke_chunk", max_retries=None)
 def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
     """Revoke one chunk of a job; rerunning it changes nothing and counts nothing twice."""
@@ -668,6 +552,8 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
     client = store.client
     keys = store.keys
     if client.sismember(keys.job_chunks_done(job_id), chunk):
+        # Counted, but maybe killed before it deleted its records: finish that (idempotent).
+        _delete_revoked(store, job_id, chunk)
         return {"job_id": job_id, "chunk": chunk, "already_done": True}
     deliveries = int(client.hincrby(keys.job_deliveries(job_id), str(chunk), 1))
     if deliveries > settings.max_redeliveries:
@@ -675,38 +561,21 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         return {"job_id": job_id, "chunk": chunk, "parked": True}
     try:
         record = get_job(job_id, settings=settings)
-        frozen, frozen_from, frozen_chunk = client.hmget(
-            keys.job(job_id), ["frozen", "frozen_from", "frozen_chunk"]
+        raw = client.get(keys.job_chunk(job_id, chunk))
+        if raw is None:
+            raise LookupError(f"the bucket list of chunk {chunk} is gone")
+        buckets: list[int] = json.loads(raw)
+        selected = revoke_buckets(
+            store,
+            buckets,
+            tenant_id=record.tenant_id,
+            select=_selection(record),
+            mark=None if record.dry_run else _job_mark(record),
         )
-        if frozen is not None and frozen_from is not None and frozen_chunk is not None:
-            low = int(frozen_from) + chunk * int(frozen_chunk)
-            ids = revoke_frozen_range(
-                store, _text(frozen), low, low + int(frozen_chunk),
-                tenant_id=record.tenant_id, mark=_job_mark(record),
-            )  # fmt: skip
-            revoked = matched = len(ids)
-            listed = b" ".join(ids).decode()
-            share = client.get(keys.job_chunk(job_id, chunk))
-            if share is None:
-                raise LookupError(f"the user indexes of chunk {chunk} are gone")
-            sweep_user_indexes(store, record.tenant_id, _text(frozen), json.loads(share))
-        else:
-            raw = client.get(keys.job_chunk(job_id, chunk))
-            if raw is None:
-                raise LookupError(f"the family list of chunk {chunk} is gone")
-            family_ids: list[str] = json.loads(raw)
-            selected, revoked = revoke_families(
-                store,
-                family_ids,
-                tenant_id=record.tenant_id,
-                walked_index=_walked_index(store, record),
-                user_id=record.user_id if record.kind == "user" else None,
-                select=record,
-                dry_run=record.dry_run,
-                mark=_job_mark(record),
-            )
-            matched = len(selected)
-            listed = " ".join(selected)
+        ids = [fid for fids in selected.values() for fid in fids]
+        matched = len(ids)
+        revoked = 0 if record.dry_run else matched
+        listed = b" ".join(ids).decode()
         if revoked:
             audit = store.core.audit_command(
                 "job_chunk",
@@ -725,6 +594,9 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
             keys=[keys.job(job_id), keys.job_chunks_done(job_id), keys.job_deliveries(job_id)],
             args=[chunk, matched, revoked, repr(time.time()), settings.job_retention],
         )
+        if revoked:
+            # Only now: a rerun before this point must find the records it selected the first time.
+            delete_records(store, record.tenant_id, selected)
     except JobNotFound:
         return {"job_id": job_id, "chunk": chunk, "missing_job": True}
     except (Exception, SoftTimeLimitExceeded) as e:
@@ -736,7 +608,7 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         # Each retry is a delivery for the cap; back off a little more each time.
         raise self.retry(exc=e, countdown=min(5.0, 0.2 * deliveries)) from e
     if finished:
-        _release_job(store, job_id, done=True)
+        _release_job(store, job_id)
     meta = _report(self, store, job_id)
     return {"job_id": job_id, "chunk": chunk, "matched": matched, "revoked": revoked, **meta}
 
@@ -773,12 +645,11 @@ def _run_family_reuse(
     pipe.zrem(keys.jobs_pending, job_id)
     pipe.execute()
     tenant, user = record.tenant_id, record.user_id
-    mark = _job_mark(record)
-    user_index = keys.user_index(tenant, user)
-    revoked = revoke_families(
-        store, [record.family_id], tenant_id=tenant, walked_index=user_index, user_id=user,
-        select=None, dry_run=False, mark=mark,
-    )[1]  # fmt: skip
+    # The rotation that saw the reuse already wrote the family's marker; only its record is left.
+    family_bucket = k.family_bucket(record.family_id)
+    if family_bucket is not None:
+        client.hdel(keys.session_bucket(tenant, family_bucket), record.family_id)
+    revoked = 1
     extra: dict[str, Any] = {}
     audit = store.core.audit_command(
         "family_reuse", record.family_id, tenant_id=tenant, reason=record.reason,
@@ -786,17 +657,20 @@ def _run_family_reuse(
     )  # fmt: skip
     client.execute_command(*audit)
     if settings.reuse_escalation == "user":
-        extra["watermark_at"] = repr(
-            store.revoke_user_tokens(user, tenant_id=tenant, reason=record.reason, actor="system")
+        watermark = store.revoke_user_tokens(
+            user, tenant_id=tenant, reason=record.reason, actor="system"
         )
-        while True:
-            members = [_text(m) for m in client.zrange(user_index, 0, settings.chunk_size - 1)]
-            if not members:
-                break
-            revoked += revoke_families(
-                store, members, tenant_id=tenant, walked_index=user_index, user_id=user,
-                select=None, dry_run=False, mark=mark,
-            )[1]  # fmt: skip
+        extra["watermark_at"] = repr(watermark)
+        select = Selection(record, to_us(watermark), user)
+        selected = revoke_buckets(
+            store,
+            [k.bucket_of_user(user, settings.session_buckets)],
+            tenant_id=tenant,
+            select=select,
+            mark=_job_mark(record),
+        )
+        delete_records(store, tenant, selected)
+        revoked += sum(len(ids) for ids in selected.values())
     extra.update(chunks_total=1, chunks_done=1, families_matched=revoked, families_revoked=revoked)
     _finish_job(store, job_id, "done", extra=extra)
     return _report(task, store, job_id)
@@ -804,22 +678,12 @@ def _run_family_reuse(
 
 @_task(name="revoker.expire_entries")
 def expire_entries() -> dict[str, int]:
-    """Prune expired index members, finished jobs past retention, and old audit entries."""
+    """Prune expired session records, finished jobs past retention, and old audit entries."""
     settings, store = _context()
     client = store.client
     keys = store.keys
     now = time.time()
-    prune = _script(store, "prune_index")
-    pruned = 0
-    patterns = (keys.tenant_index(None), keys.user_index(None, "*"))
-    # Index keys of every tenant: the tag of tenant-less keys ("{-}") replaced by a glob.
-    for pattern in {p.replace("{-}", "{*}") for p in patterns}:
-        for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
-            while True:
-                removed = int(prune(keys=[key], args=[int(now), EXPIRE_BATCH]))
-                pruned += removed
-                if removed < EXPIRE_BATCH:
-                    break
+    pruned = _prune_sessions(store, now)
     jobs_removed = 0
     cutoff_ms = int((now - settings.job_retention) * 1000)
     offset = 0
@@ -834,24 +698,49 @@ def expire_entries() -> dict[str, int]:
             break
         pipe = client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), ["status", "chunks_total", "frozen"])
+            pipe.hmget(keys.job(job_id), ["status", "chunks_total"])
         kept = 0
-        for job_id, (status, total, frozen) in zip(ids, pipe.execute(), strict=True):
+        for job_id, (status, total) in zip(ids, pipe.execute(), strict=True):
             if status is not None and _text(status) not in ("done", "failed"):
                 kept += 1  # still active: an operator must see it
                 continue
             doomed = [keys.job(job_id), keys.job_chunks_done(job_id), keys.job_deliveries(job_id)]
             doomed += [keys.job_chunk(job_id, n) for n in range(int(total or 0))]
             client.delete(*doomed)
-            if frozen is not None:
-                client.unlink(frozen)
             client.zrem(keys.jobs, job_id)
             jobs_removed += 1
         offset += kept
     min_id = f"{int((now - settings.audit_retention) * 1000)}-0"
     # "~" lets Redis drop whole stream nodes only: bounded work per call.
     trimmed = int(client.xtrim(keys.audit, minid=min_id, approximate=True))
-    return {"index_members": pruned, "jobs": jobs_removed, "audit_entries": trimmed}
+    return {"sessions": pruned, "jobs": jobs_removed, "audit_entries": trimmed}
+
+
+def _expired(record: bytes, limit: int) -> bool:
+    parts = record.split(b"|", 4)
+    return len(parts) > 3 and parts[3].isdigit() and int(parts[3]) < limit
+
+
+def _prune_sessions(store: SyncRedisTokenRevocationStore, now: float) -> int:
+    """Delete the records of sessions whose refresh token can no longer verify; returns how many.
+
+    Past ``expires`` plus the leeway no rotation can touch a record again, so reading it and
+    deleting it in two steps races nothing. Every bucket of every tenant, found by SCAN (bounded
+    steps), read by HSCAN pages.
+    """
+    client = store.client
+    limit = int(now) - store.settings.leeway
+    pruned = 0
+    for key in client.scan_iter(match=store.keys.session_bucket_pattern(), count=SCAN_COUNT):
+        cursor: int = 0
+        while True:
+            cursor, page = client.hscan(key, cursor, count=SCAN_FIELDS)
+            expired = [fid for fid, value in page.items() if _expired(value, limit)]
+            if expired:
+                pruned += int(client.hdel(key, *expired))
+            if not cursor:
+                break
+    return pruned
 
 
 @_task(name="revoker.publish_pending_jobs")

@@ -2,17 +2,19 @@
 --
 -- Every key lives in the tenant's slot except the optional jti key, which the caller passes only
 -- on a single Redis (on a cluster it checks the jti beforehand).
--- KEYS[1] family hash        KEYS[2] family-revoked marker   KEYS[3] user watermark
--- KEYS[4] tenant index       KEYS[5] user index
--- KEYS[6..] the tenant watermark if ARGV[12] == "1", then the jti key if ARGV[13] == "1"
+-- KEYS[1] the user's session bucket   KEYS[2] family-revoked marker   KEYS[3] user watermark
+-- KEYS[4..] the tenant watermark if ARGV[12] == "1", then the jti key if ARGV[13] == "1"
 -- ARGV[1] presented refresh jti         ARGV[2] presented iat (integer µs)
 -- ARGV[3] the token's user id           ARGV[4] new refresh jti
 -- ARGV[5] new access jti                ARGV[6] new pair's iat (integer µs)
 -- ARGV[7] new refresh exp (unix s)      ARGV[8] grace window (s)
--- ARGV[9] family TTL (s)                ARGV[10] mark written on reuse "<at_us>|<reason>"
--- ARGV[11] family id                    ARGV[12], ARGV[13] see KEYS
--- ARGV[14..20] family hash field names: user, current, previous, rotated, successor, issued,
---              expires (keys.FAMILY_FIELDS is their one definition)
+-- ARGV[9] bucket TTL (s)                ARGV[10] mark written on reuse "<at_us>|<reason>"
+-- ARGV[11] family id (the bucket field) ARGV[12], ARGV[13] see KEYS
+-- Ids and jtis come escaped as the record stores them (keys.escape_part).
+--
+-- The record is one "|"-separated value, fields by position as in keys.RECORD_FIELDS:
+-- 1 user, 2 client, 3 created, 4 expires, 5 current, 6 previous, 7 rotated (µs), 8 successor,
+-- 9 issued (µs), 10 scopes.
 --
 -- Replies:
 --   {"rotated"}                                       the pair the caller signed is now current
@@ -20,14 +22,11 @@
 --   {"reuse"}                                         superseded token: the family is now revoked
 --   {"unknown"}                                       no such family (or not this user's)
 --   {"revoked", jti, family, user_wm, tenant_wm}      raw values for rules.decide; nothing written
-local fam_key, revoked_key, user_wm_key = KEYS[1], KEYS[2], KEYS[3]
-local tenant_index, user_index = KEYS[4], KEYS[5]
+local bucket, revoked_key, user_wm_key = KEYS[1], KEYS[2], KEYS[3]
 local presented, presented_iat, user = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local grace, ttl = tonumber(ARGV[8]), tonumber(ARGV[9])
-local F_USER, F_CUR, F_PRV, F_ROT = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
-local F_NXT, F_ISSUED, F_EXP = ARGV[18], ARGV[19], ARGV[20]
+local grace, ttl, family = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[11]
 
-local n = 6
+local n = 4
 local tenant_wm_key, jti_key
 if ARGV[12] == "1" then tenant_wm_key = KEYS[n]; n = n + 1 end
 if ARGV[13] == "1" then jti_key = KEYS[n] end
@@ -46,31 +45,36 @@ if jti_v or fam_v or math.max(mark_us(user_v), mark_us(tenant_v)) >= presented_i
   return {"revoked", jti_v, fam_v, user_v, tenant_v}
 end
 
-local fam = redis.call("HMGET", fam_key, F_USER, F_CUR, F_PRV, F_ROT, F_NXT, F_ISSUED)
-if not fam[1] or fam[1] ~= user then
+local record = redis.call("HGET", bucket, family)
+if not record then
+  return {"unknown"}
+end
+local f, i = {}, 1
+while true do
+  local j = string.find(record, "|", i, true)
+  if not j then f[#f + 1] = string.sub(record, i); break end
+  f[#f + 1] = string.sub(record, i, j - 1)
+  i = j + 1
+end
+for k = #f + 1, 10 do f[k] = "" end
+if f[1] ~= user then
   return {"unknown"}
 end
 -- The server's clock, not the callers': every service agrees on how old a rotation is.
 local t = redis.call("TIME")
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
-if fam[2] == presented then
-  redis.call("HSET", fam_key,
-    F_CUR, ARGV[4], F_PRV, presented, F_ROT, string.format("%.6f", now),
-    F_NXT, ARGV[5], F_ISSUED, ARGV[6], F_EXP, ARGV[7])
-  redis.call("EXPIRE", fam_key, ttl)
-  -- Scores are expiries: keep them current, or the expiry task would prune a live session from
-  -- the indexes the bulk jobs walk.
-  redis.call("ZADD", tenant_index, ARGV[7], ARGV[11])
-  redis.call("EXPIRE", tenant_index, ttl)
-  redis.call("ZADD", user_index, ARGV[7], ARGV[11])
-  redis.call("EXPIRE", user_index, ttl)
+if f[5] == presented then
+  f[4], f[5], f[6] = ARGV[7], ARGV[4], presented
+  f[7], f[8], f[9] = string.format("%.0f", now_us), ARGV[5], ARGV[6]
+  redis.call("HSET", bucket, family, table.concat(f, "|", 1, 10))
+  redis.call("EXPIRE", bucket, ttl)
   return {"rotated"}
 end
 
-if grace > 0 and fam[3] == presented and fam[4] and fam[5] and fam[6]
-    and now - tonumber(fam[4]) <= grace then
-  return {"grace", fam[5], fam[2], fam[6]}
+if grace > 0 and f[6] == presented and f[7] ~= "" and f[8] ~= "" and f[9] ~= ""
+    and now_us - tonumber(f[7]) <= grace * 1000000 then
+  return {"grace", f[8], f[5], f[9]}
 end
 
 redis.call("SET", revoked_key, ARGV[10], "EX", ttl)

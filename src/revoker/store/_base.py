@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Generic, TypeVar
+from urllib.parse import unquote
 
 from redis.crc import key_slot
 from redis.exceptions import RedisError
@@ -26,7 +27,6 @@ T = TypeVar("T")
 
 __all__ = [
     "BACKEND_ERRORS",
-    "ROTATION_FIELDS",
     "Command",
     "Plan",
     "RotationReply",
@@ -67,7 +67,7 @@ class Plan(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
-    """What a family (session) hash holds, decoded."""
+    """What a session record holds, decoded (see ``keys.RECORD_FIELDS``)."""
 
     family_id: str
     user_id: str
@@ -100,7 +100,6 @@ class RotationReply:
 
 
 #: Family hash fields the rotate_refresh script reads or writes, in its ARGV order.
-ROTATION_FIELDS = ("user", "current", "previous", "rotated", "successor", "issued", "expires")
 
 
 class StoreCore:
@@ -262,6 +261,13 @@ class StoreCore:
 
     # --- sessions ------------------------------------------------------------------------------
 
+    def session_bucket(self, tenant_id: str | None, family_id: str) -> str | None:
+        """The bucket key of a family, or None for a family id not minted by start_session."""
+        bucket = k.family_bucket(family_id)
+        if bucket is None:
+            return None
+        return self.keys.session_bucket(tenant_id, bucket)
+
     def plan_record_session(
         self,
         family_id: str,
@@ -274,61 +280,59 @@ class StoreCore:
         created: float,
         expires: int,
     ) -> Plan[None]:
-        f = k.FAMILY_FIELDS
-        mapping: dict[str, str] = {
-            f["user"]: user_id,
-            f["created"]: f"{created:.6f}",
-            f["expires"]: str(expires),
-            f["current"]: current_jti,
-        }
-        if tenant_id is not None:
-            mapping[f["tenant"]] = tenant_id
+        bucket = k.bucket_of_user(user_id, self.settings.session_buckets)
+        if k.family_bucket(family_id) != bucket:
+            raise InvalidIdentifier(
+                f"family id {family_id!r} does not start with its user's bucket "
+                f"{k.family_id_prefix(bucket)!r}"
+            )
+        k.escape_id(family_id, "family id")
         if client_id is not None:
-            mapping[f["client"]] = client_id
-        if scopes:
-            mapping[f["scopes"]] = " ".join(scopes)
-        ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
-        family_key = self.keys.family(tenant_id, family_id)
-        tenant_index = self.keys.tenant_index(tenant_id)
-        user_index = self.keys.user_index(tenant_id, user_id)
-        flat = [item for pair in mapping.items() for item in pair]
-        # Indexes expire with their newest member; all families share one lifetime, so the last
-        # EXPIRE written is always the latest one.
-        return Plan(
-            [
-                ("HSET", family_key, *flat),
-                ("EXPIRE", family_key, ttl),
-                ("ZADD", tenant_index, expires, family_id),
-                ("EXPIRE", tenant_index, ttl),
-                ("ZADD", user_index, expires, family_id),
-                ("EXPIRE", user_index, ttl),
-            ],
-            lambda _replies: None,
+            k.escape_id(client_id, "client id")
+        record = k.encode_record(
+            user_id=user_id,
+            client_id=client_id,
+            created_us=to_us(created),
+            expires=expires,
+            current_jti=current_jti,
+            scopes=scopes,
         )
+        key = self.keys.session_bucket(tenant_id, bucket)
+        ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
+        # A bucket expires with its newest session; all sessions share one lifetime, so the last
+        # EXPIRE written is always the latest one.
+        return Plan([("HSET", key, family_id, record), ("EXPIRE", key, ttl)], lambda _r: None)
 
     def plan_get_session(
         self, family_id: str, *, tenant_id: str | None
     ) -> Plan[SessionRecord | None]:
+        key = self.session_bucket(tenant_id, family_id)
+        if key is None:
+            return Plan([], lambda _replies: None)
+
         def finish(replies: list[Any]) -> SessionRecord | None:
             raw = replies[0]
             if not raw:
                 return None
-            data = {_text(a): _text(b) for a, b in raw.items()}
-            f = k.FAMILY_FIELDS
-            known = set(f.values())
+            data = k.decode_record(raw)
+            extra = {
+                name: data[name]
+                for name in ("previous", "rotated", "successor", "issued")
+                if data[name]
+            }
             return SessionRecord(
                 family_id=family_id,
-                user_id=data.get(f["user"], ""),
-                tenant_id=data.get(f["tenant"]),
-                client_id=data.get(f["client"]),
-                created=float(data.get(f["created"], "0")),
-                expires=int(data.get(f["expires"], "0")),
-                current_jti=data.get(f["current"]),
-                scopes=tuple(data.get(f["scopes"], "").split()),
-                extra={a: b for a, b in data.items() if a not in known},
+                user_id=data["user"],
+                tenant_id=tenant_id,
+                client_id=data["client"] or None,
+                created=int(data["created"] or 0) / 1e6,
+                expires=int(data["expires"] or 0),
+                current_jti=data["current"] or None,
+                scopes=data["scopes"],
+                extra=extra,
             )
 
-        return Plan([("HGETALL", self.keys.family(tenant_id, family_id))], finish)
+        return Plan([("HGET", key, family_id)], finish)
 
     def plan_rotate(
         self,
@@ -349,24 +353,25 @@ class StoreCore:
         if token.family is None:
             raise InvalidIdentifier("a refresh token without a family cannot be rotated")
         tenant, family, user = token.tenant, token.family, token.sub
-        f = k.FAMILY_FIELDS
+        # The user's bucket, not the family id's: a family id naming another bucket is unknown.
+        bucket = self.keys.session_bucket(
+            tenant, k.bucket_of_user(user, self.settings.session_buckets)
+        )
         keys = [
-            self.keys.family(tenant, family),
+            bucket,
             self.keys.family_revoked(tenant, family),
             self.keys.user_watermark(tenant, user),
-            self.keys.tenant_index(tenant),
-            self.keys.user_index(tenant, user),
         ]
         if tenant is not None:
             keys.append(self.keys.tenant_watermark(tenant))
         if check_jti:
             keys.append(self.keys.jti(token.jti))
         args = [
-            token.jti,
+            k.escape_part(token.jti),
             to_us(token.iat),
-            user,
-            refresh_jti,
-            access_jti,
+            k.escape_part(user),
+            k.escape_part(refresh_jti),
+            k.escape_part(access_jti),
             issued_at_us,
             expires_at,
             self.settings.refresh_reuse_grace_seconds,
@@ -375,7 +380,6 @@ class StoreCore:
             family,
             "1" if tenant is not None else "0",
             "1" if check_jti else "0",
-            *(f[name] for name in ROTATION_FIELDS),
         ]
 
         def finish(replies: list[Any]) -> RotationReply:
@@ -383,7 +387,10 @@ class StoreCore:
             outcome = _text(reply[0])
             if outcome == "grace":
                 return RotationReply(
-                    outcome, _text(reply[1]), _text(reply[2]), int(_text(reply[3]))
+                    outcome,
+                    unquote(_text(reply[1])),
+                    unquote(_text(reply[2])),
+                    int(_text(reply[3])),
                 )
             if outcome == "revoked":
                 return RotationReply(outcome, status=decide(token.iat, list(reply[1:5])))
