@@ -58,7 +58,7 @@ from common import (
 )
 
 from revoker.jobs import enqueue_tenant_revocation, get_job, wait_for_job
-from revoker.keys import bucket_of_user, family_id_prefix
+from revoker.keys import bucket_of_user, encode_record, family_id_prefix, family_ttl
 from revoker.localredis import LocalRedis
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, load_settings
@@ -102,6 +102,8 @@ class Round:
     worker_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
     bytes_per_session: float = 0.0
+    #: OBJECT ENCODING of the big tenant's buckets (listpack or hashtable).
+    encodings: str = ""
     #: Memory per session once the job is done: its revoked marker (the record is deleted).
     bytes_per_revoked: float = 0.0
     populate_rate: float = 0.0
@@ -191,11 +193,40 @@ def memory_parts(client: redis.Redis, settings: RevokerSettings, n: int) -> dict
     for bucket in range(settings.session_buckets):
         pipe.memory_usage(f"{base}{bucket}", samples=0)
     total = sum(int(used or 0) for used in pipe.execute())
-    encodings = {
-        client.object("encoding", f"{base}{b}") for b in range(0, settings.session_buckets, 97)
-    }
-    print(f"  bucket encodings seen: {sorted(e.decode() for e in encodings if e)}", file=sys.stderr)
     return {"session buckets": total / n}
+
+
+def bucket_encodings(client: redis.Redis, settings: RevokerSettings) -> str:
+    """The ``OBJECT ENCODING`` of every 97th bucket of the big tenant, e.g. "hashtable"."""
+    base = StoreCore(settings).keys.session_bucket_base(BIG)
+    seen = {client.object("encoding", f"{base}{b}") for b in range(0, settings.session_buckets, 97)}
+    return ", ".join(sorted(e.decode() for e in seen if e))
+
+
+def rotated_bytes_per_session(client: redis.Redis, settings: RevokerSettings, n: int) -> float:
+    """``used_memory`` per session of ``n`` sessions whose records carry a rotation's fields
+    too (previous and successor jtis, rotation and issue times), as after their first refresh."""
+    core = StoreCore(settings)
+    now_us = int(time.time() * 1e6)
+    client.flushall()
+    before = used_memory(client)
+    pipe = client.pipeline(transaction=False)
+    for i in range(n):
+        user = f"user-{i % max(1, n // SESSIONS_PER_USER)}"
+        bucket = bucket_of_user(user, settings.session_buckets)
+        parts = encode_record(
+            user_id=user, client_id="web", created_us=now_us, expires=now_us // 10**6 + 3600,
+            current_jti=generate_jti(),
+        ).split("|")  # fmt: skip
+        parts[5:9] = [generate_jti(), str(now_us), generate_jti(), str(now_us)]
+        key = core.keys.session_bucket(BIG, bucket)
+        pipe.hset(key, family_id_prefix(bucket) + generate_jti(), "|".join(parts))
+        if len(pipe) >= POPULATE_BATCH:
+            pipe.execute()
+    pipe.execute()
+    per_session = (used_memory(client) - before) / n
+    client.flushall()
+    return per_session
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -234,6 +265,26 @@ def redis_benchmark(port: int, requests: int) -> tuple[float, str]:
     if match is None:
         raise RuntimeError(f"cannot parse redis-benchmark output: {done.stdout!r}")
     shown = f"redis-benchmark -P 64 -c 1 -t set -n {requests}"
+    return float(match[1]), shown
+
+
+def redis_benchmark_markers(
+    port: int, requests: int, settings: RevokerSettings
+) -> tuple[float, str]:
+    """SET requests/s of ``redis-benchmark`` writing what the fan-out writes: a new key each
+    time (``-r``), shaped like a revoked marker (key, value, EX), not one key overwritten."""
+    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    assert binary is not None  # redis_benchmark() ran first and checked
+    key = StoreCore(settings).keys.family_revoked(BIG, "1c20.RnsU4rkM7sm74E__rand_int__")
+    ttl = str(family_ttl(settings.refresh_token_ttl, settings.leeway))
+    mark = "1795722976123456|bench (job 0123456789abcdef01234567)"
+    command = [binary, "-h", "127.0.0.1", "-p", str(port), "-P", "64", "-c", "1", "-q",
+               "-n", str(requests), "-r", "100000000", "SET", key, mark, "EX", ttl]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    match = re.search(r": ([\d.]+) requests per second", done.stdout.replace("\r", "\n"))
+    if match is None:
+        raise RuntimeError(f"cannot parse redis-benchmark output: {done.stdout!r}")
+    shown = f"redis-benchmark -P 64 -c 1 -n {requests} -r 100000000 SET <marker> <mark> EX {ttl}"
     return float(match[1]), shown
 
 
@@ -388,6 +439,7 @@ def one_round(
         rate = populate(settings, data.port, BIG, n)
         per_session = (used_memory(client) - before) / n
         parts = memory_parts(client, settings, n)
+        encodings = bucket_encodings(client, settings)
         print(f"  populated {fmt(n)} sessions at {fmt(rate)}/s", file=sys.stderr)
         small = f"small-tenant-{index}"
         big_token = start_session_sync("user-0", tenant_id=BIG, store=store).access_token
@@ -458,6 +510,7 @@ def one_round(
             redis_cpu_s=redis_seconds,
             bytes_per_session=per_session,
             bytes_per_revoked=per_revoked,
+            encodings=encodings,
             memory_parts=parts,
             populate_rate=rate,
         )
@@ -496,13 +549,20 @@ def run(quick: bool = False) -> str:
         server = start_uvicorn("apps:revoker", name="fanout-service", env=env, cpu=None,
                                log_dir=workdir, ready_path="/bench/count")  # fmt: skip
         try:
+            rotated_bytes = rotated_bytes_per_session(client, settings, n)
+            print(f"  rotated sessions: {rotated_bytes:.0f} B/session", file=sys.stderr)
             benchmark_rates = []
+            marker_rates = []
             for r in range(repeats):
                 for workers in (1, 2):
                     client.flushall()
                     rate, bench_command = redis_benchmark(data.port, bench_requests)
                     benchmark_rates.append(rate)
                     print(f"  {bench_command}: {fmt(rate)} SET/s", file=sys.stderr)
+                    client.flushall()
+                    rate, marker_command = redis_benchmark_markers(data.port, n, settings)
+                    marker_rates.append(rate)
+                    print(f"  {marker_command}: {fmt(rate)} SET/s", file=sys.stderr)
                     result = one_round(
                         workers=workers, n=n, settings=settings, data=data, server=server,
                         workdir=workdir, writes=writes, index=len(rounds),
@@ -523,6 +583,7 @@ def run(quick: bool = False) -> str:
     shutil.rmtree(workdir, ignore_errors=True)
     return report(
         rounds, benchmark_rates, bench_command, env_line, n, settings, quick=quick,
+        marker_rates=marker_rates, marker_command=marker_command, rotated_bytes=rotated_bytes,
         redis_niced=redis_niced,
     )  # fmt: skip
 
@@ -541,8 +602,12 @@ def report(
     *,
     quick: bool,
     redis_niced: bool,
+    marker_rates: list[float],
+    marker_command: str,
+    rotated_bytes: float,
 ) -> str:
     bench_rate = median(benchmark_rates)
+    marker_rate = median(marker_rates)
     rows = []
     for r in rounds:
         rows.append(
@@ -584,6 +649,8 @@ def report(
              _verdict(best_two >= 200_000)],
             ["Redis writes/s vs redis-benchmark, two workers", f"{writes_ratio:.2f}", "≥ 0.5",
              _verdict(writes_ratio >= 0.5)],
+            ["(context) Redis writes/s vs the marker-shaped redis-benchmark, two workers",
+             f"{median([r.writes_per_s for r in two]) / marker_rate:.2f}", "", ""],
             ["check p99 during the fan-out (worst round)", f"{p99_during:.2f} ms", "< 2 ms",
              _verdict(p99_during < 2)],
             ["enforcement, tenant of 10 (worst round)", f"{enforcement_small:.2f} ms", "< 5 ms",
@@ -659,20 +726,25 @@ records (one HDEL per bucket). Plain pipelined commands on a raw connection, no 
 command holds Redis longer than the µs per call above, so the check's p99 during the fan-out is
 what CPU contention leaves: on this 2-core box the worker processes, Redis, the checker, the
 service and the broker share two cores. Writes / redis-benchmark counts write commands: a
-session costs one SET (plus 1/~120 of an HDEL), so the ratio is sessions/s over SET/s.
+session costs one SET (plus 1/~120 of an HDEL), so the ratio is sessions/s over SET/s. The
+issue's baseline, `{bench_command}`, overwrites one key (`key:__rand_int__` without `-r`):
+no allocation, no new dict entry, no TTL. The same tool writing what the fan-out writes, a new
+marker-shaped key with a TTL each time (`{marker_command}`), reaches {fmt(marker_rate)} SET/s
+(median of {len(marker_rates)} runs) on the same Redis: that is the ceiling of one pipelining
+client for these writes, and the "(context)" row compares the fan-out with it.
 
 Memory per tracked session in the last round: {last.bytes_per_session:.0f} B
 (`used_memory` before and after writing the sessions), of which `MEMORY USAGE` of the buckets
 finds {parts}; the other {unaccounted:.0f} B are the buckets' dict entries and allocator slack.
-A bucket of ~{n / settings_buckets:.0f} sessions stays listpack-encoded (Redis's compact form,
-up to `hash-max-listpack-entries` 128 fields of at most `hash-max-listpack-value` 64 bytes): a
-session costs its family id and its record (user, client, created µs, expires, current refresh
-jti) and a few bytes of listpack framing, with no key, dict entry or expires entry of its own.
-A rotated session's record also holds the previous and successor jtis (~110 bytes): its bucket
-turns into a hashtable, about 100 B more per session (measured in the layout study:
-`used_memory` per session of 169 B listpack, 272 B hashtable with 36-character user ids). Once
-revoked, a session costs its revoked marker (a string key with a TTL) instead of its record:
-{last.bytes_per_revoked:.0f} B per revoked session after the job (`used_memory`).
+A session has no key, key name or expires entry of its own: it is one field of its user's bucket
+(~{n / settings_buckets:.0f} sessions per bucket here; `OBJECT ENCODING`: {last.encodings}).
+Its record here is ~70 bytes (user, client, created µs, expires, current refresh jti), over
+Redis's `hash-max-listpack-value` (64), so the buckets are hash tables: a session costs a table
+entry plus its family id and its record as two strings. After a first rotation a record also
+holds the previous and successor jtis and two times (~146 bytes): {rotated_bytes:.0f} B per
+session, measured the same way on {fmt(n)} such sessions. Once revoked, a session costs its revoked
+marker (a string key with a TTL) instead of its record: {last.bytes_per_revoked:.0f} B per
+revoked session after the job (`used_memory`).
 """
 
 

@@ -46,7 +46,7 @@ SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 #: Sessions rotated concurrently by the asyncio variant (one event loop, one connection pool).
 CONCURRENCY = 32
 #: Commands the rotation script runs inside Redis (not round trips: they are part of EVALSHA).
-SCRIPT_COMMANDS = frozenset({"get", "hmget", "time", "hset", "expire", "zadd", "set"})
+SCRIPT_COMMANDS = frozenset({"get", "hget", "time", "hset", "expire", "set"})
 
 
 def _settings(url: str) -> RevokerSettings:

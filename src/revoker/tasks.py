@@ -71,15 +71,17 @@ log = logging.getLogger(__name__)
 
 #: Buckets counted (HLEN, O(1) each) per round trip while a tenant job plans its chunks.
 COUNT_BATCH = 1_000
-#: Buckets read per round trip by a chunk. Redis runs every command of one 16 KB read before
-#: serving another client: 16 HSCANs of ~120-session buckets hold it for about half a
-#: millisecond, which a per-request check queued behind them can afford.
-READ_BUCKETS = 16
+#: Buckets read per round trip by a chunk. Redis runs every command of one read (up to 16 KB)
+#: before serving another client, and an HSCAN of a ~120-session bucket costs it ~90 µs: the
+#: less a worker has in flight, the shorter a per-request check queues behind it (`make bench`:
+#: check p99 during a fan-out by two workers ~4 ms with 16 buckets and 2,000 SETs in flight,
+#: ~2.4 ms with 2 and 100, for ~8% fewer sessions/s).
+READ_BUCKETS = 2
 #: Fields per HSCAN call. A listpack bucket (Redis's compact encoding, up to 128 fields) comes
 #: whole whatever the COUNT; only a bucket grown past that is paged.
 SCAN_FIELDS = 500
-#: Families per write round trip (SET EX each, ~1-2 µs of Redis apiece).
-WRITE_BATCH = 2_000
+#: Families per write round trip (SET EX each, ~2-3 µs of Redis apiece for a new key).
+WRITE_BATCH = 100
 #: Keys examined per SCAN call of the expiry task (~1 µs of Redis each under load).
 SCAN_COUNT = 200
 #: Jobs handled per page by the expiry task and the outbox sweep.
