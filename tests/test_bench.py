@@ -125,7 +125,9 @@ def test_quick_middleware_benchmark_writes_its_section(tmp_path: Path) -> None:
         assert variant in text
     assert "Requests not answered 200: 0." in text
     rows = {line[3]: line for line in text.splitlines() if line.startswith("| (")}
-    assert "(MGET " in rows["c"]
-    assert "(GET " not in rows["c"]
+    # (c): one EVALSHA per request, its reads inside it; (d): one GET or HGET per rule.
+    assert "| 1.000 (EVALSHA 1.000, GET " in rows["c"]
+    assert "MGET" not in rows["c"]
     assert "(GET " in rows["d"]
+    assert "EVALSHA" not in rows["d"]
     assert "| 0 |" in rows["a"]

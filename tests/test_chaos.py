@@ -55,6 +55,21 @@ def _records(r: redis.Redis, s: RevokerSettings, tenant: str) -> set[bytes]:
     return {fid for ids in pipe.execute() for fid in ids}
 
 
+def _marks(r: redis.Redis, s: RevokerSettings, tenant: str) -> Counter[bytes]:
+    """How many revoked marks each family id has in the tenant's marks buckets (each mark checked
+    to be in the bucket the per-request check reads, and every bucket to have its TTL)."""
+    keys = KeyLayout(s.key_prefix)
+    full = s.refresh_token_ttl + s.leeway
+    marks: Counter[bytes] = Counter()
+    for key in r.scan_iter(match=f"{keys.revoked_bucket_base(tenant)}*", count=1000):
+        assert 0 < r.ttl(key) <= full, key
+        for raw in r.hkeys(key):
+            fid = raw if isinstance(raw, bytes) else raw.encode()
+            assert keys.family_revoked(tenant, fid.decode()) == key.decode(), fid
+            marks[fid] += 1
+    return marks
+
+
 @pytest.fixture
 def server() -> Iterator[LocalRedis]:
     """A Redis of this test's own (broker, result backend and data)."""
@@ -112,10 +127,9 @@ def test_worker_sigkill_mid_job_loses_nothing_and_counts_once(server: LocalRedis
     assert r.scard(store.keys.job_chunks_done(job_id)) == total
     deliveries = {int(c): int(n) for c, n in r.hgetall(store.keys.job_deliveries(job_id)).items()}
     assert all(deliveries[c] >= 2 for c in in_flight), "chunks in flight were redelivered"
-    pipe = r.pipeline(transaction=False)
-    for fid in ids:
-        pipe.exists(store.keys.family_revoked("big", fid))
-    assert sum(pipe.execute()) == SESSIONS
+    # Every session revoked exactly once, and nothing else marked.
+    assert _marks(r, s, "big") == Counter(fid.encode() for fid in ids)
+    assert len(ids) == SESSIONS
     # Every revoked session's record is gone from its bucket, the chunks killed mid-way included.
     assert _records(r, s, "big") == set()
     store.close()
@@ -154,10 +168,10 @@ def test_broker_down_at_enqueue_enforces_at_once_and_completes_later(server: Loc
 
         assert record.status == "done", record.error
         assert record.families_revoked == len(ids) + 1
-        assert r.exists(store.keys.family_revoked("outage", pair.family_id))
+        # Every session before the cut-off marked once; the one started after it is not.
+        assert _marks(r, s, "outage") == Counter(f.encode() for f in [*ids, pair.family_id])
         # The revoked sessions' records are gone; the one started after the cut-off is untouched.
         assert _records(r, s, "outage") == {later.family_id.encode()}
-        assert not r.exists(store.keys.family_revoked("outage", later.family_id))
         assert not store.is_revoked(decode_token(later.access_token, "access", settings=s))
         # Nothing left in the outbox: the next sweep publishes nothing.
         assert publish_pending_jobs(grace=0) == 0
@@ -192,7 +206,7 @@ def test_poison_chunk_is_parked_by_a_real_worker(server: LocalRedis) -> None:
     assert "WRONGTYPE" in record.error
     assert int(r.hget(store.keys.job_deliveries(job_id), "1") or 0) == 4
     assert r.smembers(store.keys.job_chunks_done(job_id)) == {b"0"}
-    assert all(r.exists(store.keys.family_revoked("poisoned", fid)) for fid in ids)
+    assert _marks(r, s, "poisoned") == Counter(fid.encode() for fid in ids)
     assert _records(r, s, "poisoned") == set()  # the healthy chunk deleted what it revoked
     store.close()
     r.close()

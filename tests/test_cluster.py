@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -185,45 +186,116 @@ async def test_start_session_on_the_cluster(cluster_settings: RevokerSettings) -
         assert not await store.is_revoked(decode_token(other.access_token, settings=store.settings))
 
 
-def mget_calls(cluster: RedisCluster3) -> int:
-    total = 0
-    for node in cluster.nodes:
-        client = redis.Redis(port=node.port)
-        total += int(client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
-        client.close()
-    return total
+class CommandStats:
+    """Per node (host:port), the commands it ran since the last reset, scripts' own included.
 
+    Read over one connection per node opened beforehand: its own commands (HELLO, INFO) are
+    not counted, only the CONFIG RESETSTAT, which is left out.
+    """
 
-def reset_stats(cluster: RedisCluster3) -> None:
-    for node in cluster.nodes:
-        client = redis.Redis(port=node.port)
-        client.config_resetstat()
-        client.close()
+    def __init__(self, cluster: RedisCluster3) -> None:
+        self.clients = {f"127.0.0.1:{n.port}": redis.Redis(port=n.port) for n in cluster.nodes}
+        for client in self.clients.values():
+            client.ping()
+
+    def reset(self) -> None:
+        for client in self.clients.values():
+            client.config_resetstat()
+
+    def read(self) -> dict[str, Counter[str]]:
+        out: dict[str, Counter[str]] = {}
+        for node, client in self.clients.items():
+            stats = cast(dict[str, dict[str, Any]], client.info("commandstats"))
+            calls = Counter(
+                {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+            )
+            del calls["config|resetstat"]
+            if +calls:
+                out[node] = +calls
+        return out
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
-async def test_check_reads_one_mget_per_slot(
-    cluster: RedisCluster3, cluster_settings: RevokerSettings, kind: str
+async def test_check_sends_one_script_call_per_slot(
+    cluster: RedisCluster3,
+    cluster_settings: RevokerSettings,
+    kind: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The check sends one MGET per slot involved: one or two, never more."""
+    """The check sends one script call per slot involved (at most two), each to the node serving
+    the slot, and nothing else; the async store sends them in parallel."""
     store: AnyStore = (
         RedisTokenRevocationStore(settings=cluster_settings)
         if kind == "async"
         else SyncRedisTokenRevocationStore(settings=cluster_settings)
     )
     call = Call(store)
-    await call("health_check")
-    for data in (token(tenant=None), token(), token(family="f1")):
-        keys = [k for k in store.core.check_keys(data) if k is not None]
-        slots = {key_slot(k.encode()) for k in keys}
-        assert len(slots) <= 2
-        reset_stats(cluster)
-        await call("is_revoked", data)
-        assert mget_calls(cluster) == len(slots)
+    sent: list[str] = []
+    in_flight = most = 0
     if isinstance(store, RedisTokenRevocationStore):
-        await store.aclose()
+        send = store.client.execute_command
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, most
+            sent.append(str(args[0]).upper())
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                return await send(*args, **kwargs)
+            finally:
+                in_flight -= 1
+
+        monkeypatch.setattr(store.client, "execute_command", counted)
     else:
-        store.close()
+        send_sync = store.client.execute_command
+
+        def counted_sync(*args: Any, **kwargs: Any) -> Any:
+            sent.append(str(args[0]).upper())
+            return send_sync(*args, **kwargs)
+
+        monkeypatch.setattr(store.client, "execute_command", counted_sync)
+    probe = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    stats = CommandStats(cluster)
+    try:
+        await call("revoke_family", "f1", tenant_id="acme")
+        cases = [(token(tenant=None), None), (token(), None), (token(family="f1"), "family")]
+        for data, rule in cases:
+            keys = [k for k in store.core.check_keys(data) if k is not None]
+            slots = {key_slot(k.encode()) for k in keys}
+            assert len(slots) <= 2
+            # Connections opened and the script loaded on these nodes before counting.
+            await call("is_revoked", data)
+            stats.reset()
+            sent.clear()
+            most = 0
+
+            assert (await call("is_revoked", data)).rule == rule
+
+            assert sent == ["EVALSHA"] * len(slots)
+            # Server side: per node, one EVALSHA per slot it serves, and only the script's reads
+            # (HGET of the family's mark, GET of every other key) inside them.
+            family = store.keys.family_revoked(data.tenant, data.family) if data.family else None
+            expected: dict[str, Counter[str]] = {}
+            for slot in slots:
+                node = probe.nodes_manager.get_node_from_slot(slot).name
+                expected.setdefault(node, Counter())["evalsha"] += 1
+            for key in keys:
+                node = probe.nodes_manager.get_node_from_slot(key_slot(key.encode())).name
+                expected[node]["hget" if key == family else "get"] += 1
+            assert stats.read() == expected
+            if kind == "async":
+                assert most == len(slots)  # in parallel: every slot's call was out at once
+    finally:
+        stats.close()
+        probe.close()
+        if isinstance(store, RedisTokenRevocationStore):
+            await store.aclose()
+        else:
+            store.close()
 
 
 async def test_tenants_spread_over_nodes_are_independent(

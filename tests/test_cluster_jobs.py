@@ -24,10 +24,17 @@ from celery_helpers import WorkerProcess, seed_sessions, start_worker, worker_en
 from conftest import make_settings
 from revoker import jobs
 from revoker.exceptions import DuplicateJob, RefreshTokenReused
-from revoker.keys import KeyLayout, bucket_of_user, encode_record, family_bucket, family_id_prefix
+from revoker.keys import (
+    KeyLayout,
+    bucket_of_user,
+    encode_record,
+    family_bucket,
+    family_id_prefix,
+    family_ttl,
+)
 from revoker.localredis import LocalRedis, RedisCluster3, free_port, start_cluster
 from revoker.refresh import rotate_refresh_token_sync
-from revoker.rules import to_us
+from revoker.rules import encode_mark, to_us
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore
@@ -138,11 +145,21 @@ def tenants_on_every_node(
 def revoked_flags(
     rc: redis.cluster.RedisCluster, keys: KeyLayout, tenant: str, ids: Sequence[str]
 ) -> list[bool]:
-    """For each family id, whether its revoked marker exists."""
+    """For each family id, whether its revoked mark is a field of its revoked-mark bucket."""
     pipe = pipeline(rc)
     for fid in ids:
-        pipe.exists(keys.family_revoked(tenant, fid))
+        pipe.hexists(keys.family_revoked(tenant, fid), fid)
     return [bool(x) for x in pipe.execute()]
+
+
+def marks_ttls(
+    rc: redis.cluster.RedisCluster, keys: KeyLayout, tenant: str, ids: Sequence[str]
+) -> set[int]:
+    """The TTLs of the revoked-mark buckets holding these families' marks."""
+    pipe = pipeline(rc)
+    for key in sorted({keys.family_revoked(tenant, fid) for fid in ids}):
+        pipe.ttl(key)
+    return set(pipe.execute())
 
 
 def present(
@@ -186,11 +203,12 @@ def test_seeded_tenants_live_on_every_node(
     keys = KeyLayout(s.key_prefix)
     tenants = tenants_on_every_node(rc, keys, "spread")
     assert len({node_of(rc, keys.session_bucket(t, 0)) for t in tenants}) == 3
-    # A tenant's buckets, markers and watermarks share one slot: a chunk touches one node.
+    # A tenant's buckets, marks and watermarks share one slot: a chunk touches one node.
     t = tenants[0]
     slots = {
         key_slot(k.encode())
         for k in (keys.session_bucket(t, 0), keys.session_bucket(t, s.session_buckets - 1),
+                  keys.revoked_bucket(t, 0), keys.revoked_bucket(t, s.session_buckets - 1),
                   keys.family_revoked(t, "f"), keys.user_watermark(t, "u"),
                   keys.tenant_watermark(t))
     }  # fmt: skip
@@ -202,6 +220,7 @@ def test_unfiltered_tenant_jobs_on_every_node(
 ) -> None:
     """Three tenants (one per node, 1,000 sessions each) revoked at once; a fourth is untouched."""
     keys = sstore.keys
+    lifetime = family_ttl(s.refresh_token_ttl, s.leeway)
     candidates = tenants_on_every_node(rc, keys, "tj", per_node=2)
     # One victim per node; the bystander shares a node (and so a connection) with a victim.
     victims, bystander = candidates[0::2], candidates[1]
@@ -227,6 +246,9 @@ def test_unfiltered_tenant_jobs_on_every_node(
         assert record.chunks_done == record.chunks_total
         assert record.families_revoked == record.families_matched == len(ids)
         assert all(revoked_flags(rc, keys, t, ids)), t
+        # Each marks bucket expires, no earlier than its newest mark (refresh lifetime + leeway).
+        ttls = marks_ttls(rc, keys, t, ids)
+        assert all(lifetime - JOB_TIMEOUT <= ttl <= lifetime for ttl in ttls), (t, ttls)
         # Every record was deleted from its bucket (an emptied hash is no key at all).
         assert not any(present(rc, keys, t, ids)), t
         buckets = {family_bucket(fid) for fid in ids}
@@ -340,15 +362,19 @@ def test_family_reuse_follow_up_on_the_cluster(
     rotate_refresh_token_sync(pair.refresh_token, store=sstore)
     with pytest.raises(RefreshTokenReused):
         rotate_refresh_token_sync(pair.refresh_token, store=sstore)  # the superseded one again
-    assert rc.exists(keys.family_revoked(tenant, pair.family_id))
+    assert revoked_flags(rc, keys, tenant, [pair.family_id, keep.family_id]) == [True, False]
+    mark = rc.hget(keys.family_revoked(tenant, pair.family_id), pair.family_id)
+    assert mark is not None
 
     (job,) = [j for j in jobs.list_jobs() if j.family_id == pair.family_id]
     record = jobs.wait_for_job(job.id, timeout=JOB_TIMEOUT)
 
     assert record.status == "done", record.error
     assert record.kind == "family_reuse"
-    assert rc.exists(keys.family_revoked(tenant, pair.family_id))
-    assert not rc.exists(keys.family_revoked(tenant, keep.family_id))
+    # The rotation's mark stays as it was; the other session of the same user is not revoked.
+    assert rc.hget(keys.family_revoked(tenant, pair.family_id), pair.family_id) == mark
+    assert revoked_flags(rc, keys, tenant, [pair.family_id, keep.family_id]) == [True, False]
+    assert rc.ttl(keys.family_revoked(tenant, pair.family_id)) > 0
     assert present(rc, keys, tenant, [pair.family_id, keep.family_id]) == [False, True]
     assert sstore.get_session(pair.family_id, tenant_id=tenant) is None
     audit = [e for _, e in audit_entries(rc, keys) if e[b"kind"] == b"family_reuse"]
@@ -365,7 +391,8 @@ def audit_entries(
 def test_expire_entries_on_the_cluster(
     s: RevokerSettings, rc: redis.cluster.RedisCluster, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """The worker's expiry task prunes expired records on every node, old jobs and audit."""
+    """The worker's expiry task prunes expired records and old marks on every node, old jobs
+    and audit."""
     from revoker.tasks import expire_entries
 
     keys = sstore.keys
@@ -388,6 +415,15 @@ def test_expire_entries_on_the_cluster(
                 )  # fmt: skip
                 rc.hset(keys.session_bucket(t, bucket), fid, record)
                 expired[t].append(fid)
+    # Per tenant, a revoked mark past the refresh lifetime + leeway beside a fresh one.
+    lifetime = family_ttl(s.refresh_token_ttl, s.leeway)
+    old_mark = encode_mark(to_us(time.time() - lifetime - 60), "old")
+    fresh_mark = encode_mark(to_us(time.time()), "fresh")
+    marks = {t: keys.revoked_bucket(t, u0) for t in tenants}
+    for t in tenants:
+        rc.hset(marks[t], mapping={f"{family_id_prefix(u0)}stale": old_mark,
+                                   f"{family_id_prefix(u0)}fresh": fresh_mark})  # fmt: skip
+        rc.expire(marks[t], lifetime)
     # A finished job long past its retention, with its chunk list and done set.
     stale = "job-stale-cluster"
     rc.hset(keys.job(stale), mapping={"id": stale, "status": "done", "chunks_total": 1})
@@ -414,6 +450,8 @@ def test_expire_entries_on_the_cluster(
         client_app.close()
 
     assert result["sessions"] == 2 * 30 * len(tenants)
+    # At least ours: other tests of this module (same prefix) may leave old marks too.
+    assert result["revoked_marks"] >= len(tenants)
     assert result["jobs"] >= 1
     assert result["audit_entries"] > 0
     for t in tenants:
@@ -422,6 +460,8 @@ def test_expire_entries_on_the_cluster(
         fields = cast(list[bytes], rc.hkeys(keys.session_bucket(t, u0)))
         assert {f.decode() for f in fields} == set(live[t])
         assert not rc.exists(keys.session_bucket(t, ghost))  # emptied, so gone
+        left = cast(dict[bytes, bytes], rc.hgetall(marks[t]))
+        assert left == {f"{family_id_prefix(u0)}fresh".encode(): fresh_mark.encode()}
     assert not rc.exists(keys.job(stale))
     assert not rc.exists(keys.job_chunk(stale, 0))
     assert not rc.exists(keys.job_chunks_done(stale))
@@ -467,6 +507,12 @@ def test_plan_and_revoke_buckets_in_process_on_the_cluster(
     flags = revoked_flags(rc, keys, tenant, [*ids, later.family_id])
     assert all(flags[:-1])
     assert not flags[-1]
+    # One revoked-mark bucket per session bucket, holding exactly its selected families' marks.
+    lifetime = family_ttl(s.refresh_token_ttl, s.leeway)
+    for bucket, fids in by_bucket(selected).items():
+        marks = cast(dict[bytes, bytes], rc.hgetall(keys.revoked_bucket(tenant, bucket)))
+        assert marks == {fid.encode(): b"1|t" for fid in fids}
+        assert lifetime - 5 <= rc.ttl(keys.revoked_bucket(tenant, bucket)) <= lifetime
     # Until the records are deleted a rerun selects exactly the same sessions (crash recovery).
     again = tasks.revoke_buckets(sstore, planned, tenant_id=tenant, select=select, mark="1|t")
     assert by_bucket(again) == by_bucket(selected)

@@ -12,9 +12,16 @@ import redis
 from conftest import REDIS_URL, delete_prefix, make_settings, private_settings
 from revoker import jobs, tasks
 from revoker.exceptions import JobNotFound
-from revoker.keys import KeyLayout, bucket_of_user, decode_record, encode_record, family_id_prefix
+from revoker.keys import (
+    KeyLayout,
+    bucket_of_user,
+    decode_record,
+    encode_record,
+    family_id_prefix,
+    family_ttl,
+)
 from revoker.localredis import free_port
-from revoker.rules import to_us
+from revoker.rules import encode_mark, to_us
 from revoker.settings import RevokerSettings, configure
 from revoker.store import get_sync_revocation_store
 
@@ -96,10 +103,13 @@ def test_expired_records_are_deleted_and_live_ones_kept(s: RevokerSettings, r: r
             (expired if fid.endswith("-0") else kept)[key, fid] = record
         # A bucket whose every record is dead.
         expired |= write_records(r, s, tenant, {"bob": [dead, dead - 1000]})
-    # Keys that are not buckets, under the same tenant tags: left alone (and no WRONGTYPE).
-    others = [keys.user_watermark("a", "alice"), keys.family_revoked("a", "x"), keys.jti("j")]
+    # Keys that are not session buckets, under the same tenant tags: left alone (no WRONGTYPE).
+    others = [keys.user_watermark("a", "alice"), keys.jti("j")]
     for key in others:
         r.set(key, "1", ex=3600)
+    marks = keys.family_revoked("a", "x")
+    r.hset(marks, "x", encode_mark(to_us(time.time())))
+    others.append(marks)
 
     result = tasks.expire_entries()
 
@@ -112,7 +122,66 @@ def test_expired_records_are_deleted_and_live_ones_kept(s: RevokerSettings, r: r
         assert not r.exists(bob)  # emptied: Redis drops the hash
     assert all(r.ttl(key) > 0 for key, _ in kept)  # a live bucket keeps its TTL
     assert r.exists(*others) == len(others)
+    assert result["revoked_marks"] == 0  # the fresh mark stays
     assert tasks.expire_entries()["sessions"] == 0
+
+
+def test_old_revoked_marks_are_deleted_and_newer_ones_kept(
+    s: RevokerSettings, r: redis.Redis
+) -> None:
+    """Marks older than refresh TTL + leeway leave their bucket, in every tenant; newer marks,
+    fields that are not marks and the bucket's TTL stay; a bucket left empty is gone."""
+    now = time.time()
+    lifetime = family_ttl(s.refresh_token_ttl, s.leeway)
+    old = to_us(now - lifetime - 5)  # no token of the family can verify any more
+    # Older than the refresh lifetime, not than lifetime + leeway: a token may still verify.
+    young = to_us(now - lifetime + 5)
+    assert s.leeway > 5
+    fresh = to_us(now - 1)
+    keys = KeyLayout(s.key_prefix)
+    minted = family_id_prefix(3)
+    gone: set[tuple[str, str]] = set()
+    kept: dict[tuple[str, str], str] = {}
+    for tenant in ("a", "b:{weird}", None):
+        bucket = keys.revoked_bucket(tenant, 3)
+        values = {
+            f"{minted}old-1": encode_mark(old, "stolen"),
+            f"{minted}old-2": encode_mark(old - 1_000_000, None),
+            f"{minted}young": encode_mark(young, "logout"),
+            f"{minted}fresh": encode_mark(fresh, "reuse"),
+            "not-a-mark": "hello|world",  # not this version's: left alone
+        }
+        for fid, value in values.items():
+            r.hset(bucket, fid, value)
+            if "old" in fid:
+                gone.add((bucket, fid))
+            else:
+                kept[bucket, fid] = value
+        r.expire(bucket, lifetime)
+        # A foreign id's bucket holding one old mark only: emptied, so dropped.
+        lone = keys.family_revoked(tenant, "foreign-family")
+        r.hset(lone, "foreign-family", encode_mark(old, "x"))
+        r.expire(lone, lifetime)
+        gone.add((lone, "foreign-family"))
+    # A session record whose user id looks like a mark's time: marks pruning never reads it.
+    session = keys.session_bucket("a", 3)
+    record = encode_record(
+        user_id="1", client_id=None, created_us=old, expires=int(now) + 3600, current_jti="rt"
+    )
+    r.hset(session, f"{minted}s", record)
+
+    result = tasks.expire_entries()
+
+    assert result["revoked_marks"] == len(gone)
+    assert result["sessions"] == 0
+    assert not any(r.hexists(key, fid) for key, fid in gone)
+    assert {entry: r.hget(*entry) for entry in kept} == {e: v.encode() for e, v in kept.items()}
+    for key in {key for key, _ in kept}:
+        assert lifetime - 5 <= r.ttl(key) <= lifetime  # the pruning leaves the TTL as it was
+    for tenant in ("a", "b:{weird}", None):
+        assert not r.exists(keys.family_revoked(tenant, "foreign-family"))
+    assert r.hget(session, f"{minted}s") == record.encode()
+    assert tasks.expire_entries()["revoked_marks"] == 0
 
 
 def test_big_bucket_is_pruned_across_hscan_pages(

@@ -221,10 +221,16 @@ def _fields(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -
     return {fid.decode() for ids in pipe.execute() for fid in ids}
 
 
-def _marked(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> set[str]:
-    """Every family id with a revoked marker in the tenant."""
-    base = store.keys.family_revoked_base(tenant)
-    return {key.decode()[len(base) :] for key in r.scan_iter(match=f"{base}*", count=1000)}
+def _marked(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str | None) -> set[str]:
+    """Every family id with a revoked mark in the tenant, each found where the check reads it."""
+    base = store.keys.revoked_bucket_base(tenant)
+    marked: set[str] = set()
+    for key in r.scan_iter(match=f"{base}*", count=1000):
+        for raw in r.hkeys(key):
+            fid = raw.decode() if isinstance(raw, bytes) else raw
+            assert store.keys.family_revoked(tenant, fid) == key.decode(), fid
+            marked.add(fid)
+    return marked
 
 
 def _raw(user: str, created_us: int, client: str | None = None) -> bytes:
@@ -268,7 +274,7 @@ def test_chunk_killed_between_counting_and_deleting_deletes_on_redelivery(
 
 
 def test_rerun_chunk_counts_once(s: RevokerSettings, r: redis.Redis) -> None:
-    """A chunk rerun after a crash writes the same markers and counts its families once."""
+    """A chunk rerun after a crash writes the same marks and counts its families once."""
     store = get_sync_revocation_store(s)
     keys = store.keys
     ids = seed_sessions(r, s, "rerun", 30)
@@ -282,7 +288,7 @@ def test_rerun_chunk_counts_once(s: RevokerSettings, r: redis.Redis) -> None:
     assert tasks.revoke_chunk(job_id, 0)["revoked"] == len(ids) - len(in_second)
     # Redelivered after it recorded itself done: nothing runs again.
     assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
-    # Chunk 1 killed after writing its markers but before recording itself done: it reruns.
+    # Chunk 1 killed after writing its marks but before recording itself done: it reruns.
     record = jobs.get_job(job_id)
     cutoff = to_us(record.watermark_at or 0.0)
     tasks.revoke_buckets(store, second, tenant_id="rerun", select=tasks.Selection(record, cutoff),
@@ -309,8 +315,8 @@ def test_family_reuse_escalates_to_the_user(r: redis.Redis) -> None:
         (neighbour,) = _sharing_a_bucket("u0", s.session_buckets, 1)
         spared = start_session_sync(neighbour, tenant_id="esc", store=store).family_id
         assert family_bucket(spared) == family_bucket(victim[0])
-        # The rotation that saw the reuse wrote the family's own marker; the job does the rest.
-        r.set(store.keys.family_revoked("esc", victim[0]), "1|reuse")
+        # The rotation that saw the reuse wrote the family's own mark; the job does the rest.
+        r.hset(store.keys.family_revoked("esc", victim[0]), victim[0], "1|reuse")
         job_id = jobs.enqueue_family_reuse(victim[0], tenant_id="esc", user_id="u0")
         tasks.handle_family_reuse(job_id)
         record = jobs.get_job(job_id)
@@ -324,13 +330,20 @@ def test_family_reuse_escalates_to_the_user(r: redis.Redis) -> None:
         delete_prefix(r, s.key_prefix)
 
 
-def test_family_revoked_keys_match_the_single_key_builder(s: RevokerSettings) -> None:
-    """The fan-out's batch key builder names exactly the keys the check reads."""
-    keys = get_sync_revocation_store(s).keys
-    ids = ["plain", "with:colon", "{brace}", "sp ace", "ünï", "7.a|b"]
+def test_revoke_buckets_marks_what_the_check_reads(s: RevokerSettings, r: redis.Redis) -> None:
+    """The fan-out's marks refuse exactly its sessions, in every tenant's own marks buckets."""
+    store = get_sync_revocation_store(s)
     for tenant in (None, "acme", "t:{x}"):
-        revoked = keys.family_revoked_keys(tenant, [fid.encode() for fid in ids])
-        assert revoked == [keys.family_revoked(tenant, fid).encode() for fid in ids]
+        pairs = [start_session_sync(f"u{i}", tenant_id=tenant, store=store) for i in range(6)]
+        buckets = sorted({family_bucket(pair.family_id) or 0 for pair in pairs})
+        select = tasks.Selection(_record(tenant_id=tenant), now_us())
+        tasks.revoke_buckets(store, buckets, tenant_id=tenant, select=select, mark="1|fan-out")
+        for pair in pairs:
+            status = store.is_revoked(decode_token(pair.access_token, "access", settings=s))
+            assert (status.rule, status.reason) == ("family", "fan-out")
+            mark = r.hget(store.keys.family_revoked(tenant, pair.family_id), pair.family_id)
+            assert mark == b"1|fan-out"
+        assert _marked(r, store, tenant) == {pair.family_id for pair in pairs}
 
 
 def test_unreachable_redis_is_a_clear_error() -> None:
@@ -532,7 +545,7 @@ def test_plan_chunks_with_the_default_bucket_count(r: redis.Redis) -> None:
 def test_revoke_buckets_rerun_selects_and_marks_the_same(
     s: RevokerSettings, r: redis.Redis
 ) -> None:
-    """A rerun returns the same selection and rewrites the same markers; the records stay."""
+    """A rerun returns the same selection and rewrites the same marks; the records stay."""
     store = get_sync_revocation_store(s)
     keys = store.keys
     # 3 users, 300 sessions each: buckets past the listpack size, read in several HSCAN pages.
@@ -544,15 +557,22 @@ def test_revoke_buckets_rerun_selects_and_marks_the_same(
         b: sorted(fid.encode() for fid in ids if family_bucket(fid) == b) for b in buckets
     }
     assert _marked(r, store, "rb") == set(ids)
-    assert r.get(keys.family_revoked("rb", ids[0])) == b"1|first"
-    ttl = r.ttl(keys.family_revoked("rb", ids[0]))
-    assert s.refresh_token_ttl + s.leeway - 60 < ttl <= s.refresh_token_ttl + s.leeway
+    assert r.hget(keys.family_revoked("rb", ids[0]), ids[0]) == b"1|first"
+    full = s.refresh_token_ttl + s.leeway
+    for b in buckets:
+        assert full - 60 < r.ttl(keys.revoked_bucket("rb", b)) <= full
     assert _fields(r, store, "rb") == set(ids)  # deleting is the caller's step
-    r.delete(keys.family_revoked("rb", ids[5]))  # as if lost: the rerun writes it again
+    r.hdel(keys.family_revoked("rb", ids[5]), ids[5])  # as if lost: the rerun writes it again
+    assert len(buckets) >= 2
+    longer, lost = keys.revoked_bucket("rb", buckets[0]), keys.revoked_bucket("rb", buckets[1])
+    r.expire(longer, 2 * full)  # a bucket's TTL is never shortened...
+    r.persist(lost)  # ...and one without a TTL gets it back
     again = tasks.revoke_buckets(store, buckets, tenant_id="rb", select=select, mark="1|first")
     assert {b: sorted(v) for b, v in again.items()} == {b: sorted(v) for b, v in first.items()}
     assert _marked(r, store, "rb") == set(ids)
-    assert r.get(keys.family_revoked("rb", ids[5])) == b"1|first"
+    assert r.hget(keys.family_revoked("rb", ids[5]), ids[5]) == b"1|first"
+    assert r.ttl(longer) > full
+    assert full - 60 < r.ttl(lost) <= full
 
 
 def test_revoke_buckets_dry_run_writes_nothing(s: RevokerSettings, r: redis.Redis) -> None:
@@ -662,7 +682,7 @@ def test_user_job_revokes_only_that_user(
 def test_filtered_job_revokes_only_the_matching_client(
     s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A client-filtered job has no watermark: the markers alone refuse the matching sessions."""
+    """A client-filtered job has no watermark: the marks alone refuse the matching sessions."""
     store = get_sync_revocation_store(s)
     web = [start_session_sync(f"u{i}", tenant_id="acme", client_id="web", store=store)
            for i in range(5)]  # fmt: skip

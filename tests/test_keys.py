@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
@@ -13,6 +14,7 @@ from redis.crc import key_slot
 
 from revoker.exceptions import InvalidIdentifier
 from revoker.keys import (
+    FOREIGN_BUCKETS,
     MAX_ID_LENGTH,
     NO_TENANT_TAG,
     RECORD_FIELDS,
@@ -43,19 +45,27 @@ ids = st.text(
 )
 tenants = st.one_of(st.none(), ids)
 buckets = st.integers(min_value=0, max_value=65_535)
+#: Family ids: foreign ones (any id) and minted ones (naming their bucket, as start_session's do).
+families = st.one_of(ids, st.builds(lambda b, rest: family_id_prefix(b) + rest, buckets, ids))
 LAYOUT = KeyLayout("rv")
-#: Which of (tenant, user, family, jti, bucket) each kind of key is built from.
+#: Which of (tenant, user, family, jti, bucket) each kind of key is built from (the marks keys,
+#: family_revoked and revoked_bucket, are told apart by :func:`identity`).
 KEY_IDS = {
     "jti": (3,),
     "job": (3,),
     "job_chunk": (3, 4),
     "session_bucket": (0, 4),
-    "family_revoked": (0, 2),
     "user_watermark": (0, 1),
     "tenant_watermark": (0,),
 }
 #: The keys of one tenant: all share its hash tag, hence its Redis Cluster slot.
-TENANT_KEYS = ("session_bucket", "family_revoked", "user_watermark", "tenant_watermark")
+TENANT_KEYS = (
+    "session_bucket",
+    "family_revoked",
+    "revoked_bucket",
+    "user_watermark",
+    "tenant_watermark",
+)
 Ids = tuple[str | None, str, str, str, int]
 
 
@@ -72,11 +82,24 @@ def all_keys(
         "jti": LAYOUT.jti(jti),
         "session_bucket": LAYOUT.session_bucket(tenant, bucket),
         "family_revoked": LAYOUT.family_revoked(tenant, family),
+        "revoked_bucket": LAYOUT.revoked_bucket(tenant, bucket),
         "user_watermark": LAYOUT.user_watermark(tenant, user),
         "tenant_watermark": LAYOUT.tenant_watermark(tenant),
         "job": LAYOUT.job(jti),
         "job_chunk": LAYOUT.job_chunk(jti, bucket),
     }
+
+
+def identity(kind: str, used: Ids) -> tuple[object, ...]:
+    """What a key of ``kind`` built from ``used`` stands for: equal keys must stand for the same.
+
+    A family's marks key is the revoked-mark bucket of the tenant its id names; every foreign id
+    of a tenant may share any of the tenant's foreign buckets (they are hashed into few).
+    """
+    if kind in ("family_revoked", "revoked_bucket"):
+        bucket = used[4] if kind == "revoked_bucket" else family_bucket(used[2])
+        return ("marks", used[0], "foreign" if bucket is None else bucket)
+    return (kind, *(used[i] for i in KEY_IDS[kind]))
 
 
 @given(ids)
@@ -94,7 +117,7 @@ def test_different_ids_have_different_escapes(a: str, b: str) -> None:
     assert (escape_id(a) == escape_id(b)) == (a == b)
 
 
-@given(tenants, ids, ids, ids, buckets)
+@given(tenants, ids, families, ids, buckets)
 def test_no_id_can_change_a_hash_tag(
     tenant: str | None, user: str, family: str, jti: str, bucket: int
 ) -> None:
@@ -110,25 +133,21 @@ def test_no_id_can_change_a_hash_tag(
 
 
 @given(
-    st.tuples(tenants, ids, ids, ids, buckets),
-    st.tuples(tenants, ids, ids, ids, buckets),
+    st.tuples(tenants, ids, families, ids, buckets),
+    st.tuples(tenants, ids, families, ids, buckets),
 )
 def test_no_ids_can_forge_another_key(first: Ids, second: Ids) -> None:
-    """Two different sets of ids never produce the same key, of any kind."""
-    a = all_keys(*first)
-    b = all_keys(*second)
-    # Within one set every kind of key is distinct.
-    assert len(set(a.values())) == len(a)
-    for kind_a, key_a in a.items():
-        for kind_b, key_b in b.items():
-            if key_a == key_b:
-                # Only the same kind of key built from the same ids may coincide.
-                assert kind_a == kind_b
-                used = KEY_IDS[kind_a]
-                assert [first[i] for i in used] == [second[i] for i in used]
+    """Two keys coincide only if they stand for the same thing (same kind, same ids or bucket)."""
+    for one, other in ((first, first), (first, second)):
+        a = all_keys(*one)
+        b = all_keys(*other)
+        for kind_a, key_a in a.items():
+            for kind_b, key_b in b.items():
+                if key_a == key_b:
+                    assert identity(kind_a, one) == identity(kind_b, other), (kind_a, kind_b)
 
 
-@given(tenants, ids, ids, ids, buckets)
+@given(tenants, ids, families, ids, buckets)
 def test_tenant_keys_share_one_slot(
     tenant: str | None, user: str, family: str, jti: str, bucket: int
 ) -> None:
@@ -138,16 +157,21 @@ def test_tenant_keys_share_one_slot(
     assert len(slots) == 1
 
 
-@given(tenants, ids, ids, ids, buckets)
-def test_bucket_pattern_matches_session_buckets_only(
+@given(tenants, ids, families, ids, buckets)
+def test_bucket_patterns_match_their_buckets_only(
     tenant: str | None, user: str, family: str, jti: str, bucket: int
 ) -> None:
-    """The SCAN pattern of the expiry task finds every session bucket and no other key."""
-    pattern = LAYOUT.session_bucket_pattern()
+    """The expiry task's SCAN patterns: one finds session buckets only, the other marks only."""
+    sessions = LAYOUT.session_bucket_pattern()
+    marks = LAYOUT.revoked_bucket_pattern()
     for name, key in all_keys(tenant, user, family, jti, bucket).items():
-        assert fnmatchcase(key, pattern) == (name == "session_bucket"), name
+        assert fnmatchcase(key, sessions) == (name == "session_bucket"), name
+        assert fnmatchcase(key, marks) == (name in ("family_revoked", "revoked_bucket")), name
     bucket_key = LAYOUT.session_bucket(tenant, bucket)
     assert bucket_key == LAYOUT.session_bucket_base(tenant) + str(bucket)
+    marks_key = LAYOUT.revoked_bucket(tenant, bucket)
+    assert marks_key == LAYOUT.revoked_bucket_base(tenant) + str(bucket)
+    assert LAYOUT.family_revoked(tenant, family).startswith(LAYOUT.revoked_bucket_base(tenant))
 
 
 @given(ids, tenants, tenants)
@@ -182,7 +206,9 @@ def test_layout_is_readable() -> None:
     """The documented layout, spelled out for one example."""
     assert LAYOUT.jti("j1") == "rv:jti:{j1}"
     assert LAYOUT.user_watermark("acme", "alice") == "rv:{t:acme}:uw:alice"
-    assert LAYOUT.family_revoked(None, "f1") == "rv:{-}:fr:f1"
+    assert LAYOUT.family_revoked(None, "f1") == "rv:{-}:fr:x740"  # foreign: crc32("f1") % 1024
+    assert LAYOUT.family_revoked("acme", "1a.Zx7") == "rv:{t:acme}:fr:26"  # minted in bucket 0x1a
+    assert LAYOUT.revoked_bucket("acme", 26) == "rv:{t:acme}:fr:26"
     assert LAYOUT.tenant_watermark("a:b{c}") == "rv:{t:a%3Ab%7Bc%7D}:tw"
     assert LAYOUT.session_bucket("acme", 42) == "rv:{t:acme}:s:42"
     assert LAYOUT.session_bucket(None, 0) == "rv:{-}:s:0"
@@ -359,22 +385,58 @@ def test_family_bucket_is_none_for_foreign_ids(family_id: str) -> None:
     assert family_bucket(family_id) is None
 
 
+@given(tenants, buckets, ids)
+def test_family_revoked_is_the_bucket_the_id_names(
+    tenant: str | None, bucket: int, rest: str
+) -> None:
+    """A minted family's mark lives in the revoked-mark bucket its id names, whatever follows."""
+    family = family_id_prefix(bucket) + rest
+    assert LAYOUT.family_revoked(tenant, family) == LAYOUT.revoked_bucket(tenant, bucket)
+
+
+@given(tenants, ids)
+def test_foreign_family_lands_in_a_foreign_bucket(tenant: str | None, family: str) -> None:
+    """A foreign id's mark lives in one of the tenant's FOREIGN_BUCKETS "x<n>" buckets, never in
+    a minted bucket, and the same one on every call."""
+    if family_bucket(family) is not None:
+        return
+    key = LAYOUT.family_revoked(tenant, family)
+    base = LAYOUT.revoked_bucket_base(tenant)
+    assert key.startswith(base + "x")
+    assert 0 <= int(key[len(base) + 1 :]) < FOREIGN_BUCKETS
+    assert LAYOUT.family_revoked(tenant, family) == key
+
+
+def test_foreign_buckets_are_stable_across_processes() -> None:
+    """The foreign bucket is a fixed function of the escaped id (crc32, not hash())."""
+    for family in ("f1", "6f1c2b8e-4f0e-4c55-9d3e-1b2c3d4e5f60", "a:b{c}"):
+        n = zlib.crc32(escape_id(family).encode()) % FOREIGN_BUCKETS
+        assert LAYOUT.family_revoked("acme", family) == f"rv:{{t:acme}}:fr:x{n}"
+
+
+def test_foreign_ids_spread_over_foreign_buckets() -> None:
+    """Many foreign ids use many foreign buckets (no bucket collects every foreign mark)."""
+    used = {LAYOUT.family_revoked("acme", f"fam-{i}") for i in range(4096)}
+    assert len(used) > FOREIGN_BUCKETS // 2
+
+
+@given(tenants, tenants, families)
+def test_tenants_never_share_a_marks_key(t1: str | None, t2: str | None, family: str) -> None:
+    """The same family id revoked in two tenants is marked in two different keys: one tenant's
+    marks never revoke another tenant's family."""
+    k1, k2 = LAYOUT.family_revoked(t1, family), LAYOUT.family_revoked(t2, family)
+    assert (k1 == k2) == (t1 == t2)
+
+
 @pytest.mark.parametrize(
-    "family_id",
-    ["3.plain", "a:b", "x y", "zoë", "{t:evil}", "a|b", "50%", "a/b?c", "\\x00"],
+    "value",
+    ["", None, "x" * (MAX_ID_LENGTH + 1), "\ud800"],
+    ids=["empty", "none", "too-long", "lone-surrogate"],
 )
-@pytest.mark.parametrize("tenant", [None, "acme", "a:b{c}"])
-def test_family_revoked_keys_escape_like_family_revoked(tenant: str | None, family_id: str) -> None:
-    """The fan-out's bulk key builder gives exactly the keys the per-request check reads."""
-    got = LAYOUT.family_revoked_keys(tenant, [family_id.encode()])
-    assert got == [LAYOUT.family_revoked(tenant, family_id).encode()]
-
-
-@given(tenants, st.lists(ids, max_size=5))
-def test_family_revoked_keys_match_for_any_ids(tenant: str | None, family_ids: list[str]) -> None:
-    """For any ids (as Redis returns them, UTF-8 bytes) the bulk keys equal family_revoked's."""
-    got = LAYOUT.family_revoked_keys(tenant, [f.encode() for f in family_ids])
-    assert got == [LAYOUT.family_revoked(tenant, f).encode() for f in family_ids]
+def test_unusable_family_ids_are_invalid_identifiers(value: object) -> None:
+    """A family id that could not be a key is refused, though the key no longer contains it."""
+    with pytest.raises(InvalidIdentifier, match="family id"):
+        LAYOUT.family_revoked("acme", value)  # type: ignore[arg-type]
 
 
 # --- TTL rules ------------------------------------------------------------------------------
@@ -428,3 +490,25 @@ def test_ttls_set_in_redis(sync_store: SyncRedisTokenRevocationStore) -> None:
         name = key.decode()
         if name not in (keys.audit, keys.stats):
             assert sync_store.client.ttl(key) > 0, name
+
+
+def test_marks_bucket_ttl_is_never_shortened(sync_store: SyncRedisTokenRevocationStore) -> None:
+    """A mark gives its bucket the family TTL if it had less, never less than it had; the first
+    mark of a family stays."""
+    s: RevokerSettings = sync_store.settings
+    client = sync_store.client
+    full = s.refresh_token_ttl + s.leeway
+    first, second = family_id_prefix(7) + "a", family_id_prefix(7) + "b"
+    bucket = sync_store.keys.family_revoked("acme", first)
+    assert sync_store.keys.family_revoked("acme", second) == bucket
+    assert sync_store.revoke_family(first, tenant_id="acme", reason="one") is True
+    mark = client.hget(bucket, first)
+    assert mark is not None
+    assert mark.endswith(b"|one")
+    client.expire(bucket, full + 1000)  # a longer TTL (e.g. written with other settings)
+    sync_store.revoke_family(second, tenant_id="acme")
+    assert_ttl(sync_store, bucket, full + 1000)
+    client.expire(bucket, 10)  # a shorter one is raised again by the next mark
+    assert sync_store.revoke_family(first, tenant_id="acme", reason="two") is False
+    assert_ttl(sync_store, bucket, full)
+    assert client.hget(bucket, first) == mark

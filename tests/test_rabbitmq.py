@@ -74,7 +74,7 @@ def test_tenant_job_over_rabbitmq(server: LocalRedis) -> None:
     assert sum(pipe.execute()) == 0
     pipe = r.pipeline(transaction=False)
     for fid in ids:
-        pipe.exists(store.keys.family_revoked("rabbit", fid))
+        pipe.hexists(store.keys.family_revoked("rabbit", fid), fid)
     assert sum(pipe.execute()) == len(ids)
     store.close()
     r.close()

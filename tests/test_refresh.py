@@ -271,7 +271,8 @@ async def test_replay_revokes_the_family_everywhere(
         await rotate_refresh_token(second.refresh_token, store=store)
     rotated_other = await rotate_refresh_token(other.refresh_token, store=store)
     assert rotated_other.family_id == other.family_id
-    mark = store.sync_client.get(store.keys.family_revoked(TENANT, first.family_id))  # type: ignore[attr-defined]
+    marks = store.keys.family_revoked(TENANT, first.family_id)
+    mark = store.sync_client.hget(marks, first.family_id)  # type: ignore[attr-defined]
     assert mark is not None
     assert mark.decode().endswith("|" + REUSE_REASON)
     assert fake_jobs.calls == [

@@ -82,10 +82,10 @@ def sstore(s: RevokerSettings) -> Iterator[SyncRedisTokenRevocationStore]:
 
 def revoked_count(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str,
                   ids: list[str]) -> int:  # fmt: skip
-    """How many of ``ids`` carry a revoked marker."""
+    """How many of ``ids`` carry a revoked mark."""
     pipe = r.pipeline(transaction=False)
     for fid in ids:
-        pipe.exists(store.keys.family_revoked(tenant, fid))
+        pipe.hexists(store.keys.family_revoked(tenant, fid), fid)
     return sum(pipe.execute())
 
 
@@ -272,7 +272,7 @@ def test_selective_by_issue_window(
 def test_dry_run_changes_nothing(
     s: RevokerSettings, r: redis.Redis, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """A dry run counts the matching sessions and writes no marker or watermark, deletes nothing."""
+    """A dry run counts the matching sessions and writes no mark or watermark, deletes nothing."""
     ids = seed_sessions(r, s, "dryco", 250, client_ids=("web", "cli"))
     pair = start_session_sync("carol", tenant_id="dryco", store=sstore)
     token = decode_token(pair.access_token, "access", settings=s)
@@ -303,15 +303,15 @@ def test_family_reuse_follow_up(
     rotate_refresh_token_sync(pair.refresh_token, store=sstore)
     with pytest.raises(RefreshTokenReused):
         rotate_refresh_token_sync(pair.refresh_token, store=sstore)  # the superseded one again
-    # The rotation wrote the marker itself; the follow-up job only cleans up and audits.
-    assert r.exists(sstore.keys.family_revoked("reuseco", pair.family_id))
+    # The rotation wrote the mark itself; the follow-up job only cleans up and audits.
+    assert r.hexists(sstore.keys.family_revoked("reuseco", pair.family_id), pair.family_id)
     (job,) = [j for j in jobs.list_jobs() if j.family_id == pair.family_id]
     record = jobs.wait_for_job(job.id, timeout=30)
 
     assert record.status == "done", record.error
     assert record.kind == "family_reuse"
-    assert r.exists(sstore.keys.family_revoked("reuseco", pair.family_id))
-    assert not r.exists(sstore.keys.family_revoked("reuseco", keep.family_id))
+    assert r.hexists(sstore.keys.family_revoked("reuseco", pair.family_id), pair.family_id)
+    assert not r.hexists(sstore.keys.family_revoked("reuseco", keep.family_id), keep.family_id)
     assert present(r, sstore, "reuseco", [pair.family_id, keep.family_id]) == [False, True]
     assert sstore.get_session(pair.family_id, tenant_id="reuseco") is None
     audit = audit_of(r, sstore, b"family_reuse")

@@ -3,8 +3,9 @@
 Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
 
     P:jti:{<jti>}                  string  "<revoked_at_us>|<reason>"  one revoked token
-    P:{<T>}:fr:<family>            string  "<revoked_at_us>|<reason>"  one revoked family (session)
     P:{<T>}:s:<n>                  hash    session bucket n: family id -> session record
+    P:{<T>}:fr:<n>                 hash    revoked families of bucket n: family id ->
+                                           "<revoked_at_us>|<reason>"
     P:{<T>}:uw:<user>              string  "<revoked_at_us>" user watermark
     P:{<T>}:tw                     string  "<revoked_at_us>" tenant watermark
     P:job:{<job_id>}               hash    one bulk job record
@@ -30,7 +31,12 @@ expires entry, key name) before any data, and a tenant index and user index besi
 tenant job walks the tenant's buckets, a user job reads one bucket. A family id starts with its
 bucket (:func:`family_id_prefix`), so a family is found from its id alone. A record expires with
 its refresh token (``expires``): the bucket's TTL is its newest session's, and the expiry task
-deletes expired records from live buckets.
+deletes expired records from live buckets. Revoked families are bucketed the same way (the bucket
+their id names; ids not minted by ``start_session`` hash into :data:`FOREIGN_BUCKETS` buckets of
+their own): a bulk job revokes a bucket's sessions with one HSET, and a revoked family costs a
+hash field instead of a key with a TTL. A revoked mark is useful for the refresh lifetime plus
+leeway after its time: the bucket's TTL is its newest mark's, and the expiry task deletes older
+marks.
 
 Ids are percent-escaped so that no id can contain ``{``, ``}`` or ``:``: no user, tenant or jti
 string can forge another key or move a key to another slot.
@@ -50,6 +56,7 @@ from revoker.exceptions import InvalidIdentifier
 
 __all__ = [
     "FAMILY_BUCKET_SEPARATOR",
+    "FOREIGN_BUCKETS",
     "MAX_ID_LENGTH",
     "NO_TENANT_TAG",
     "RECORD_FIELDS",
@@ -76,7 +83,6 @@ _SAFE_CHARS: Final = "-._~@+=!$&'()*,;"
 #: Ids made only of characters quote() never changes are their own escape. Nearly every id is
 #: (jtis, uuids, slugs), and the per-request check escapes four of them: skip quote() for those.
 _UNCHANGED_BY_QUOTE: Final = re.compile(r"[A-Za-z0-9_.~\-@+=!$&'()*,;]+")
-_UNCHANGED_BY_QUOTE_BYTES: Final = re.compile(_UNCHANGED_BY_QUOTE.pattern.encode())
 #: Hash tag of tokens that carry no tenant. Never the escape of a real tenant (those start "t:").
 NO_TENANT_TAG: Final = "-"
 #: The fields of a session record, in order: one hash field value, "|"-separated, each part
@@ -94,6 +100,8 @@ RECORD_FIELDS: Final = (
     "issued",  # integer µs iat of the current pair: a grace retry re-signs the same claims
     "scopes",  # space-separated
 )
+#: Buckets of the revoked marks of family ids that do not name their bucket (foreign ids).
+FOREIGN_BUCKETS: Final = 1024
 #: Separates a family id's bucket (lower-case hex) from its random part.
 FAMILY_BUCKET_SEPARATOR: Final = "."
 _FAMILY_BUCKET: Final = re.compile(r"([0-9a-f]{1,4})\.")
@@ -219,24 +227,26 @@ class KeyLayout:
         return f"{self.prefix}:{{*}}:s:*"
 
     def family_revoked(self, tenant_id: str | None, family_id: str) -> str:
-        """Marker of a revoked family, read by the per-request check."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:fr:{escape_id(family_id, 'family id')}"
+        """The hash holding the family's revoked mark (the field is the family id), read by the
+        per-request check: the bucket the id names, or for a foreign id one of its own."""
+        escaped = escape_id(family_id, "family id")
+        bucket = family_bucket(family_id)
+        if bucket is not None:
+            return self.revoked_bucket(tenant_id, bucket)
+        foreign = zlib.crc32(escaped.encode()) % FOREIGN_BUCKETS
+        return f"{self.revoked_bucket_base(tenant_id)}x{foreign}"
 
-    def family_revoked_base(self, tenant_id: str | None) -> str:
-        """What every revoked-family key of the tenant starts with (the escaped id follows)."""
+    def revoked_bucket(self, tenant_id: str | None, bucket: int) -> str:
+        """The revoked marks of the families of one session bucket."""
+        return f"{self.revoked_bucket_base(tenant_id)}{int(bucket)}"
+
+    def revoked_bucket_base(self, tenant_id: str | None) -> str:
+        """What every revoked-mark bucket key of the tenant starts with."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:fr:"
 
-    def family_revoked_keys(
-        self, tenant_id: str | None, family_ids: Sequence[bytes]
-    ) -> list[bytes]:
-        """``family_revoked`` of many families of one tenant, for the fan-out's hot path: ids as
-        Redis returned them, escaped only when they need it."""
-        base = self.family_revoked_base(tenant_id).encode()
-        safe = _UNCHANGED_BY_QUOTE_BYTES.fullmatch
-        return [
-            base + fid if safe(fid) else base + escape_id(fid.decode(), "family id").encode()
-            for fid in family_ids
-        ]
+    def revoked_bucket_pattern(self) -> str:
+        """SCAN MATCH pattern of every revoked-mark bucket of every tenant."""
+        return f"{self.prefix}:{{*}}:fr:*"
 
     def user_watermark(self, tenant_id: str | None, user_id: str) -> str:
         """Every token of this user (in this tenant) issued at or before the value is revoked."""
@@ -285,7 +295,9 @@ class KeyLayout:
     def check_keys(
         self, jti: str, tenant_id: str | None, user_id: str | None, family_id: str | None
     ) -> list[str | None]:
-        """The keys the per-request check reads, in RULE_ORDER; None where a rule cannot apply."""
+        """The keys the per-request check reads, in RULE_ORDER; None where a rule cannot apply.
+
+        The family's is a hash (its field is the family id); the others are strings."""
         return [
             self.jti(jti),
             self.family_revoked(tenant_id, family_id) if family_id is not None else None,
@@ -315,5 +327,6 @@ def watermark_ttl(longest_token_ttl: int, leeway: int) -> int:
 
 
 def family_ttl(refresh_ttl: int, leeway: int) -> int:
-    """TTL of a family record and of its revoked marker: the refresh token's life plus leeway."""
+    """How long a session record or a revoked family's mark is kept: the refresh token's life
+    plus leeway (the TTL of their buckets, renewed by each write)."""
     return refresh_ttl + leeway

@@ -14,7 +14,7 @@ written), signs the successor pair, and then asks Redis, in one script call
   optional escalation to the user) is a Celery job; if the broker is down it stays pending in the
   job outbox and runs later.
 
-Because the revoked marker is checked inside the script, a rotation racing a logout
+Because the revoked mark is checked inside the script, a rotation racing a logout
 (``revoke_family``) cannot succeed once the logout has returned.
 """
 

@@ -9,7 +9,7 @@ Every kind of job (tenant, user, filtered, dry run) walks session buckets (see `
   chunk not yet done. A rerun (redelivery) after the plan was recorded reuses it and dispatches
   only the missing chunks.
 * ``revoke_chunk`` reads its buckets (HSCAN, a page of several buckets per round trip), selects
-  the records the job covers, writes one revoked marker (SET EX) per selected family, records
+  the records the job covers, writes their revoked marks (one HSET per bucket), records
   itself done with ``job_chunk_done.lua`` (a set of done chunk numbers makes the counts exact even
   when a chunk is rerun after a crash), and only then deletes the selected records from their
   buckets (HDEL, one per bucket). Plain pipelined commands on a raw connection, no Lua: Redis
@@ -22,7 +22,7 @@ the records are deleted, which happens only after the chunk is counted. A sessio
 after the cut-off is never touched (nothing it issued is covered by the watermark either).
 
 Audit: one stream entry per chunk listing its family ids (about 25 bytes per session rather than
-a stream entry of ~100 bytes each), and every revoked marker's reason names the job. The audit
+a stream entry of ~100 bytes each), and every revoked mark's reason names the job. The audit
 is at least once: a chunk killed after its audit entry but before it recorded itself done writes
 a second entry when rerun; the counts in the job record are exactly once.
 
@@ -51,7 +51,7 @@ from revoker.exceptions import JobNotFound
 from revoker.jobs import JobRecord, get_job, publish_job
 from revoker.rules import encode_mark, now_us, to_us
 from revoker.settings import RevokerSettings, get_settings
-from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
+from revoker.store import StoreCore, SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.store._base import load_script
 from revoker.worker import app
 
@@ -76,12 +76,12 @@ COUNT_BATCH = 1_000
 #: less a worker has in flight, the shorter a per-request check queues behind it (`make bench`:
 #: check p99 during a fan-out by two workers ~4 ms with 16 buckets and 2,000 SETs in flight,
 #: ~2.4 ms with 2 and 100, for ~8% fewer sessions/s).
-READ_BUCKETS = 2
+READ_BUCKETS = 4
 #: Fields per HSCAN call. A listpack bucket (Redis's compact encoding, up to 128 fields) comes
 #: whole whatever the COUNT; only a bucket grown past that is paged.
 SCAN_FIELDS = 500
-#: Families per write round trip (SET EX each, ~2-3 µs of Redis apiece for a new key).
-WRITE_BATCH = 100
+#: Write commands per round trip (an HSET of one bucket's marks, ~120 fields, and two EXPIREs).
+WRITE_COMMANDS = 12
 #: Keys examined per SCAN call of the expiry task (~1 µs of Redis each under load).
 SCAN_COUNT = 200
 #: Jobs handled per page by the expiry task and the outbox sweep.
@@ -280,10 +280,10 @@ def revoke_buckets(
 ) -> dict[int, list[bytes]]:
     """Revoke the selected sessions of some buckets of a tenant; returns them by bucket.
 
-    One revoked marker (SET EX) per selected family, ``WRITE_BATCH`` per round trip; ``mark``
-    None (a dry run) writes nothing. The records stay: the caller deletes them
-    (:func:`delete_records`) once it has counted them. Idempotent: a rerun selects the same
-    families and rewrites the same markers.
+    Per bucket, one HSET of the selected families' marks into its revoked-mark bucket (and its
+    TTL), ``WRITE_COMMANDS`` commands per round trip; ``mark`` None (a dry run) writes nothing.
+    The records stay: the caller deletes them (:func:`delete_records`) once it has counted them.
+    Idempotent: a rerun selects the same families and rewrites the same marks.
     """
     keys = store.keys
     ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
@@ -291,13 +291,16 @@ def revoke_buckets(
         selected = read_selected(exchange, keys.session_bucket_base(tenant_id), buckets, select)
         if mark is None:
             return selected
-        revoked_keys = keys.family_revoked_keys(
-            tenant_id, [fid for ids in selected.values() for fid in ids]
-        )
-        for start in range(0, len(revoked_keys), WRITE_BATCH):
-            exchange(
-                [("SET", key, mark, "EX", ttl) for key in revoked_keys[start : start + WRITE_BATCH]]
-            )
+        mark_b = mark.encode()
+        commands: list[Any] = []
+        for bucket, ids in selected.items():
+            marks = keys.revoked_bucket(tenant_id, bucket)
+            for start in range(0, len(ids), SCAN_FIELDS):
+                part = ids[start : start + SCAN_FIELDS]
+                commands.append(("HSET", marks, *(x for fid in part for x in (fid, mark_b))))
+            commands += StoreCore.bucket_ttl_commands(marks, ttl)
+        for start in range(0, len(commands), WRITE_COMMANDS):
+            exchange(commands[start : start + WRITE_COMMANDS])
     return selected
 
 
@@ -680,12 +683,14 @@ def _run_family_reuse(
 
 @_task(name="revoker.expire_entries")
 def expire_entries() -> dict[str, int]:
-    """Prune expired session records, finished jobs past retention, and old audit entries."""
+    """Prune expired session records and revoked marks, finished jobs past retention, and old
+    audit entries."""
     settings, store = _context()
     client = store.client
     keys = store.keys
     now = time.time()
     pruned = _prune_sessions(store, now)
+    marks = _prune_marks(store, now)
     jobs_removed = 0
     cutoff_ms = int((now - settings.job_retention) * 1000)
     offset = 0
@@ -715,7 +720,36 @@ def expire_entries() -> dict[str, int]:
     min_id = f"{int((now - settings.audit_retention) * 1000)}-0"
     # "~" lets Redis drop whole stream nodes only: bounded work per call.
     trimmed = int(client.xtrim(keys.audit, minid=min_id, approximate=True))
-    return {"sessions": pruned, "jobs": jobs_removed, "audit_entries": trimmed}
+    return {
+        "sessions": pruned,
+        "revoked_marks": marks,
+        "jobs": jobs_removed,
+        "audit_entries": trimmed,
+    }
+
+
+def _prune_marks(store: SyncRedisTokenRevocationStore, now: float) -> int:
+    """Delete the revoked families' marks older than the refresh lifetime plus leeway (no token
+    of such a family can still verify); returns how many."""
+    client = store.client
+    ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
+    limit = int((now - ttl) * 1_000_000)
+    pruned = 0
+    for key in client.scan_iter(match=store.keys.revoked_bucket_pattern(), count=SCAN_COUNT):
+        cursor: int = 0
+        while True:
+            cursor, page = client.hscan(key, cursor, count=SCAN_FIELDS)
+            stale = [fid for fid, mark in page.items() if _mark_before(mark, limit)]
+            if stale:
+                pruned += int(client.hdel(key, *stale))
+            if not cursor:
+                break
+    return pruned
+
+
+def _mark_before(mark: bytes, limit_us: int) -> bool:
+    at = mark.partition(b"|")[0]
+    return at.isdigit() and int(at) < limit_us
 
 
 def _expired(record: bytes, limit: int) -> bool:

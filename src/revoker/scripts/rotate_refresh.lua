@@ -2,14 +2,15 @@
 --
 -- Every key lives in the tenant's slot except the optional jti key, which the caller passes only
 -- on a single Redis (on a cluster it checks the jti beforehand).
--- KEYS[1] the user's session bucket   KEYS[2] family-revoked marker   KEYS[3] user watermark
+-- KEYS[1] the user's session bucket   KEYS[2] the family's revoked-mark bucket
+-- KEYS[3] user watermark
 -- KEYS[4..] the tenant watermark if ARGV[12] == "1", then the jti key if ARGV[13] == "1"
 -- ARGV[1] presented refresh jti         ARGV[2] presented iat (integer µs)
 -- ARGV[3] the token's user id           ARGV[4] new refresh jti
 -- ARGV[5] new access jti                ARGV[6] new pair's iat (integer µs)
 -- ARGV[7] new refresh exp (unix s)      ARGV[8] grace window (s)
 -- ARGV[9] bucket TTL (s)                ARGV[10] mark written on reuse "<at_us>|<reason>"
--- ARGV[11] family id (the bucket field) ARGV[12], ARGV[13] see KEYS
+-- ARGV[11] family id (the field in both buckets)   ARGV[12], ARGV[13] see KEYS
 -- Ids and jtis come escaped as the record stores them (keys.escape_part).
 --
 -- The record is one "|"-separated value, fields by position as in keys.RECORD_FIELDS:
@@ -38,7 +39,7 @@ local function mark_us(value)
   return tonumber(string.match(value, "^(%d+)")) or 0
 end
 local jti_v = jti_key and redis.call("GET", jti_key) or false
-local fam_v = redis.call("GET", revoked_key)
+local fam_v = redis.call("HGET", revoked_key, family)
 local user_v = redis.call("GET", user_wm_key)
 local tenant_v = tenant_wm_key and redis.call("GET", tenant_wm_key) or false
 if jti_v or fam_v or math.max(mark_us(user_v), mark_us(tenant_v)) >= presented_iat then
@@ -77,5 +78,8 @@ if grace > 0 and f[6] == presented and f[7] ~= "" and f[8] ~= "" and f[9] ~= ""
   return {"grace", f[8], f[5], f[9]}
 end
 
-redis.call("SET", revoked_key, ARGV[10], "EX", ttl)
+redis.call("HSET", revoked_key, family, ARGV[10])
+-- As StoreCore.bucket_ttl_commands: a new bucket gets the TTL, an older one is never shortened.
+redis.call("EXPIRE", revoked_key, ttl, "NX")
+redis.call("EXPIRE", revoked_key, ttl, "GT")
 return {"reuse"}

@@ -105,7 +105,7 @@ class RotationReply:
 class StoreCore:
     """Key layout, TTL arithmetic and reply parsing for both stores."""
 
-    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh")
+    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh", "check")
 
     def __init__(self, settings: RevokerSettings) -> None:
         self.settings = settings
@@ -116,9 +116,18 @@ class StoreCore:
     def check_keys(self, token: TokenData) -> list[str | None]:
         return self.keys.check_keys(token.jti, token.tenant, token.sub, token.family)
 
+    def check_args(self, token: TokenData, keys: Sequence[str]) -> list[str]:
+        """The check script's ARGV for ``keys`` (some of check_keys): where the family's bucket
+        is among them, and the family id (its field)."""
+        if token.family is None:
+            return ["0", ""]
+        bucket = self.keys.family_revoked(token.tenant, token.family)
+        at = keys.index(bucket) + 1 if bucket in keys else 0
+        return [str(at), token.family]
+
     @staticmethod
     def group_by_slot(keys: Iterable[str]) -> dict[int, list[str]]:
-        """Keys grouped by Redis Cluster slot, for one MGET per slot."""
+        """Keys grouped by Redis Cluster slot, for one check script call per slot."""
         groups: dict[int, list[str]] = {}
         for key in keys:
             groups.setdefault(key_slot(key.encode()), []).append(key)
@@ -193,19 +202,25 @@ class StoreCore:
     ) -> Plan[bool]:
         at = now_us()
         ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
-        key = self.keys.family_revoked(tenant_id, family_id)
+        bucket = self.keys.family_revoked(tenant_id, family_id)
         return Plan(
             [
                 # As for a jti: the first revocation's time and reason stay (see above).
-                ("SET", key, encode_mark(at, reason), "EX", ttl, "NX", "GET"),
-                ("EXPIRE", key, ttl, "GT"),
+                ("HSETNX", bucket, family_id, encode_mark(at, reason)),
+                *self.bucket_ttl_commands(bucket, ttl),
                 self.audit_command(
                     "family", family_id, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
                 ),
                 self.count_command("families"),
             ],
-            lambda replies: replies[0] is None,
+            lambda replies: bool(replies[0]),
         )
+
+    @staticmethod
+    def bucket_ttl_commands(bucket: str, ttl: int) -> list[Command]:
+        """Give a bucket of marks at least ``ttl`` more seconds: a new bucket gets it (NX), an
+        older one is extended (GT), never shortened."""
+        return [("EXPIRE", bucket, ttl, "NX"), ("EXPIRE", bucket, ttl, "GT")]
 
     def plan_watermark(
         self,

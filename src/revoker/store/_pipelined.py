@@ -1,8 +1,8 @@
-"""One shared, pipelined connection for the per-request check's MGET (single Redis only).
+"""One shared, pipelined connection for the per-request check (single Redis only).
 
 redis-py's asyncio client spends about 60-80 µs of CPU per command (pool checkout under a
 condition and a timeout, the retry wrapper, event and observability hooks): as much as verifying
-the JWT that the check's verify cache saves. The check sends one command shape, MGET, and Redis
+the JWT that the check's verify cache saves. The check sends one command (its script), and Redis
 answers the commands of one connection in order, so all concurrent checks of an event loop can
 share one connection: each call queues its command and a future (the commands of one loop
 iteration go out in one write); the protocol parses replies with hiredis and resolves the futures
@@ -29,7 +29,7 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["PipelinedMget", "pack_command"]
+__all__ = ["PipelinedConnection", "pack_command"]
 
 
 def pack_command(*args: str | bytes) -> bytes:
@@ -121,8 +121,8 @@ class _Protocol(asyncio.Protocol):
             raise
 
 
-class PipelinedMget:
-    """MGET over one pipelined connection per event loop, reconnecting on demand."""
+class PipelinedConnection:
+    """Commands over one pipelined connection per event loop, reconnecting on demand."""
 
     def __init__(
         self,
@@ -134,8 +134,11 @@ class PipelinedMget:
         password: str | None = None,
         timeout: float,
         connect_timeout: float,
+        on_connect: Sequence[Sequence[str]] = (),
     ) -> None:
         self.host, self.port, self.db = host, port, db
+        #: Commands sent on each new connection after AUTH and SELECT (e.g. SCRIPT LOAD).
+        self.on_connect = [tuple(command) for command in on_connect]
         self.username, self.password = username, password
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -144,8 +147,13 @@ class PipelinedMget:
 
     @classmethod
     def for_client(
-        cls, client: Any, *, timeout: float, connect_timeout: float
-    ) -> PipelinedMget | None:
+        cls,
+        client: Any,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        on_connect: Sequence[Sequence[str]] = (),
+    ) -> PipelinedConnection | None:
         """A pipeline to the server ``client`` (a redis.asyncio.Redis) talks to, or None.
 
         None when the connection needs what this class does not do (TLS, unix socket, RESP3,
@@ -169,15 +177,15 @@ class PipelinedMget:
             password=kwargs.get("password"),
             timeout=timeout,
             connect_timeout=connect_timeout,
+            on_connect=on_connect,
         )
 
-    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        """``MGET keys``: one command on the shared connection."""
+    async def call(self, *args: str | bytes) -> Any:
+        """Any one command on the shared connection; its reply as hiredis parses it."""
         protocol = self._protocol
         if protocol is None or protocol.closed or protocol.loop is not asyncio.get_running_loop():
             protocol = await self._connected()
-        reply: list[bytes | None] = await protocol.call(pack_command("MGET", *keys), self.timeout)
-        return reply
+        return await protocol.call(pack_command(*args), self.timeout)
 
     async def _connected(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -213,6 +221,8 @@ class PipelinedMget:
                     await protocol.call(pack_command("AUTH", *auth), self.connect_timeout)
                 if self.db:
                     await protocol.call(pack_command("SELECT", str(self.db)), self.connect_timeout)
+                for command in self.on_connect:
+                    await protocol.call(pack_command(*command), self.connect_timeout)
             except BaseException:
                 protocol.drop(RedisConnectionError("connection setup failed"))
                 raise

@@ -131,8 +131,10 @@ class SyncRedisTokenRevocationStore:
             groups: Sequence[list[str]] = (
                 list(self.core.group_by_slot(present).values()) if self.is_cluster else [present]
             )
+            script = self._scripts["check"]
             for group in groups:
-                found.update(zip(group, self.client.execute_command("MGET", *group), strict=True))
+                values = script(keys=group, args=self.core.check_args(token, group))
+                found.update(zip(group, values, strict=True))
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         return self.core.decide(token, keys, found)

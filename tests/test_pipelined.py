@@ -1,4 +1,4 @@
-"""The pipelined MGET connection of the per-request check (revoker.store._pipelined)."""
+"""The pipelined connection of the per-request check (revoker.store._pipelined)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import make_settings
 from revoker.localredis import LocalRedis
 from revoker.rules import NOT_REVOKED
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
-from revoker.store._pipelined import PipelinedMget, _Protocol, pack_command
+from revoker.store._pipelined import PipelinedConnection, _Protocol, pack_command
 from revoker.tokens import create_access_token, get_verifier
 
 TIMEOUT = 0.2
@@ -32,10 +32,15 @@ def server() -> Iterator[LocalRedis]:
     local.stop()
 
 
-def pipeline(local: LocalRedis, **options: Any) -> PipelinedMget:
+async def mget_(connection: PipelinedConnection, keys: list[str]) -> Any:
+    """``MGET keys`` on the shared connection."""
+    return await connection.call("MGET", *keys)
+
+
+def pipeline(local: LocalRedis, **options: Any) -> PipelinedConnection:
     values: dict[str, Any] = {"timeout": TIMEOUT, "connect_timeout": TIMEOUT}
     values.update(options)
-    return PipelinedMget(host="127.0.0.1", port=local.port, **values)
+    return PipelinedConnection(host="127.0.0.1", port=local.port, **values)
 
 
 class FakeTransport:
@@ -66,7 +71,7 @@ async def test_mget_matches_the_pooled_client(server: LocalRedis) -> None:
     mget = pipeline(server)
     try:
         keys = ["k1", "missing", "ключ"]
-        assert await mget.mget(keys) == client.mget(keys) == [b"v1", None, "значение".encode()]
+        assert await mget_(mget, keys) == client.mget(keys) == [b"v1", None, "значение".encode()]
     finally:
         mget.close()
         client.close()
@@ -79,7 +84,7 @@ async def test_concurrent_calls_each_get_their_own_reply(server: LocalRedis) -> 
     client.mset({f"key{i}": f"value{i}" for i in range(500)})
     mget = pipeline(server, timeout=5.0)
     try:
-        replies = await asyncio.gather(*(mget.mget([f"key{i}", "nope"]) for i in range(500)))
+        replies = await asyncio.gather(*(mget_(mget, [f"key{i}", "nope"]) for i in range(500)))
         assert replies == [[f"value{i}".encode(), None] for i in range(500)]
     finally:
         mget.close()
@@ -92,18 +97,18 @@ async def test_error_reply_raises_and_connection_stays_usable(server: LocalRedis
     mget = pipeline(server)
     try:
         with pytest.raises(ResponseError, match="wrong number of arguments"):
-            await mget.mget([])
-        assert await mget.mget(["a"]) == [None]
+            await mget_(mget, [])
+        assert await mget_(mget, ["a"]) == [None]
     finally:
         mget.close()
 
 
 @pytest.mark.redis
-async def test_store_check_is_one_mget_on_one_connection(server: LocalRedis) -> None:
-    """A store built from settings sends exactly one MGET per check, all on one connection."""
+async def test_store_check_is_one_command_on_one_connection(server: LocalRedis) -> None:
+    """A store built from settings sends exactly one EVALSHA per check, all on one connection."""
     settings = make_settings(redis_url=server.url)
     store = RedisTokenRevocationStore(settings=settings)
-    assert store._mget is not None
+    assert store._pipelined is not None
     token, _ = create_access_token("ann", tenant_id="acme", family_id="f1", settings=settings)
     data = get_verifier(settings).decode(token)
     client = redis.Redis.from_url(server.url)
@@ -114,7 +119,8 @@ async def test_store_check_is_one_mget_on_one_connection(server: LocalRedis) -> 
         statuses = await asyncio.gather(*(store.is_revoked(data) for _ in range(200)))
         assert statuses == [NOT_REVOKED] * 200
         stats = client.info("commandstats")
-        assert stats["cmdstat_mget"]["calls"] == 200
+        assert stats["cmdstat_evalsha"]["calls"] == 200
+        assert "cmdstat_eval" not in stats  # the script was loaded when the connection opened
         assert client.info("clients")["connected_clients"] == clients_before
     finally:
         await store.aclose()
@@ -131,7 +137,7 @@ async def test_store_with_password_and_db(server: LocalRedis) -> None:
     settings = make_settings(redis_url=url)
     store = RedisTokenRevocationStore(settings=settings)
     sync_store = SyncRedisTokenRevocationStore(settings=settings)
-    assert store._mget is not None
+    assert store._pipelined is not None
     try:
         token, jti = create_access_token("ann", tenant_id="acme", settings=settings)
         data = get_verifier(settings).decode(token)
@@ -155,7 +161,7 @@ async def test_wrong_password_is_a_backend_error(server: LocalRedis) -> None:
     client.close()
     mget = pipeline(server, password="wrong")
     with pytest.raises(ResponseError):
-        await mget.mget(["a"])
+        await mget_(mget, ["a"])
     mget.close()
 
 
@@ -165,17 +171,17 @@ async def test_paused_server_times_out_then_recovers(server: LocalRedis) -> None
     redis.Redis.from_url(server.url).set("k", "v")
     mget = pipeline(server)
     try:
-        assert await mget.mget(["k"]) == [b"v"]
+        assert await mget_(mget, ["k"]) == [b"v"]
         server.pause()
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(mget.mget(["k"]) for _ in range(5)), return_exceptions=True
+            *(mget_(mget, ["k"]) for _ in range(5)), return_exceptions=True
         )
         took = time.perf_counter() - started
         assert all(isinstance(r, TimeoutError | RedisConnectionError) for r in results), results
         assert took < TIMEOUT + 0.15
         server.resume()
-        assert await mget.mget(["k", "x"]) == [b"v", None]
+        assert await mget_(mget, ["k", "x"]) == [b"v", None]
     finally:
         mget.close()
 
@@ -185,16 +191,16 @@ async def test_killed_server_fails_fast_and_reconnects_after_restart(server: Loc
     """A dead Redis is an error at once; once restarted, the next call reconnects."""
     mget = pipeline(server)
     try:
-        assert await mget.mget(["k"]) == [None]
+        assert await mget_(mget, ["k"]) == [None]
         server.kill()
         started = time.perf_counter()
         for _ in range(3):
             with pytest.raises((RedisConnectionError, OSError)):
-                await mget.mget(["k"])
+                await mget_(mget, ["k"])
         assert time.perf_counter() - started < TIMEOUT
         server.start()
         redis.Redis.from_url(server.url).set("k", "back")
-        assert await mget.mget(["k"]) == [b"back"]
+        assert await mget_(mget, ["k"]) == [b"back"]
     finally:
         mget.close()
 
@@ -209,11 +215,11 @@ def test_store_works_across_event_loops(server: LocalRedis) -> None:
     first_loop, second_loop = asyncio.new_event_loop(), asyncio.new_event_loop()
     try:
         assert first_loop.run_until_complete(store.is_revoked(data)) == NOT_REVOKED
-        assert store._mget is not None
-        first = store._mget._protocol
+        assert store._pipelined is not None
+        first = store._pipelined._protocol
         assert first is not None
         assert second_loop.run_until_complete(store.is_revoked(data)) == NOT_REVOKED
-        assert store._mget._protocol is not first
+        assert store._pipelined._protocol is not first
         first_loop.run_until_complete(asyncio.sleep(0.01))  # runs the close sent to it
         assert first.closed
         second_loop.run_until_complete(store.aclose())
@@ -277,8 +283,8 @@ async def test_unexpected_reply_drops_the_connection() -> None:
 
 def test_only_plain_tcp_clients_are_pipelined() -> None:
     """TLS, unix sockets and injected clients keep using redis-py's client."""
-    assert RedisTokenRevocationStore(settings=make_settings())._mget is not None
+    assert RedisTokenRevocationStore(settings=make_settings())._pipelined is not None
     for url in ("rediss://127.0.0.1:6379/0", "unix:///tmp/redis.sock"):
-        assert RedisTokenRevocationStore(settings=make_settings(redis_url=url))._mget is None
+        assert RedisTokenRevocationStore(settings=make_settings(redis_url=url))._pipelined is None
     injected = redis.asyncio.Redis.from_url("redis://127.0.0.1:6379/0")
-    assert RedisTokenRevocationStore(injected, settings=make_settings())._mget is None
+    assert RedisTokenRevocationStore(injected, settings=make_settings())._pipelined is None
