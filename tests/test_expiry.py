@@ -24,6 +24,7 @@ from revoker.localredis import free_port
 from revoker.rules import encode_mark, to_us
 from revoker.settings import RevokerSettings, configure
 from revoker.store import get_sync_revocation_store
+from revoker.worker import BEAT_EXPIRE_SECONDS, EXPIRY_SLICES, celery_config
 
 #: (bucket key, family id) -> the raw record written there.
 Written = dict[tuple[str, str], str]
@@ -124,6 +125,36 @@ def test_expired_records_are_deleted_and_live_ones_kept(s: RevokerSettings, r: r
     assert r.exists(*others) == len(others)
     assert result["revoked_marks"] == 0  # the fresh mark stays
     assert tasks.expire_entries()["sessions"] == 0
+
+
+def test_a_sliced_run_prunes_only_its_slice_of_buckets(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """expire_entries(slices) reads the buckets of the clock's slice only; the others wait."""
+    keys = KeyLayout(s.key_prefix)
+    dead = int(time.time()) - s.leeway - 3600
+    users = [f"user{i}" for i in range(40)]
+    written = write_records(r, s, "sliced", {user: [dead] for user in users})
+    old_mark = encode_mark(to_us(time.time() - s.refresh_token_ttl - s.leeway - 3600))
+    for bucket in range(s.session_buckets):
+        r.hset(keys.revoked_bucket("sliced", bucket), f"{family_id_prefix(bucket)}f", old_mark)
+    real = time.time()
+    minute = int(real // 60)
+    slot = 3
+    # A clock within ten minutes of now whose run is slice 3 of 4.
+    monkeypatch.setattr(tasks.time, "time", lambda: (minute - minute % 4 + slot) * 60 + 1.0)
+
+    result = tasks.expire_entries(4)
+
+    in_slot = {b for b in range(s.session_buckets) if b % 4 == slot}
+    gone = {(key, fid) for key, fid in written if int(key.rpartition(":")[2]) in in_slot}
+    assert gone  # the test means something: some users fall in the slice
+    assert stored(r, written) == set(written) - gone
+    assert result["sessions"] == len(gone)
+    assert result["revoked_marks"] == len(in_slot)
+    for bucket in range(s.session_buckets):
+        marks = keys.revoked_bucket("sliced", bucket)
+        assert r.exists(marks) == (bucket not in in_slot)
 
 
 def test_old_revoked_marks_are_deleted_and_newer_ones_kept(
@@ -291,3 +322,11 @@ def test_outbox_sweep_leaves_fresh_and_started_jobs_alone(
     assert r.zscore(keys.jobs_pending, fresh) is not None
     assert r.zscore(keys.jobs_pending, started) is None
     assert jobs.get_job(fresh).status == "pending"
+
+
+def test_beat_runs_the_expiry_in_slices() -> None:
+    """The beat schedule runs expire_entries every minute on one of EXPIRY_SLICES slices."""
+    schedule = celery_config(make_settings())["beat_schedule"]["revoker-expire-entries"]
+    assert schedule["task"] == tasks.expire_entries.name
+    assert (schedule["schedule"], schedule["args"]) == (BEAT_EXPIRE_SECONDS, (EXPIRY_SLICES,))
+    assert EXPIRY_SLICES * BEAT_EXPIRE_SECONDS <= 15 * 60  # an expired entry waits minutes

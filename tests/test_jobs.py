@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -719,3 +720,39 @@ def test_dry_run_job_counts_and_changes_nothing(
     assert _marked(r, store, "acme") == set()
     assert _fields(r, store, "acme") == {*seeded, pair.family_id}
     assert not _check(store, pair.access_token)
+
+
+def test_a_stalled_job_is_published_again(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running job whose chunk messages were lost is republished after a visibility timeout,
+    not before, and never while it makes progress; it leaves the running list when done."""
+    store = get_sync_revocation_store(s)
+    keys = store.keys
+    seed_sessions(r, s, "stall", 40, users=40)
+    job_id = jobs.enqueue_tenant_revocation("stall", reason="r", actor="a")
+    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(tasks.revoke_chunk, "apply_async", lambda *a, **kw: None)  # lost
+    tasks.revoke_job(job_id)
+    assert jobs.get_job(job_id).status == "running"
+    assert r.zscore(keys.jobs_running, job_id) is not None
+    published: list[str] = []
+    monkeypatch.setattr(
+        tasks, "publish_job", lambda record, **kw: published.append(record.id) or True
+    )
+    now = time.time()
+    late = now + s.visibility_timeout + 1
+
+    assert tasks._republish_stalled(store, now) == 0  # first look: notes its progress
+    assert tasks._republish_stalled(store, now + 1) == 0  # no progress, but not for long
+    assert tasks._republish_stalled(store, late) == 1
+    assert published == [job_id]
+    assert tasks._republish_stalled(store, late + 1) == 0  # not again at once
+    tasks.revoke_chunk(job_id, 0)  # progress
+    assert tasks._republish_stalled(store, late + 2 * s.visibility_timeout) == 0
+    assert published == [job_id]
+    for n in range(1, jobs.get_job(job_id).chunks_total):
+        tasks.revoke_chunk(job_id, n)
+    assert jobs.get_job(job_id).status == "done"
+    assert r.zscore(keys.jobs_running, job_id) is None
+    assert tasks._republish_stalled(store, late + 10 * s.visibility_timeout) == 0

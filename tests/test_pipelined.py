@@ -128,6 +128,32 @@ async def test_store_check_is_one_command_on_one_connection(server: LocalRedis) 
 
 
 @pytest.mark.redis
+async def test_check_survives_a_script_flush(server: LocalRedis) -> None:
+    """After SCRIPT FLUSH the check reloads its script (EVAL) and still sees revocations."""
+    settings = make_settings(redis_url=server.url)
+    store = RedisTokenRevocationStore(settings=settings)
+    sync_store = SyncRedisTokenRevocationStore(settings=settings)
+    token, _ = create_access_token("ann", tenant_id="acme", family_id="f1", settings=settings)
+    data = get_verifier(settings).decode(token)
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert await store.is_revoked(data) == NOT_REVOKED  # connects, loads the script
+        client.script_flush()
+        sync_store.revoke_family("f1", tenant_id="acme", reason="logout")
+        client.config_resetstat()
+        status = await store.is_revoked(data)
+        assert (status.revoked, status.rule, status.reason) == (True, "family", "logout")
+        stats = client.info("commandstats")
+        assert stats["cmdstat_eval"]["calls"] == 1  # NOSCRIPT, then EVAL: loaded again
+        assert (await store.is_revoked(data)).revoked
+        assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 2
+    finally:
+        await store.aclose()
+        sync_store.close()
+        client.close()
+
+
+@pytest.mark.redis
 async def test_store_with_password_and_db(server: LocalRedis) -> None:
     """AUTH and SELECT from the URL: revocations written to db 2 are seen by the check."""
     client = redis.Redis.from_url(server.url)

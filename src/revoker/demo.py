@@ -360,7 +360,7 @@ def _revoke_tenant(settings: RevokerSettings, service_url: str, victim: _User) -
     status = _call_me(service_url, victim)
     if status == 401:
         _say("     (rejected at once: the tenant watermark was written before the job ran)")
-    # The bar needs the chunk count, which the job knows once its task has snapshotted the index.
+    # The bar needs the chunk count, which the job knows once its task has planned its chunks.
     deadline = time.monotonic() + JOB_TIMEOUT
     record = get_job(job_id, settings=settings)
     while record.chunks_total == 0 and not record.finished:

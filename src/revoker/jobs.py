@@ -415,7 +415,7 @@ def enqueue_family_reuse(
     """Record and publish the follow-up of a detected refresh-token reuse.
 
     The family itself is already revoked (one write, by the rotation script); the job does the
-    audit, the index clean-up and, with ``reuse_escalation="user"``, the user-wide revocation.
+    audit, the record clean-up and, with ``reuse_escalation="user"``, the user-wide revocation.
     """
     settings = settings or get_settings()
     escape_id(family_id, "family id")

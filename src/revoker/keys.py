@@ -14,6 +14,7 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:job:{<job_id>}:dlv           hash    chunk number -> deliveries (redelivery cap)
     P:jobs                         zset    job ids scored by creation time (ms)
     P:jobs:pending                 zset    outbox: jobs not yet started, by creation time (ms)
+    P:jobs:running                 zset    jobs running, by when their progress last moved (s)
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
@@ -280,6 +281,11 @@ class KeyLayout:
     def jobs_pending(self) -> str:
         """The outbox: ids of jobs not yet started, scored by creation time (ms)."""
         return f"{self.prefix}:jobs:pending"
+
+    @property
+    def jobs_running(self) -> str:
+        """Jobs started and not finished, scored by when their progress last moved (unix s)."""
+        return f"{self.prefix}:jobs:running"
 
     def job_idempotency(self, digest: str) -> str:
         return f"{self.prefix}:jobkey:{escape_id(digest, 'idempotency key')}"

@@ -10,7 +10,7 @@ written), signs the successor pair, and then asks Redis, in one script call
 * it is the one just rotated, within ``REVOKER_REFRESH_REUSE_GRACE_SECONDS``: a client retrying
   after a lost response gets the same successor again (same jtis, same iat, so the same claims);
 * anything else is reuse: the family is revoked in that same step, so its refresh and access
-  tokens stop working everywhere, whatever happens next. The follow-up (audit, index clean-up,
+  tokens stop working everywhere, whatever happens next. The follow-up (audit, record clean-up,
   optional escalation to the user) is a Celery job; if the broker is down it stays pending in the
   job outbox and runs later.
 

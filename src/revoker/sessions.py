@@ -133,7 +133,7 @@ async def start_session(
     scopes: Iterable[str] = (),
     store: RedisTokenRevocationStore | None = None,
 ) -> TokenPair:
-    """Open a login session: a new refresh family, recorded and indexed in one round trip."""
+    """Open a login session: a new refresh family, recorded in its user's bucket."""
     store = store or get_revocation_store()
     pair, record = _new_session(user_id, tenant_id, client_id, scopes, store.settings)
     await store.record_session(pair.family_id, **record)

@@ -53,7 +53,7 @@ from revoker.rules import encode_mark, now_us, to_us
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store import StoreCore, SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.store._base import load_script
-from revoker.worker import app
+from revoker.worker import BEAT_EXPIRE_SECONDS, app
 
 __all__ = [
     "OUTBOX_GRACE_SECONDS",
@@ -76,12 +76,12 @@ COUNT_BATCH = 1_000
 #: less a worker has in flight, the shorter a per-request check queues behind it (`make bench`:
 #: check p99 during a fan-out by two workers ~4 ms with 16 buckets and 2,000 SETs in flight,
 #: ~2.4 ms with 2 and 100, for ~8% fewer sessions/s).
-READ_BUCKETS = 4
+READ_BUCKETS = 2
 #: Fields per HSCAN call. A listpack bucket (Redis's compact encoding, up to 128 fields) comes
 #: whole whatever the COUNT; only a bucket grown past that is paged.
 SCAN_FIELDS = 500
 #: Write commands per round trip (an HSET of one bucket's marks, ~120 fields, and two EXPIREs).
-WRITE_COMMANDS = 12
+WRITE_COMMANDS = 6
 #: Keys examined per SCAN call of the expiry task (~1 µs of Redis each under load).
 SCAN_COUNT = 200
 #: Jobs handled per page by the expiry task and the outbox sweep.
@@ -365,12 +365,13 @@ def _finish_job(
 
 
 def _release_job(store: SyncRedisTokenRevocationStore, job_id: str) -> None:
-    """Free the job's idempotency key (if still ours).
+    """Take a finished job off the running list and free its idempotency key (if still ours).
 
     The chunk lists stay until the job record expires: a chunk redelivered after the job
     finished (killed between counting itself and deleting its records) still needs its list.
     """
     client = store.client
+    client.zrem(store.keys.jobs_running, job_id)
     idem_key = client.hget(store.keys.job(job_id), "idem_key")
     if idem_key is not None and client.get(idem_key) == job_id.encode():
         client.delete(idem_key)
@@ -457,7 +458,7 @@ def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
 
 @_task(bind=True, name="revoker.revoke_job", ignore_result=True, max_retries=None)
 def revoke_job(self: Task, job_id: str) -> None:
-    """Snapshot the job's index into chunks and dispatch them (idempotent on redelivery)."""
+    """Plan the job's chunks of buckets and dispatch them (idempotent on redelivery)."""
     settings, store = _context()
     try:
         record = get_job(job_id, settings=settings)
@@ -501,6 +502,7 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
     pipe.hset(job_key, "status", "running")
     pipe.hsetnx(job_key, "started_at", repr(time.time()))
     pipe.zrem(keys.jobs_pending, job_id)
+    pipe.zadd(keys.jobs_running, {job_id: time.time()})
     pipe.hget(job_key, "snapshot")
     snapshotted = pipe.execute()[-1] is not None
     if snapshotted:
@@ -620,7 +622,7 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
 
 @_task(bind=True, name="revoker.handle_family_reuse", max_retries=None)
 def handle_family_reuse(self: Task, job_id: str) -> dict[str, Any]:
-    """After a refresh-token reuse: audit, index clean-up, optional escalation to the user."""
+    """After a refresh-token reuse: audit, record clean-up, optional escalation to the user."""
     settings, store = _context()
     try:
         record = get_job(job_id, settings=settings)
@@ -648,6 +650,7 @@ def _run_family_reuse(
     pipe.hset(keys.job(job_id), "status", "running")
     pipe.hsetnx(keys.job(job_id), "started_at", repr(time.time()))
     pipe.zrem(keys.jobs_pending, job_id)
+    pipe.zadd(keys.jobs_running, {job_id: time.time()})
     pipe.execute()
     tenant, user = record.tenant_id, record.user_id
     # The rotation that saw the reuse already wrote the family's marker; only its record is left.
@@ -682,15 +685,23 @@ def _run_family_reuse(
 
 
 @_task(name="revoker.expire_entries")
-def expire_entries() -> dict[str, int]:
+def expire_entries(slices: int = 1) -> dict[str, int]:
     """Prune expired session records and revoked marks, finished jobs past retention, and old
-    audit entries."""
+    audit entries.
+
+    Reading every record and mark costs ~2 s of worker CPU and ~1.4 s of Redis per million per
+    run, so the beat schedule passes ``slices``: each run then reads the buckets of one slice
+    (bucket number modulo ``slices``, the slice turning with the clock), and an expired entry
+    waits at most ``slices`` runs. Nothing it deletes can verify any more, so a late deletion
+    only costs memory meanwhile.
+    """
     settings, store = _context()
     client = store.client
     keys = store.keys
     now = time.time()
-    pruned = _prune_sessions(store, now)
-    marks = _prune_marks(store, now)
+    part = (max(1, slices), int(now // BEAT_EXPIRE_SECONDS) % max(1, slices))
+    pruned = _prune_sessions(store, now, part)
+    marks = _prune_marks(store, now, part)
     jobs_removed = 0
     cutoff_ms = int((now - settings.job_retention) * 1000)
     offset = 0
@@ -728,7 +739,16 @@ def expire_entries() -> dict[str, int]:
     }
 
 
-def _prune_marks(store: SyncRedisTokenRevocationStore, now: float) -> int:
+def _in_slice(key: bytes, part: tuple[int, int]) -> bool:
+    """Whether a bucket key (``...:<n>`` or ``...:x<n>``) is in slice ``part[1]`` of ``part[0]``."""
+    slices, slot = part
+    number = key.rpartition(b":")[2].lstrip(b"x")
+    return slices == 1 or (number.isdigit() and int(number) % slices == slot)
+
+
+def _prune_marks(
+    store: SyncRedisTokenRevocationStore, now: float, part: tuple[int, int] = (1, 0)
+) -> int:
     """Delete the revoked families' marks older than the refresh lifetime plus leeway (no token
     of such a family can still verify); returns how many."""
     client = store.client
@@ -736,6 +756,8 @@ def _prune_marks(store: SyncRedisTokenRevocationStore, now: float) -> int:
     limit = int((now - ttl) * 1_000_000)
     pruned = 0
     for key in client.scan_iter(match=store.keys.revoked_bucket_pattern(), count=SCAN_COUNT):
+        if not _in_slice(key, part):
+            continue
         cursor: int = 0
         while True:
             cursor, page = client.hscan(key, cursor, count=SCAN_FIELDS)
@@ -757,7 +779,9 @@ def _expired(record: bytes, limit: int) -> bool:
     return len(parts) > 3 and parts[3].isdigit() and int(parts[3]) < limit
 
 
-def _prune_sessions(store: SyncRedisTokenRevocationStore, now: float) -> int:
+def _prune_sessions(
+    store: SyncRedisTokenRevocationStore, now: float, part: tuple[int, int] = (1, 0)
+) -> int:
     """Delete the records of sessions whose refresh token can no longer verify; returns how many.
 
     Past ``expires`` plus the leeway no rotation can touch a record again, so reading it and
@@ -768,6 +792,8 @@ def _prune_sessions(store: SyncRedisTokenRevocationStore, now: float) -> int:
     limit = int(now) - store.settings.leeway
     pruned = 0
     for key in client.scan_iter(match=store.keys.session_bucket_pattern(), count=SCAN_COUNT):
+        if not _in_slice(key, part):
+            continue
         cursor: int = 0
         while True:
             cursor, page = client.hscan(key, cursor, count=SCAN_FIELDS)
@@ -821,4 +847,43 @@ def publish_pending_jobs(grace: float = OUTBOX_GRACE_SECONDS) -> int:
                 published += 1
             else:
                 return published  # the broker is still down: try again on the next beat
-    return published
+    return published + _republish_stalled(store, now)
+
+
+def _republish_stalled(store: SyncRedisTokenRevocationStore, now: float) -> int:
+    """Publish again the task of every running job whose progress has not moved for a
+    visibility timeout; returns how many.
+
+    A worker killed between taking a message from the Redis broker (BRPOP) and recording it as
+    unacknowledged loses that message: kombu never restores it, and a job waiting for that chunk
+    would stay running for ever. The job task is idempotent and re-dispatches only the chunks not
+    done (duplicates of a running chunk are harmless: the first to finish counts), so republishing
+    a stalled job is always safe. Progress is ``chunks_done``, watched here (``watch_done``).
+    """
+    client = store.client
+    keys = store.keys
+    stalled_before = now - store.settings.visibility_timeout
+    republished = 0
+    for raw in client.zrange(keys.jobs_running, 0, JOB_PAGE - 1):
+        job_id = _text(raw)
+        fields = ["status", "chunks_done", "watch_done"]
+        status, done, watched = client.hmget(keys.job(job_id), fields)
+        if status is None or _text(status) != "running":
+            client.zrem(keys.jobs_running, job_id)  # finished (or expired) meanwhile
+            continue
+        if done != watched:  # it moved: note where, and when
+            client.hset(keys.job(job_id), "watch_done", done or b"0")
+            client.zadd(keys.jobs_running, {job_id: now})
+            continue
+        if (client.zscore(keys.jobs_running, job_id) or now) > stalled_before:
+            continue
+        log.warning("job %s made no progress for %ss: publishing it again", job_id,
+                    store.settings.visibility_timeout)  # fmt: skip
+        try:
+            record = get_job(job_id, settings=store.settings)
+        except JobNotFound:
+            continue
+        if publish_job(record, settings=store.settings):
+            client.zadd(keys.jobs_running, {job_id: now})
+            republished += 1
+    return republished

@@ -28,6 +28,7 @@ from revoker.settings import RevokerSettings, get_settings
 __all__ = [
     "BEAT_EXPIRE_SECONDS",
     "BEAT_OUTBOX_SECONDS",
+    "EXPIRY_SLICES",
     "app",
     "celery_config",
     "time_limits",
@@ -35,6 +36,9 @@ __all__ = [
 
 #: Beat period of ``expire_entries``.
 BEAT_EXPIRE_SECONDS = 60.0
+#: Slices of the session and mark buckets ``expire_entries`` reads, one per run: each bucket is
+#: read every EXPIRY_SLICES * BEAT_EXPIRE_SECONDS (10 minutes).
+EXPIRY_SLICES = 10
 #: Beat period of ``publish_pending_jobs`` (the outbox sweep).
 BEAT_OUTBOX_SECONDS = 5.0
 
@@ -94,6 +98,7 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
             "revoker-expire-entries": {
                 "task": "revoker.expire_entries",
                 "schedule": BEAT_EXPIRE_SECONDS,
+                "args": (EXPIRY_SLICES,),
             },
             "revoker-publish-pending-jobs": {
                 "task": "revoker.publish_pending_jobs",

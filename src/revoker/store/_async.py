@@ -207,7 +207,7 @@ class RedisTokenRevocationStore:
     # --- sessions ------------------------------------------------------------------------------
 
     async def record_session(self, family_id: str, **fields: Any) -> None:
-        """Record a family (session) and index it under its tenant and user."""
+        """Record a family (session) in its user's session bucket."""
         await self._execute(self.core.plan_record_session(family_id, **fields))
 
     async def rotate_refresh(self, token: TokenData, **new: Any) -> RotationReply:
