@@ -29,6 +29,11 @@ a second entry when rerun; the counts in the job record are exactly once.
 Redelivery cap: each chunk counts its deliveries (and retries) in ``P:job:{id}:dlv``. Past
 ``max_redeliveries`` the chunk is parked and the job marked failed with a clear error, instead
 of looping forever on a poison message.
+
+Lost messages: a running job is listed in ``P:jobs:running``; the outbox sweep
+(``publish_pending_jobs``) publishes again a job whose progress has not moved for a visibility
+timeout (:func:`_republish_stalled`), so a chunk message the broker lost does not leave its job
+running for ever.
 """
 
 from __future__ import annotations
