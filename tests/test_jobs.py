@@ -331,6 +331,30 @@ def test_family_reuse_escalates_to_the_user(r: redis.Redis) -> None:
         delete_prefix(r, s.key_prefix)
 
 
+def test_a_rerun_family_reuse_job_keeps_its_first_cut_off(r: redis.Redis) -> None:
+    """A reuse follow-up run again after a crash keeps the user watermark of its first run, so
+    a login made in between survives."""
+    s = configure(_settings(reuse_escalation="user"))
+    try:
+        store = get_sync_revocation_store(s)
+        first = start_session_sync("zed", tenant_id="esc2", store=store)
+        r.hset(store.keys.family_revoked("esc2", first.family_id), first.family_id, "1|reuse")
+        job_id = jobs.enqueue_family_reuse(first.family_id, tenant_id="esc2", user_id="zed")
+        tasks.handle_family_reuse(job_id)
+        watermark = r.get(store.keys.user_watermark("esc2", "zed"))
+        later = start_session_sync("zed", tenant_id="esc2", store=store)
+        # As if the first run had died before it recorded itself done.
+        r.hset(store.keys.job(job_id), "status", "running")
+        tasks.handle_family_reuse(job_id)
+        assert r.get(store.keys.user_watermark("esc2", "zed")) == watermark
+        status = store.is_revoked(decode_token(later.access_token, "access", settings=s))
+        assert not status.revoked
+        assert store.get_session(later.family_id, tenant_id="esc2") is not None
+        assert jobs.get_job(job_id).status == "done"
+    finally:
+        delete_prefix(r, s.key_prefix)
+
+
 def test_revoke_buckets_marks_what_the_check_reads(s: RevokerSettings, r: redis.Redis) -> None:
     """The fan-out's marks refuse exactly its sessions, in every tenant's own marks buckets."""
     store = get_sync_revocation_store(s)

@@ -670,9 +670,14 @@ def _run_family_reuse(
     )  # fmt: skip
     client.execute_command(*audit)
     if settings.reuse_escalation == "user":
-        watermark = store.revoke_user_tokens(
-            user, tenant_id=tenant, reason=record.reason, actor="system"
-        )
+        watermark = record.watermark_at
+        if watermark is None:
+            watermark = store.revoke_user_tokens(
+                user, tenant_id=tenant, reason=record.reason, actor="system"
+            )
+            # Recorded at once: a rerun after a crash keeps this cut-off instead of moving it
+            # past the logins made since.
+            client.hset(keys.job(job_id), "watermark_at", repr(watermark))
         extra["watermark_at"] = repr(watermark)
         select = Selection(record, to_us(watermark), user)
         selected = revoke_buckets(
