@@ -260,20 +260,24 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def redis_benchmark(port: int, requests: int) -> tuple[float, str]:
-    """SET requests/s of ``redis-benchmark -P 64 -c 1 -t set -n requests`` and its command."""
+def _redis_benchmark_rate(port: int, args: list[str]) -> float:
+    """Requests/s of ``redis-benchmark -P 64 -c 1 -q`` with ``args`` on the local ``port``."""
     binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
     if binary is None:
         raise SystemExit("redis-benchmark is not installed (apt-get install -y redis-tools)")
-    command = [binary, "-h", "127.0.0.1", "-p", str(port), "-P", "64", "-c", "1",
-               "-t", "set", "-n", str(requests), "-q"]  # fmt: skip
+    command = [binary, "-h", "127.0.0.1", "-p", str(port), "-P", "64", "-c", "1", "-q", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
-    # -q prints progress with carriage returns, then "SET: 123456.78 requests per second, ...".
-    match = re.search(r"SET: ([\d.]+) requests per second", done.stdout.replace("\r", "\n"))
+    # -q prints progress with carriage returns, then "<TEST>: 123456.78 requests per second, ...".
+    match = re.search(r": ([\d.]+) requests per second", done.stdout.replace("\r", "\n"))
     if match is None:
         raise RuntimeError(f"cannot parse redis-benchmark output: {done.stdout!r}")
-    shown = f"redis-benchmark -P 64 -c 1 -t set -n {requests}"
-    return float(match[1]), shown
+    return float(match[1])
+
+
+def redis_benchmark(port: int, requests: int) -> tuple[float, str]:
+    """SET requests/s of ``redis-benchmark -P 64 -c 1 -t set -n requests`` and its command."""
+    rate = _redis_benchmark_rate(port, ["-t", "set", "-n", str(requests)])
+    return rate, f"redis-benchmark -P 64 -c 1 -t set -n {requests}"
 
 
 def redis_benchmark_markers(
@@ -282,19 +286,14 @@ def redis_benchmark_markers(
     """SET requests/s of ``redis-benchmark`` writing what the fan-out writes: a new key each
     time (``-r``), shaped like a revoked family's key-per-mark (key, value, EX), not one key
     overwritten."""
-    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
-    assert binary is not None  # redis_benchmark() ran first and checked
     key = StoreCore(settings).keys.revoked_bucket_base(BIG) + "1c20.RnsU4rkM7sm74E__rand_int__"
     ttl = str(family_ttl(settings.refresh_token_ttl, settings.leeway))
     mark = "1795722976123456|bench (job 0123456789abcdef01234567)"
-    command = [binary, "-h", "127.0.0.1", "-p", str(port), "-P", "64", "-c", "1", "-q",
-               "-n", str(requests), "-r", "100000000", "SET", key, mark, "EX", ttl]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
-    match = re.search(r": ([\d.]+) requests per second", done.stdout.replace("\r", "\n"))
-    if match is None:
-        raise RuntimeError(f"cannot parse redis-benchmark output: {done.stdout!r}")
+    rate = _redis_benchmark_rate(
+        port, ["-n", str(requests), "-r", "100000000", "SET", key, mark, "EX", ttl]
+    )
     shown = f"redis-benchmark -P 64 -c 1 -n {requests} -r 100000000 SET <marker> <mark> EX {ttl}"
-    return float(match[1]), shown
+    return rate, shown
 
 
 def worker_cpu(worker: WorkerProcess) -> float:

@@ -71,7 +71,6 @@ __all__ = [
     "family_id_prefix",
     "family_ttl",
     "jti_ttl",
-    "record_user",
     "tenant_tag",
     "watermark_ttl",
 ]
@@ -194,11 +193,6 @@ def decode_record(value: str | bytes) -> dict[str, Any]:
     }
     out["scopes"] = tuple(unquote(s) for s in parts[RECORD_FIELDS.index("scopes")].split())
     return out
-
-
-def record_user(value: bytes) -> bytes:
-    """The escaped user id of a raw record (the fan-out's hot path: no decoding)."""
-    return value.partition(b"|")[0]
 
 
 @dataclass(frozen=True, slots=True)

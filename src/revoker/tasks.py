@@ -548,13 +548,24 @@ def _delete_revoked(store: SyncRedisTokenRevocationStore, job_id: str, chunk: in
         record = get_job(job_id, settings=store.settings)
     except JobNotFound:
         return
-    raw = store.client.get(store.keys.job_chunk(job_id, chunk))
-    if record.dry_run or raw is None:
+    if record.dry_run:
         return
-    selected = revoke_buckets(
-        store, json.loads(raw), tenant_id=record.tenant_id, select=_selection(record), mark=None
+    selected = _revoke_chunk(store, record, chunk, mark=None)
+    if selected is not None:
+        delete_records(store, record.tenant_id, selected)
+
+
+def _revoke_chunk(
+    store: SyncRedisTokenRevocationStore, record: JobRecord, chunk: int, *, mark: str | None
+) -> dict[int, list[bytes]] | None:
+    """:func:`revoke_buckets` on the buckets of one chunk of ``record``, with the job's
+    selection; None when the chunk's bucket list is gone."""
+    raw = store.client.get(store.keys.job_chunk(record.id, chunk))
+    if raw is None:
+        return None
+    return revoke_buckets(
+        store, json.loads(raw), tenant_id=record.tenant_id, select=_selection(record), mark=mark
     )
-    delete_records(store, record.tenant_id, selected)
 
 
 @_task(bind=True, name="revoker.revoke_chunk", max_retries=None)
@@ -573,17 +584,11 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         return {"job_id": job_id, "chunk": chunk, "parked": True}
     try:
         record = get_job(job_id, settings=settings)
-        raw = client.get(keys.job_chunk(job_id, chunk))
-        if raw is None:
-            raise LookupError(f"the bucket list of chunk {chunk} is gone")
-        buckets: list[int] = json.loads(raw)
-        selected = revoke_buckets(
-            store,
-            buckets,
-            tenant_id=record.tenant_id,
-            select=_selection(record),
-            mark=None if record.dry_run else _job_mark(record),
+        selected = _revoke_chunk(
+            store, record, chunk, mark=None if record.dry_run else _job_mark(record)
         )
+        if selected is None:
+            raise LookupError(f"the bucket list of chunk {chunk} is gone")
         ids = [fid for fids in selected.values() for fid in fids]
         matched = len(ids)
         revoked = 0 if record.dry_run else matched
@@ -761,22 +766,11 @@ def _prune_marks(
 ) -> int:
     """Delete the revoked families' marks older than the refresh lifetime plus leeway (no token
     of such a family can still verify); returns how many."""
-    client = store.client
     ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
     limit = int((now - ttl) * 1_000_000)
-    pruned = 0
-    for key in client.scan_iter(match=store.keys.revoked_bucket_pattern(), count=SCAN_COUNT):
-        if not _in_slice(key, part):
-            continue
-        cursor: int = 0
-        while True:
-            cursor, page = client.hscan(key, cursor, count=SCAN_FIELDS)
-            stale = [fid for fid, mark in page.items() if _mark_before(mark, limit)]
-            if stale:
-                pruned += int(client.hdel(key, *stale))
-            if not cursor:
-                break
-    return pruned
+    return _prune_buckets(
+        store, store.keys.revoked_bucket_pattern(), part, lambda mark: _mark_before(mark, limit)
+    )
 
 
 def _mark_before(mark: bytes, limit_us: int) -> bool:
@@ -795,21 +789,34 @@ def _prune_sessions(
     """Delete the records of sessions whose refresh token can no longer verify; returns how many.
 
     Past ``expires`` plus the leeway no rotation can touch a record again, so reading it and
-    deleting it in two steps races nothing. Every bucket of every tenant, found by SCAN (bounded
-    steps), read by HSCAN pages.
+    deleting it in two steps races nothing.
+    """
+    limit = int(now) - store.settings.leeway
+    return _prune_buckets(
+        store, store.keys.session_bucket_pattern(), part, lambda record: _expired(record, limit)
+    )
+
+
+def _prune_buckets(
+    store: SyncRedisTokenRevocationStore,
+    pattern: str,
+    part: tuple[int, int],
+    doomed: Callable[[bytes], bool],
+) -> int:
+    """Delete the fields whose value is ``doomed`` from every bucket matching ``pattern`` in
+    slice ``part``; returns how many. Buckets found by SCAN, read by HSCAN pages (bounded steps).
     """
     client = store.client
-    limit = int(now) - store.settings.leeway
     pruned = 0
-    for key in client.scan_iter(match=store.keys.session_bucket_pattern(), count=SCAN_COUNT):
+    for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
         if not _in_slice(key, part):
             continue
         cursor: int = 0
         while True:
             cursor, page = client.hscan(key, cursor, count=SCAN_FIELDS)
-            expired = [fid for fid, value in page.items() if _expired(value, limit)]
-            if expired:
-                pruned += int(client.hdel(key, *expired))
+            gone = [field for field, value in page.items() if doomed(value)]
+            if gone:
+                pruned += int(client.hdel(key, *gone))
             if not cursor:
                 break
     return pruned
