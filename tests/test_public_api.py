@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import json
 import logging
 import pkgutil
 import subprocess
@@ -93,7 +94,8 @@ def test_seed_names_are_exported_from_the_package() -> None:
 
 
 def test_package_all_is_importable_and_sorted() -> None:
-    """``from revoker import *`` binds exactly ``revoker.__all__``, with no duplicates."""
+    """``revoker.__all__`` is sorted, has no duplicates, and ``from revoker import *`` binds it."""
+    assert revoker.__all__ == sorted(revoker.__all__)
     assert len(set(revoker.__all__)) == len(revoker.__all__)
     namespace: dict[str, object] = {}
     exec("from revoker import *", namespace)  # noqa: S102 - fixed text: a star import, run as users do
@@ -126,3 +128,69 @@ def test_public_api_imports_without_celery() -> None:
         check=True,
     )
     assert result.stdout.strip() == "False"
+
+
+#: What ``import revoker`` (and ``import revoker.exceptions``) must not pull in: the request path's
+#: libraries load when a name is first used, and the extras' never.
+HEAVY = ("starlette", "redis", "hiredis", "jwt", "pydantic", "celery", "kombu", "click", "uvicorn")
+
+
+def _imported_after(code: str) -> dict[str, list[str]]:
+    """Run ``code`` in a fresh interpreter; the revoker modules and HEAVY libraries it imported."""
+    probe = (
+        f"import json, sys\n{code}\n"
+        "top = {name.partition('.')[0] for name in sys.modules}\n"
+        "print(json.dumps({'revoker': sorted(m for m in sys.modules if m.startswith('revoker')),"
+        f" 'heavy': sorted(top & set({HEAVY!r}))}}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    imported: dict[str, list[str]] = json.loads(result.stdout)
+    return imported
+
+
+def test_import_revoker_imports_no_library() -> None:
+    """``import revoker`` and ``import revoker.exceptions`` import only those two modules."""
+    imported = _imported_after("import revoker, revoker.exceptions")
+    assert imported == {"revoker": ["revoker", "revoker.exceptions"], "heavy": []}
+
+
+def test_a_name_is_imported_from_its_module_on_first_use() -> None:
+    """Using ``revoker.TokenRevocationMiddleware`` imports the middleware, Starlette, no extra."""
+    imported = _imported_after("import revoker\nrevoker.TokenRevocationMiddleware")
+    assert "revoker.middleware" in imported["revoker"]
+    assert "starlette" in imported["heavy"]
+    assert not {"celery", "kombu", "click", "uvicorn"} & set(imported["heavy"])
+
+
+@pytest.mark.parametrize("name", sorted(set(revoker.__all__) - {"__version__"}))
+def test_each_lazy_name_is_its_module_object(name: str) -> None:
+    """Each name of ``revoker.__all__`` is the very object its module defines."""
+    module = importlib.import_module(revoker._MODULE_OF[name])
+    assert getattr(revoker, name) is getattr(module, name)
+
+
+def test_lazy_table_matches_the_type_checking_imports() -> None:
+    """The names type checkers see (TYPE_CHECKING imports) are those ``__getattr__`` serves."""
+    tree = ast.parse(inspect.getsource(revoker))
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    seen = {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert seen == revoker._MODULE_OF
+    assert set(seen) | {"__version__"} == set(revoker.__all__)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    """A name revoker does not export raises AttributeError, so ``hasattr`` works."""
+    assert not hasattr(revoker, "no_such_name")
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = revoker.no_such_name  # type: ignore[attr-defined]
