@@ -1,5 +1,5 @@
 """``python -m revoker``: the same as the ``revoker`` command."""
 
-from revoker.cli import main
+from revoker._console import main
 
 main()

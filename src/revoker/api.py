@@ -910,6 +910,9 @@ def create_app(
 
 def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the admin API with uvicorn until interrupted (``revoker api``)."""
-    import uvicorn
+    from revoker._extras import requires_extra
+
+    with requires_extra("server", "revoker api"):
+        import uvicorn
 
     uvicorn.run(create_app(), host=host, port=port, proxy_headers=False, server_header=False)

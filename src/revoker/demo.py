@@ -33,10 +33,13 @@ from types import FrameType
 from typing import IO, Any, Final
 
 import click
-import httpx
 import redis
 
+from revoker._extras import require_extra, requires_extra
 from revoker.settings import ENV_PREFIX, RevokerSettings, configure, load_settings
+
+with requires_extra("demo", "revoker demo"):
+    import httpx
 
 __all__ = ["main"]
 
@@ -504,6 +507,7 @@ def _run(stack: _Stack, keep_running: bool) -> None:
 
 def main(keep_running: bool = False) -> int:
     """Run the demo; returns the process exit code (0 when the whole story ran)."""
+    require_extra("demo", "revoker demo")  # its children run Celery, Flower, uvicorn, FastAPI
     # The story reports what matters; library warnings (e.g. the reuse the demo provokes on
     # purpose) would only interleave with it.
     logging.getLogger("revoker").setLevel(logging.ERROR)

@@ -4,6 +4,7 @@ The tree::
 
     RevokerError
     ├── ConfigurationError          invalid settings; the message names the REVOKER_ variable
+    │   └── MissingExtra            an optional dependency is absent; names the extra (ImportError)
     ├── InvalidIdentifier           an id (jti, user, tenant, family, job) that cannot be used
     ├── TokenError                  a presented token is not acceptable (HTTP 401)
     │   ├── TokenTooLarge           over the size bound, rejected before any decoding
@@ -48,6 +49,7 @@ __all__ = [
     "JobNotFound",
     "MalformedToken",
     "MissingClaim",
+    "MissingExtra",
     "RefreshError",
     "RefreshTokenReused",
     "RevokerError",
@@ -70,6 +72,22 @@ class RevokerError(Exception):
 
 class ConfigurationError(RevokerError):
     """The configuration is invalid; the message names the setting."""
+
+
+class MissingExtra(ConfigurationError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it.
+
+    An ImportError too, so code that probes for an optional feature with ``except ImportError``
+    keeps working.
+    """
+
+    def __init__(self, extra: str, missing: str, feature: str) -> None:
+        self.extra = extra
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs {missing}, which is not installed: pip install 'revoker[{extra}]'",
+            name=missing,
+        )
 
 
 class InvalidIdentifier(RevokerError, ValueError):

@@ -225,7 +225,10 @@ _senders: dict[tuple[str, str], Any] = {}
 
 def _sender(settings: RevokerSettings) -> Any:
     """A Celery app that only publishes (no result backend: the job record is the state)."""
-    from celery import Celery
+    from revoker._extras import requires_extra
+
+    with requires_extra("worker", "publishing a job"):
+        from celery import Celery
 
     from revoker.worker import celery_config
 

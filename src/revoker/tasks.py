@@ -48,10 +48,9 @@ from typing import Any, cast
 
 import hiredis
 import redis
-from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
 
 from revoker import keys as k
+from revoker._extras import requires_extra
 from revoker.exceptions import JobNotFound
 from revoker.jobs import JobRecord, get_job, publish_job
 from revoker.rules import encode_mark, now_us, to_us
@@ -59,6 +58,10 @@ from revoker.settings import RevokerSettings, get_settings
 from revoker.store import StoreCore, SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.store._base import load_script
 from revoker.worker import BEAT_EXPIRE_SECONDS, app
+
+with requires_extra("worker", __name__):
+    from celery import Task
+    from celery.exceptions import SoftTimeLimitExceeded
 
 __all__ = [
     "OUTBOX_GRACE_SECONDS",

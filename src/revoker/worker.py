@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
-
+from revoker._extras import requires_extra
 from revoker.settings import RevokerSettings, get_settings
+
+with requires_extra("worker", __name__):
+    from celery import Celery
 
 __all__ = [
     "BEAT_EXPIRE_SECONDS",
