@@ -4,7 +4,8 @@ FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# A wheel, so the runtime image carries no build tooling; [demo] brings FastAPI for the demo service.
+# Wheels, so the runtime image carries no build tooling. [demo] includes [server] and [worker]:
+# everything the image runs, plus FastAPI for the demo service.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[demo]"
 
 FROM python:3.12-slim

@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install lint test test-fast demo bench clean
 
+# Everything: every extra (all), the suite (test) and the linters (lint).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint,demo]'
+	$(PY) -m pip install --quiet -e '.[all,test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +26,7 @@ test: lint
 
 # Unit tests only (fakeredis), for a quick loop while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not redis and not cluster and not celery and not chaos and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not redis and not cluster and not celery and not chaos and not slow and not packaging" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/revoker demo
