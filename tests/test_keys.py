@@ -336,6 +336,15 @@ def test_short_record_decodes_with_empty_fields() -> None:
     assert (data["previous"], data["issued"], data["scopes"]) == ("", "", ())
 
 
+def test_corrupt_record_decodes_without_raising_and_times_as_stored() -> None:
+    """Non-UTF-8 bytes are replaced, not raised on; a time field is never unescaped, so that
+    read_time reads from decode_record what it reads from the raw record."""
+    data = decode_record(b"\xff|web|%31%32|12abc|rt%7C1|||||")
+    assert (data["user"], data["current"]) == ("\ufffd", "rt|1")
+    assert (data["created"], data["expires"]) == ("%31%32", "12abc")
+    assert read_time(data["created"].encode()) is None
+
+
 @given(ids, st.integers(min_value=1, max_value=65_536))
 def test_bucket_of_user_is_deterministic_and_in_range(user: str, count: int) -> None:
     """A user's bucket is the same on every call and lies in [0, count)."""

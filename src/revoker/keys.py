@@ -249,13 +249,21 @@ def encode_record(
     )
 
 
+#: The record fields that hold times: never escaped, so read as stored (see :func:`read_time`).
+_RECORD_TIMES: Final = frozenset({"created", "expires", "rotated", "issued"})
+
+
 def decode_record(value: str | bytes) -> dict[str, Any]:
-    """A record's fields by name, unescaped (absent ones empty); ``scopes`` is a tuple."""
-    text = value.decode() if isinstance(value, bytes) else value
+    """A record's fields by name, unescaped (absent ones empty); ``scopes`` is a tuple.
+
+    Never raises: bytes that are not UTF-8 are replaced. Times stay as stored (not unescaped),
+    so that every reader reads the same time from them."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
     parts = text.split("|")
     parts += [""] * (len(RECORD_FIELDS) - len(parts))
     out: dict[str, Any] = {
-        name: unquote(part) for name, part in zip(RECORD_FIELDS, parts, strict=False)
+        name: part if name in _RECORD_TIMES else unquote(part)
+        for name, part in zip(RECORD_FIELDS, parts, strict=False)
     }
     out["scopes"] = tuple(unquote(s) for s in parts[RECORD_FIELDS.index("scopes")].split())
     return out
