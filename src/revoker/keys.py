@@ -149,7 +149,7 @@ RECORD_HEAD: Final = RECORD_EXPIRES + 1
 #: The largest time a stored value can hold (see "Reading a time" above): 2**53 - 1, the largest
 #: integer the Lua scripts' doubles hold exactly. In µs it is the year 2255.
 MAX_TIME: Final = 2**53 - 1
-#: Digits beyond which a time is surely above MAX_TIME (16 digits) once leading zeros are gone.
+#: Digits of MAX_TIME (16): a time with more, once leading zeros are gone, is above it.
 _MAX_TIME_DIGITS: Final = len(str(MAX_TIME))
 #: Buckets of the revoked marks of family ids that do not name their bucket (foreign ids).
 FOREIGN_BUCKETS: Final = 1024
@@ -285,12 +285,12 @@ def read_time(part: bytes) -> int | None:
     # bytes.isdigit() is ASCII-only and False for b"": exactly "one or more ASCII digits".
     if not part.isdigit():
         return None
-    if len(part) < _MAX_TIME_DIGITS:
-        return int(part)
-    significant = part.lstrip(b"0")
-    if len(significant) > _MAX_TIME_DIGITS:
-        return MAX_TIME  # int() of thousands of digits would raise: never convert them
-    return min(int(significant or b"0"), MAX_TIME)
+    if len(part) > _MAX_TIME_DIGITS:
+        part = part.lstrip(b"0") or b"0"
+        if len(part) > _MAX_TIME_DIGITS:
+            return MAX_TIME  # int() of thousands of digits would raise: never convert them
+    at = int(part)
+    return at if at <= MAX_TIME else MAX_TIME
 
 
 def mark_time(raw: bytes) -> int | None:
@@ -310,7 +310,8 @@ def decode_mark(raw: bytes | str) -> tuple[int, str | None]:
     and bytes that are not UTF-8 are replaced in the reason."""
     data = raw.encode(errors="replace") if isinstance(raw, str) else raw
     at, _, reason = data.partition(b"|")
-    return read_time(at) or 0, reason.decode(errors="replace") or None
+    at_us = read_time(at) or 0
+    return at_us, reason.decode(errors="replace") or None
 
 
 @dataclass(frozen=True, slots=True)
