@@ -438,6 +438,7 @@ class KeyLayout:
 # --- TTL rules -------------------------------------------------------------------------------
 # An entry is useful only while a token it covers could still verify: at most until that token's
 # exp plus the verification leeway. Every TTL below is that bound, rounded up to whole seconds.
+# Callers with settings use Lifetimes (bound to them once); the functions are its arithmetic.
 
 
 def jti_ttl(expires_at: float | None, now: float, access_ttl: int, leeway: int) -> int:
