@@ -58,8 +58,11 @@ restate line for line (``tests/test_format_parity.py`` holds them to it):
   scripts' numbers, which are doubles; no float conversion can overflow);
 * an unreadable time of a mark or watermark reads as 0. A jti or family mark revokes by its mere
   presence whatever its time (then ``revoked_at`` is unknown); a watermark reading 0 cuts off
-  nothing issued after the epoch: in effect no cut-off. An unreadable record time makes the record
-  one this version did not write: the fan-out leaves it alone, the expiry does not prune it.
+  nothing issued after the epoch: in effect no cut-off;
+* in a record, an unreadable ``created`` keeps it out of every bulk job, an unreadable
+  ``expires`` keeps it from the expiry (its bucket's TTL still ends it), ``get_session`` reads
+  either as 0, and rotate_refresh.lua honours a grace retry only when ``rotated`` and ``issued``
+  are readable (else the presented token is reuse).
 
 These are the values Python read before the rule was shared (``int()``) for every value this
 version writes and for most it does not; the scripts read a leading run of digits (``"12abc"`` was
