@@ -7,20 +7,32 @@ import zlib
 from fnmatch import fnmatchcase
 from urllib.parse import unquote
 
+import fakeredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from conftest import make_settings
 from revoker.exceptions import InvalidIdentifier
 from revoker.keys import (
     FOREIGN_BUCKETS,
     MAX_ID_LENGTH,
+    MAX_TIME,
     NO_TENANT_TAG,
+    RECORD_CLIENT,
+    RECORD_CREATED,
+    RECORD_EXPIRES,
     RECORD_FIELDS,
+    RECORD_HEAD,
+    RECORD_USER,
     KeyLayout,
+    Lifetimes,
+    bucket_number,
     bucket_of_user,
+    decode_mark,
     decode_record,
+    encode_mark,
     encode_record,
     escape_id,
     escape_part,
@@ -28,6 +40,9 @@ from revoker.keys import (
     family_id_prefix,
     family_ttl,
     jti_ttl,
+    mark_time,
+    read_time,
+    record_head,
     watermark_ttl,
 )
 from revoker.settings import RevokerSettings
@@ -321,6 +336,15 @@ def test_short_record_decodes_with_empty_fields() -> None:
     assert (data["previous"], data["issued"], data["scopes"]) == ("", "", ())
 
 
+def test_corrupt_record_decodes_without_raising_and_times_as_stored() -> None:
+    """Non-UTF-8 bytes are replaced, not raised on; a time field is never unescaped, so that
+    read_time reads from decode_record what it reads from the raw record."""
+    data = decode_record(b"\xff|web|%31%32|12abc|rt%7C1|||||")
+    assert (data["user"], data["current"]) == ("\ufffd", "rt|1")
+    assert (data["created"], data["expires"]) == ("%31%32", "12abc")
+    assert read_time(data["created"].encode()) is None
+
+
 @given(ids, st.integers(min_value=1, max_value=65_536))
 def test_bucket_of_user_is_deterministic_and_in_range(user: str, count: int) -> None:
     """A user's bucket is the same on every call and lies in [0, count)."""
@@ -512,3 +536,365 @@ def test_marks_bucket_ttl_is_never_shortened(sync_store: SyncRedisTokenRevocatio
     assert sync_store.revoke_family(first, tenant_id="acme", reason="two") is False
     assert_ttl(sync_store, bucket, full)
     assert client.hget(bucket, first) == mark
+
+
+# --- Lifetimes: every TTL and cut-off from one settings-bound object ------------------------
+
+
+def test_lifetimes_are_the_settings_ttl_rules() -> None:
+    """Lifetimes gives the TTLs the TTL functions give for the same settings."""
+    s = make_settings(access_token_ttl=600, refresh_token_ttl=7200, leeway=7)
+    life = Lifetimes.from_settings(s)
+    assert life.jti_ttl(1100, 1000) == jti_ttl(1100, 1000, 600, 7) == 107
+    assert life.jti_ttl(None, 1000) == 607
+    assert life.watermark_ttl == watermark_ttl(s.longest_token_ttl, 7) == 7207
+    assert life.family_ttl == family_ttl(7200, 7) == 7207
+    assert (life.job_retention, life.audit_retention) == (s.job_retention, s.audit_retention)
+
+
+@pytest.mark.parametrize("now", [1_700_000_000.0, 1_700_000_000.999_999, 1_799_999_999.5])
+def test_lifetimes_cutoffs_are_what_the_expiry_computes(now: float) -> None:
+    """The cut-offs equal the expressions tasks.expire_entries uses today (as of f274214)."""
+    s = make_settings(refresh_token_ttl=86_400, leeway=30, job_retention=3600, audit_retention=60)
+    life = Lifetimes.from_settings(s)
+    ttl = family_ttl(s.refresh_token_ttl, s.leeway)
+    assert life.records_expired_before(now) == int(now) - s.leeway
+    assert life.marks_older_than(now) == int((now - ttl) * 1_000_000)
+    assert life.jobs_finished_before(now) == int((now - s.job_retention) * 1000)
+    assert life.audit_cutoff_id(now) == f"{int((now - s.audit_retention) * 1000)}-0"
+
+
+def test_store_ttls_follow_its_lifetimes() -> None:
+    """The store binds its lifetimes to its own settings."""
+    s = make_settings(refresh_token_ttl=100, leeway=1)
+    store = SyncRedisTokenRevocationStore(fakeredis.FakeRedis(), settings=s)
+    assert store.core.lifetimes == Lifetimes.from_settings(s)
+    assert store.core.lifetimes.family_ttl == 101
+
+
+# --- stored times: one rule ----------------------------------------------------------------
+
+#: (stored time part, what read_time reads). See "Reading a time" in revoker.keys.
+TIME_PARTS: list[tuple[bytes, int | None]] = [
+    (b"0", 0),
+    (b"12", 12),
+    (b"00012", 12),
+    (b"1700000000123456", 1_700_000_000_123_456),
+    (str(MAX_TIME).encode(), MAX_TIME),
+    (str(MAX_TIME + 1).encode(), MAX_TIME),
+    (b"9" * 16, MAX_TIME),
+    (b"0" * 40 + b"12", 12),
+    (b"9" * 400, MAX_TIME),
+    (b"9" * 5000, MAX_TIME),  # int() of it raises ValueError: never converted
+    (b"", None),
+    (b"12abc", None),
+    (b"-5", None),
+    (b"+12", None),
+    (b" 12", None),
+    (b"12 ", None),
+    (b"1_2", None),
+    (b"1.5e15", None),
+    (b"0x10", None),
+    (b"inf", None),
+    ("١٢".encode(), None),  # Arabic-Indic digits: int() reads them, Lua's %d does not
+    ("\uff11\uff12".encode(), None),  # full-width digits
+    (b"\xff12", None),
+    (b"12\x00", None),
+]
+
+
+@pytest.mark.parametrize(("part", "expected"), TIME_PARTS)
+def test_read_time_is_the_documented_rule(part: bytes, expected: int | None) -> None:
+    """ASCII digits only, capped at MAX_TIME; anything else is unreadable."""
+    assert read_time(part) == expected
+    assert mark_time(part + b"|reason|more") == expected
+    assert mark_time(part) == expected
+
+
+@pytest.mark.parametrize(("part", "expected"), TIME_PARTS)
+def test_decode_mark_reads_unreadable_as_zero_and_never_raises(
+    part: bytes, expected: int | None
+) -> None:
+    """decode_mark gives the time by read_time (0 when unreadable) and the reason after "|"."""
+    assert decode_mark(part + b"|why") == (expected or 0, "why")
+    assert decode_mark(part) == (expected or 0, None)
+    text = part.decode(errors="replace")
+    assert decode_mark(text + "|a|b") == (read_time(text.encode()) or 0, "a|b")
+
+
+def test_mark_round_trip_and_bad_bytes_in_the_reason() -> None:
+    """decode_mark(encode_mark(t, r)) is (t, r); non-UTF-8 bytes in a reason are replaced."""
+    assert decode_mark(encode_mark(1_700_000_000_000_001, "logout")) == (
+        1_700_000_000_000_001,
+        "logout",
+    )
+    assert decode_mark(encode_mark(5)) == (5, None)
+    assert decode_mark(b"12|\xff") == (12, "\ufffd")
+    assert decode_mark("") == (0, None)
+    assert decode_mark("|") == (0, None)
+
+
+def test_rules_re_exports_the_mark_encoder() -> None:
+    """rules.encode_mark is keys.encode_mark (callers importing it from rules keep working)."""
+    from revoker import rules
+
+    assert rules.encode_mark is encode_mark
+
+
+# --- raw readers: the same answers as the tasks.py helpers they replace ---------------------
+# The reference functions below are the bodies of tasks.Selection, tasks._expired,
+# tasks._mark_before and tasks._in_slice as of commit f274214, copied so that these tests keep
+# their meaning after tasks switches to the keys readers.
+
+
+def _ref_selection(
+    value: bytes,
+    cutoff: int,
+    user: bytes | None,
+    client: bytes | None,
+    after: int | None,
+    before: int | None,
+) -> bool:
+    parts = value.split(b"|", 3)
+    if len(parts) < 4 or not parts[2].isdigit():
+        return False
+    created = int(parts[2])
+    if created > cutoff:
+        return False
+    if user is not None and parts[0] != user:
+        return False
+    if client is not None and parts[1] != client:
+        return False
+    return not (
+        (after is not None and created < after) or (before is not None and created > before)
+    )
+
+
+def _ref_expired(record: bytes, limit: int) -> bool:
+    parts = record.split(b"|", 4)
+    return len(parts) > 3 and parts[3].isdigit() and int(parts[3]) < limit
+
+
+def _ref_mark_before(mark: bytes, limit_us: int) -> bool:
+    at = mark.partition(b"|")[0]
+    return at.isdigit() and int(at) < limit_us
+
+
+def _ref_in_slice(key: bytes, part: tuple[int, int]) -> bool:
+    slices, slot = part
+    number = key.rpartition(b":")[2].lstrip(b"x")
+    return slices == 1 or (number.isdigit() and int(number) % slices == slot)
+
+
+def _new_selection(
+    value: bytes,
+    cutoff: int,
+    user: bytes | None,
+    client: bytes | None,
+    after: int | None,
+    before: int | None,
+) -> bool:
+    parts = record_head(value)
+    if parts is None:
+        return False
+    created = read_time(parts[RECORD_CREATED])
+    if created is None or created > cutoff:
+        return False
+    if user is not None and parts[RECORD_USER] != user:
+        return False
+    if client is not None and parts[RECORD_CLIENT] != client:
+        return False
+    return not (
+        (after is not None and created < after) or (before is not None and created > before)
+    )
+
+
+def _new_expired(record: bytes, limit: int) -> bool:
+    parts = record_head(record)
+    if parts is None:
+        return False
+    expires = read_time(parts[RECORD_EXPIRES])
+    return expires is not None and expires < limit
+
+
+def _new_mark_before(mark: bytes, limit_us: int) -> bool:
+    at = mark_time(mark)
+    return at is not None and at < limit_us
+
+
+def _new_in_slice(key: bytes, part: tuple[int, int]) -> bool:
+    slices, slot = part
+    number = bucket_number(key)
+    return slices == 1 or (number is not None and number % slices == slot)
+
+
+VALID_RECORD = encode_record(
+    user_id="alice", client_id="web", created_us=1_000, expires=2_000, current_jti="rt1"
+).encode()
+#: Records: valid, edge and corrupt. (Times above 4300 digits are apart: tasks.py raises there.)
+RECORDS: list[bytes] = [
+    VALID_RECORD,
+    b"alice|web|1000|2000|rt1",  # short: a record of an older layout
+    b"alice||1000|2000|rt1|||||",
+    b"alice|web|1000|2000|rt1|a|b|c|d|e|f|g|h",  # extra parts
+    b"alice|web|1000|",  # expires empty
+    b"alice|web||2000|rt1",  # created empty
+    b"alice|web|1000",  # three fields: not a record
+    b"",
+    b"|",
+    b"|||",
+    b"||||",
+    b"alice|web|00999|01999|rt1",
+    b"alice|web|12abc|2000|rt1",
+    b"alice|web|1000|12abc|rt1",
+    b"alice|web|-5|-5|rt1",
+    b"alice|web| 1000|2000 |rt1",
+    "alice|web|١٢|١٢|rt1".encode(),
+    b"alice|web|" + b"9" * 30 + b"|" + b"9" * 30 + b"|rt1",
+    b"alice|web|" + b"9" * 400 + b"|" + b"9" * 400,
+    b"\xff\xfe|\xff|1000|2000|\xff",
+    b"bob|web|1000|2000|rt1",
+    b"alice|ios|1000|2000|rt1",
+]
+# Cut-offs and limits are times of now or earlier, below MAX_TIME: a time above it reads as
+# MAX_TIME, so only a cut-off of MAX_TIME or more (the year 2255) would tell the two apart.
+SELECTIONS = [
+    (cutoff, user, client, after, before)
+    for cutoff in (0, 999, 1000, 1001, 10**15, MAX_TIME - 1)
+    for user in (None, b"alice", b"bob")
+    for client in (None, b"web")
+    for after, before in ((None, None), (1000, None), (None, 999), (500, 1500), (1001, 2000))
+]
+LIMITS = [0, 1, 12, 13, 1999, 2000, 2001, 1_700_000_000, 10**15, MAX_TIME - 1, MAX_TIME]
+
+
+@pytest.mark.parametrize("value", RECORDS)
+def test_record_readers_select_as_tasks_selection(value: bytes) -> None:
+    """record_head + read_time select exactly the records tasks.Selection selects."""
+    for selection in SELECTIONS:
+        assert _new_selection(value, *selection) == _ref_selection(value, *selection), selection
+
+
+@pytest.mark.parametrize("value", RECORDS)
+def test_record_readers_expire_as_tasks_expired(value: bytes) -> None:
+    """record_head + read_time find expired exactly the records tasks._expired finds."""
+    for limit in LIMITS:
+        assert _new_expired(value, limit) == _ref_expired(value, limit), limit
+
+
+def test_record_head_splits_the_leading_fields() -> None:
+    """record_head gives the escaped leading fields at their indexes, the rest unsplit."""
+    head = record_head(VALID_RECORD)
+    assert head is not None
+    assert head[:RECORD_HEAD] == [b"alice", b"web", b"1000", b"2000"]
+    assert [RECORD_FIELDS[i] for i in (RECORD_USER, RECORD_CLIENT)] == ["user", "client"]
+    assert [RECORD_FIELDS[i] for i in (RECORD_CREATED, RECORD_EXPIRES)] == ["created", "expires"]
+    assert head[RECORD_HEAD] == b"rt1|||||"
+    assert record_head(b"a|b|c") is None
+    assert record_head(b"a|b|c|") == [b"a", b"b", b"c", b""]
+
+
+MARKS: list[bytes] = [
+    b"1000|logout",
+    b"1000",
+    b"1000|",
+    b"1000|a|b",
+    b"00999|x",
+    b"",
+    b"|",
+    b"|1000",
+    b"12abc|x",
+    b"-5|x",
+    b" 1000|x",
+    b"1.5e15",
+    "١٢|x".encode(),
+    b"\xff\xfe",
+    b"1000|\xff",
+    b"9" * 30 + b"|x",
+    b"9" * 400,
+    str(MAX_TIME).encode() + b"|x",
+]
+
+
+@pytest.mark.parametrize("value", MARKS)
+def test_mark_time_ages_marks_as_tasks_mark_before(value: bytes) -> None:
+    """mark_time finds older than a limit exactly the marks tasks._mark_before finds."""
+    for limit in [*LIMITS, 999, 1000, 1001]:
+        assert _new_mark_before(value, limit) == _ref_mark_before(value, limit), limit
+
+
+def test_times_too_long_for_int_are_read_where_tasks_raises() -> None:
+    """Where the tasks.py helpers raise (int() of over 4300 digits), the readers answer."""
+    huge = b"9" * 5000
+    record = b"alice|web|" + huge + b"|" + huge + b"|rt1"
+    with pytest.raises(ValueError, match="digits"):
+        _ref_expired(record, 10)
+    with pytest.raises(ValueError, match="digits"):
+        _ref_mark_before(huge, 10)
+    assert not _new_expired(record, 10)
+    assert not _new_selection(record, MAX_TIME - 1, None, None, None, None)
+    assert not _new_mark_before(huge, 10)
+
+
+BUCKET_KEYS: list[bytes] = [
+    b"rv:{t:acme}:s:0",
+    b"rv:{t:acme}:s:12",
+    b"rv:{-}:s:65535",
+    b"rv:{t:acme}:fr:12",
+    b"rv:{t:acme}:fr:x0",
+    b"rv:{t:a%3Ab}:fr:x1023",
+    b"rv:{t:acme}:s:00012",
+    b"rv:{t:acme}:s:",
+    b"rv:{t:acme}:s:x",
+    b"rv:{t:acme}:s:abc",
+    b"rv:{t:acme}:s:-1",
+    b"rv:{t:acme}:s:12a",
+    b"rv:{t:acme}:s:1 ",
+    "rv:{t:acme}:s:١٢".encode(),
+    b"12",
+    b"",
+]
+
+
+@pytest.mark.parametrize("key", BUCKET_KEYS)
+def test_bucket_number_slices_as_tasks_in_slice(key: bytes) -> None:
+    """bucket_number puts a key in exactly the slices tasks._in_slice puts it in."""
+    for part in [(1, 0), (2, 0), (2, 1), (3, 0), (3, 2), (7, 5), (16, 12)]:
+        assert _new_in_slice(key, part) == _ref_in_slice(key, part), part
+
+
+def test_bucket_number_refuses_what_no_key_holds() -> None:
+    """Deliberate differences from tasks._in_slice, on keys no version writes: more than one
+    "x", or more digits than a bucket number has, are not bucket numbers (that helper read
+    them, or raised past 4300 digits)."""
+    for key in (b"rv:{t:a}:fr:xx5", b"rv:{t:a}:s:123456", b"rv:{t:a}:s:" + b"1" * 5000):
+        assert bucket_number(key) is None
+        assert not _new_in_slice(key, (2, 1))
+
+
+@given(tenants, buckets, families)
+def test_bucket_number_reads_every_bucket_key_keys_builds(
+    tenant: str | None, bucket: int, family: str
+) -> None:
+    """bucket_number of a bucket key built here is the bucket number it was built from."""
+    assert bucket_number(LAYOUT.session_bucket(tenant, bucket).encode()) == bucket
+    assert bucket_number(LAYOUT.revoked_bucket(tenant, bucket).encode()) == bucket
+    marks = LAYOUT.family_revoked(tenant, family).encode()
+    number = bucket_number(marks)
+    assert number is not None
+    expected = family_bucket(family)
+    if expected is None:
+        expected = zlib.crc32(escape_id(family).encode()) % FOREIGN_BUCKETS
+    assert number == expected
+
+
+def test_bucket_key_lists_are_the_single_keys() -> None:
+    """session_buckets / revoked_buckets build the keys session_bucket / revoked_bucket build."""
+    assert LAYOUT.session_buckets("a:b", [3, 0]) == [
+        LAYOUT.session_bucket("a:b", 3),
+        LAYOUT.session_bucket("a:b", 0),
+    ]
+    assert LAYOUT.revoked_buckets(None, range(2)) == [
+        LAYOUT.revoked_bucket(None, 0),
+        LAYOUT.revoked_bucket(None, 1),
+    ]

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from revoker.keys import MAX_TIME
 from revoker.rules import NOT_REVOKED, RevocationStatus, decide, encode_mark, now_us, to_us
 
 T = 1_700_000_000.5  # a watermark half a second into a second
@@ -158,3 +159,21 @@ def test_watermark_reason_is_reported_by_the_level_that_set_the_cutoff() -> None
     assert (status.rule, status.reason) == ("user", "offboarding")
     status = decide(0.5, [None, None, encode_mark(500_000, "old"), tenant])
     assert (status.rule, status.reason) == ("tenant", "breach")
+
+
+@pytest.mark.parametrize("raw", ["-5|x", " 12|x", "+12|x", "١٢|x", b"9" * 5000])
+def test_mark_time_is_read_by_the_keys_rule(raw: str | bytes) -> None:
+    """decide reads a mark's time as keys.read_time does: a sign, a space or a non-ASCII digit
+    is unreadable (revoked_at unknown); thousands of digits cap instead of raising."""
+    status = decide(T, values(jti=raw))
+    assert status.revoked
+    text = raw if isinstance(raw, str) else raw.decode()
+    assert status.revoked_at == (None if "|" in text else MAX_TIME / 1e6)
+
+
+def test_huge_watermark_cuts_off_up_to_max_time_only() -> None:
+    """A watermark of more digits than any time reads as MAX_TIME: it revokes every token issued
+    up to then, and, as in the Lua scripts, none issued after."""
+    huge = "9" * 400 + "|x"
+    assert decide(9e9, values(user=huge)).revoked_at == MAX_TIME / 1e6
+    assert not decide(1e10, values(user=huge))

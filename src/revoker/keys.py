@@ -6,8 +6,8 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:{<T>}:s:<n>                  hash    session bucket n: family id -> session record
     P:{<T>}:fr:<n>                 hash    revoked families of bucket n: family id ->
                                            "<revoked_at_us>|<reason>"
-    P:{<T>}:uw:<user>              string  "<revoked_at_us>" user watermark
-    P:{<T>}:tw                     string  "<revoked_at_us>" tenant watermark
+    P:{<T>}:uw:<user>              string  "<revoked_at_us>|<reason>" user watermark
+    P:{<T>}:tw                     string  "<revoked_at_us>|<reason>" tenant watermark
     P:job:{<job_id>}               hash    one bulk job record
     P:job:{<job_id>}:c:<n>         string  the session buckets of chunk n of the job (JSON list)
     P:job:{<job_id>}:done          set     chunk numbers finished (each counted once)
@@ -41,6 +41,32 @@ marks.
 
 Ids are percent-escaped so that no id can contain ``{``, ``}`` or ``:``: no user, tenant or jti
 string can forge another key or move a key to another slot.
+
+Stored values have one encoder and one decoder each, here: a revoked mark of a jti or family and a
+watermark (:func:`encode_mark`, :func:`decode_mark`), a session record (:func:`encode_record`,
+:func:`decode_record`; the fan-out and the expiry read records raw with :func:`record_head`).
+
+**Reading a time** (of a mark, a watermark, or a record's ``created`` / ``expires``) follows one
+rule, :func:`read_time`, which ``scripts/rotate_refresh.lua`` and ``scripts/set_watermark.lua``
+restate line for line (``tests/test_format_parity.py`` holds them to it):
+
+* the time of a mark or watermark is its part before the first ``"|"`` (all of it without one);
+* it is readable only if it is one or more ASCII digits and nothing else: no sign, space, dot,
+  exponent, or non-ASCII digit. ``"00012"`` reads 12; ``"12abc"``, ``"-5"``, ``" 12"``, ``"1.5e15"``
+  and ``""`` are unreadable;
+* a readable time above :data:`MAX_TIME` reads as :data:`MAX_TIME` (2**53 - 1: exact in the Lua
+  scripts' numbers, which are doubles; no float conversion can overflow);
+* an unreadable time of a mark or watermark reads as 0. A jti or family mark revokes by its mere
+  presence whatever its time (then ``revoked_at`` is unknown); a watermark reading 0 cuts off
+  nothing issued after the epoch: in effect no cut-off;
+* in a record, an unreadable ``created`` keeps it out of every bulk job, an unreadable
+  ``expires`` keeps it from the expiry (its bucket's TTL still ends it), ``get_session`` reads
+  either as 0, and rotate_refresh.lua honours a grace retry only when ``rotated`` and ``issued``
+  are readable (else the presented token is reuse).
+
+These are the values Python read before the rule was shared (``int()``) for every value this
+version writes and for most it does not; the scripts read a leading run of digits (``"12abc"`` was
+12 there), so a corrupt watermark could revoke in a rotation and pass the check.
 """
 
 from __future__ import annotations
@@ -48,22 +74,35 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, unquote
 
 from revoker.exceptions import InvalidIdentifier
+
+if TYPE_CHECKING:
+    from revoker.settings import RevokerSettings
 
 __all__ = [
     "FAMILY_BUCKET_SEPARATOR",
     "FOREIGN_BUCKETS",
     "MAX_ID_LENGTH",
+    "MAX_TIME",
     "NO_TENANT_TAG",
+    "RECORD_CLIENT",
+    "RECORD_CREATED",
+    "RECORD_EXPIRES",
     "RECORD_FIELDS",
+    "RECORD_HEAD",
+    "RECORD_USER",
     "KeyLayout",
+    "Lifetimes",
+    "bucket_number",
     "bucket_of_user",
+    "decode_mark",
     "decode_record",
+    "encode_mark",
     "encode_record",
     "escape_id",
     "escape_part",
@@ -71,6 +110,9 @@ __all__ = [
     "family_id_prefix",
     "family_ttl",
     "jti_ttl",
+    "mark_time",
+    "read_time",
+    "record_head",
     "tenant_tag",
     "watermark_ttl",
 ]
@@ -100,6 +142,18 @@ RECORD_FIELDS: Final = (
     "issued",  # integer µs iat of the current pair: a grace retry re-signs the same claims
     "scopes",  # space-separated
 )
+#: Positions in a record (0-based) of the fields the fan-out and the expiry read raw.
+RECORD_USER: Final = RECORD_FIELDS.index("user")
+RECORD_CLIENT: Final = RECORD_FIELDS.index("client")
+RECORD_CREATED: Final = RECORD_FIELDS.index("created")
+RECORD_EXPIRES: Final = RECORD_FIELDS.index("expires")
+#: How many leading fields :func:`record_head` splits off; a record has at least these.
+RECORD_HEAD: Final = RECORD_EXPIRES + 1
+#: The largest time a stored value can hold (see "Reading a time" above): 2**53 - 1, the largest
+#: integer the Lua scripts' doubles hold exactly. In µs it is the year 2255.
+MAX_TIME: Final = 2**53 - 1
+#: Digits of MAX_TIME (16): a time with more, once leading zeros are gone, is above it.
+_MAX_TIME_DIGITS: Final = len(str(MAX_TIME))
 #: Buckets of the revoked marks of family ids that do not name their bucket (foreign ids).
 FOREIGN_BUCKETS: Final = 1024
 #: Separates a family id's bucket (lower-case hex) from its random part.
@@ -147,6 +201,21 @@ def family_bucket(family_id: str) -> int | None:
     return int(match.group(1), 16) if match is not None else None
 
 
+#: Digits of the largest bucket number a key can carry (session buckets < 65536, foreign < 1024).
+_BUCKET_DIGITS: Final = 5
+
+
+def bucket_number(key: bytes) -> int | None:
+    """The bucket number of a session or revoked-mark bucket key (``...:s:<n>``, ``...:fr:<n>``,
+    ``...:fr:x<n>``), or None for a key that does not end in one."""
+    number = key.rpartition(b":")[2]
+    if number[:1] == b"x":
+        number = number[1:]
+    if not number.isdigit() or len(number) > _BUCKET_DIGITS:
+        return None
+    return int(number)
+
+
 def escape_part(value: str) -> str:
     """Escape one part of a session record (no "|" or space can remain)."""
     if _UNCHANGED_BY_QUOTE.fullmatch(value) is not None:
@@ -183,16 +252,69 @@ def encode_record(
     )
 
 
+#: The record fields that hold times: never escaped, so read as stored (see :func:`read_time`).
+_RECORD_TIMES: Final = frozenset({"created", "expires", "rotated", "issued"})
+
+
 def decode_record(value: str | bytes) -> dict[str, Any]:
-    """A record's fields by name, unescaped (absent ones empty); ``scopes`` is a tuple."""
-    text = value.decode() if isinstance(value, bytes) else value
+    """A record's fields by name, unescaped (absent ones empty); ``scopes`` is a tuple.
+
+    Never raises: bytes that are not UTF-8 are replaced. Times stay as stored (not unescaped),
+    so that every reader reads the same time from them."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
     parts = text.split("|")
     parts += [""] * (len(RECORD_FIELDS) - len(parts))
     out: dict[str, Any] = {
-        name: unquote(part) for name, part in zip(RECORD_FIELDS, parts, strict=False)
+        name: part if name in _RECORD_TIMES else unquote(part)
+        for name, part in zip(RECORD_FIELDS, parts, strict=False)
     }
     out["scopes"] = tuple(unquote(s) for s in parts[RECORD_FIELDS.index("scopes")].split())
     return out
+
+
+def record_head(raw: bytes) -> list[bytes] | None:
+    """A raw record's leading fields, still escaped, at ``RECORD_USER`` .. ``RECORD_EXPIRES``
+    (the unsplit rest follows, if any); None for a value with fewer than ``RECORD_HEAD`` fields
+    (not a record this version wrote). Read their times with :func:`read_time`."""
+    parts = raw.split(b"|", RECORD_HEAD)
+    return parts if len(parts) >= RECORD_HEAD else None
+
+
+# --- stored times and marks ------------------------------------------------------------------
+
+
+def read_time(part: bytes) -> int | None:
+    """The time ``part`` holds (the rule of the module docstring), or None if it is unreadable."""
+    # bytes.isdigit() is ASCII-only and False for b"": exactly "one or more ASCII digits".
+    if not part.isdigit():
+        return None
+    if len(part) > _MAX_TIME_DIGITS:
+        part = part.lstrip(b"0") or b"0"
+        if len(part) > _MAX_TIME_DIGITS:
+            return MAX_TIME  # int() of thousands of digits would raise: never convert them
+    at = int(part)
+    return at if at <= MAX_TIME else MAX_TIME
+
+
+def mark_time(raw: bytes) -> int | None:
+    """The time of a raw mark or watermark (its part before "|"), or None if it is unreadable."""
+    return read_time(raw.partition(b"|")[0])
+
+
+def encode_mark(at_us: int, reason: str | None = None) -> str:
+    """The value stored for a revoked jti or family, and for a watermark: ``"<at_us>|<reason>"``."""
+    return f"{at_us}|{reason or ''}"
+
+
+def decode_mark(raw: bytes | str) -> tuple[int, str | None]:
+    """A mark's or watermark's time in µs (0 when unreadable) and reason (None when empty).
+
+    Never raises: a value this version did not write reads by the rule of the module docstring,
+    and bytes that are not UTF-8 are replaced in the reason."""
+    data = raw.encode(errors="replace") if isinstance(raw, str) else raw
+    at, _, reason = data.partition(b"|")
+    at_us = read_time(at) or 0
+    return at_us, reason.decode(errors="replace") or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +339,11 @@ class KeyLayout:
         """What every bucket key of the tenant starts with (the bucket number follows)."""
         return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:s:"
 
+    def session_buckets(self, tenant_id: str | None, buckets: Iterable[int]) -> list[str]:
+        """The keys of several session buckets of the tenant (the tag escaped once)."""
+        base = self.session_bucket_base(tenant_id)
+        return [f"{base}{int(bucket)}" for bucket in buckets]
+
     def session_bucket_pattern(self) -> str:
         """SCAN MATCH pattern of every session bucket of every tenant."""
         return f"{self.prefix}:{{*}}:s:*"
@@ -234,6 +361,11 @@ class KeyLayout:
     def revoked_bucket(self, tenant_id: str | None, bucket: int) -> str:
         """The revoked marks of the families of one session bucket."""
         return f"{self.revoked_bucket_base(tenant_id)}{int(bucket)}"
+
+    def revoked_buckets(self, tenant_id: str | None, buckets: Iterable[int]) -> list[str]:
+        """The keys of the revoked-mark buckets of several session buckets of the tenant."""
+        base = self.revoked_bucket_base(tenant_id)
+        return [f"{base}{int(bucket)}" for bucket in buckets]
 
     def revoked_bucket_base(self, tenant_id: str | None) -> str:
         """What every revoked-mark bucket key of the tenant starts with."""
@@ -309,6 +441,7 @@ class KeyLayout:
 # --- TTL rules -------------------------------------------------------------------------------
 # An entry is useful only while a token it covers could still verify: at most until that token's
 # exp plus the verification leeway. Every TTL below is that bound, rounded up to whole seconds.
+# Callers with settings use Lifetimes (bound to them once); the functions are its arithmetic.
 
 
 def jti_ttl(expires_at: float | None, now: float, access_ttl: int, leeway: int) -> int:
@@ -330,3 +463,58 @@ def family_ttl(refresh_ttl: int, leeway: int) -> int:
     """How long a session record or a revoked family's mark is kept: the refresh token's life
     plus leeway (the TTL of their buckets, renewed by each write)."""
     return refresh_ttl + leeway
+
+
+@dataclass(frozen=True, slots=True)
+class Lifetimes:
+    """Every TTL and age cut-off, bound to one configuration (:meth:`from_settings`)."""
+
+    access_token_ttl: int
+    refresh_token_ttl: int
+    longest_token_ttl: int
+    leeway: int
+    job_retention: int
+    audit_retention: int
+
+    @classmethod
+    def from_settings(cls, settings: RevokerSettings) -> Lifetimes:
+        """The lifetimes ``settings`` configure."""
+        return cls(
+            access_token_ttl=settings.access_token_ttl,
+            refresh_token_ttl=settings.refresh_token_ttl,
+            longest_token_ttl=settings.longest_token_ttl,
+            leeway=settings.leeway,
+            job_retention=settings.job_retention,
+            audit_retention=settings.audit_retention,
+        )
+
+    def jti_ttl(self, expires_at: float | None, now: float) -> int:
+        """TTL of a revoked jti revoked at ``now`` (see :func:`jti_ttl`)."""
+        return jti_ttl(expires_at, now, self.access_token_ttl, self.leeway)
+
+    @property
+    def watermark_ttl(self) -> int:
+        """TTL of a user or tenant watermark (see :func:`watermark_ttl`)."""
+        return watermark_ttl(self.longest_token_ttl, self.leeway)
+
+    @property
+    def family_ttl(self) -> int:
+        """TTL of a session bucket and of a revoked-mark bucket, renewed by each write; also how
+        long a record or mark is useful (see :func:`family_ttl`)."""
+        return family_ttl(self.refresh_token_ttl, self.leeway)
+
+    def records_expired_before(self, now: float) -> int:
+        """Unix seconds: a record whose ``expires`` is below this can never verify or rotate."""
+        return int(now) - self.leeway
+
+    def marks_older_than(self, now: float) -> int:
+        """µs: a revoked mark whose time is below this covers no token that can still verify."""
+        return int((now - self.family_ttl) * 1_000_000)
+
+    def jobs_finished_before(self, now: float) -> int:
+        """Milliseconds (the jobs index's score): finished jobs created before this are dropped."""
+        return int((now - self.job_retention) * 1000)
+
+    def audit_cutoff_id(self, now: float) -> str:
+        """The audit stream id (XTRIM MINID) before which entries are past their retention."""
+        return f"{int((now - self.audit_retention) * 1000)}-0"

@@ -25,7 +25,8 @@ import logging
 from typing import Any, Final
 
 from revoker import exceptions as exc
-from revoker.rules import RevocationStatus, encode_mark, now_us
+from revoker.keys import encode_mark
+from revoker.rules import RevocationStatus, now_us
 from revoker.sessions import TokenPair, issue_session_tokens
 from revoker.settings import RevokerSettings
 from revoker.store import (

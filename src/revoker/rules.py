@@ -1,4 +1,4 @@
-"""The revoked-or-not decision and the encoding of stored values. Pure: no I/O.
+"""The revoked-or-not decision. Pure: no I/O.
 
 A verified token is revoked when any of these holds (``RULE_ORDER``):
 
@@ -11,6 +11,9 @@ Watermarks and issue times are compared in integer microseconds. revoker issues 
 microsecond precision, so a token issued after a revocation call returned always passes and one
 issued before it never does. A foreign token with a whole-second ``iat`` issued in the same second
 as a watermark counts as revoked: the error falls on the safe side.
+
+The stored values are read by ``keys.decode_mark`` (the one rule for their times, also the Lua
+scripts'); ``encode_mark`` is re-exported from ``keys`` for the callers that import it from here.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from revoker.keys import decode_mark, encode_mark
 
 __all__ = [
     "NOT_REVOKED",
@@ -62,24 +67,6 @@ def to_us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
-def encode_mark(at_us: int, reason: str | None = None) -> str:
-    """The value stored for a revoked jti or family: ``"<at_us>|<reason>"``."""
-    return f"{at_us}|{reason or ''}"
-
-
-def _decode_mark(raw: bytes | str) -> tuple[int, str | None]:
-    # A value we did not write (or a corrupted one) must not crash the check: bad bytes are
-    # replaced, and an unreadable time reads as 0. A jti or family entry is revoked by its mere
-    # presence; a watermark reads as "no cut-off", as scripts/*.lua read it.
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    at, _, reason = text.partition("|")
-    try:
-        at_us = int(at)
-    except ValueError:
-        at_us = 0
-    return at_us, (reason or None)
-
-
 def decide(
     issued_at: float,
     values: Sequence[bytes | str | None],
@@ -90,10 +77,10 @@ def decide(
     """
     jti_raw, family_raw, user_raw, tenant_raw = values
     if jti_raw is not None:
-        at, reason = _decode_mark(jti_raw)
+        at, reason = decode_mark(jti_raw)
         return RevocationStatus(True, "jti", at / 1e6 if at else None, reason)
     if family_raw is not None:
-        at, reason = _decode_mark(family_raw)
+        at, reason = decode_mark(family_raw)
         return RevocationStatus(True, "family", at / 1e6 if at else None, reason)
     iat_us = to_us(issued_at)
     # The effective cut-off is the max of the two watermark levels; report the level that set it.
@@ -101,7 +88,7 @@ def decide(
     for rule, raw in (("user", user_raw), ("tenant", tenant_raw)):
         if raw is None:
             continue
-        wm, reason = _decode_mark(raw)
+        wm, reason = decode_mark(raw)
         if best is None or wm > best[0]:
             best = (wm, rule, reason)  # type: ignore[assignment]
     if best is not None and iat_us <= best[0]:

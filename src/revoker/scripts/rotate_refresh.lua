@@ -32,11 +32,24 @@ local tenant_wm_key, jti_key
 if ARGV[12] == "1" then tenant_wm_key = KEYS[n]; n = n + 1 end
 if ARGV[13] == "1" then jti_key = KEYS[n] end
 
+-- keys.read_time, the one rule for a stored time: one or more ASCII digits and nothing else
+-- (a mark's or watermark's part before its first "|"), capped at keys.MAX_TIME; anything else is
+-- unreadable (nil). tests/test_format_parity.py holds this copy and set_watermark.lua's to it.
+local MAX_TIME = 9007199254740991
+local function read_time(part)
+  if not string.find(part, "^%d+$") then return nil end
+  return math.min(tonumber(part), MAX_TIME)
+end
+local function mark_time(value)
+  return read_time(string.match(value, "^([^|]*)"))
+end
+
 -- The same revoked-or-not rules as revoker.rules.decide (which names the rule from these values):
--- a revoked jti or family, or an iat at or before the later watermark.
+-- a revoked jti or family (by its presence), or an iat at or before the later watermark, where
+-- an unreadable watermark reads 0 as keys.decode_mark reads it.
 local function mark_us(value)
   if not value then return -1 end
-  return tonumber(string.match(value, "^(%d+)")) or 0
+  return mark_time(value) or 0
 end
 local jti_v = jti_key and redis.call("GET", jti_key) or false
 local fam_v = redis.call("HGET", revoked_key, family)
@@ -73,8 +86,11 @@ if f[5] == presented then
   return {"rotated"}
 end
 
-if grace > 0 and f[6] == presented and f[7] ~= "" and f[8] ~= "" and f[9] ~= ""
-    and now_us - tonumber(f[7]) <= grace * 1000000 then
+-- A retry is honoured only from a record whose rotation time and issue time read by the rule:
+-- otherwise its age is unknown and the successor's claims cannot be re-signed.
+local rotated_us = read_time(f[7])
+if grace > 0 and f[6] == presented and rotated_us and f[8] ~= "" and read_time(f[9])
+    and now_us - rotated_us <= grace * 1000000 then
   return {"grace", f[8], f[5], f[9]}
 end
 

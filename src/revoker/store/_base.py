@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from revoker import keys as k
 from revoker.exceptions import InvalidIdentifier
-from revoker.rules import RevocationStatus, decide, encode_mark, now_us, to_us
+from revoker.rules import RevocationStatus, decide, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.tokens import TokenData
 
@@ -84,6 +84,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _time(text: str) -> int | None:
+    """A decoded record field's time by ``keys.read_time``."""
+    return k.read_time(text.encode(errors="replace"))
+
+
 @dataclass(frozen=True, slots=True)
 class RotationReply:
     """What the rotate_refresh script decided (see ``scripts/rotate_refresh.lua``).
@@ -110,6 +115,7 @@ class StoreCore:
     def __init__(self, settings: RevokerSettings) -> None:
         self.settings = settings
         self.keys = k.KeyLayout(settings.key_prefix)
+        self.lifetimes = k.Lifetimes.from_settings(settings)
 
     # --- the per-request check ---------------------------------------------------------------
 
@@ -179,12 +185,12 @@ class StoreCore:
     ) -> Plan[bool]:
         key = self.keys.jti(jti)
         at = now_us()
-        ttl = k.jti_ttl(expires_at, at / 1e6, self.settings.access_token_ttl, self.settings.leeway)
+        ttl = self.lifetimes.jti_ttl(expires_at, at / 1e6)
         return Plan(
             [
                 # NX: a repeat keeps the first revocation's time and reason; EXPIRE GT still
                 # lets it extend the entry (a later call may know a later exp), never shorten it.
-                ("SET", key, encode_mark(at, reason), "EX", ttl, "NX", "GET"),
+                ("SET", key, k.encode_mark(at, reason), "EX", ttl, "NX", "GET"),
                 ("EXPIRE", key, ttl, "GT"),
                 self.audit_command("token", jti, reason=reason, actor=actor, at_us=at),
                 self.count_command("tokens"),
@@ -201,12 +207,12 @@ class StoreCore:
         actor: str | None,
     ) -> Plan[bool]:
         at = now_us()
-        ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
+        ttl = self.lifetimes.family_ttl
         bucket = self.keys.family_revoked(tenant_id, family_id)
         return Plan(
             [
                 # As for a jti: the first revocation's time and reason stay (see above).
-                ("HSETNX", bucket, family_id, encode_mark(at, reason)),
+                ("HSETNX", bucket, family_id, k.encode_mark(at, reason)),
                 *self.bucket_ttl_commands(bucket, ttl),
                 self.audit_command(
                     "family", family_id, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
@@ -233,16 +239,17 @@ class StoreCore:
         actor: str | None,
     ) -> Plan[float]:
         at = now_us()
-        ttl = k.watermark_ttl(self.settings.longest_token_ttl, self.settings.leeway)
+        ttl = self.lifetimes.watermark_ttl
         return Plan(
             [
-                ScriptCall("set_watermark", [key], [encode_mark(at, reason), ttl]),
+                ScriptCall("set_watermark", [key], [k.encode_mark(at, reason), ttl]),
                 self.audit_command(
                     kind, target, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
                 ),
                 self.count_command(f"{kind}s"),
             ],
-            lambda replies: int(_text(replies[0]).partition("|")[0]) / 1e6,
+            # The mark in force: ours, or a later one (an unreadable one is never kept: it reads 0).
+            lambda replies: k.decode_mark(replies[0])[0] / 1e6,
         )
 
     def plan_revoke_user(
@@ -313,7 +320,7 @@ class StoreCore:
             scopes=scopes,
         )
         key = self.keys.session_bucket(tenant_id, bucket)
-        ttl = k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway)
+        ttl = self.lifetimes.family_ttl
         # A bucket expires with its newest session; all sessions share one lifetime, so the last
         # EXPIRE written is always the latest one.
         return Plan([("HSET", key, family_id, record), ("EXPIRE", key, ttl)], lambda _r: None)
@@ -340,8 +347,9 @@ class StoreCore:
                 user_id=data["user"],
                 tenant_id=tenant_id,
                 client_id=data["client"] or None,
-                created=int(data["created"] or 0) / 1e6,
-                expires=int(data["expires"] or 0),
+                # Times by keys.read_time: an unreadable one (never written so) reads 0.
+                created=(_time(data["created"]) or 0) / 1e6,
+                expires=_time(data["expires"]) or 0,
                 current_jti=data["current"] or None,
                 scopes=data["scopes"],
                 extra=extra,
@@ -390,7 +398,7 @@ class StoreCore:
             issued_at_us,
             expires_at,
             self.settings.refresh_reuse_grace_seconds,
-            k.family_ttl(self.settings.refresh_token_ttl, self.settings.leeway),
+            self.lifetimes.family_ttl,
             reuse_mark,
             family,
             "1" if tenant is not None else "0",
@@ -405,7 +413,7 @@ class StoreCore:
                     outcome,
                     unquote(_text(reply[1])),
                     unquote(_text(reply[2])),
-                    int(_text(reply[3])),
+                    _time(_text(reply[3])),
                 )
             if outcome == "revoked":
                 return RotationReply(outcome, status=decide(token.iat, list(reply[1:5])))

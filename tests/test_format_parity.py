@@ -1,0 +1,370 @@
+"""Python and every Lua script read a stored value by one rule (``keys.read_time``).
+
+The same valid, edge and corrupt values (revoked marks, watermarks, session records) go through
+the Python decoders (``keys.decode_mark``, ``rules.decide``, ``keys.decode_record``,
+``keys.record_head``) and through each script that reads them, run on each backend of the table
+(fakeredis with Lua, real Redis): the check (``check.lua``, via the store), ``rotate_refresh.lua``
+and ``set_watermark.lua``. Each test asserts the scripts decide what Python decides; a rule
+changed on one side only makes one of them fail.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from conftest import REDIS_URL, private_settings
+from revoker.keys import (
+    MAX_TIME,
+    RECORD_FIELDS,
+    RECORD_HEAD,
+    bucket_of_user,
+    decode_mark,
+    decode_record,
+    encode_mark,
+    encode_record,
+    escape_part,
+    family_id_prefix,
+    read_time,
+    record_head,
+)
+from revoker.rules import decide, now_us
+from revoker.store import (
+    RedisTokenRevocationStore,
+    RotationReply,
+    SyncRedisTokenRevocationStore,
+)
+from revoker.store._base import load_script
+from revoker.tokens import TokenData
+
+USER, TENANT = "alice", "acme"
+PRESENTED = "rt-presented"
+GRACE = 30
+T_US = 1_700_000_000_123_456
+
+#: Stored marks and watermarks: valid, edge and corrupt.
+VALUES: list[bytes] = [
+    b"12",
+    b"12|r",
+    b"00012|r",
+    b"0" * 30 + b"12|x",
+    b"1000|a|b|c",
+    f"{T_US}|logout".encode(),
+    str(MAX_TIME).encode(),
+    str(MAX_TIME + 1).encode() + b"|x",
+    b"9" * 16,
+    b"9" * 17 + b"|x",
+    b"9" * 400,
+    b"9" * 5000,
+    b"",
+    b"|",
+    b"|12",
+    b"12abc",
+    b"12abc|x",
+    b"-5|x",
+    b"-5",
+    b"+12",
+    b" 12|x",
+    b"12 ",
+    b"\n12",
+    b"12\n",
+    b"1.5e15",
+    b"0x10",
+    b"inf",
+    b"nan|x",
+    b"12\x00|x",
+    b"\xff\xfe",
+    b"12|\xff",
+    b"\xff12|x",
+    "١٢|x".encode(),  # Arabic-Indic digits
+    "\uff11\uff12".encode(),  # full-width digits
+]
+#: Issue times (µs) around the times those values could be read as.
+IATS_US = [-1, 0, 1, 11, 12, 13, 999, 1000, 1001, T_US - 1, T_US, T_US + 1, MAX_TIME - 1, 10**16]
+
+
+def _ids(value: bytes) -> str:
+    return repr(value[:24]) + (f"..{len(value)}" if len(value) > 24 else "")
+
+
+@pytest.fixture
+def parity_store(backend: str) -> Iterator[SyncRedisTokenRevocationStore]:
+    """A sync store on each backend of the table, with a grace window for retries."""
+    with private_settings(refresh_reuse_grace_seconds=GRACE) as s:
+        client: Any = (
+            fakeredis.FakeRedis() if backend == "fakeredis" else redis.Redis.from_url(REDIS_URL)
+        )
+        store = SyncRedisTokenRevocationStore(client, settings=s)
+        yield store
+        store.close()
+
+
+def _family(store: SyncRedisTokenRevocationStore) -> str:
+    return family_id_prefix(bucket_of_user(USER, store.settings.session_buckets)) + uuid.uuid4().hex
+
+
+def _token(family: str, iat_us: int) -> TokenData:
+    return TokenData(
+        sub=USER,
+        jti=PRESENTED,
+        typ="refresh",
+        iat=iat_us / 1e6,
+        exp=2**40,
+        tenant=TENANT,
+        family=family,
+    )
+
+
+def _session_key(store: SyncRedisTokenRevocationStore) -> str:
+    return store.keys.session_bucket(TENANT, bucket_of_user(USER, store.settings.session_buckets))
+
+
+def _seed(store: SyncRedisTokenRevocationStore, family: str, record: bytes | None = None) -> None:
+    """A session of ``family`` whose current refresh jti is the presented one (or ``record``)."""
+    if record is None:
+        record = encode_record(
+            user_id=USER, client_id="web", created_us=1, expires=2**33, current_jti=PRESENTED
+        ).encode()
+    store.client.hset(_session_key(store), family, record)
+
+
+def _rotate(store: SyncRedisTokenRevocationStore, token: TokenData) -> RotationReply:
+    return store.rotate_refresh(
+        token,
+        refresh_jti="rt-next",
+        access_jti="at-next",
+        issued_at_us=now_us(),
+        expires_at=int(time.time()) + 3600,
+        reuse_mark=encode_mark(now_us(), "reuse"),
+    )
+
+
+# --- watermarks: read for their time ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", VALUES, ids=_ids)
+@pytest.mark.parametrize("level", ["user", "tenant"])
+def test_watermark_decides_alike_in_check_and_rotation(
+    parity_store: SyncRedisTokenRevocationStore, level: str, value: bytes
+) -> None:
+    """The check and rotate_refresh.lua revoke exactly the tokens rules.decide revokes."""
+    store = parity_store
+    keys = store.keys
+    key = keys.user_watermark(TENANT, USER) if level == "user" else keys.tenant_watermark(TENANT)
+    store.client.set(key, value, ex=600)
+    for iat_us in IATS_US:
+        family = _family(store)
+        token = _token(family, iat_us)
+        raw: list[bytes | None] = [None, None, value, None]
+        if level == "tenant":
+            raw = [None, None, None, value]
+        python = decide(token.iat, raw)
+        assert store.is_revoked(token) == python, iat_us
+        _seed(store, family)
+        reply = _rotate(store, token)
+        assert reply.outcome == ("revoked" if python.revoked else "rotated"), iat_us
+        if python.revoked:
+            assert reply.status == python
+
+
+@pytest.mark.parametrize("value", VALUES, ids=_ids)
+def test_set_watermark_keeps_the_old_value_exactly_when_python_reads_it_later(
+    parity_store: SyncRedisTokenRevocationStore, value: bytes
+) -> None:
+    """set_watermark.lua keeps a stored watermark iff decode_mark reads it at or after the new
+    mark's time; what it returns reads as the store reports it."""
+    store = parity_store
+    script = store.client.register_script(load_script("set_watermark"))
+    key = store.keys.user_watermark(TENANT, "wm-" + uuid.uuid4().hex)
+    old_at = decode_mark(value)[0]
+    for new_at in [0, 1, 11, 12, 13, 1000, T_US, MAX_TIME - 1, MAX_TIME, MAX_TIME + 1]:
+        new = encode_mark(new_at, "new").encode()
+        store.client.set(key, value, ex=600)
+        reply = script(keys=[key], args=[new, 600])
+        expected = value if old_at >= decode_mark(new)[0] else new
+        assert (reply, store.client.get(key)) == (expected, expected), new_at
+    # Through the store: the time it reports is the stored value's, read by decode_mark.
+    store.client.set(key, value, ex=600)
+    before = now_us()
+    reported = store.revoke_user_tokens(key.rpartition(":")[2], tenant_id=TENANT)
+    after = store.client.get(key)
+    assert after is not None
+    assert reported == decode_mark(after)[0] / 1e6
+    assert (after == value) == (old_at >= before)
+
+
+@pytest.mark.redis
+async def test_pipelined_check_decides_as_python() -> None:
+    """The production check (the async store's own pipelined connection to check.lua) returns
+    every stored value byte for byte: it decides what rules.decide decides."""
+    with private_settings() as s:
+        store = RedisTokenRevocationStore(settings=s)
+        assert store._pipelined is not None  # the path production runs, not an injected client
+        sync = redis.Redis.from_url(REDIS_URL)
+        try:
+            for value in VALUES:
+                family = "f-" + uuid.uuid4().hex
+                sync.set(store.keys.user_watermark(TENANT, USER), value, ex=600)
+                for iat_us in IATS_US:
+                    token = _token(family, iat_us)
+                    expected = decide(token.iat, [None, None, value, None])
+                    assert await store.is_revoked(token) == expected, (value, iat_us)
+                sync.hset(store.keys.family_revoked(TENANT, family), family, value)
+                expected = decide(T_US / 1e6, [None, value, None, value])
+                assert await store.is_revoked(_token(family, T_US)) == expected, value
+        finally:
+            sync.close()
+            await store.aclose()
+
+
+# --- jti and family marks: revoked by their presence --------------------------------------
+
+
+@pytest.mark.parametrize("value", VALUES, ids=_ids)
+@pytest.mark.parametrize("rule", ["jti", "family"])
+def test_mark_revokes_by_presence_in_check_and_rotation(
+    parity_store: SyncRedisTokenRevocationStore, rule: str, value: bytes
+) -> None:
+    """Any stored jti or family mark revokes in the check and in rotate_refresh.lua, and both
+    report the time and reason decode_mark reads."""
+    store = parity_store
+    family = _family(store)
+    token = _token(family, T_US)
+    if rule == "jti":
+        store.client.set(store.keys.jti(PRESENTED + family), value, ex=600)
+        token = token.model_copy(update={"jti": PRESENTED + family})
+    else:
+        store.client.hset(store.keys.family_revoked(TENANT, family), family, value)
+    raw: list[bytes | None] = [value, None, None, None]
+    if rule == "family":
+        raw = [None, value, None, None]
+    python = decide(token.iat, raw)
+    at, reason = decode_mark(value)
+    assert (python.revoked, python.rule, python.reason) == (True, rule, reason)
+    assert python.revoked_at == (at / 1e6 if at else None)
+    assert store.is_revoked(token) == python
+    _seed(store, family)
+    reply = _rotate(store, token)
+    assert (reply.outcome, reply.status) == ("revoked", python)
+
+
+# --- session records: read by position ----------------------------------------------------
+
+
+def _record(**fields: bytes) -> bytes:
+    """A record with these raw fields (names of RECORD_FIELDS), the others as a fresh session's."""
+    base = {
+        "user": USER.encode(),
+        "client": b"web",
+        "created": b"1000",
+        "expires": b"2000",
+        "current": b"rt-other",
+    }
+    base.update(fields)
+    return b"|".join(base.get(name, b"") for name in RECORD_FIELDS)
+
+
+def _records(now: int) -> list[bytes]:
+    recent, old = str(now - 1_000_000).encode(), str(now - 3600 * 1_000_000).encode()
+    retry = {"previous": PRESENTED.encode(), "successor": b"at-prev", "issued": b"1700"}
+    return [
+        _record(current=PRESENTED.encode()),
+        _record(current=PRESENTED.encode(), created=b"12abc", expires=b"-5"),
+        _record(current=PRESENTED.encode(), scopes=b"a b") + b"|x|y",  # extra parts
+        b"alice|web|1000|2000|" + PRESENTED.encode(),  # short
+        b"alice|web|1000|2000",  # shorter still: the current jti is empty
+        _record(user=b"bob", current=PRESENTED.encode()),
+        _record(user=b"\xff", current=PRESENTED.encode()),
+        b"",
+        b"|",
+        b"||||" + PRESENTED.encode(),
+        _record(rotated=recent, **retry),
+        _record(rotated=b"00" + recent, **retry),
+        _record(rotated=b"9" * 400, **retry),  # reads MAX_TIME: a rotation in the future
+        _record(rotated=old, **retry),
+        _record(rotated=b"", **retry),
+        _record(rotated=b"12abc", **retry),
+        _record(rotated=b"-5", **retry),
+        _record(rotated=b" " + recent, **retry),
+        _record(rotated=recent, **{**retry, "issued": b"00012"}),
+        _record(rotated=recent, **{**retry, "issued": b"12abc"}),
+        _record(rotated=recent, **{**retry, "issued": b""}),
+        _record(rotated=recent, **{**retry, "successor": b""}),
+        _record(rotated=recent, **{**retry, "previous": b"rt-else"}),
+    ]
+
+
+def _expected_rotation(record: bytes, now: int) -> str:
+    """What rotate_refresh.lua must decide on ``record``, from the fields as Python splits them
+    (keys.decode_record's split, still escaped) and their times by keys.read_time."""
+    f = record.split(b"|")
+    f += [b""] * (len(RECORD_FIELDS) - len(f))
+    user, current, previous, rotated, successor, issued = (f[i] for i in (0, 4, 5, 6, 7, 8))
+    if user != escape_part(USER).encode():
+        return "unknown"
+    if current == PRESENTED.encode():
+        return "rotated"
+    rotated_us = read_time(rotated)
+    if (
+        previous == PRESENTED.encode()
+        and rotated_us is not None
+        and successor
+        and read_time(issued) is not None
+        and now - rotated_us <= GRACE * 1_000_000
+    ):
+        return "grace"
+    return "reuse"
+
+
+@pytest.mark.parametrize("index", range(len(_records(0))))
+def test_record_is_read_alike_by_rotation_and_python(
+    parity_store: SyncRedisTokenRevocationStore, index: int
+) -> None:
+    """rotate_refresh.lua splits a record and reads its times as the Python decoders do: the
+    same outcome, the fields it keeps are those decode_record reads, and get_session never
+    raises on it."""
+    store = parity_store
+    now = now_us()
+    record = _records(now)[index]
+    family = _family(store)
+    _seed(store, family, record)
+    data = decode_record(record)
+    fields = record.split(b"|")
+    padded = fields + [b""] * (len(RECORD_FIELDS) - len(fields))
+    session = store.get_session(family, tenant_id=TENANT)
+    if record:
+        assert session is not None
+        assert session.created == (read_time(padded[2]) or 0) / 1e6
+        assert session.expires == (read_time(padded[3]) or 0)
+        assert session.user_id == data["user"]
+    else:
+        assert session is None  # an empty value is no record
+    head = record_head(record)
+    if head is not None:
+        assert head[:RECORD_HEAD] == fields[:RECORD_HEAD]
+    else:
+        assert len(fields) < RECORD_HEAD
+
+    reply = _rotate(store, _token(family, T_US))
+    assert reply.outcome == _expected_rotation(record, now)
+    if reply.outcome == "grace":
+        assert reply.issued_at_us == read_time(record.split(b"|")[8])
+        assert (reply.access_jti, reply.refresh_jti) == (data["successor"], data["current"])
+    if reply.outcome == "rotated":
+        written = store.client.hget(_session_key(store), family)
+        assert written is not None
+        assert written.count(b"|") == len(RECORD_FIELDS) - 1
+        new = decode_record(written)
+        assert (new["current"], new["previous"], new["successor"]) == (
+            "rt-next",
+            PRESENTED,
+            "at-next",
+        )
+        kept = ("user", "client", "created", "scopes")
+        assert {name: new[name] for name in kept} == {name: data[name] for name in kept}
