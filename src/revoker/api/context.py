@@ -5,29 +5,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from revoker.check import RevocationChecker
-from revoker.tokens import get_verifier
 
 if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
     from revoker.store import RedisTokenRevocationStore
+    from revoker.tokens import TokenVerifier
 
 __all__ = ["ApiContext"]
 
 
 class ApiContext:
-    """One app's settings and (optionally) its pinned store."""
+    """One app's settings and (optionally) its pinned store, held by its admin-token checker."""
 
     def __init__(self, settings: RevokerSettings, store: RedisTokenRevocationStore | None) -> None:
         self.settings = settings
-        self._store = store
-        self.verifier = get_verifier(settings)
         self.checker = RevocationChecker(store, settings=settings)
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self.checker.verifier
 
     @property
     def store(self) -> RedisTokenRevocationStore:
         """The pinned store, else the process-wide store of the running event loop."""
-        if self._store is not None:
-            return self._store
-        from revoker.store import get_revocation_store
-
-        return get_revocation_store(self.settings)
+        return self.checker.store

@@ -7,7 +7,7 @@ functions are synchronous (redis-py), so they run in the thread pool.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     from revoker.bulk import Scope
     from revoker.jobs import JobRecord
 
-__all__ = ["enqueue", "get_job", "list_jobs", "routes"]
+__all__ = ["ENQUEUE_PATHS", "enqueue", "get_job", "list_jobs", "routes"]
+
+#: Where each scope's revocations are enqueued; the path parameter names the target.
+ENQUEUE_PATHS: Final[dict[Scope, str]] = {
+    scope: f"/jobs/{scope}s/{{{name}}}/revocations" for scope, name in PATH_IDS.items()
+}
 
 
 async def enqueue(context: ApiContext, scope: Scope, request: Request) -> Response:
@@ -68,15 +73,9 @@ def routes(context: ApiContext) -> list[Route]:
     """The job endpoints of one app."""
     return [
         Route("/jobs", partial(list_jobs, context), methods=["GET"]),
-        Route(
-            "/jobs/tenants/{tenant_id}/revocations",
-            partial(enqueue, context, "tenant"),
-            methods=["POST"],
-        ),
-        Route(
-            "/jobs/users/{user_id}/revocations",
-            partial(enqueue, context, "user"),
-            methods=["POST"],
+        *(
+            Route(path, partial(enqueue, context, scope), methods=["POST"])
+            for scope, path in ENQUEUE_PATHS.items()
         ),
         Route("/jobs/{job_id}", partial(get_job, context), methods=["GET"]),
     ]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, get_args
 
 from revoker.api.auth import ADMIN_SCOPE
 from revoker.api.bodies import BODIES, PATH_IDS, JobQuery
+from revoker.api.jobs import ENQUEUE_PATHS
 from revoker.jobs import JobRecord, JobStatus
 from revoker.keys import MAX_ID_LENGTH
 
@@ -200,8 +201,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
-            "/jobs/tenants/{tenant_id}/revocations": _job_post("tenant"),
-            "/jobs/users/{user_id}/revocations": _job_post("user"),
+            **{path: _job_post(scope) for scope, path in ENQUEUE_PATHS.items()},
             "/jobs/{job_id}": {
                 "get": {
                     "summary": "One bulk job: status and progress",
