@@ -7,6 +7,7 @@ that another test's worker could consume.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -576,6 +577,25 @@ async def test_health_reports_redis_and_broker(
     assert down.json()["redis"]["healthy"] is True
     assert down.json()["broker"]["healthy"] is False
     assert down.json()["status"] == "unavailable"
+
+
+async def test_health_probes_an_amqp_broker(settings: RevokerSettings) -> None:
+    """An AMQP broker is probed through kombu: RabbitMQ up is healthy, a closed port is a 503."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
+    except OSError:
+        pytest.skip("RabbitMQ is not reachable at 127.0.0.1:5672")
+    for broker_url, status in [
+        ("amqp://guest:guest@127.0.0.1:5672//", 200),
+        (f"amqp://guest:guest@127.0.0.1:{free_port()}//", 503),
+    ]:
+        amqp = make_settings(key_prefix=settings.key_prefix, broker_url=broker_url)
+        async with api_client(amqp) as c:
+            response = await c.get("/health")
+        assert response.status_code == status, response.text
+        broker = response.json()["broker"]
+        assert broker["healthy"] is (status == 200)
+        assert (broker["error"] is None) is (status == 200)
 
 
 async def test_metrics_expose_revoker_counters(
