@@ -283,10 +283,8 @@ def revoke() -> None:
     """Revoke a tenant, a user, one token or one session."""
 
 
-#: The command-line spelling of each BulkRevocation field, for messages.
+#: The option that sets a BulkRevocation field, for messages (ids are checked by KeyId first).
 _OPTION_OF: Final = {
-    "tenant_id": "tenant id",
-    "user_id": "user id",
     "reason": "--reason",
     "actor": "--actor",
     "client_id": "--client",
