@@ -7,6 +7,7 @@ that another test's worker could consume.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ import redis.asyncio
 
 from conftest import make_settings
 from revoker.api import ADMIN_SCOPE, create_app, openapi_document
+from revoker.bulk import MAX_REASON_LENGTH, BulkRevocation
 from revoker.localredis import LocalRedis, free_port
 from revoker.sessions import TokenPair, start_session
 from revoker.settings import RevokerSettings
@@ -459,6 +461,51 @@ async def test_job_requests_are_validated_with_clear_json_errors(
     assert (await client.get("/jobs", headers=admin_headers(job_settings))).json() == {"jobs": []}
 
 
+async def test_job_bodies_are_validated_by_bulk_revocation_alone(
+    jobs_client: tuple[httpx.AsyncClient, RevokerSettings],
+) -> None:
+    """The reason limit is BulkRevocation's on both scopes, and so is the user path id's rule."""
+    client, job_settings = jobs_client
+    headers = admin_headers(job_settings)
+    longest = "r" * MAX_REASON_LENGTH
+    for path, body in [
+        ("/jobs/tenants/acme/revocations", {}),
+        ("/jobs/users/u1/revocations", {"tenant_id": "acme"}),
+    ]:
+        too_long = await client.post(
+            path, json={**body, "reason": longest + "r", "dry_run": True}, headers=headers
+        )
+        error = assert_error(too_long, 422, "invalid_request")
+        assert error["errors"][0]["loc"] == ["reason"]
+        accepted = await client.post(
+            path, json={**body, "reason": longest, "dry_run": True}, headers=headers
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["reason"] == longest
+    long_user = await client.post(
+        f"/jobs/users/{'u' * 300}/revocations",
+        json={"reason": "x", "tenant_id": "acme"},
+        headers=headers,
+    )
+    assert assert_error(long_user, 422, "invalid_request")["errors"][0]["loc"] == ["user_id"]
+
+
+def test_job_body_schemas_document_bulk_revocations_constraints() -> None:
+    """The documented body fields carry BulkRevocation's types, limits and defaults."""
+    bulk = BulkRevocation.model_json_schema()["properties"]
+    schemas = openapi_document()["components"]["schemas"]
+    for name in ("TenantRevocationRequest", "UserRevocationRequest"):
+        for field, documented in schemas[name]["properties"].items():
+            wording = {"title", "description", "default"}
+            assert {k: v for k, v in documented.items() if k not in wording} == {
+                k: v for k, v in bulk[field].items() if k not in wording
+            }, (name, field)
+    assert schemas["TenantRevocationRequest"]["properties"]["reason"]["maxLength"] == (
+        MAX_REASON_LENGTH
+    )
+    assert schemas["UserRevocationRequest"]["required"] == ["reason", "tenant_id"]
+
+
 async def test_job_lookup_errors_are_json(
     jobs_client: tuple[httpx.AsyncClient, RevokerSettings],
 ) -> None:
@@ -530,6 +577,25 @@ async def test_health_reports_redis_and_broker(
     assert down.json()["redis"]["healthy"] is True
     assert down.json()["broker"]["healthy"] is False
     assert down.json()["status"] == "unavailable"
+
+
+async def test_health_probes_an_amqp_broker(settings: RevokerSettings) -> None:
+    """An AMQP broker is probed through kombu: RabbitMQ up is healthy, a closed port is a 503."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=0.5).close()
+    except OSError:
+        pytest.skip("RabbitMQ is not reachable at 127.0.0.1:5672")
+    for broker_url, status in [
+        ("amqp://guest:guest@127.0.0.1:5672//", 200),
+        (f"amqp://guest:guest@127.0.0.1:{free_port()}//", 503),
+    ]:
+        amqp = make_settings(key_prefix=settings.key_prefix, broker_url=broker_url)
+        async with api_client(amqp) as c:
+            response = await c.get("/health")
+        assert response.status_code == status, response.text
+        broker = response.json()["broker"]
+        assert broker["healthy"] is (status == 200)
+        assert (broker["error"] is None) is (status == 200)
 
 
 async def test_metrics_expose_revoker_counters(

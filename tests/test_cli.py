@@ -345,6 +345,8 @@ EMPTY_WINDOW = ["--issued-after", "2026-01-02", "--issued-before", "2026-01-01T0
         (["revoke", "tenant", "acme"], "--reason"),
         (["revoke", "user", "u1", "--reason", "r"], "--tenant"),
         (["revoke", "tenant", "x" * 300, "--reason", "r"], "longer than"),
+        (["revoke", "user", "u1", "--tenant", "acme", "--reason", "r" * 501], "--reason: "),
+        (["revoke", "tenant", "acme", "--reason", "  "], "--reason: must not be blank"),
         (["revoke", "token", "y" * 300], "longer than"),
         (["revoke", "family", "", "--tenant", "acme"], "must not be empty"),
         (["jobs", "list", "--status", "sleeping"], "sleeping"),
@@ -357,6 +359,8 @@ EMPTY_WINDOW = ["--issued-after", "2026-01-02", "--issued-before", "2026-01-01T0
         "no-reason",
         "user-no-tenant",
         "long-tenant",
+        "long-reason",
+        "blank-reason",
         "long-jti",
         "empty-family",
         "bad-status",
@@ -567,7 +571,7 @@ def test_failed_job_exits_5(settings: RevokerSettings, monkeypatch: pytest.Monke
             "error": "chunk 1 parked after 5 deliveries",
         }
     )  # fmt: skip
-    monkeypatch.setattr(jobs, "enqueue_tenant_revocation", lambda *a, **k: "j1")
+    monkeypatch.setattr(jobs, "enqueue", lambda *a, **k: "j1")
     monkeypatch.setattr(jobs, "get_job", lambda *a, **k: record)
     result = CliRunner().invoke(cli, ["revoke", "tenant", "acme", "--reason", "r", "--wait"])
     assert_exit(result, 5)

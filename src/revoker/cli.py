@@ -18,14 +18,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn, get_args
 
 import click
 
 from revoker import exceptions as exc
+from revoker.jobs import JobStatus
 from revoker.settings import RevokerSettings, get_settings
 
 if TYPE_CHECKING:
+    from revoker.bulk import Scope
     from revoker.jobs import JobRecord
     from revoker.rules import RevocationStatus
     from revoker.store import SyncRedisTokenRevocationStore
@@ -69,8 +71,7 @@ _SIGNED_BUT_UNACCEPTABLE: Final = (
     exc.WrongTokenType,
 )
 
-JOB_STATUSES: Final = ("pending", "running", "done", "failed")
-_FINISHED: Final = frozenset({"done", "failed"})
+JOB_STATUSES: Final = get_args(JobStatus)
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -192,6 +193,26 @@ class UnixTime(click.ParamType[float]):
 
 UNIX_TIME: Final = UnixTime()
 
+
+class KeyId(click.ParamType[str]):
+    """An id revoker can store, checked by the rule of every key so that a refusal names the
+    argument (BulkRevocation applies the same rule; pydantic would word a long id its own way)."""
+
+    name = "text"  # the metavar stays TEXT
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from revoker.keys import escape_id
+
+        try:
+            escape_id(value, self.what)
+        except exc.InvalidIdentifier as e:
+            self.fail(str(e), param, ctx)
+        return str(value)
+
+
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -208,7 +229,12 @@ def _selector_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--reason", required=True, help="Why, for the audit trail."),
         _actor_option,
-        click.option("--client", "client_id", help="Only sessions of this client app."),
+        click.option(
+            "--client",
+            "client_id",
+            type=KeyId("client id"),
+            help="Only sessions of this client app.",
+        ),
         click.option(
             "--issued-after",
             type=UNIX_TIME,
@@ -257,15 +283,30 @@ def revoke() -> None:
     """Revoke a tenant, a user, one token or one session."""
 
 
+#: The option that sets a BulkRevocation field, for messages (ids are checked by KeyId first).
+_OPTION_OF: Final = {
+    "reason": "--reason",
+    "actor": "--actor",
+    "client_id": "--client",
+    "issued_after": "--issued-after",
+    "issued_before": "--issued-before",
+}
+
+
 @contextlib.contextmanager
 def _rejected_as_usage() -> Iterator[None]:
-    """The enqueue functions validate their arguments with ValueError: that is a usage error."""
+    """A request BulkRevocation refuses (a ValueError) is a usage error."""
+    from pydantic import ValidationError
+
     try:
         yield
-    except exc.RevokerError:
-        raise
-    except ValueError as e:
-        _fail(f"rejected: {e}", EXIT_USAGE)
+    except ValidationError as e:
+        problems = [
+            (f"{_OPTION_OF.get(str(error['loc'][0]), error['loc'][0])}: " if error["loc"] else "")
+            + error["msg"].removeprefix("Value error, ")
+            for error in e.errors(include_url=False)
+        ]
+        _fail(f"rejected: {'; '.join(problems)}", EXIT_USAGE)
 
 
 def _enqueued(job_id: str, *, what: str, wait: bool, timeout: float | None, as_json: bool) -> None:
@@ -288,85 +329,43 @@ def _enqueued(job_id: str, *, what: str, wait: bool, timeout: float | None, as_j
     _exit_for(record)
 
 
-@revoke.command("tenant", epilog=_EPILOG)
-@click.argument("tenant_id")
-@_selector_options
-def revoke_tenant(
-    tenant_id: str,
-    reason: str,
-    actor: str,
-    client_id: str | None,
-    issued_after: float | None,
-    issued_before: float | None,
-    dry_run: bool,
-    wait: bool,
-    timeout: float | None,
-    as_json: bool,
+def _revoke_scope(
+    scope: Scope, *, wait: bool, timeout: float | None, as_json: bool, **fields: Any
 ) -> None:
+    """``revoke tenant`` and ``revoke user``: the options become one BulkRevocation."""
+    from revoker.bulk import BulkRevocation
+    from revoker.jobs import enqueue
+
+    with _rejected_as_usage():
+        request = BulkRevocation(scope=scope, **fields)
+    job_id = enqueue(request)
+    what = f"{'count' if request.dry_run else 'revoke'} sessions of {scope} {request.target}"
+    if scope == "user":
+        what += f" in {request.tenant_id}"
+    _enqueued(job_id, what=what, wait=wait, timeout=timeout, as_json=as_json)
+
+
+@revoke.command("tenant", epilog=_EPILOG)
+@click.argument("tenant_id", type=KeyId("tenant id"))
+@_selector_options
+def revoke_tenant(tenant_id: str, **options: Any) -> None:
     """Revoke every session of tenant TENANT_ID (or the slice selected by the filters).
 
     Without filters the tenant's watermark is set before the command returns: every token of the
     tenant issued until now is rejected at once, and a job revokes the sessions one by one.
     """
-    from revoker.jobs import enqueue_tenant_revocation
-
-    with _rejected_as_usage():
-        job_id = enqueue_tenant_revocation(
-            tenant_id,
-            reason=reason,
-            actor=actor,
-            client_id=client_id,
-            issued_after=issued_after,
-            issued_before=issued_before,
-            dry_run=dry_run,
-        )
-    _enqueued(
-        job_id,
-        what=f"{'count' if dry_run else 'revoke'} sessions of tenant {tenant_id}",
-        wait=wait,
-        timeout=timeout,
-        as_json=as_json,
-    )
+    _revoke_scope("tenant", tenant_id=tenant_id, **options)
 
 
 @revoke.command("user", epilog=_EPILOG)
-@click.argument("user_id")
-@click.option("--tenant", "tenant_id", required=True, help="The user's tenant.")
+@click.argument("user_id", type=KeyId("user id"))
+@click.option(
+    "--tenant", "tenant_id", required=True, type=KeyId("tenant id"), help="The user's tenant."
+)
 @_selector_options
-def revoke_user(
-    user_id: str,
-    tenant_id: str,
-    reason: str,
-    actor: str,
-    client_id: str | None,
-    issued_after: float | None,
-    issued_before: float | None,
-    dry_run: bool,
-    wait: bool,
-    timeout: float | None,
-    as_json: bool,
-) -> None:
+def revoke_user(user_id: str, tenant_id: str, **options: Any) -> None:
     """Revoke every session of user USER_ID in one tenant (or the slice selected by the filters)."""
-    from revoker.jobs import enqueue_user_revocation
-
-    with _rejected_as_usage():
-        job_id = enqueue_user_revocation(
-            user_id,
-            tenant_id=tenant_id,
-            reason=reason,
-            actor=actor,
-            client_id=client_id,
-            issued_after=issued_after,
-            issued_before=issued_before,
-            dry_run=dry_run,
-        )
-    _enqueued(
-        job_id,
-        what=f"{'count' if dry_run else 'revoke'} sessions of user {user_id} in {tenant_id}",
-        wait=wait,
-        timeout=timeout,
-        as_json=as_json,
-    )
+    _revoke_scope("user", user_id=user_id, tenant_id=tenant_id, **options)
 
 
 def _looks_like_jwt(value: str) -> bool:
@@ -382,14 +381,10 @@ def _verified_claims(token: str) -> tuple[TokenData | None, dict[str, Any]]:
     """
     import jwt
 
-    from revoker.tokens import decode_token
+    from revoker.tokens import get_verifier
 
-    settings = _settings()
     try:
-        try:
-            data = decode_token(token, "access", settings=settings)
-        except exc.WrongTokenType:
-            data = decode_token(token, "refresh", settings=settings)
+        data = get_verifier(_settings()).decode_any(token)
     except _SIGNED_BUT_UNACCEPTABLE:
         # The verifier checks the signature before any claim, so the claims are genuine.
         claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
@@ -620,7 +615,7 @@ def _follow(job_id: str, *, timeout: float | None) -> JobRecord:
 
     started = time.monotonic()
     record = get_job(job_id)
-    if record.status not in _FINISHED:
+    if not record.finished:
         with contextlib.ExitStack() as stack:
             progress = _Progress(job_id, stack)
             progress(record)
@@ -677,14 +672,10 @@ def check(token: str, as_json: bool) -> None:
 
     Exit 0 when the token is valid and not revoked, 1 when it is revoked or invalid.
     """
-    from revoker.tokens import decode_token
+    from revoker.tokens import get_verifier
 
-    settings = _settings()
     try:
-        try:
-            data = decode_token(token, "access", settings=settings)
-        except exc.WrongTokenType:
-            data = decode_token(token, "refresh", settings=settings)
+        data = get_verifier(_settings()).decode_any(token)
     except exc.TokenError as e:
         if as_json:
             _emit_json({"valid": False, "error": type(e).__name__, "description": str(e)})
@@ -734,43 +725,24 @@ def stats(as_json: bool) -> None:
         click.echo(f"{name + ':':<28}{value}")
 
 
-def _broker_health(settings: RevokerSettings) -> dict[str, Any]:
-    from kombu.connection import Connection
-
-    connection_class: Any = Connection  # kombu's constructor is untyped
-    started = time.perf_counter()
-    url = settings.effective_broker_url
-    try:
-        with connection_class(url, connect_timeout=2) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, timeout=3)
-    except Exception as e:  # noqa: BLE001 - any failure to connect means "unhealthy", reported
-        error: str | None = f"{type(e).__name__}: {e}"
-    else:
-        error = None
-    return {
-        "healthy": error is None,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        "error": error,
-        "transport": url.partition("://")[0],
-    }
-
-
 @cli.command("health", epilog=_EPILOG)
 @_json_option
 def health(as_json: bool) -> None:
     """Whether Redis and the Celery broker answer (exit 3 if either does not)."""
+    from revoker.health import check as check_health
+
     settings = _settings()
-    redis_health = _store().health_check()
-    broker = _broker_health(settings)
-    healthy = bool(redis_health["healthy"]) and bool(broker["healthy"])
+    report = check_health(_store(), settings)
+    broker = {name: report.broker[name] for name in ("healthy", "latency_ms", "error")}
+    broker["transport"] = settings.effective_broker_url.partition("://")[0]
     if as_json:
-        _emit_json({"healthy": healthy, "redis": redis_health, "broker": broker})
+        _emit_json({"healthy": report.healthy, "redis": report.redis, "broker": broker})
     else:
-        for name, result in (("redis", redis_health), ("broker", broker)):
+        for name, result in (("redis", report.redis), ("broker", broker)):
             state = "ok" if result["healthy"] else "UNAVAILABLE"
             detail = f"{result['latency_ms']} ms" if result["healthy"] else result["error"]
             click.echo(f"{name + ':':<8}{state}  ({detail})")
-    if not healthy:
+    if not report.healthy:
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
 
 

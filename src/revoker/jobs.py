@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from revoker.bulk import BulkRevocation
 from revoker.exceptions import DuplicateJob, InvalidIdentifier, JobNotFound, StoreUnavailable
 from revoker.keys import KeyLayout, escape_id
 from revoker.settings import RevokerSettings, get_settings
@@ -39,6 +40,7 @@ __all__ = [
     "JobKind",
     "JobRecord",
     "JobStatus",
+    "enqueue",
     "enqueue_family_reuse",
     "enqueue_tenant_revocation",
     "enqueue_user_revocation",
@@ -315,6 +317,25 @@ def _new_record(**fields: Any) -> JobRecord:
 
 
 # --- the API -------------------------------------------------------------------------------------
+
+
+def enqueue(request: BulkRevocation, *, settings: RevokerSettings | None = None) -> str:
+    """Enqueue a validated bulk revocation; returns the job id.
+
+    Temporary shim on the ``surfaces`` branch (the ``jobs`` branch owns the real one).
+    """
+    options: dict[str, Any] = {
+        "reason": request.reason,
+        "actor": request.actor,
+        "client_id": request.client_id,
+        "issued_after": request.after,
+        "issued_before": request.before,
+        "dry_run": request.dry_run,
+        "settings": settings,
+    }
+    if request.scope == "tenant":
+        return enqueue_tenant_revocation(request.target, **options)
+    return enqueue_user_revocation(request.target, tenant_id=request.tenant_id, **options)
 
 
 def enqueue_tenant_revocation(

@@ -335,6 +335,16 @@ class TokenVerifier:
             return data
         return self._decode(token, expected_type)
 
+    def decode_any(self, token: str, first: TokenType = "access") -> TokenData:
+        """Verify ``token`` as an access or a refresh token, trying ``first`` first (a hint).
+
+        Only a token of the other type is tried again; any other TokenError is raised as is.
+        """
+        try:
+            return self.decode(token, first)
+        except exc.WrongTokenType:
+            return self.decode(token, "refresh" if first == "access" else "access")
+
     def _decode(self, token: str, expected_type: TokenType) -> TokenData:
         if not isinstance(token, str):
             raise exc.MalformedToken("token must be a string")

@@ -7,7 +7,6 @@ the sync and async stores only execute them. Lua scripts are package data, loade
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,6 +18,7 @@ from redis.exceptions import RedisError
 
 from revoker import keys as k
 from revoker.exceptions import InvalidIdentifier
+from revoker.health import probe_result
 from revoker.rules import RevocationStatus, decide, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.tokens import TokenData
@@ -438,14 +438,5 @@ class StoreCore:
 
         return Plan([("HGETALL", self.keys.stats), ("XLEN", self.keys.audit)], finish)
 
-    @staticmethod
-    def health_result(started: float, error: BaseException | None) -> dict[str, Any]:
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        if error is None:
-            return {"healthy": True, "status": "healthy", "latency_ms": latency_ms, "error": None}
-        return {
-            "healthy": False,
-            "status": "unhealthy",
-            "latency_ms": latency_ms,
-            "error": f"{type(error).__name__}: {error}",
-        }
+    #: The shape of a health probe's result belongs to :mod:`revoker.health`.
+    health_result = staticmethod(probe_result)

@@ -1,0 +1,279 @@
+"""The OpenAPI 3.1 document of the admin API (``GET /openapi.json``).
+
+Request bodies and the job list's ``limit`` are described by the pydantic models that read them;
+the responses, the OAuth form (read by hand, RFC 6749) and the path parameters are written here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, get_args
+
+from revoker.api.auth import ADMIN_SCOPE
+from revoker.api.bodies import BODIES, PATH_IDS, JobQuery
+from revoker.api.jobs import ENQUEUE_PATHS
+from revoker.jobs import JobRecord, JobStatus
+from revoker.keys import MAX_ID_LENGTH
+
+if TYPE_CHECKING:
+    from revoker.bulk import Scope
+
+__all__ = ["openapi_document"]
+
+
+def _error_ref(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json_ref(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+_ADMIN_ERRORS: Final = {
+    "401": _error_ref("No valid, unrevoked bearer token."),
+    "403": _error_ref("The token lacks the revoker:admin scope."),
+    "503": _error_ref("Redis cannot be reached (admin requests fail closed)."),
+}
+_OAUTH_FORM: Final = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "required": ["token"],
+                "properties": {
+                    "token": {"type": "string", "minLength": 1},
+                    "token_type_hint": {
+                        "type": "string",
+                        "description": "access_token or refresh_token; other values ignored.",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def _job_schema() -> dict[str, Any]:
+    return JobRecord.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def _query_parameter(name: str) -> dict[str, Any]:
+    """The schema of the job list's query parameter ``name``, as JobQuery reads it."""
+    schema = dict(JobQuery.model_json_schema()["properties"][name])
+    schema.pop("title")
+    return schema
+
+
+def _job_post(kind: Scope) -> dict[str, Any]:
+    body = BODIES[kind].__name__
+    return {
+        "post": {
+            "summary": f"Enqueue a bulk revocation of a {kind}'s tokens",
+            "operationId": f"enqueue_{kind}_revocation",
+            "security": [{"bearer": [ADMIN_SCOPE]}],
+            "parameters": [
+                {
+                    "name": PATH_IDS[kind],
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}
+                },
+            },
+            "responses": {
+                "202": _json_ref("Accepted: the job record.", "JobRecord"),
+                "400": _error_ref("The body is not JSON."),
+                "409": _error_ref("An identical job is pending or running (job_id names it)."),
+                "413": _error_ref("The body is too large."),
+                "415": _error_ref("The body is not application/json."),
+                "422": _error_ref("The body or the id is invalid."),
+                **_ADMIN_ERRORS,
+            },
+        }
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every endpoint."""
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error", "error_description"],
+            "properties": {
+                "error": {"type": "string"},
+                "error_description": {"type": "string"},
+            },
+        },
+        "Introspection": {
+            "type": "object",
+            "required": ["active"],
+            "properties": {
+                "active": {"type": "boolean"},
+                "sub": {"type": "string"},
+                "jti": {"type": "string"},
+                "exp": {"type": "integer"},
+                "iat": {"type": "number"},
+                "token_type": {"type": "string", "enum": ["access_token", "refresh_token"]},
+                "scope": {"type": "string"},
+                "client_id": {"type": "string"},
+                "tenant": {"type": "string"},
+                "family": {"type": "string"},
+                "iss": {"type": "string"},
+                "aud": {"type": "string"},
+            },
+        },
+        "JobRecord": _job_schema(),
+        "JobList": {
+            "type": "object",
+            "required": ["jobs"],
+            "properties": {
+                "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobRecord"}}
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "redis", "broker"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                "redis": {"type": "object"},
+                "broker": {"type": "object"},
+            },
+        },
+    }
+    for model in BODIES.values():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas.update(schemas["JobRecord"].pop("$defs", {}))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "revoker admin API",
+            "version": _version(),
+            "description": "Revoke JWTs (RFC 7009), introspect them (RFC 7662), run bulk "
+            "revocation jobs. Admin endpoints need a bearer token with the "
+            f"{ADMIN_SCOPE} scope issued by revoker.",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/oauth/revoke": {
+                "post": {
+                    "summary": "Revoke a token (RFC 7009); a refresh token revokes its session",
+                    "operationId": "revoke",
+                    "requestBody": _OAUTH_FORM,
+                    "responses": {
+                        "200": {"description": "Revoked, already revoked, expired or unknown."},
+                        "400": _error_ref("The form is malformed or lacks the token."),
+                        "413": _error_ref("The body is too large."),
+                        "503": _error_ref("Redis cannot be reached; nothing was revoked."),
+                    },
+                }
+            },
+            "/oauth/introspect": {
+                "post": {
+                    "summary": "Introspect a token (RFC 7662)",
+                    "operationId": "introspect",
+                    "security": [{"bearer": [ADMIN_SCOPE]}],
+                    "requestBody": _OAUTH_FORM,
+                    "responses": {
+                        "200": _json_ref(
+                            '{"active": false} alone for any invalid, expired or revoked '
+                            "token; the claims of an active one.",
+                            "Introspection",
+                        ),
+                        "400": _error_ref("The form is malformed or lacks the token."),
+                        "413": _error_ref("The body is too large."),
+                        **_ADMIN_ERRORS,
+                    },
+                }
+            },
+            **{path: _job_post(scope) for scope, path in ENQUEUE_PATHS.items()},
+            "/jobs/{job_id}": {
+                "get": {
+                    "summary": "One bulk job: status and progress",
+                    "operationId": "get_job",
+                    "security": [{"bearer": [ADMIN_SCOPE]}],
+                    "parameters": [
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json_ref("The job record.", "JobRecord"),
+                        "404": _error_ref("No such job (or it expired)."),
+                        "422": _error_ref("The id is invalid."),
+                        **_ADMIN_ERRORS,
+                    },
+                }
+            },
+            "/jobs": {
+                "get": {
+                    "summary": "Recent bulk jobs, newest first",
+                    "operationId": "list_jobs",
+                    "security": [{"bearer": [ADMIN_SCOPE]}],
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": _query_parameter("limit"),
+                        },
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": list(get_args(JobStatus))},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json_ref("The jobs.", "JobList"),
+                        "422": _error_ref("Invalid query parameters."),
+                        **_ADMIN_ERRORS,
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Redis and broker reachability",
+                    "operationId": "health",
+                    "responses": {
+                        "200": _json_ref("Both reachable.", "Health"),
+                        "503": _json_ref("Redis or the broker cannot be reached.", "Health"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+    }
+
+
+def _version() -> str:
+    from revoker import __version__
+
+    return __version__
