@@ -99,7 +99,8 @@ class Backend:
         return store
 
 
-_NO_SERVER = "runs in-process: there is no server to kill, pause, restart or count commands on"
+_NO_SERVER = "runs in-process: there is no server to kill, pause or restart"
+_NO_WIRE = "answers in-process: no server round trips, clocks or INFO counts to measure"
 _NAME_ONLY = (
     "this test builds its own client from the backend's name (an injected one), so it would "
     "run the `redis` path again; a test reaches this path through the `store`/`sync_store` "
@@ -114,7 +115,7 @@ TABLE: dict[str, Backend] = {
             "fakeredis",
             "fakeredis, injected (no server: the quick loop of `make test-fast`)",
             injected=True,
-            cannot={"outage": _NO_SERVER, "wire": _NO_SERVER},
+            cannot={"outage": _NO_SERVER, "wire": _NO_WIRE},
         ),
         Backend(
             "redis",
