@@ -16,7 +16,10 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import NoBackoff
 
+from revoker.localredis import RedisCluster3, start_cluster
 from revoker.settings import RevokerSettings, configure, reset_settings
 from revoker.store import (
     RedisTokenRevocationStore,
@@ -28,11 +31,157 @@ from revoker.store import (
 REDIS_URL = os.environ.get("REVOKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 
-#: The backend table: every store/middleware test marked with the `backend` fixture runs on each.
+
+class Backend:
+    """One way production talks to Redis, and how the ``store``/``sync_store`` fixtures build it.
+
+    ``cannot`` maps a marker to the reason this backend cannot run tests carrying it: such a test
+    is skipped on this backend with that reason (see ``pytest_collection_modifyitems``), never
+    silently run on another path.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        what: str,
+        *,
+        injected: bool,
+        pipelined: bool = False,
+        cluster: bool = False,
+        cannot: dict[str, str] | None = None,
+    ) -> None:
+        self.name, self.what = name, what
+        #: The store gets a client from the test (True) or builds its own from settings (False).
+        self.injected = injected
+        #: The async store's check must go over the pipelined connection (asserted, never assumed).
+        self.pipelined = pipelined
+        self.cluster = cluster
+        self.cannot = cannot or {}
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    @property
+    def on_test_redis(self) -> bool:
+        """Whether its keys live on the shared test Redis (and are deleted by prefix afterwards)."""
+        return self.name != "fakeredis" and not self.cluster
+
+    def async_store(self, settings: RevokerSettings) -> RedisTokenRevocationStore:
+        """The async store on this backend for ``settings`` (whose redis_url picks the server)."""
+        client: Any = None
+        if self.name == "fakeredis":
+            client = fakeredis.aioredis.FakeRedis()
+        elif self.injected:
+            # As a careful service injects one: the settings' timeouts, no retries (the breaker,
+            # not the client, decides when to try again).
+            client = redis.asyncio.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout,
+                socket_connect_timeout=settings.redis_connect_timeout,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+            )
+        store = RedisTokenRevocationStore(client, settings=settings)
+        # The entry is what it says, or the test fails here: no silent fallback to another path.
+        assert (store._pipelined is not None) == self.pipelined, f"{self}: pipelined path"
+        assert store.is_cluster == self.cluster, f"{self}: cluster client"
+        return store
+
+    def sync_store(self, settings: RevokerSettings) -> SyncRedisTokenRevocationStore:
+        """The sync store on this backend (the sync store has no pipelined path: built from
+        settings it uses the client production's tasks and CLI use)."""
+        client: Any = None
+        if self.name == "fakeredis":
+            client = fakeredis.FakeRedis()
+        elif self.injected:
+            client = redis.Redis.from_url(settings.redis_url)
+        store = SyncRedisTokenRevocationStore(client, settings=settings)
+        assert store.is_cluster == self.cluster, f"{self}: cluster client"
+        return store
+
+
+_NO_SERVER = "runs in-process: there is no server to kill, pause or restart"
+_NO_WIRE = "answers in-process: no server round trips, clocks or INFO counts to measure"
+_NAME_ONLY = (
+    "this test builds its own client from the backend's name (an injected one), so it would "
+    "run the `redis` path again; a test reaches this path through the `store`/`sync_store` "
+    "fixtures or `backend_entry`"
+)
+
+#: The backend table: what production runs, one entry per path to Redis.
+TABLE: dict[str, Backend] = {
+    entry.name: entry
+    for entry in (
+        Backend(
+            "fakeredis",
+            "fakeredis, injected (no server: the quick loop of `make test-fast`)",
+            injected=True,
+            cannot={"outage": _NO_SERVER, "wire": _NO_WIRE},
+        ),
+        Backend(
+            "redis",
+            "the real Redis through an injected redis-py client (the store uses it as is)",
+            injected=True,
+        ),
+        Backend(
+            "pipelined",
+            "the real Redis, store built from settings as services do: the check over the "
+            "pipelined hiredis connection, everything else over the store's own pool",
+            injected=False,
+            pipelined=True,
+            cannot={"name-only": _NAME_ONLY},
+        ),
+        Backend(
+            "cluster",
+            "a three-node Redis Cluster, store built from settings (one check per slot)",
+            injected=False,
+            cluster=True,
+            cannot={
+                "name-only": _NAME_ONLY,
+                "outage": "one node's outage is a different failure; not in this table",
+                "wire": "counts and clocks of one server; test_cluster.py counts per node",
+            },
+        ),
+    )
+}
+
+#: The default parametrization of ``backend``: every single-server path.
 BACKENDS = [
     pytest.param("fakeredis", id="fakeredis"),
     pytest.param("redis", id="redis", marks=pytest.mark.redis),
+    pytest.param("pipelined", id="pipelined", marks=pytest.mark.redis),
 ]
+#: For tests of the check and of single revocations, where a cluster run makes sense.
+WITH_CLUSTER = [*BACKENDS, pytest.param("cluster", id="cluster", marks=pytest.mark.cluster)]
+with_cluster = pytest.mark.parametrize("backend", WITH_CLUSTER, indirect=True)
+
+#: Decision tests are not about timeouts: a stall of a loaded machine must not fail them. The
+#: failure-policy tests build their stores with the short timeouts they are about.
+_DECISION_TIMEOUTS = {"redis_timeout": 2.0, "redis_connect_timeout": 2.0}
+
+MARKERS = {
+    "outage": "kills, pauses or restarts the Redis it runs on (needs a server of its own)",
+    "wire": "needs a real server's round trips, clocks or INFO counts",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the table's reason, each test a backend of the table cannot run."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend") if callspec is not None else None
+        if name is None:
+            continue
+        entry = TABLE[name]
+        needs = {marker.name for marker in item.iter_markers()} & entry.cannot.keys()
+        if "backend_entry" not in getattr(item, "fixturenames", ()):
+            needs |= {"name-only"} & entry.cannot.keys()
+        for need in sorted(needs):
+            item.add_marker(pytest.mark.skip(reason=f"{name}: {entry.cannot[need]}"))
 
 
 def make_settings(**overrides: Any) -> RevokerSettings:
@@ -92,31 +241,102 @@ def settings() -> Iterator[RevokerSettings]:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The name of the backend under test: "fakeredis" or "redis"."""
+    """The name of the backend under test (a key of TABLE)."""
     return str(request.param)
 
 
 @pytest.fixture
-async def store(
-    backend: str, settings: RevokerSettings
-) -> AsyncIterator[RedisTokenRevocationStore]:
-    """The async store on each backend of the table."""
-    if backend == "fakeredis":
-        client: Any = fakeredis.aioredis.FakeRedis()
-    else:
-        client = redis.asyncio.Redis.from_url(REDIS_URL)
-    s = RedisTokenRevocationStore(client, settings=settings)
-    yield s
-    await s.aclose()
+def backend_entry(backend: str) -> Backend:
+    """The table entry of the backend under test: how to build its stores."""
+    return TABLE[backend]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster3]:
+    """Three redis-server nodes in cluster mode, started once for the session when first used."""
+    nodes = start_cluster()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 @pytest.fixture
-def sync_store(backend: str, settings: RevokerSettings) -> Iterator[SyncRedisTokenRevocationStore]:
+def backend_settings(
+    request: pytest.FixtureRequest, backend_entry: Backend, settings: RevokerSettings
+) -> RevokerSettings:
+    """The process-wide settings as the backend under test runs them (same key prefix)."""
+    if backend_entry.name == "fakeredis":
+        return settings
+    update: dict[str, Any] = dict(_DECISION_TIMEOUTS)
+    if backend_entry.cluster:
+        cluster: RedisCluster3 = request.getfixturevalue("redis_cluster")
+        update.update(redis_url=cluster.url, redis_cluster=True)
+    return configure(settings.model_copy(update=update))
+
+
+class CheckPath:
+    """Counts which connection ran an async store's check script: the pipelined one or redis-py's
+    client (a NOSCRIPT answer, which the store follows with a retry, is not a run). Installed by
+    the ``store`` fixture; the pipelined entry must never run it on the client (asserted when the
+    test ends)."""
+
+    def __init__(self) -> None:
+        self.pipelined = 0
+        self.client = 0
+
+    def watch(self, store: RedisTokenRevocationStore) -> None:
+        sha = store._scripts["check"].sha
+        send = store.client.execute_command
+
+        async def client_command(*args: Any, **options: Any) -> Any:
+            reply = await send(*args, **options)
+            if str(args[0]).upper() == "EVALSHA" and args[1] in (sha, sha.encode()):
+                self.client += 1
+            return reply
+
+        store.client.execute_command = client_command
+        pipelined = store._pipelined
+        if pipelined is not None:
+            call = pipelined.call
+
+            async def pipelined_call(*args: str | bytes) -> Any:
+                reply = await call(*args)
+                if str(args[0]).upper() in ("EVALSHA", "EVAL"):
+                    self.pipelined += 1
+                return reply
+
+            pipelined.call = pipelined_call  # type: ignore[method-assign]
+
+    def assert_kept_to(self, entry: Backend) -> None:
+        """After a test: the pipelined entry never ran its check on redis-py's client."""
+        if entry.pipelined:
+            assert self.client == 0, f"{entry}: a check ran on redis-py's client, not pipelined"
+
+
+@pytest.fixture
+def check_path() -> CheckPath:
+    """Where the ``store`` fixture's checks went (see CheckPath)."""
+    return CheckPath()
+
+
+@pytest.fixture
+async def store(
+    backend_entry: Backend, backend_settings: RevokerSettings, check_path: CheckPath
+) -> AsyncIterator[RedisTokenRevocationStore]:
+    """The async store on each backend of the table."""
+    s = backend_entry.async_store(backend_settings)
+    check_path.watch(s)
+    yield s
+    await s.aclose()
+    check_path.assert_kept_to(backend_entry)
+
+
+@pytest.fixture
+def sync_store(
+    backend_entry: Backend, backend_settings: RevokerSettings
+) -> Iterator[SyncRedisTokenRevocationStore]:
     """The sync store on each backend of the table."""
-    if backend == "fakeredis":
-        client: Any = fakeredis.FakeRedis()
-    else:
-        client = redis.Redis.from_url(REDIS_URL)
-    s = SyncRedisTokenRevocationStore(client, settings=settings)
+    s = backend_entry.sync_store(backend_settings)
     yield s
     s.close()

@@ -381,6 +381,12 @@ def test_non_string_token_is_malformed(hs: RevokerSettings) -> None:
 
 # --- through the middleware: always 401 -----------------------------------------------------
 
+
+def altered(token: str) -> str:
+    """``token`` with the last four characters of its signature replaced by others."""
+    return token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB")
+
+
 Attack = Callable[[dict[str, tuple[Any, Path]]], str]
 
 ATTACKS: list[tuple[str, Attack]] = [
@@ -388,10 +394,7 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("alg-NoNe", lambda k: f"{segment({'alg': 'NoNe'})}.{segment(claims())}."),
     ("hs256-with-public-key", lambda k: hs_forge(claims(), k["RS256"][1].read_bytes())),
     ("stripped-signature", lambda k: signed().rsplit(".", 1)[0] + "."),
-    (
-        "altered-signature",
-        lambda k: signed()[:-4] + ("AAAA" if signed()[-4:] != "AAAA" else "BBBB"),
-    ),
+    ("altered-signature", lambda k: altered(signed())),
     ("jwk-header", lambda k: hs_forge(claims(), TEST_SECRET.encode(), jwk={"kty": "oct"})),
     ("jku-header", lambda k: hs_forge(claims(), TEST_SECRET.encode(), jku="https://a.example")),
     ("x5c-header", lambda k: hs_forge(claims(), TEST_SECRET.encode(), x5c=["MII"])),

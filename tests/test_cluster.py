@@ -1,4 +1,4 @@
-"""Redis Cluster: three real nodes started by the test; every revocation and the check work.
+"""Redis Cluster: three real nodes (started once per session, conftest); every revocation works.
 
 No CROSSSLOT error anywhere (redis-py raises one for any multi-key command across slots), the
 check reads at most two slots, and tenants spread over the nodes are revoked independently.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -20,7 +20,7 @@ from redis.crc import key_slot
 
 from conftest import make_settings
 from revoker.keys import bucket_of_user, family_id_prefix
-from revoker.localredis import RedisCluster3, start_cluster
+from revoker.localredis import RedisCluster3
 from revoker.rules import now_us
 from revoker.sessions import start_session, start_session_sync
 from revoker.settings import RevokerSettings
@@ -32,14 +32,10 @@ pytestmark = pytest.mark.cluster
 AnyStore = RedisTokenRevocationStore | SyncRedisTokenRevocationStore
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster3]:
-    """Three redis-server nodes in cluster mode on free loopback ports."""
-    nodes = start_cluster()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster3) -> RedisCluster3:
+    """The session's three-node cluster (conftest), shared with the table's cluster entry."""
+    return redis_cluster
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""require_valid_token and require_scopes: per-route checks, with and without the middleware."""
+"""require_valid_token and require_scopes: per-route checks, with and without the middleware.
+
+On each backend of the table; each test builds the one-route app it is about.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from conftest import with_cluster
 from revoker import dependencies
 from revoker import exceptions as exc
 from revoker.check import RevocationChecker
@@ -67,23 +71,6 @@ def starlette_app(*middleware: Middleware) -> Starlette:
     return Starlette(routes=[Route("/me", me)], middleware=list(middleware))
 
 
-def fastapi_app() -> FastAPI:
-    """The FastAPI way: Depends(require_valid_token) and Depends(require_scopes(...))."""
-    app = FastAPI()
-
-    @app.get("/me")
-    async def me(token: Annotated[TokenData, Depends(require_valid_token)]) -> dict[str, Any]:
-        return {"sub": token.sub, "scopes": list(token.scopes)}
-
-    @app.get("/reports")
-    async def reports(
-        token: Annotated[TokenData, Depends(require_scopes("reports:read"))],
-    ) -> dict[str, Any]:
-        return {"sub": token.sub}
-
-    return app
-
-
 async def test_valid_token_without_middleware(
     store: RedisTokenRevocationStore, checker: RevocationChecker
 ) -> None:
@@ -97,6 +84,7 @@ async def test_valid_token_without_middleware(
     assert lookups() == 1
 
 
+@with_cluster
 async def test_revoked_token_without_middleware(
     store: RedisTokenRevocationStore, checker: RevocationChecker
 ) -> None:
@@ -142,7 +130,13 @@ async def test_fastapi_depends(
     token, _ = create_access_token(
         USER, tenant_id=TENANT, scopes=["profile"], settings=store.settings
     )
-    async with client_for(fastapi_app()) as client:
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me(token: Annotated[TokenData, Depends(require_valid_token)]) -> dict[str, Any]:
+        return {"sub": token.sub, "scopes": list(token.scopes)}
+
+    async with client_for(app) as client:
         response = await client.get("/me", headers=bearer(token))
         assert response.json() == {"sub": USER, "scopes": ["profile"]}
         await store.revoke_tenant_tokens(TENANT)
@@ -156,7 +150,15 @@ async def test_require_scopes(store: RedisTokenRevocationStore, checker: Revocat
     settings = store.settings
     reader, _ = create_access_token(USER, scopes=["reports:read", "x"], settings=settings)
     other, _ = create_access_token(USER, scopes=["profile"], settings=settings)
-    async with client_for(fastapi_app()) as client:
+    app = FastAPI()
+
+    @app.get("/reports")
+    async def reports(
+        token: Annotated[TokenData, Depends(require_scopes("reports:read"))],
+    ) -> dict[str, Any]:
+        return {"sub": token.sub}
+
+    async with client_for(app) as client:
         assert (await client.get("/reports", headers=bearer(reader))).status_code == 200
         denied = await client.get("/reports", headers=bearer(other))
         anonymous = await client.get("/reports")

@@ -1,4 +1,8 @@
-"""The failure policy against a Redis we kill, pause and restart (our own server, not 6379)."""
+"""The failure policy against a Redis we kill, pause and restart (our own server, not 6379).
+
+The outage tests run on each backend of the table that has a server to break: an injected
+client and a store built from settings (its check on the pipelined connection).
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from conftest import make_settings
+from conftest import Backend, CheckPath, make_settings
 from revoker.localredis import LocalRedis
 from revoker.metrics import BREAKER_OPEN
 from revoker.middleware import TokenRevocationMiddleware
@@ -56,31 +60,34 @@ def policy_settings(server: LocalRedis, **overrides: Any) -> RevokerSettings:
 
 
 @pytest.fixture
-async def live_store(redis_server: LocalRedis) -> AsyncIterator[RedisTokenRevocationStore]:
-    """The async store as services build it (default client, short timeouts) on our server."""
-    store = RedisTokenRevocationStore(settings=policy_settings(redis_server))
+async def live_store(
+    redis_server: LocalRedis, backend_entry: Backend, check_path: CheckPath
+) -> AsyncIterator[RedisTokenRevocationStore]:
+    """The async store of the backend under test, with short timeouts, on our server."""
+    store = backend_entry.async_store(policy_settings(redis_server))
+    check_path.watch(store)
     yield store
     await store.aclose()
+    check_path.assert_kept_to(backend_entry)
 
 
-def build_app(store: RedisTokenRevocationStore, **options: Any) -> Starlette:
-    async def me(request: Request) -> JSONResponse:
-        token = request.state.token
-        return JSONResponse({"sub": token.sub, "checked": request.state.revocation_checked})
+async def me(request: Request) -> JSONResponse:
+    """The token's subject and whether its revocation was checked."""
+    token = request.state.token
+    return JSONResponse({"sub": token.sub, "checked": request.state.revocation_checked})
 
-    async def ws(websocket: WebSocket) -> None:
-        await websocket.accept()
-        await websocket.close()
 
+def app_with(store: RedisTokenRevocationStore, *routes: BaseRoute, **options: Any) -> Starlette:
+    """A tiny app of just ``routes`` behind the middleware."""
     return Starlette(
-        routes=[
-            Route("/me", me),
-            Route("/admin/users", me),
-            Route("/administrator", me),
-            WebSocketRoute("/ws", ws),
-        ],
+        routes=list(routes),
         middleware=[Middleware(TokenRevocationMiddleware, store=store, **options)],
     )
+
+
+def me_app(store: RedisTokenRevocationStore, **options: Any) -> Starlette:
+    """The app of most tests here: /me behind the middleware."""
+    return app_with(store, Route("/me", me), **options)
 
 
 def client_for(app: Starlette) -> httpx.AsyncClient:
@@ -118,12 +125,13 @@ async def wait_until_checked(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_fail_open_lets_requests_through_and_counts_them(
     redis_server: LocalRedis, live_store: RedisTokenRevocationStore
 ) -> None:
     """Redis killed mid-run, fail-open: 200 for every request, each counted as error_open."""
     headers = bearer(live_store.settings)
-    async with client_for(build_app(live_store, fail_open=True)) as client:
+    async with client_for(me_app(live_store, fail_open=True)) as client:
         assert (await client.get("/me", headers=headers)).json()["checked"] is True
         redis_server.kill()
         before = checks("error_open")
@@ -134,12 +142,13 @@ async def test_fail_open_lets_requests_through_and_counts_them(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_fail_closed_answers_503_with_retry_after(
     redis_server: LocalRedis, live_store: RedisTokenRevocationStore
 ) -> None:
     """Redis killed mid-run, fail-closed: 503, Retry-After and a JSON error, counted."""
     headers = bearer(live_store.settings)
-    async with client_for(build_app(live_store, fail_open=False)) as client:
+    async with client_for(me_app(live_store, fail_open=False)) as client:
         assert (await client.get("/me", headers=headers)).status_code == 200
         redis_server.kill()
         before = checks("error_closed")
@@ -153,12 +162,18 @@ async def test_fail_closed_answers_503_with_retry_after(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_fail_closed_prefixes_apply_per_path(
     redis_server: LocalRedis, live_store: RedisTokenRevocationStore
 ) -> None:
     """Fail-open service with a fail-closed /admin: only paths under /admin answer 503."""
     headers = bearer(live_store.settings)
-    app = build_app(live_store, fail_open=True, fail_closed_prefixes=["/admin"])
+    app = app_with(
+        live_store,
+        *(Route(path, me) for path in ("/admin/users", "/me", "/administrator")),
+        fail_open=True,
+        fail_closed_prefixes=["/admin"],
+    )
     redis_server.kill()
     async with client_for(app) as client:
         assert (await client.get("/admin/users", headers=headers)).status_code == 503
@@ -167,12 +182,13 @@ async def test_fail_closed_prefixes_apply_per_path(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_paused_redis_costs_one_timeout_then_nothing(
     redis_server: LocalRedis, live_store: RedisTokenRevocationStore
 ) -> None:
     """A hung Redis: each request waits at most ~the timeout; once the breaker opens, none wait."""
     headers = bearer(live_store.settings)
-    async with client_for(build_app(live_store, fail_open=True)) as client:
+    async with client_for(me_app(live_store, fail_open=True)) as client:
         assert (await client.get("/me", headers=headers)).json()["checked"] is True
         redis_server.pause()
         # A burst arriving together waits concurrently, bounded by one timeout, not a queue.
@@ -190,12 +206,13 @@ async def test_paused_redis_costs_one_timeout_then_nothing(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_recovers_after_pause_without_intervention(
     redis_server: LocalRedis, live_store: RedisTokenRevocationStore
 ) -> None:
     """Redis answers again: checks resume by themselves within breaker_reset_seconds."""
     headers = bearer(live_store.settings)
-    async with client_for(build_app(live_store)) as client:
+    async with client_for(me_app(live_store)) as client:
         redis_server.pause()
         for _ in range(FAILURES):
             await client.get("/me", headers=headers)
@@ -206,6 +223,7 @@ async def test_recovers_after_pause_without_intervention(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_recovers_after_restart_and_enforces_again(
     redis_server: LocalRedis, live_store: RedisTokenRevocationStore
 ) -> None:
@@ -213,7 +231,7 @@ async def test_recovers_after_restart_and_enforces_again(
     settings = live_store.settings
     token, jti = create_access_token("dave", settings=settings)
     headers = {"Authorization": f"Bearer {token}"}
-    async with client_for(build_app(live_store, fail_open=True)) as client:
+    async with client_for(me_app(live_store, fail_open=True)) as client:
         redis_server.kill()
         for _ in range(FAILURES + 2):
             assert (await client.get("/me", headers=headers)).status_code == 200
@@ -225,6 +243,7 @@ async def test_recovers_after_restart_and_enforces_again(
 
 
 @pytest.mark.redis
+@pytest.mark.outage
 async def test_breaker_transitions_are_logged(
     redis_server: LocalRedis,
     live_store: RedisTokenRevocationStore,
@@ -233,7 +252,7 @@ async def test_breaker_transitions_are_logged(
     """Opening and closing the breaker each log once, with the transition in structured fields."""
     caplog.set_level(logging.INFO, logger="revoker")
     headers = bearer(live_store.settings)
-    async with client_for(build_app(live_store)) as client:
+    async with client_for(me_app(live_store)) as client:
         redis_server.kill()
         for _ in range(FAILURES + 3):
             await client.get("/me", headers=headers)
@@ -270,7 +289,7 @@ async def test_store_bug_goes_through_the_failure_policy(
     settings = make_settings(breaker_failures=FAILURES)
     store = stub_store(settings, RuntimeError("store bug"))
     caplog.set_level(logging.INFO, logger="revoker")
-    app = build_app(store, fail_open=fail_open)
+    app = me_app(store, fail_open=fail_open)
     headers = bearer(settings)
     async with client_for(app) as client:
         responses = [await client.get("/me", headers=headers) for _ in range(FAILURES + 1)]
@@ -289,7 +308,7 @@ async def test_verifier_bug_is_refused_and_logged(
     """An unexpected error while verifying never admits the token: 401, logged with traceback."""
     settings = make_settings()
     store = RedisTokenRevocationStore(fakeredis.aioredis.FakeRedis(), settings=settings)
-    app = build_app(store)
+    app = me_app(store)
     headers = bearer(settings)
     async with client_for(app) as client:
         await client.get("/me", headers=bearer(settings))  # builds the middleware stack
@@ -315,7 +334,12 @@ async def test_websocket_fail_closed_closes_with_try_again_later() -> None:
 
     settings = make_settings()
     store = stub_store(settings, exc.StoreUnavailable("down"))
-    app = build_app(store, fail_open=False)
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    app = app_with(store, WebSocketRoute("/ws", ws), fail_open=False)
     token, _ = create_access_token("dave", settings=settings)
     sent: list[dict[str, Any]] = []
 

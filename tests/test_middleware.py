@@ -1,4 +1,8 @@
-"""TokenRevocationMiddleware through a real Starlette app, on each backend of the table."""
+"""TokenRevocationMiddleware through a real Starlette app, on each backend of the table.
+
+Each test builds a tiny app of just the routes it is about (``me_app``, ``ws_app`` or
+``app_with`` and its own endpoints).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Lifespan
 from starlette.websockets import WebSocket
 
-from conftest import TEST_SECRET, make_settings
+from conftest import TEST_SECRET, make_settings, with_cluster
 from revoker import exceptions as exc
 from revoker.localredis import LocalRedis
 from revoker.middleware import TokenRevocationMiddleware
@@ -33,69 +38,51 @@ from revoker.tokens import TokenData, create_access_token, create_refresh_token
 USER, TENANT = "alice", "acme"
 
 
-def build_app(
-    store: RedisTokenRevocationStore, events: list[str] | None = None, **options: Any
+async def me(request: Request) -> JSONResponse:
+    """Echo the verified claims the middleware left in request.state (or none)."""
+    token = getattr(request.state, "token", None)
+    if token is None:
+        return JSONResponse({"sub": None})
+    return JSONResponse(
+        {
+            "sub": token.sub,
+            "jti": token.jti,
+            "tenant": token.tenant,
+            "is_token_data": isinstance(token, TokenData),
+            "checked": request.state.revocation_checked,
+        }
+    )
+
+
+async def echo(websocket: WebSocket) -> None:
+    """Accept, send the token's subject, close."""
+    await websocket.accept()
+    await websocket.send_text(websocket.state.token.sub)
+    await websocket.close()
+
+
+def app_with(
+    store: RedisTokenRevocationStore,
+    *routes: BaseRoute,
+    lifespan: Lifespan[Starlette] | None = None,
+    **options: Any,
 ) -> Starlette:
-    """A tiny app: /me echoes the verified claims; other routes exercise streaming and tasks."""
-    events = events if events is not None else []
-
-    async def me(request: Request) -> JSONResponse:
-        token = getattr(request.state, "token", None)
-        if token is None:
-            return JSONResponse({"sub": None})
-        return JSONResponse(
-            {
-                "sub": token.sub,
-                "jti": token.jti,
-                "tenant": token.tenant,
-                "is_token_data": isinstance(token, TokenData),
-                "checked": request.state.revocation_checked,
-            }
-        )
-
-    async def stream(request: Request) -> StreamingResponse:
-        async def chunks() -> AsyncIterator[bytes]:
-            for i in range(5):
-                yield f"chunk{i};".encode()
-
-        return StreamingResponse(chunks(), media_type="text/plain")
-
-    async def background(request: Request) -> Response:
-        return Response("queued", background=BackgroundTask(events.append, "task ran"))
-
-    async def app_raises(request: Request) -> Response:
-        raise exc.MalformedToken("raised by the app, not by the middleware")
-
-    async def echo(websocket: WebSocket) -> None:
-        await websocket.accept()
-        token = websocket.state.token
-        await websocket.send_text(token.sub)
-        await websocket.close()
-
-    routes = [
-        Route("/me", me),
-        Route("/health", me),
-        Route("/health/deep", me),
-        Route("/public", me),
-        Route("/public/page", me),
-        Route("/publicity", me),
-        Route("/stream", stream),
-        Route("/background", background),
-        Route("/app-raises", app_raises),
-        WebSocketRoute("/ws", echo),
-    ]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        events.append("startup")
-        yield
-        events.append("shutdown")
-
+    """A tiny app of just ``routes``, behind the middleware as a service installs it."""
     return Starlette(
-        routes=routes,
+        routes=list(routes),
         middleware=[Middleware(TokenRevocationMiddleware, store=store, **options)],
         lifespan=lifespan,
     )
+
+
+def me_app(store: RedisTokenRevocationStore, **options: Any) -> Starlette:
+    """The app of most tests here: /me echoes the verified claims."""
+    return app_with(store, Route("/me", me), **options)
+
+
+def ws_app(store: RedisTokenRevocationStore, **options: Any) -> Starlette:
+    """An app of one websocket route, /ws, which sends the token's subject."""
+    return app_with(store, WebSocketRoute("/ws", echo), **options)
 
 
 def client_for(app: Starlette) -> httpx.AsyncClient:
@@ -112,7 +99,9 @@ def access(settings: RevokerSettings, **claims: Any) -> tuple[str, str]:
 
 
 def middleware_of(app: Starlette) -> TokenRevocationMiddleware:
-    """The middleware instance Starlette built (after the first request)."""
+    """The middleware instance of ``app``'s stack (built now if no request has built it yet)."""
+    if app.middleware_stack is None:
+        app.middleware_stack = app.build_middleware_stack()
     layer: Any = app.middleware_stack
     while not isinstance(layer, TokenRevocationMiddleware):
         layer = layer.app
@@ -124,7 +113,7 @@ async def test_valid_token_reaches_the_app_with_its_claims(
 ) -> None:
     """A valid, unrevoked token gets 200 and the app sees its TokenData in request.state."""
     token, jti = access(store.settings)
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         response = await client.get("/me", headers=bearer(token))
     assert response.status_code == 200
     assert response.json() == {
@@ -147,6 +136,7 @@ async def _revoke(rule: str, store: RedisTokenRevocationStore, jti: str, family:
         await store.revoke_tenant_tokens(TENANT)
 
 
+@with_cluster
 @pytest.mark.parametrize("rule", ["jti", "family", "user", "tenant"])
 async def test_revoked_token_gets_401_with_challenge(
     store: RedisTokenRevocationStore, rule: str
@@ -154,7 +144,7 @@ async def test_revoked_token_gets_401_with_challenge(
     """Revoked by each rule: 401, the RFC 6750 challenge naming the rule, and the JSON body."""
     _, _, family = create_refresh_token(USER, tenant_id=TENANT, settings=store.settings)
     token, jti = access(store.settings, family_id=family)
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         assert (await client.get("/me", headers=bearer(token))).status_code == 200
         await _revoke(rule, store, jti, family)
         response = await client.get("/me", headers=bearer(token))
@@ -167,13 +157,14 @@ async def test_revoked_token_gets_401_with_challenge(
     assert response.json() == {"error": "invalid_token", "error_description": description}
 
 
+@with_cluster
 async def test_other_tokens_survive_a_narrow_revocation(store: RedisTokenRevocationStore) -> None:
     """Revoking one jti or one user's tokens leaves other tokens and other users alone."""
     token, jti = access(store.settings)
     sibling, _ = access(store.settings)
     bob, _ = access(store.settings, user="bob")
     await store.revoke_token(jti=jti)
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         assert (await client.get("/me", headers=bearer(token))).status_code == 401
         assert (await client.get("/me", headers=bearer(sibling))).status_code == 200
         await store.revoke_user_tokens(USER, tenant_id=TENANT)
@@ -209,7 +200,7 @@ async def test_invalid_token_gets_401(store: RedisTokenRevocationStore, kind: st
     """A token that does not verify is refused with invalid_token before any lookup."""
     token = _invalid_tokens(store.settings)[kind]
     lookups = count_lookups(store)
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         response = await client.get("/me", headers=bearer(token))
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
@@ -223,11 +214,11 @@ def _exp_of(token: str) -> int:
 
 async def test_no_token_passes_unless_required(store: RedisTokenRevocationStore) -> None:
     """Without credentials the app decides; with require_token=True it is a bare Bearer 401."""
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         response = await client.get("/me")
     assert response.status_code == 200
     assert response.json() == {"sub": None}
-    async with client_for(build_app(store, require_token=True)) as client:
+    async with client_for(me_app(store, require_token=True)) as client:
         response = await client.get("/me")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
@@ -243,10 +234,10 @@ async def test_other_schemes_count_as_no_token(
 ) -> None:
     """A non-Bearer Authorization passes as anonymous, and is refused when a token is required."""
     headers = {"Authorization": value}
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         response = await client.get("/me", headers=headers)
     assert (response.status_code, response.json()) == (200, {"sub": None})
-    async with client_for(build_app(store, require_token=True)) as client:
+    async with client_for(me_app(store, require_token=True)) as client:
         assert (await client.get("/me", headers=headers)).status_code == 401
 
 
@@ -254,14 +245,20 @@ async def test_other_schemes_count_as_no_token(
 async def test_scheme_is_case_insensitive(store: RedisTokenRevocationStore, scheme: str) -> None:
     """RFC 7235: the auth scheme is case-insensitive."""
     token, _ = access(store.settings)
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         response = await client.get("/me", headers={"Authorization": f"{scheme} {token}"})
     assert response.json()["sub"] == USER
 
 
 async def test_exact_exempt_paths(store: RedisTokenRevocationStore) -> None:
     """An exact exempt path skips the check; a path below it does not."""
-    app = build_app(store, exempt_paths=["/health"])
+    app = app_with(
+        store,
+        Route("/health", me),
+        Route("/health/deep", me),
+        Route("/me", me),
+        exempt_paths=["/health"],
+    )
     headers = bearer("not-a-jwt")
     async with client_for(app) as client:
         assert (await client.get("/health", headers=headers)).status_code == 200
@@ -271,7 +268,12 @@ async def test_exact_exempt_paths(store: RedisTokenRevocationStore) -> None:
 
 async def test_prefix_exempt_paths_match_whole_segments(store: RedisTokenRevocationStore) -> None:
     """A prefix covers itself and what lies below it, never a longer sibling like /publicity."""
-    app = build_app(store, exempt_paths=(), exempt_prefixes=["/public"])
+    app = app_with(
+        store,
+        *(Route(path, me) for path in ("/public", "/public/page", "/publicity", "/health")),
+        exempt_paths=(),
+        exempt_prefixes=["/public"],
+    )
     headers = bearer("not-a-jwt")
     async with client_for(app) as client:
         assert (await client.get("/public", headers=headers)).status_code == 200
@@ -293,7 +295,14 @@ async def _noop_app(scope: Any, receive: Any, send: Any) -> None:
 async def test_lifespan_passes_through_untouched(store: RedisTokenRevocationStore) -> None:
     """Startup and shutdown events reach the app: the middleware ignores the lifespan scope."""
     events: list[str] = []
-    app = build_app(store, events=events, require_token=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = app_with(store, lifespan=lifespan, require_token=True)
     inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     sent: list[dict[str, Any]] = []
 
@@ -314,8 +323,16 @@ async def test_lifespan_passes_through_untouched(store: RedisTokenRevocationStor
 async def test_streaming_response_is_unaffected(store: RedisTokenRevocationStore) -> None:
     """A streamed body arrives whole, chunk by chunk, through the middleware."""
     token, _ = access(store.settings)
+
+    async def stream(request: Request) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(5):
+                yield f"chunk{i};".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
     async with (
-        client_for(build_app(store)) as client,
+        client_for(app_with(store, Route("/stream", stream))) as client,
         client.stream("GET", "/stream", headers=bearer(token)) as response,
     ):
         body = b"".join([chunk async for chunk in response.aiter_bytes()])
@@ -327,7 +344,11 @@ async def test_background_tasks_run(store: RedisTokenRevocationStore) -> None:
     """A background task attached to the response still runs after a checked request."""
     events: list[str] = []
     token, _ = access(store.settings)
-    async with client_for(build_app(store, events=events)) as client:
+
+    async def background(request: Request) -> Response:
+        return Response("queued", background=BackgroundTask(events.append, "task ran"))
+
+    async with client_for(app_with(store, Route("/background", background))) as client:
         response = await client.get("/background", headers=bearer(token))
     assert response.text == "queued"
     assert events == ["task ran"]
@@ -336,7 +357,11 @@ async def test_background_tasks_run(store: RedisTokenRevocationStore) -> None:
 async def test_app_exceptions_are_not_swallowed(store: RedisTokenRevocationStore) -> None:
     """A TokenError raised by the app itself propagates: the middleware answers only its own."""
     token, _ = access(store.settings)
-    async with client_for(build_app(store)) as client:
+
+    async def app_raises(request: Request) -> Response:
+        raise exc.MalformedToken("raised by the app, not by the middleware")
+
+    async with client_for(app_with(store, Route("/app-raises", app_raises))) as client:
         with pytest.raises(exc.MalformedToken, match="raised by the app"):
             await client.get("/app-raises", headers=bearer(token))
         with pytest.raises(exc.MalformedToken, match="raised by the app"):
@@ -388,7 +413,7 @@ def ws_auth(token: str) -> list[tuple[bytes, bytes]]:
 async def test_websocket_accepted_with_valid_token(store: RedisTokenRevocationStore) -> None:
     """A websocket with a valid token is accepted and its handler sees the claims."""
     token, _ = access(store.settings)
-    sent = await WsDriver(build_app(store), ws_auth(token)).run()
+    sent = await WsDriver(ws_app(store), ws_auth(token)).run()
     assert sent[0]["type"] == "websocket.accept"
     assert {"type": "websocket.send", "text": USER} in sent
 
@@ -399,7 +424,7 @@ async def test_websocket_with_revoked_token_closed_before_accept(
     """A revoked token's websocket is closed with 1008 before any accept."""
     token, jti = access(store.settings)
     await store.revoke_token(jti=jti)
-    sent = await WsDriver(build_app(store), ws_auth(token)).run()
+    sent = await WsDriver(ws_app(store), ws_auth(token)).run()
     assert [m["type"] for m in sent] == ["websocket.close"]
     assert sent[0]["code"] == 1008
     assert "revoked" in sent[0]["reason"]
@@ -411,7 +436,7 @@ async def test_websocket_denial_response_when_server_supports_it(
     """With the denial-response extension the client gets the HTTP 401 and its challenge."""
     token, jti = access(store.settings)
     await store.revoke_token(jti=jti)
-    driver = WsDriver(build_app(store), ws_auth(token), extensions={"websocket.http.response": {}})
+    driver = WsDriver(ws_app(store), ws_auth(token), extensions={"websocket.http.response": {}})
     sent = await driver.run()
     assert sent[0]["type"] == "websocket.http.response.start"
     assert sent[0]["status"] == 401
@@ -424,7 +449,7 @@ async def test_websocket_without_token_refused_when_required(
     store: RedisTokenRevocationStore,
 ) -> None:
     """require_token applies to websockets too."""
-    sent = await WsDriver(build_app(store, require_token=True), []).run()
+    sent = await WsDriver(ws_app(store, require_token=True), []).run()
     assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
 
 
@@ -462,10 +487,9 @@ async def test_verified_token_cache_skips_reverification(
 ) -> None:
     """A token presented again is served from the cache: verified once, looked up every time."""
     token, _ = access(store.settings)
-    app = build_app(store)
+    app = me_app(store)
     lookups = count_lookups(store)
     async with client_for(app) as client:
-        await client.get("/health")  # builds the middleware stack
         verifications = count_verifications(middleware_of(app))
         for _ in range(5):
             assert (await client.get("/me", headers=bearer(token))).status_code == 200
@@ -476,7 +500,7 @@ async def test_verified_token_cache_skips_reverification(
 async def test_revocation_is_never_cached(store: RedisTokenRevocationStore) -> None:
     """After a cached 200, revoking the token makes the very next request 401."""
     token, jti = access(store.settings)
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         for _ in range(3):
             assert (await client.get("/me", headers=bearer(token))).status_code == 200
         await store.revoke_token(jti=jti)
@@ -487,9 +511,8 @@ async def test_cache_entries_expire_at_exp(settings: RevokerSettings) -> None:
     """Once exp has passed a cached token is verified again (leeway keeps it valid here)."""
     store = RedisTokenRevocationStore(fakeredis.aioredis.FakeRedis(), settings=settings)
     token, _ = access(store.settings, expires_delta=1)
-    app = build_app(store)
+    app = me_app(store)
     async with client_for(app) as client:
-        await client.get("/health")
         verifications = count_verifications(middleware_of(app))
         assert (await client.get("/me", headers=bearer(token))).status_code == 200
         assert (await client.get("/me", headers=bearer(token))).status_code == 200
@@ -506,9 +529,8 @@ async def test_cache_is_bounded(settings: RevokerSettings) -> None:
     small = settings.model_copy(update={"verify_cache_size": 3})
     store = RedisTokenRevocationStore(fakeredis.aioredis.FakeRedis(), settings=small)
     tokens = [access(small)[0] for _ in range(5)]
-    app = build_app(store)
+    app = me_app(store)
     async with client_for(app) as client:
-        await client.get("/health")
         verifications = count_verifications(middleware_of(app))
         for token in tokens:
             assert (await client.get("/me", headers=bearer(token))).status_code == 200
@@ -517,7 +539,7 @@ async def test_cache_is_bounded(settings: RevokerSettings) -> None:
         assert verifications() == 5
         assert (await client.get("/me", headers=bearer(tokens[0]))).status_code == 200
         assert verifications() == 6
-    assert len(middleware_of(app).checker.verifier._cache or ()) <= 3
+    assert len(middleware_of(app).checker.verifier._cache or ()) == 3
 
 
 async def test_revoked_rejection_is_logged_with_fields(
@@ -527,7 +549,7 @@ async def test_revoked_rejection_is_logged_with_fields(
     token, jti = access(store.settings)
     await store.revoke_token(jti=jti, reason="stolen laptop")
     caplog.set_level(logging.INFO, logger="revoker")
-    async with client_for(build_app(store)) as client:
+    async with client_for(me_app(store)) as client:
         assert (await client.get("/me", headers=bearer(token))).status_code == 401
     [record] = [r for r in caplog.records if r.getMessage() == "revoked token rejected"]
     assert record.name == "revoker.middleware"
@@ -553,7 +575,7 @@ async def test_one_redis_command_per_checked_request() -> None:
         token, _ = access(settings, family_id="fam-1")
         admin = redis.Redis.from_url(server.url)
         try:
-            async with client_for(build_app(store)) as client:
+            async with client_for(me_app(store)) as client:
                 assert (await client.get("/me", headers=bearer(token))).status_code == 200
                 admin.config_resetstat()
                 for _ in range(20):

@@ -1,7 +1,9 @@
-"""The revocation store, async and sync, on every backend of the table.
+"""The revocation store, async and sync, on every backend of the table (conftest.TABLE).
 
-Each test runs four times: {async, sync} x {fakeredis, real Redis}. Round trips are counted on a
-Redis of our own (INFO commandstats), not assumed.
+Each test runs on {async, sync} x {fakeredis, real Redis through an injected client, real Redis
+through a store built from settings (the async check on the pipelined connection)}; the tests of
+the check and of single revocations also on a Redis Cluster. Round trips are counted on a Redis of
+our own (INFO commandstats), not assumed.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 import redis.asyncio
 
-from conftest import REDIS_URL, delete_prefix, make_settings
+from conftest import (
+    REDIS_URL,
+    TABLE,
+    Backend,
+    CheckPath,
+    delete_prefix,
+    make_settings,
+    with_cluster,
+)
 from revoker import exceptions as exc
 from revoker.keys import bucket_of_user, family_id_prefix
 from revoker.localredis import LocalRedis, free_port
@@ -62,47 +71,48 @@ class Either:
             self.store.close()
 
 
-def build(kind: str, backend: str, settings: RevokerSettings) -> AnyStore:
-    if kind == "async":
-        client: Any = (
-            fakeredis.aioredis.FakeRedis()
-            if backend == "fakeredis"
-            else redis.asyncio.Redis.from_url(REDIS_URL)
-        )
-        return RedisTokenRevocationStore(client, settings=settings)
-    client = fakeredis.FakeRedis() if backend == "fakeredis" else redis.Redis.from_url(REDIS_URL)
-    return SyncRedisTokenRevocationStore(client, settings=settings)
+def build(kind: str, entry: Backend, settings: RevokerSettings) -> AnyStore:
+    """The async or the sync store of ``entry`` for ``settings``."""
+    return entry.async_store(settings) if kind == "async" else entry.sync_store(settings)
 
 
 @pytest.fixture(params=["async", "sync"])
 async def s(
-    request: pytest.FixtureRequest, backend: str, settings: RevokerSettings
+    request: pytest.FixtureRequest,
+    backend_entry: Backend,
+    backend_settings: RevokerSettings,
+    check_path: CheckPath,
 ) -> AsyncIterator[Either]:
     """The async or the sync store on the backend under test."""
-    either = Either(build(request.param, backend, settings))
+    either = Either(build(request.param, backend_entry, backend_settings))
+    if isinstance(either.store, RedisTokenRevocationStore):
+        check_path.watch(either.store)
     yield either
     await either.close()
+    check_path.assert_kept_to(backend_entry)
 
 
 @pytest.fixture
 async def make_store(
-    request: pytest.FixtureRequest, backend: str
+    backend_entry: Backend, backend_settings: RevokerSettings
 ) -> AsyncIterator[Callable[..., Either]]:
     """Build extra stores with settings overrides; their keys are deleted afterwards."""
     made: list[Either] = []
 
     def factory(kind: str = "sync", **overrides: Any) -> Either:
-        either = Either(build(kind, backend, make_settings(**overrides)))
+        fresh = {"key_prefix": make_settings().key_prefix, **overrides}
+        either = Either(build(kind, backend_entry, backend_settings.model_copy(update=fresh)))
         made.append(either)
         return either
 
     yield factory
-    client = redis.Redis.from_url(REDIS_URL)
     for either in made:
         await either.close()
-        if backend == "redis":
+    if backend_entry.on_test_redis:
+        client = redis.Redis.from_url(REDIS_URL)
+        for either in made:
             delete_prefix(client, either.settings.key_prefix)
-    client.close()
+        client.close()
 
 
 def token(
@@ -126,9 +136,44 @@ def token(
     )
 
 
+# --- the table itself -----------------------------------------------------------------------
+
+
+@with_cluster
+async def test_each_backend_checks_over_its_own_path(
+    store: RedisTokenRevocationStore, backend_entry: Backend, check_path: CheckPath
+) -> None:
+    """The pipelined entry checks on the pipelined connection, never via redis-py; the others
+    via their client: the table cannot fall back to another path unnoticed."""
+    await store.revoke_token("j1", reason="logout")
+    assert (await store.is_revoked(token(jti="j1"))).rule == "jti"
+    assert not await store.is_revoked(token(tenant=None))
+    if backend_entry.pipelined:
+        assert (check_path.pipelined, check_path.client) == (2, 0)
+        # Server side: the pipelined socket is a client of this Redis whose last command was
+        # the check script.
+        assert store._pipelined is not None
+        assert store._pipelined._protocol is not None
+        transport = store._pipelined._protocol.transport
+        assert transport is not None
+        host, port = transport.get_extra_info("sockname")[:2]
+        admin = redis.Redis.from_url(REDIS_URL)
+        try:
+            [connection] = [c for c in admin.client_list() if c["addr"] == f"{host}:{port}"]
+        finally:
+            admin.close()
+        assert connection["cmd"] == "evalsha"
+    else:
+        assert store._pipelined is None
+        assert check_path.pipelined == 0
+        # One script call per check on a single server; one per slot on a cluster.
+        assert check_path.client >= 2 if backend_entry.cluster else check_path.client == 2
+
+
 # --- single tokens --------------------------------------------------------------------------
 
 
+@with_cluster
 async def test_seed_call_revokes_tenantless_and_tenant_tokens(s: Either) -> None:
     """revoke_token(jti=..., reason="logout") works whatever tenant the token carries."""
     for tenant in (None, "acme"):
@@ -140,6 +185,7 @@ async def test_seed_call_revokes_tenantless_and_tenant_tokens(s: Either) -> None
         assert (status.revoked, status.rule, status.reason) == (True, "jti", "logout")
 
 
+@with_cluster
 async def test_revoke_token_reports_newly_revoked_once(s: Either) -> None:
     """The first revocation returns True, a repeat False; the jti reads as revoked."""
     assert await s("is_token_revoked", "j1") is False
@@ -149,6 +195,7 @@ async def test_revoke_token_reports_newly_revoked_once(s: Either) -> None:
     assert await s("is_token_revoked", "j2") is False
 
 
+@with_cluster
 async def test_repeat_revocation_keeps_the_first_mark_and_never_shortens(s: Either) -> None:
     """A repeat keeps the first time and reason; a later exp extends the entry, never shortens."""
     await s("revoke_token", "j1", reason="logout")
@@ -166,6 +213,7 @@ async def test_repeat_revocation_keeps_the_first_mark_and_never_shortens(s: Eith
     assert (await s("is_revoked", token(family="f1"))).reason == "logout"
 
 
+@with_cluster
 async def test_revoked_at_is_the_time_of_the_call(s: Either) -> None:
     """The status says when the jti was revoked."""
     before = time.time()
@@ -177,6 +225,7 @@ async def test_revoked_at_is_the_time_of_the_call(s: Either) -> None:
 # --- families -------------------------------------------------------------------------------
 
 
+@with_cluster
 async def test_revoke_family_revokes_tokens_of_that_family_only(s: Either) -> None:
     """Tokens carrying the family are revoked; other families and other tenants are not."""
     assert await s("revoke_family", "f1", tenant_id="acme", reason="logout") is True
@@ -188,6 +237,7 @@ async def test_revoke_family_revokes_tokens_of_that_family_only(s: Either) -> No
     assert not await s("is_revoked", token(family="f1", tenant="other"))
 
 
+@with_cluster
 async def test_revoke_family_of_tenantless_tokens(s: Either) -> None:
     """A family of tokens without a tenant is revoked with tenant_id=None."""
     await s("revoke_family", "f1", tenant_id=None)
@@ -204,6 +254,7 @@ async def test_revoke_family_needs_the_tenant_spelled_out(s: Either) -> None:
 # --- watermarks -----------------------------------------------------------------------------
 
 
+@with_cluster
 async def test_revoke_user_cuts_off_at_the_call(s: Either) -> None:
     """Tokens issued before revoke_user_tokens are revoked, those after are not."""
     before = token(iat=time.time() - 1)
@@ -219,6 +270,7 @@ async def test_revoke_user_cuts_off_at_the_call(s: Either) -> None:
     assert not await s("is_revoked", token(tenant=None, iat=before.iat))
 
 
+@with_cluster
 async def test_revoke_user_without_tenant(s: Either) -> None:
     """A tenant-less user is revoked with tenant_id=None, leaving tenant tokens alone."""
     before = time.time() - 1
@@ -227,6 +279,7 @@ async def test_revoke_user_without_tenant(s: Either) -> None:
     assert not await s("is_revoked", token(tenant="acme", iat=before))
 
 
+@with_cluster
 async def test_revoke_tenant_cuts_off_every_user(s: Either) -> None:
     """Every token of the tenant issued before the call is revoked; others are untouched."""
     earlier = time.time() - 1
@@ -238,6 +291,7 @@ async def test_revoke_tenant_cuts_off_every_user(s: Either) -> None:
     assert not await s("is_revoked", token(tenant=None, iat=earlier))
 
 
+@with_cluster
 async def test_iat_equal_to_the_cutoff_is_revoked(s: Either) -> None:
     """A token whose iat is the returned cut-off, to the microsecond, is revoked."""
     cutoff = await s("revoke_tenant_tokens", "acme")
@@ -245,6 +299,7 @@ async def test_iat_equal_to_the_cutoff_is_revoked(s: Either) -> None:
     assert not (await s("is_revoked", token(iat=(to_us(cutoff) + 1) / 1e6))).revoked
 
 
+@with_cluster
 async def test_watermark_never_moves_back(s: Either, monkeypatch: pytest.MonkeyPatch) -> None:
     """A later call with an older clock keeps the newer cut-off in place (and returns it)."""
     first = await s("revoke_user_tokens", "alice", tenant_id="acme")
@@ -253,6 +308,7 @@ async def test_watermark_never_moves_back(s: Either, monkeypatch: pytest.MonkeyP
     assert (await s("is_revoked", token(iat=first))).rule == "user"
 
 
+@with_cluster
 async def test_watermark_moves_forward(s: Either) -> None:
     """A second revocation moves the cut-off to the later call."""
     first = await s("revoke_tenant_tokens", "acme")
@@ -263,6 +319,7 @@ async def test_watermark_moves_forward(s: Either) -> None:
     assert (await s("is_revoked", between)).rule == "tenant"
 
 
+@with_cluster
 async def test_issued_before_fails_issued_after_passes_every_time(s: Either) -> None:
     """Real tokens around revoke_user/tenant: before is revoked, after passes, 250 times over."""
     settings = s.settings
@@ -300,19 +357,16 @@ async def test_revoke_tenant_none_is_refused(s: Either) -> None:
     ],
 )
 async def test_bad_ids_fail_before_any_io(
-    make_store: Callable[..., Either],
-    method: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
-    """Unusable ids are InvalidIdentifier even when Redis is unreachable."""
-    for kind in ("async", "sync"):
-        dead = Either(
-            build(kind, "redis", make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
-        )
-        with pytest.raises(exc.InvalidIdentifier):
-            await dead(method, *args, **kwargs)
-        await dead.close()
+    """Unusable ids are InvalidIdentifier even when Redis is unreachable, on either client path."""
+    for entry in (TABLE["redis"], TABLE["pipelined"]):
+        for kind in ("async", "sync"):
+            settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+            dead = Either(build(kind, entry, settings))
+            with pytest.raises(exc.InvalidIdentifier):
+                await dead(method, *args, **kwargs)
+            await dead.close()
 
 
 # --- sessions -------------------------------------------------------------------------------

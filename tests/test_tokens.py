@@ -202,15 +202,32 @@ def test_issuer_and_audience_are_issued_and_required() -> None:
     assert decode_token(token, settings=s).sub == "alice"
 
 
-def test_verify_cache_returns_the_same_claims_and_is_bounded() -> None:
-    """The verification cache serves repeated tokens and never grows past its size."""
+def test_verify_cache_returns_the_same_claims_and_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The verification cache serves repeated tokens (no second verification) with the same
+    claims, and keeps only the most recent entries its size allows."""
     s = make_settings(verify_cache_size=3)
     verifier = get_verifier(s)
     issued = [create_access_token("alice", settings=s)[0] for _ in range(5)]
     for token in issued:
         assert verifier.decode(token, use_cache=True) == verifier.decode(token)
     assert verifier._cache is not None
-    assert len(verifier._cache) <= 3
+    assert len(verifier._cache) == 3
+    claims = [decode_token(token, settings=s) for token in issued]
+    verified: list[str] = []
+    original = verifier._decode
+
+    def counting(token: str, expected_type: Any) -> TokenData:
+        verified.append(token)
+        return original(token, expected_type)
+
+    monkeypatch.setattr(verifier, "_decode", counting)
+    for token, expected in zip(issued[2:], claims[2:], strict=True):  # the 3 most recent
+        assert verifier.decode(token, use_cache=True) == expected
+    assert verified == []
+    verifier.decode(issued[0], use_cache=True)  # evicted: verified again
+    assert verified == [issued[0]]
 
 
 def test_verify_cache_does_not_outlive_exp() -> None:
