@@ -49,7 +49,10 @@ def bulk_exchange(client: Any) -> Iterator[Exchange]:
         yield piped
         return
     pool = client.connection_pool
-    conn: Any = pool.get_connection()  # redis-py's Connection is unannotated
+    try:
+        conn: Any = pool.get_connection()  # redis-py's Connection is unannotated
+    except BACKEND_ERRORS as e:
+        raise _unavailable(e) from e
     pack = hiredis.pack_command
     reader = hiredis.Reader()
 
