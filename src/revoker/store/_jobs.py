@@ -22,7 +22,7 @@ from typing import Any, Final, TypeVar
 from revoker.bulk import BulkRevocation
 from revoker.exceptions import DuplicateJob, InvalidIdentifier, JobNotFound
 from revoker.job_record import ACTIVE_STATUSES, JobRecord, JobStatus
-from revoker.store._base import Command, Plan, ScriptCall, StoreCore
+from revoker.store._base import Command, Plan, ScriptCall, StoreCore, _text
 
 __all__ = [
     "CHUNK_LISTS_PER_ROUND_TRIP",
@@ -38,10 +38,6 @@ Flow = Generator[Plan[Any], Any, T]
 
 #: Chunk lists written per round trip when a job's plan is recorded.
 CHUNK_LISTS_PER_ROUND_TRIP: Final = 100
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _none(_replies: list[Any]) -> None:
