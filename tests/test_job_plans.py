@@ -169,19 +169,27 @@ def test_release_frees_the_idempotency_key(s: RevokerSettings) -> None:
 
 
 def test_bulk_exchange_failure_is_store_unavailable() -> None:
-    """The bulk path raises the store's error type, on the raw socket as through a pipeline."""
+    """The bulk path raises the store's error type: Redis down, or a command refused."""
     dead = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    store = SyncRedisTokenRevocationStore(settings=dead)
-    with pytest.raises(StoreUnavailable), store.bulk_exchange() as exchange:
+    with (
+        SyncRedisTokenRevocationStore(settings=dead) as store,
+        pytest.raises(StoreUnavailable),
+        store.bulk_exchange() as exchange,
+    ):
         exchange([("HLEN", "x")])
+    live = make_settings()
     r = redis.Redis.from_url(REDIS_URL)
-    r.set(f"{dead.key_prefix}:str", "v")
+    r.set(f"{live.key_prefix}:str", "v")
     try:
-        live = SyncRedisTokenRevocationStore(settings=make_settings())
-        with pytest.raises(StoreUnavailable, match="WRONGTYPE"), live.bulk_exchange() as exchange:
-            exchange([("HLEN", f"{dead.key_prefix}:str")])
+        with SyncRedisTokenRevocationStore(settings=live) as store:
+            with pytest.raises(StoreUnavailable, match="WRONGTYPE"), store.bulk_exchange() as ex:
+                ex([("HLEN", f"{live.key_prefix}:str")])
+            # The connection with unread replies was dropped, not handed back: the next works.
+            with store.bulk_exchange() as ex:
+                assert ex([("HLEN", f"{live.key_prefix}:none")]) == [0]
     finally:
-        r.delete(f"{dead.key_prefix}:str")
+        r.delete(f"{live.key_prefix}:str")
+        r.close()
 
 
 def test_job_statuses_are_one_type() -> None:
