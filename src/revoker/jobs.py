@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 #: BulkRevocation fields holding ids (see :func:`_request`).
-_ID_FIELDS: Final = frozenset({"tenant_id", "user_id", "client_id"})
+_ID_FIELDS: Final = ("tenant_id", "user_id", "client_id")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -170,13 +170,20 @@ def enqueue_user_revocation(
 
 def _request(**fields: Any) -> BulkRevocation:
     """The request of the keyword wrappers, whose contract names InvalidIdentifier for bad ids:
-    a ValidationError only about ids is raised as one (still a ValueError, same message)."""
+    a ValidationError only about ids is raised as one, in the words of the key layout."""
     try:
         return BulkRevocation(**fields)
     except ValidationError as e:
-        if all(error["loc"][:1] and error["loc"][0] in _ID_FIELDS for error in e.errors()):
-            raise InvalidIdentifier(str(e)) from e
-        raise
+        bad = [error["loc"][0] if error["loc"] else None for error in e.errors()]
+        if not all(name in _ID_FIELDS for name in bad):
+            raise
+        for name in _ID_FIELDS:
+            if name in bad:
+                try:
+                    escape_id(fields[name], name.replace("_", " "))
+                except InvalidIdentifier as refused:
+                    raise refused from e
+        raise InvalidIdentifier(str(e)) from e
 
 
 def enqueue_family_reuse(

@@ -2,7 +2,7 @@
 
 Configured from :func:`revoker.settings.get_settings` (REVOKER_* variables) when the configuration
 is first needed, not at import time. :func:`celery_config` is the one place the reliability
-settings live; the job publisher in :mod:`revoker.jobs` uses the same configuration.
+settings live; the job publisher in :mod:`revoker.publisher` uses the same configuration.
 
 Why each reliability setting:
 
