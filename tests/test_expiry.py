@@ -24,6 +24,7 @@ from revoker.localredis import free_port
 from revoker.rules import encode_mark, to_us
 from revoker.settings import RevokerSettings, configure
 from revoker.store import get_sync_revocation_store
+from revoker.tasks import expiry
 from revoker.worker import BEAT_EXPIRE_SECONDS, EXPIRY_SLICES, celery_config
 
 #: (bucket key, family id) -> the raw record written there.
@@ -142,7 +143,7 @@ def test_a_sliced_run_prunes_only_its_slice_of_buckets(
     minute = int(real // 60)
     slot = 3
     # A clock within ten minutes of now whose run is slice 3 of 4.
-    monkeypatch.setattr(tasks.time, "time", lambda: (minute - minute % 4 + slot) * 60 + 1.0)
+    monkeypatch.setattr(expiry.time, "time", lambda: (minute - minute % 4 + slot) * 60 + 1.0)
 
     result = tasks.expire_entries(4)
 

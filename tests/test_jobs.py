@@ -32,6 +32,7 @@ from revoker.rules import now_us, to_us
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
+from revoker.tasks import fanout, outbox
 from revoker.tokens import decode_token
 from revoker.worker import app
 
@@ -80,7 +81,7 @@ def test_bad_arguments_get_clear_errors(s: RevokerSettings) -> None:
     """A missing reason, naive datetimes and an inverted window are refused with a message."""
     with pytest.raises(ValueError, match="reason"):
         jobs.enqueue_tenant_revocation("t", reason=" ", actor="a")
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match=r"issued_after(.|\n)*timezone"):
         jobs.enqueue_tenant_revocation(
             "t", reason="r", actor="a", issued_after=datetime(2024, 1, 1)
         )
@@ -90,7 +91,7 @@ def test_bad_arguments_get_clear_errors(s: RevokerSettings) -> None:
         )
     with pytest.raises(InvalidIdentifier):
         jobs.enqueue_user_revocation("", tenant_id="t", reason="r", actor="a")
-    with pytest.raises(TypeError, match="dry_run"):
+    with pytest.raises(ValueError, match="dry_run"):
         jobs.enqueue_tenant_revocation("t", reason="r", actor="a", dry_run="yes")  # type: ignore[arg-type]
     assert jobs.list_jobs() == []
 
@@ -182,8 +183,9 @@ def test_poison_chunk_is_parked_after_max_redeliveries(s: RevokerSettings, r: re
     r.hset(store.keys.job(job_id), mapping={"status": "running", "chunks_total": 1, "snapshot": 1})
     r.hset(store.keys.job_chunk(job_id, 0), "not", "a list")  # WRONGTYPE on every GET
     for _ in range(s.max_redeliveries):
-        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        with pytest.raises(StoreUnavailable, match="WRONGTYPE") as info:
             revoke_chunk(job_id, 0)
+        assert isinstance(info.value.__cause__, redis.ResponseError)
     result = revoke_chunk(job_id, 0)
     assert result["parked"] is True
     record = jobs.get_job(job_id)
@@ -262,7 +264,7 @@ def test_chunk_killed_between_counting_and_deleting_deletes_on_redelivery(
     def lost(*_args: Any, **_kwargs: Any) -> None:
         raise redis.ConnectionError("lost during HDEL")
 
-    monkeypatch.setattr(tasks, "delete_records", lost)
+    monkeypatch.setattr(fanout, "delete_records", lost)
     with pytest.raises(Exception, match="lost during HDEL"):
         tasks.revoke_chunk(job_id, 0)
     assert _fields(r, store, "gap") == set(ids)  # counted, marked, not yet deleted
@@ -762,7 +764,7 @@ def test_a_stalled_job_is_published_again(
     assert r.zscore(keys.jobs_running, job_id) is not None
     published: list[str] = []
     monkeypatch.setattr(
-        tasks, "publish_job", lambda record, **kw: published.append(record.id) or True
+        outbox, "publish_job", lambda record, **kw: published.append(record.id) or True
     )
     now = time.time()
     late = now + s.visibility_timeout + 1

@@ -163,8 +163,8 @@ def _without(module: str, code: str) -> subprocess.CompletedProcess[str]:
         ("celery", "import revoker.tasks", "revoker.", "worker"),
         (
             "celery",
-            f"from revoker import jobs, settings\n"
-            f"jobs._sender(settings.RevokerSettings(jwt_secret={TEST_SECRET!r}))",
+            f"from revoker import publisher, settings\n"
+            f"publisher._sender(settings.RevokerSettings(jwt_secret={TEST_SECRET!r}))",
             "publishing a job",
             "worker",
         ),

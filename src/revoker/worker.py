@@ -2,7 +2,7 @@
 
 Configured from :func:`revoker.settings.get_settings` (REVOKER_* variables) when the configuration
 is first needed, not at import time. :func:`celery_config` is the one place the reliability
-settings live; the job publisher in :mod:`revoker.jobs` uses the same configuration.
+settings live; the job publisher in :mod:`revoker.publisher` uses the same configuration.
 
 Why each reliability setting:
 
@@ -13,8 +13,9 @@ Why each reliability setting:
   strands at most the chunks in flight and idle workers can take the rest.
 * one ``visibility_timeout`` for the broker and the result backend transport (Redis broker), and
   time limits below it: a task still running is never redelivered to a second worker.
-* the redelivery cap is counted by the chunk task itself in Redis (see :mod:`revoker.tasks`),
-  because RabbitMQ and Redis brokers count (or do not count) redeliveries differently.
+* the redelivery cap is counted by the chunk task itself in Redis (see
+  :mod:`revoker.tasks.fanout`), because RabbitMQ and Redis brokers count (or do not count)
+  redeliveries differently.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
     }
 
 
+# ``include``: the worker imports the task package, whose modules register every task on ``app``.
 app = Celery("revoker", include=["revoker.tasks"])
 # A promise: the settings are read when Celery first needs its configuration (in the worker, after
 # the REVOKER_* environment is in place), never at import time.

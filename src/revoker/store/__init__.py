@@ -9,9 +9,15 @@ import weakref
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._async import RedisTokenRevocationStore
 from revoker.store._base import RotationReply, SessionRecord, StoreCore
+from revoker.store._bulk import Exchange
+from revoker.store._jobs import Flow, JobPlans, JobProgress
 from revoker.store._sync import SyncRedisTokenRevocationStore
 
 __all__ = [
+    "Exchange",
+    "Flow",
+    "JobPlans",
+    "JobProgress",
     "RedisTokenRevocationStore",
     "RotationReply",
     "SessionRecord",

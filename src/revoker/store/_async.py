@@ -11,6 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from revoker.exceptions import StoreUnavailable
+from revoker.job_record import JobRecord, JobStatus
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
@@ -23,6 +24,7 @@ from revoker.store._base import (
     load_script,
 )
 from revoker.store._clients import make_async_client
+from revoker.store._jobs import Flow, JobPlans
 from revoker.store._pipelined import PipelinedConnection
 from revoker.tokens import TokenData
 
@@ -46,8 +48,10 @@ class RedisTokenRevocationStore:
         # A pool we built is ours to close; an injected client's pool belongs to its owner.
         self._owns_client = client is None
         self.is_cluster = isinstance(self.client, RedisCluster)
+        self.jobs = JobPlans(self.core)
         self._scripts = {
-            name: self.client.register_script(load_script(name)) for name in StoreCore.SCRIPTS
+            name: self.client.register_script(load_script(name))
+            for name in (*StoreCore.SCRIPTS, *JobPlans.SCRIPTS)
         }
         # The check's script call on one shared pipelined connection: a fifth of redis-py's CPU cost
         # per call (see _pipelined). Only for a client built here; an injected one is used as is.
@@ -90,6 +94,19 @@ class RedisTokenRevocationStore:
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         return plan.finish(replies)
+
+    async def execute(self, plan: Plan[T]) -> T:
+        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure."""
+        return await self._execute(plan)
+
+    async def run(self, flow: Flow[T]) -> T:
+        """Run a multi-step plan: each plan it yields is executed and its result sent back."""
+        result: Any = None
+        try:
+            while True:
+                result = await self._execute(flow.send(result))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]  # a Flow[T] returns a T
 
     # --- revocations ---------------------------------------------------------------------------
 
@@ -206,19 +223,73 @@ class RedisTokenRevocationStore:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    async def record_session(self, family_id: str, **fields: Any) -> None:
+    async def record_session(
+        self,
+        family_id: str,
+        *,
+        user_id: str,
+        tenant_id: str | None,
+        client_id: str | None,
+        scopes: Sequence[str],
+        current_jti: str,
+        created: float,
+        expires: int,
+    ) -> None:
         """Record a family (session) in its user's session bucket."""
-        await self._execute(self.core.plan_record_session(family_id, **fields))
+        await self._execute(
+            self.core.plan_record_session(
+                family_id,
+                user_id=user_id,
+                tenant_id=tenant_id,
+                client_id=client_id,
+                scopes=scopes,
+                current_jti=current_jti,
+                created=created,
+                expires=expires,
+            )
+        )
 
-    async def rotate_refresh(self, token: TokenData, **new: Any) -> RotationReply:
-        """Rotate a verified refresh token to the pair given in ``new`` (see revoker.refresh)."""
+    async def rotate_refresh(
+        self,
+        token: TokenData,
+        *,
+        refresh_jti: str,
+        access_jti: str,
+        issued_at_us: int,
+        expires_at: int,
+        reuse_mark: str,
+    ) -> RotationReply:
+        """Rotate a verified refresh token to a new pair (see revoker.refresh)."""
         return await self._execute(
-            self.core.plan_rotate(token, check_jti=not self.is_cluster, **new)
+            self.core.plan_rotate(
+                token,
+                refresh_jti=refresh_jti,
+                access_jti=access_jti,
+                issued_at_us=issued_at_us,
+                expires_at=expires_at,
+                reuse_mark=reuse_mark,
+                check_jti=not self.is_cluster,
+            )
         )
 
     async def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
         """The family's session record, or None if unknown or expired."""
         return await self._execute(self.core.plan_get_session(family_id, tenant_id=tenant_id))
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        """A bulk job's record; JobNotFound if there is none."""
+        return await self._execute(self.jobs.plan_get_job(job_id))
+
+    async def list_jobs(self, *, limit: int, status: JobStatus | None = None) -> list[JobRecord]:
+        """The newest jobs first (only those with ``status`` if given)."""
+        return await self.run(self.jobs.list_jobs(limit=limit, status=status))
+
+    async def record_job(self, record: JobRecord, *, idem_key: str) -> None:
+        """Claim the request's idempotency key (DuplicateJob if taken) and record the job."""
+        await self.run(self.jobs.claim(record.id, idem_key))
+        await self._execute(self.jobs.plan_record_job(record, idem_key))
 
     # --- operations ----------------------------------------------------------------------------
 

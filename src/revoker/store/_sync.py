@@ -6,13 +6,15 @@ differs.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
 
 from revoker.exceptions import StoreUnavailable
+from revoker.job_record import JobRecord, JobStatus
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
@@ -24,7 +26,9 @@ from revoker.store._base import (
     StoreCore,
     load_script,
 )
+from revoker.store._bulk import Exchange, bulk_exchange
 from revoker.store._clients import make_sync_client
+from revoker.store._jobs import Flow, JobPlans
 from revoker.tokens import TokenData
 
 __all__ = ["SyncRedisTokenRevocationStore"]
@@ -41,8 +45,10 @@ class SyncRedisTokenRevocationStore:
         self.keys = self.core.keys
         self.client = client if client is not None else make_sync_client(self.settings)
         self.is_cluster = isinstance(self.client, RedisCluster)
+        self.jobs = JobPlans(self.core)
         self._scripts = {
-            name: self.client.register_script(load_script(name)) for name in StoreCore.SCRIPTS
+            name: self.client.register_script(load_script(name))
+            for name in (*StoreCore.SCRIPTS, *JobPlans.SCRIPTS)
         }
 
     @classmethod
@@ -72,6 +78,56 @@ class SyncRedisTokenRevocationStore:
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         return plan.finish(replies)
+
+    def execute(self, plan: Plan[T]) -> T:
+        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure."""
+        return self._execute(plan)
+
+    def run(self, flow: Flow[T]) -> T:
+        """Run a multi-step plan: each plan it yields is executed and its result sent back."""
+        result: Any = None
+        try:
+            while True:
+                result = self._execute(flow.send(result))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]  # a Flow[T] returns a T
+
+    @contextlib.contextmanager
+    def bulk_exchange(self) -> Iterator[Exchange]:
+        """Batches of raw commands in one round trip each, for the fan-out (see store._bulk)."""
+        with bulk_exchange(self.client) as exchange:
+            yield exchange
+
+    def scan_keys(self, pattern: str, *, count: int) -> Iterator[bytes]:
+        """Every key matching ``pattern`` (SCAN, ``count`` keys examined per call; every
+        primary of a cluster)."""
+        try:
+            yield from self.client.scan_iter(match=pattern, count=count)
+        except BACKEND_ERRORS as e:
+            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+
+    def hscan(self, key: bytes | str, cursor: int, *, count: int) -> tuple[int, dict[bytes, bytes]]:
+        """One HSCAN page of a hash: (next cursor, fields)."""
+        try:
+            next_cursor, page = self.client.hscan(key, cursor, count=count)
+        except BACKEND_ERRORS as e:
+            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+        return int(next_cursor), page
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """A bulk job's record; JobNotFound if there is none."""
+        return self._execute(self.jobs.plan_get_job(job_id))
+
+    def list_jobs(self, *, limit: int, status: JobStatus | None = None) -> list[JobRecord]:
+        """The newest jobs first (only those with ``status`` if given)."""
+        return self.run(self.jobs.list_jobs(limit=limit, status=status))
+
+    def record_job(self, record: JobRecord, *, idem_key: str) -> None:
+        """Claim the request's idempotency key (DuplicateJob if taken) and record the job."""
+        self.run(self.jobs.claim(record.id, idem_key))
+        self._execute(self.jobs.plan_record_job(record, idem_key))
 
     def revoke_token(
         self,
@@ -139,13 +195,54 @@ class SyncRedisTokenRevocationStore:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         return self.core.decide(token, keys, found)
 
-    def record_session(self, family_id: str, **fields: Any) -> None:
+    def record_session(
+        self,
+        family_id: str,
+        *,
+        user_id: str,
+        tenant_id: str | None,
+        client_id: str | None,
+        scopes: Sequence[str],
+        current_jti: str,
+        created: float,
+        expires: int,
+    ) -> None:
         """See :meth:`RedisTokenRevocationStore.record_session`."""
-        self._execute(self.core.plan_record_session(family_id, **fields))
+        self._execute(
+            self.core.plan_record_session(
+                family_id,
+                user_id=user_id,
+                tenant_id=tenant_id,
+                client_id=client_id,
+                scopes=scopes,
+                current_jti=current_jti,
+                created=created,
+                expires=expires,
+            )
+        )
 
-    def rotate_refresh(self, token: TokenData, **new: Any) -> RotationReply:
+    def rotate_refresh(
+        self,
+        token: TokenData,
+        *,
+        refresh_jti: str,
+        access_jti: str,
+        issued_at_us: int,
+        expires_at: int,
+        reuse_mark: str,
+    ) -> RotationReply:
         """See :meth:`RedisTokenRevocationStore.rotate_refresh`."""
-        return self._execute(self.core.plan_rotate(token, check_jti=not self.is_cluster, **new))
+        return self._execute(
+            self.core.plan_rotate(
+                token,
+                refresh_jti=refresh_jti,
+                access_jti=access_jti,
+                issued_at_us=issued_at_us,
+                expires_at=expires_at,
+                reuse_mark=reuse_mark,
+                check_jti=not self.is_cluster,
+            )
+        )
 
     def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
         """See :meth:`RedisTokenRevocationStore.get_session`."""

@@ -1,0 +1,227 @@
+"""The bulk fan-out: ``revoke_job`` plans a job's chunks of session buckets, ``revoke_chunk``
+revokes one chunk.
+
+Every kind of job (tenant, user, filtered, dry run) walks session buckets (see ``keys``):
+
+* ``revoke_job`` plans the chunks: a user job reads one bucket (its user's); a tenant job counts
+  the sessions of each of the tenant's buckets (HLEN, pipelined) and groups consecutive
+  non-empty buckets into chunks of about ``REVOKER_CHUNK_SIZE`` sessions, stored as JSON lists in
+  ``P:job:{id}:c:<n>``. It records ``chunks_total`` and dispatches one ``revoke_chunk`` task per
+  chunk not yet done. A rerun (redelivery) after the plan was recorded reuses it and dispatches
+  only the missing chunks.
+* ``revoke_chunk`` reads its buckets (HSCAN, a page of several buckets per round trip), selects
+  the records the job covers, writes their revoked marks (one HSET per bucket), records
+  itself done with ``job_chunk_done.lua`` (a set of done chunk numbers makes the counts exact even
+  when a chunk is rerun after a crash), and only then deletes the selected records from their
+  buckets (HDEL, one per bucket). Plain pipelined commands through the store's bulk exchange, no
+  Lua: Redis serves the per-request checks between them. The last chunk finishes the job (the
+  script decides, see ``JobPlans.plan_finish``).
+
+A job covers the sessions created at or before its cut-off: the watermark it wrote (unfiltered
+jobs), or its enqueue time (filtered ones), and matching its filters (user, client, issue
+window). Creation times never change, so a rerun selects exactly what the first run did, until
+the records are deleted, which happens only after the chunk is counted. A session created
+after the cut-off is never touched (nothing it issued is covered by the watermark either).
+
+Audit: one stream entry per chunk listing its family ids (about 25 bytes per session rather than
+a stream entry of ~100 bytes each), and every revoked mark's reason names the job. The audit
+is at least once: a chunk killed after its audit entry but before it recorded itself done writes
+a second entry when rerun; the counts in the job record are exactly once.
+
+Redelivery cap: each chunk counts its deliveries (and retries) in ``P:job:{id}:dlv``. Past
+``max_redeliveries`` the chunk is parked and the job marked failed with a clear error, instead
+of looping forever on a poison message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from revoker import keys as k
+from revoker._extras import requires_extra
+from revoker.exceptions import JobNotFound
+from revoker.job_record import JobRecord
+from revoker.rules import now_us
+from revoker.store import SyncRedisTokenRevocationStore
+from revoker.tasks._state import context, finish_job, release_job, report, retry_or_fail, task
+from revoker.tasks.buckets import delete_records, job_mark, job_selection, revoke_buckets
+
+with requires_extra("worker", __name__):
+    from celery import Task
+    from celery.exceptions import SoftTimeLimitExceeded
+
+__all__ = ["COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
+
+log = logging.getLogger("revoker.tasks")
+
+#: Buckets counted (HLEN, O(1) each) per round trip while a tenant job plans its chunks.
+COUNT_BATCH = 1_000
+
+
+def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
+    """Split the job's buckets into chunk lists stored in Redis; returns the number of chunks.
+
+    A user job has one bucket, its user's. A tenant job counts every bucket of the tenant (HLEN,
+    O(1), ``COUNT_BATCH`` per round trip) and groups consecutive non-empty ones into chunks of at
+    least ``chunk_size`` sessions (the last may be smaller).
+    """
+    settings = store.settings
+    keys = store.keys
+    groups: list[list[int]] = []
+    if record.kind == "user":
+        assert record.user_id is not None
+        groups.append([k.bucket_of_user(record.user_id, settings.session_buckets)])
+    else:
+        base = keys.session_bucket_base(record.tenant_id)
+        group: list[int] = []
+        size = 0
+        with store.bulk_exchange() as exchange:
+            for start in range(0, settings.session_buckets, COUNT_BATCH):
+                numbers = range(start, min(settings.session_buckets, start + COUNT_BATCH))
+                counts = exchange([("HLEN", f"{base}{b}") for b in numbers])
+                for bucket, count in zip(numbers, counts, strict=True):
+                    if not count:
+                        continue
+                    group.append(bucket)
+                    size += int(count)
+                    if size >= settings.chunk_size:
+                        groups.append(group)
+                        group, size = [], 0
+        if group:
+            groups.append(group)
+    return store.run(store.jobs.save_chunk_plan(record.id, groups))
+
+
+@task(bind=True, name="revoker.revoke_job", ignore_result=True, max_retries=None)
+def revoke_job(self: Task, job_id: str) -> None:
+    """Plan the job's chunks of buckets and dispatch them (idempotent on redelivery)."""
+    _settings, store = context()
+    try:
+        record = store.get_job(job_id)
+    except JobNotFound:
+        log.warning("revoke_job: no job %s (expired or never recorded)", job_id)
+        return
+    if record.finished:
+        return
+    try:
+        _run_job(self, store, record)
+    except Exception as e:  # noqa: BLE001 - any failure is retried, then fails the job
+        retry_or_fail(self, store, job_id, e)
+
+
+def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord) -> None:
+    job_id = record.id
+    total = store.execute(store.jobs.plan_start_job(job_id))
+    if total is None:
+        if task.request.id is not None:  # None when called directly, not by a worker
+            task.update_state(state="PROGRESS", meta={"job_id": job_id, "phase": "snapshot"})
+        total = plan_chunks(store, record)
+        store.execute(store.jobs.plan_record_snapshot(job_id, total))
+    if total == 0:
+        finish_job(store, job_id, "done")
+        report(task, store, job_id)
+        return
+    done = store.execute(store.jobs.plan_done_chunks(job_id))
+    with task.app.producer_or_acquire() as producer:
+        for n in range(total):
+            if n not in done:
+                revoke_chunk.apply_async((job_id, n), producer=producer)
+    report(task, store, job_id)
+
+
+@task(bind=True, name="revoker.revoke_chunk", max_retries=None)
+def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
+    """Revoke one chunk of a job; rerunning it changes nothing and counts nothing twice."""
+    settings, store = context()
+    deliveries = store.run(store.jobs.begin_chunk(job_id, chunk))
+    if deliveries is None:
+        # Counted, but maybe killed before it deleted its records: finish that (idempotent).
+        _delete_revoked(store, job_id, chunk)
+        return {"job_id": job_id, "chunk": chunk, "already_done": True}
+    if deliveries > settings.max_redeliveries:
+        _park_chunk(store, job_id, chunk, deliveries)
+        return {"job_id": job_id, "chunk": chunk, "parked": True}
+    try:
+        record = store.get_job(job_id)
+        selected = _revoke_chunk(
+            store, record, chunk, mark=None if record.dry_run else job_mark(record)
+        )
+        if selected is None:
+            raise LookupError(f"the bucket list of chunk {chunk} is gone")
+        ids = [fid for fids in selected.values() for fid in fids]
+        matched = len(ids)
+        revoked = 0 if record.dry_run else matched
+        listed = b" ".join(ids).decode()
+        if revoked:
+            store.execute(
+                store.jobs.plan_audit(
+                    "job_chunk",
+                    job_id,
+                    tenant_id=record.tenant_id,
+                    reason=record.reason,
+                    actor=record.actor,
+                    at_us=now_us(),
+                    extra={"chunk": str(chunk), "count": str(revoked), "families": listed},
+                    count=revoked,
+                )
+            )
+        finished = store.execute(
+            store.jobs.plan_finish(job_id, "done", chunk=chunk, matched=matched, revoked=revoked)
+        )
+        if revoked:
+            # Only now: a rerun before this point must find the records it selected the first time.
+            delete_records(store, record.tenant_id, selected)
+    except JobNotFound:
+        return {"job_id": job_id, "chunk": chunk, "missing_job": True}
+    except (Exception, SoftTimeLimitExceeded) as e:
+        message = f"{type(e).__name__}: {e}"[:500]
+        try:
+            store.execute(store.jobs.plan_note_error(job_id, f"chunk {chunk}: {message}"))
+        except Exception:  # noqa: BLE001 - Redis may be what failed; the retry tries again
+            log.debug("could not record the error of job %s", job_id)
+        # Each retry is a delivery for the cap; back off a little more each time.
+        raise self.retry(exc=e, countdown=min(5.0, 0.2 * deliveries)) from e
+    if finished:
+        release_job(store, job_id)
+    meta = report(self, store, job_id)
+    return {"job_id": job_id, "chunk": chunk, "matched": matched, "revoked": revoked, **meta}
+
+
+def _park_chunk(
+    store: SyncRedisTokenRevocationStore, job_id: str, chunk: int, deliveries: int
+) -> None:
+    last_error = store.execute(store.jobs.plan_last_error(job_id))
+    detail = f": {last_error}" if last_error else ""
+    error = (
+        f"chunk {chunk} parked after {deliveries - 1} deliveries "
+        f"(max_redeliveries={store.settings.max_redeliveries}){detail}"
+    )
+    log.error("job %s: %s", job_id, error)
+    finish_job(store, job_id, "failed", error=error)
+
+
+def _delete_revoked(store: SyncRedisTokenRevocationStore, job_id: str, chunk: int) -> None:
+    """Delete the records a counted chunk revoked (it selects the same ones again)."""
+    try:
+        record = store.get_job(job_id)
+    except JobNotFound:
+        return
+    if record.dry_run:
+        return
+    selected = _revoke_chunk(store, record, chunk, mark=None)
+    if selected is not None:
+        delete_records(store, record.tenant_id, selected)
+
+
+def _revoke_chunk(
+    store: SyncRedisTokenRevocationStore, record: JobRecord, chunk: int, *, mark: str | None
+) -> dict[int, list[bytes]] | None:
+    """:func:`revoke_buckets` on the buckets of one chunk of ``record``, with the job's
+    selection; None when the chunk's bucket list is gone."""
+    buckets = store.execute(store.jobs.plan_chunk_buckets(record.id, chunk))
+    if buckets is None:
+        return None
+    return revoke_buckets(
+        store, buckets, tenant_id=record.tenant_id, select=job_selection(record), mark=mark
+    )
