@@ -18,12 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, NoReturn, get_args
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
 from revoker import exceptions as exc
-from revoker.jobs import JobStatus
+from revoker.job_record import JOB_STATUSES
 from revoker.settings import RevokerSettings, get_settings
 
 if TYPE_CHECKING:
@@ -70,8 +70,6 @@ _SIGNED_BUT_UNACCEPTABLE: Final = (
     exc.InvalidClaim,
     exc.WrongTokenType,
 )
-
-JOB_STATUSES: Final = get_args(JobStatus)
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:

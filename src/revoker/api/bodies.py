@@ -13,7 +13,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from revoker.bulk import BulkRevocation, Scope
-from revoker.jobs import JobStatus
+from revoker.job_record import JobStatus
 
 __all__ = [
     "BODIES",

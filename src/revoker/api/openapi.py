@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, get_args
 from revoker.api.auth import ADMIN_SCOPE
 from revoker.api.bodies import BODIES, PATH_IDS, JobQuery
 from revoker.api.jobs import ENQUEUE_PATHS
-from revoker.jobs import JobRecord, JobStatus
+from revoker.job_record import JobRecord, JobStatus
 from revoker.keys import MAX_ID_LENGTH
 
 if TYPE_CHECKING:

@@ -58,17 +58,18 @@ class Selection:
         cutoff, user, client = self.cutoff_us, self.user, self.client
         after, before = self.after_us, self.before_us
         out: list[bytes] = []
+        head, read_time = k.record_head, k.read_time
+        user_at, client_at, created_at = k.RECORD_USER, k.RECORD_CLIENT, k.RECORD_CREATED
         for n in range(0, len(flat), 2):
-            # user | client | created | the rest
-            parts = flat[n + 1].split(b"|", 3)
-            if len(parts) < 4 or not parts[2].isdigit():
+            parts = head(flat[n + 1])
+            if parts is None:
                 continue  # not a record this version wrote: left alone
-            created = int(parts[2])
-            if created > cutoff:
+            created = read_time(parts[created_at])
+            if created is None or created > cutoff:
+                continue  # an unreadable creation time is never covered (keys' rule)
+            if user is not None and parts[user_at] != user:
                 continue
-            if user is not None and parts[0] != user:
-                continue
-            if client is not None and parts[1] != client:
+            if client is not None and parts[client_at] != client:
                 continue
             if (after is not None and created < after) or (before is not None and created > before):
                 continue
@@ -78,17 +79,19 @@ class Selection:
 
 def read_selected(
     exchange: Exchange,
-    base: str,
+    keys: k.KeyLayout,
+    tenant_id: str | None,
     buckets: Sequence[int],
     select: Selection,
 ) -> dict[int, list[bytes]]:
-    """The selected family ids of each bucket, read with pipelined HSCANs."""
+    """The selected family ids of each of the tenant's ``buckets``, read with pipelined HSCANs."""
     selected: dict[int, list[bytes]] = {}
+    names = dict(zip(buckets, keys.session_buckets(tenant_id, buckets), strict=True))
     pending: list[tuple[int, bytes]] = [(b, b"0") for b in buckets]
     while pending:
         batch, pending = pending[:READ_BUCKETS], pending[READ_BUCKETS:]
         replies = exchange(
-            [("HSCAN", f"{base}{b}", cursor, "COUNT", SCAN_FIELDS) for b, cursor in batch]
+            [("HSCAN", names[b], cursor, "COUNT", SCAN_FIELDS) for b, cursor in batch]
         )
         for (bucket, _), (cursor, flat) in zip(batch, replies, strict=True):
             if isinstance(flat, dict):  # a redis-py pipeline (cluster, fakeredis) parses HSCAN
@@ -118,9 +121,9 @@ def revoke_buckets(
     Idempotent: a rerun selects the same families and rewrites the same marks.
     """
     keys = store.keys
-    ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
+    ttl = store.core.lifetimes.family_ttl
     with store.bulk_exchange() as exchange:
-        selected = read_selected(exchange, keys.session_bucket_base(tenant_id), buckets, select)
+        selected = read_selected(exchange, keys, tenant_id, buckets, select)
         if mark is None:
             return selected
         mark_b = mark.encode()
@@ -142,11 +145,11 @@ def delete_records(
     selected: dict[int, list[bytes]],
 ) -> None:
     """Delete revoked sessions' records from their buckets (HDEL, a few hundred per command)."""
-    base = store.keys.session_bucket_base(tenant_id)
+    names = store.keys.session_buckets(tenant_id, selected)
     commands: list[Any] = []
-    for bucket, ids in selected.items():
+    for name, ids in zip(names, selected.values(), strict=True):
         for start in range(0, len(ids), SCAN_FIELDS):
-            commands.append(("HDEL", f"{base}{bucket}", *ids[start : start + SCAN_FIELDS]))
+            commands.append(("HDEL", name, *ids[start : start + SCAN_FIELDS]))
     if not commands:
         return
     with store.bulk_exchange() as exchange:

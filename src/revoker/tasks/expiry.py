@@ -32,14 +32,13 @@ def expire_entries(slices: int = 1) -> dict[str, int]:
     waits at most ``slices`` runs. Nothing it deletes can verify any more, so a late deletion
     only costs memory meanwhile.
     """
-    settings, store = context()
+    _settings, store = context()
     now = time.time()
     part = (max(1, slices), int(now // BEAT_EXPIRE_SECONDS) % max(1, slices))
     pruned = _prune_sessions(store, now, part)
     marks = _prune_marks(store, now, part)
     jobs_removed = _prune_jobs(store, now)
-    min_id = f"{int((now - settings.audit_retention) * 1000)}-0"
-    trimmed = store.execute(store.jobs.plan_trim_audit(min_id))
+    trimmed = store.execute(store.jobs.plan_trim_audit(store.core.lifetimes.audit_cutoff_id(now)))
     return {
         "sessions": pruned,
         "revoked_marks": marks,
@@ -52,7 +51,7 @@ def _prune_jobs(store: SyncRedisTokenRevocationStore, now: float) -> int:
     """Delete the finished jobs created more than the retention ago; returns how many. An
     active one is kept whatever its age: an operator must see it."""
     removed = 0
-    cutoff_ms = int((now - store.settings.job_retention) * 1000)
+    cutoff_ms = store.core.lifetimes.jobs_finished_before(now)
     offset = 0
     while True:
         ids = store.execute(store.jobs.plan_jobs_before(cutoff_ms, offset, JOB_PAGE))
@@ -73,8 +72,10 @@ def _prune_jobs(store: SyncRedisTokenRevocationStore, now: float) -> int:
 def _in_slice(key: bytes, part: tuple[int, int]) -> bool:
     """Whether a bucket key (``...:<n>`` or ``...:x<n>``) is in slice ``part[1]`` of ``part[0]``."""
     slices, slot = part
-    number = key.rpartition(b":")[2].lstrip(b"x")
-    return slices == 1 or (number.isdigit() and int(number) % slices == slot)
+    if slices == 1:
+        return True
+    number = k.bucket_number(key)
+    return number is not None and number % slices == slot
 
 
 def _prune_marks(
@@ -82,21 +83,24 @@ def _prune_marks(
 ) -> int:
     """Delete the revoked families' marks older than the refresh lifetime plus leeway (no token
     of such a family can still verify); returns how many."""
-    ttl = k.family_ttl(store.settings.refresh_token_ttl, store.settings.leeway)
-    limit = int((now - ttl) * 1_000_000)
+    limit = store.core.lifetimes.marks_older_than(now)
     return _prune_buckets(
         store, store.keys.revoked_bucket_pattern(), part, lambda mark: _mark_before(mark, limit)
     )
 
 
 def _mark_before(mark: bytes, limit_us: int) -> bool:
-    at = mark.partition(b"|")[0]
-    return at.isdigit() and int(at) < limit_us
+    # An unreadable time is never pruned by age (keys' rule); the bucket's TTL still ends it.
+    at = k.mark_time(mark)
+    return at is not None and at < limit_us
 
 
 def _expired(record: bytes, limit: int) -> bool:
-    parts = record.split(b"|", 4)
-    return len(parts) > 3 and parts[3].isdigit() and int(parts[3]) < limit
+    parts = k.record_head(record)
+    if parts is None:
+        return False
+    expires = k.read_time(parts[k.RECORD_EXPIRES])
+    return expires is not None and expires < limit
 
 
 def _prune_sessions(
@@ -107,7 +111,7 @@ def _prune_sessions(
     Past ``expires`` plus the leeway no rotation can touch a record again, so reading it and
     deleting it in two steps races nothing.
     """
-    limit = int(now) - store.settings.leeway
+    limit = store.core.lifetimes.records_expired_before(now)
     return _prune_buckets(
         store, store.keys.session_bucket_pattern(), part, lambda record: _expired(record, limit)
     )

@@ -73,13 +73,13 @@ def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
         assert record.user_id is not None
         groups.append([k.bucket_of_user(record.user_id, settings.session_buckets)])
     else:
-        base = keys.session_bucket_base(record.tenant_id)
         group: list[int] = []
         size = 0
         with store.bulk_exchange() as exchange:
             for start in range(0, settings.session_buckets, COUNT_BATCH):
                 numbers = range(start, min(settings.session_buckets, start + COUNT_BATCH))
-                counts = exchange([("HLEN", f"{base}{b}") for b in numbers])
+                names = keys.session_buckets(record.tenant_id, numbers)
+                counts = exchange([("HLEN", name) for name in names])
                 for bucket, count in zip(numbers, counts, strict=True):
                     if not count:
                         continue
