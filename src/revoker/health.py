@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from revoker.settings import is_sentinel_url, parse_sentinel_url
+
 if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
     from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
@@ -51,7 +53,7 @@ def broker_health(
     When the broker is the Redis just probed (``redis_health``), that answer is the broker's: a
     second connection to the same server would say nothing new.
     """
-    url = settings.effective_broker_url
+    url = settings.broker_url or settings.redis_url
     if redis_health is not None and url == settings.redis_url:
         return dict(redis_health)
     started = time.perf_counter()
@@ -63,6 +65,17 @@ def broker_health(
 
 
 def _connect(url: str, timeout: float) -> None:
+    if is_sentinel_url(url):
+        from revoker.store._clients import sync_sentinel_client
+
+        client = sync_sentinel_client(
+            parse_sentinel_url(url), timeout=timeout, connect_timeout=timeout, max_connections=1
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return
     if url.startswith(REDIS_SCHEMES):
         import redis
 
