@@ -7,6 +7,9 @@ a failover. The check client keeps its short timeouts and no retries, towards th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Any
 
 import redis
@@ -18,6 +21,7 @@ from redis.backoff import NoBackoff
 from revoker.settings import RevokerSettings, SentinelConfig
 
 __all__ = [
+    "MASTER_RECHECK_SECONDS",
     "SYNC_SOCKET_TIMEOUT",
     "make_async_client",
     "make_sync_client",
@@ -27,6 +31,10 @@ __all__ = [
 #: Socket timeout of the sync (Celery task) client: bulk pipelines carry thousands of commands, so
 #: the short per-request timeout would fail them; a hung Redis is still noticed within this bound.
 SYNC_SOCKET_TIMEOUT = 30.0
+
+#: How often a Sentinel-managed pool asks the sentinels which server is the master, besides on
+#: each new connection (see _BlockingSentinelPool).
+MASTER_RECHECK_SECONDS = 1.0
 
 
 def make_async_client(settings: RevokerSettings) -> Any:
@@ -148,22 +156,87 @@ def _async_sentinel(settings: RevokerSettings, sentinel: SentinelConfig, retry: 
     )
 
 
+def _on_master(pool: Any, connection: Any) -> bool:
+    """Whether ``connection`` talks to the master the pool last heard of (or it heard of none)."""
+    master = pool.master_address
+    return master is None or (connection.host, connection.port) == tuple(master)
+
+
 class _BlockingSentinelPool(
     redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool
 ):
-    """A Sentinel-managed pool that queues a burst for a free connection, as the plain check
-    pool does; closing it closes the connections to the sentinels too."""
+    """A Sentinel-managed pool for the check: it queues a burst for a free connection as the
+    plain check pool does, and it notices a switch of master without a failed command.
+
+    redis-py asks the sentinels only when it opens a connection, so after a graceful failover
+    (the old master alive, and a master until Sentinel reconfigures it, ~10 s later) open
+    connections would keep reading the old one and miss revocations made on the new one. So
+    every MASTER_RECHECK_SECONDS a background task (no check waits for it) asks again; on a
+    switch the idle connections are dropped, and one in use is reconnected when next taken.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._recheck_at = 0.0
+        self._recheck: asyncio.Task[None] | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._recheck_at and (self._recheck is None or self._recheck.done()):
+            self._recheck_at = now + MASTER_RECHECK_SECONDS
+            self._recheck = asyncio.get_running_loop().create_task(self._refresh_master())
+        connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        if not _on_master(self, connection):
+            try:
+                await connection.disconnect()
+                await connection.connect()
+            except BaseException:
+                await self.release(connection)
+                raise
+        return connection
+
+    async def _refresh_master(self) -> None:
+        # Unreachable sentinels change nothing: the connections fail or not on their own.
+        with contextlib.suppress(redis.RedisError, OSError, asyncio.TimeoutError):
+            await self.get_master_address()  # type: ignore[no-untyped-call]
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         await super().disconnect(inuse_connections)
         # A master change disconnects only idle connections; a full close is the pool's end.
         if inuse_connections:
+            task, self._recheck = self._recheck, None
+            if task is not None and not task.done() and task.get_loop().is_running():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for client in self.sentinel_manager.sentinels:
                 await client.aclose()
 
 
 class _SyncSentinelPool(redis.sentinel.SentinelConnectionPool):
-    """A Sentinel-managed pool whose close also closes its connections to the sentinels."""
+    """A Sentinel-managed pool that rechecks the master every MASTER_RECHECK_SECONDS (see
+    _BlockingSentinelPool; here inline: tasks and the CLI are not on a request's clock), and
+    whose close also closes its connections to the sentinels."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._recheck_at = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._recheck_at:
+            self._recheck_at = now + MASTER_RECHECK_SECONDS
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.get_master_address()  # type: ignore[no-untyped-call]
+        connection = super().get_connection(*args, **kwargs)
+        if not _on_master(self, connection):
+            try:
+                connection.disconnect()  # type: ignore[no-untyped-call]
+                connection.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                self.release(connection)
+                raise
+        return connection
 
     def disconnect(self, inuse_connections: bool = True) -> None:
         super().disconnect(inuse_connections)
