@@ -25,14 +25,16 @@ from typing import Any
 import pytest
 import redis
 
-from celery_helpers import worker_env
+from celery_helpers import seed_sessions, start_beat, start_worker, worker_env
 from conftest import make_settings
 from revoker import exceptions as exc
+from revoker import jobs
 from revoker.check import RevocationChecker
 from revoker.exceptions import ConfigurationError
 from revoker.health import broker_health
+from revoker.keys import KeyLayout
 from revoker.localredis import LocalRedis, find_server_binary, free_port, stop_process
-from revoker.settings import RevokerSettings, SentinelConfig, load_settings
+from revoker.settings import RevokerSettings, SentinelConfig, configure, load_settings
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
 from revoker.tokens import create_access_token
 from revoker.worker import celery_config
@@ -486,3 +488,81 @@ async def test_a_graceful_failover_moves_checks_and_writes_to_the_new_primary(
         await store.aclose()
     health = _health(group.url(), settings)
     assert health.returncode == 0, health.stdout + health.stderr
+
+
+def _replicated(group: SentinelGroup, timeout: float = 10) -> None:
+    """Wait until the replica has every write the primary has."""
+    primary = redis.Redis(port=group.primary.port, decode_responses=True)
+    replica = redis.Redis(port=group.replica.port, decode_responses=True)
+    try:
+        _wait(
+            lambda: (
+                primary.info("replication")["master_repl_offset"]
+                == replica.info("replication")["master_repl_offset"]
+            ),
+            timeout,
+            "the replica did not catch up",
+        )
+    finally:
+        primary.close()
+        replica.close()
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+@pytest.mark.celery
+def test_a_bulk_job_completes_across_a_failover(sentinel_group: SentinelGroup) -> None:
+    """A tenant job on a worker whose broker and data are behind Sentinel survives a primary
+    SIGKILL at half way: it completes with exact counts, every session revoked exactly once."""
+    group = sentinel_group
+    sessions, chunk = 20_000, 500
+    s = configure(
+        make_settings(
+            redis_url=group.url(), chunk_size=chunk, visibility_timeout=10, session_buckets=64
+        )
+    )
+    store = SyncRedisTokenRevocationStore(settings=s)
+    r = store.client
+    ids = seed_sessions(r, s, "big", sessions, users=200)
+    _replicated(group)
+    worker = start_worker(worker_env(s), concurrency=2)
+    beat = start_beat(worker_env(s))
+    try:
+        job_id = jobs.enqueue_tenant_revocation("big", reason="failover", actor="test")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            planned = r.hget(store.keys.job(job_id), "chunks_total")
+            if (
+                planned is not None
+                and int(planned) > 0
+                and r.scard(store.keys.job_chunks_done(job_id)) >= int(planned) // 2
+            ):
+                break
+            time.sleep(0.005)
+        done_at_kill = r.scard(store.keys.job_chunks_done(job_id))
+        group.primary.kill()
+        _wait(lambda: group.master_port() == group.replica.port, 15, "no failover")
+        finish = time.monotonic() + 90
+        while True:  # wait_for_job is a poller: it reports a failed read, we read again
+            try:
+                record = jobs.wait_for_job(job_id, timeout=max(1.0, finish - time.monotonic()))
+                break
+            except exc.StoreUnavailable:
+                assert time.monotonic() < finish
+                time.sleep(0.2)
+    finally:
+        beat.stop()
+        worker.stop()
+    assert planned is not None
+    assert 0 < done_at_kill < int(planned), "the kill must land mid-job"
+    assert group.master_port() == group.replica.port
+    print(f"\nbulk job across the failover: {done_at_kill}/{int(planned)} chunks done at the kill")
+    assert record.status == "done", record.error
+    assert record.chunks_done == record.chunks_total == int(planned)
+    assert record.families_revoked == record.families_matched == sessions
+    keys = KeyLayout(s.key_prefix)
+    marked = set()
+    for key in r.scan_iter(match=f"{keys.revoked_bucket_base('big')}*", count=1000):
+        marked.update(fid.decode() for fid in r.hkeys(key))
+    assert marked == set(ids)
+    store.close()
