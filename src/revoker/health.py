@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from revoker.settings import is_sentinel_url, parse_sentinel_url
+from revoker.settings import is_sentinel_url
 
 if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
@@ -65,21 +65,10 @@ def broker_health(
 
 
 def _connect(url: str, timeout: float) -> None:
-    if is_sentinel_url(url):
-        from revoker.store._clients import sync_sentinel_client
+    if url.startswith(REDIS_SCHEMES) or is_sentinel_url(url):
+        from revoker.store._clients import sync_client_for_url
 
-        client = sync_sentinel_client(
-            parse_sentinel_url(url), timeout=timeout, connect_timeout=timeout, max_connections=1
-        )
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return
-    if url.startswith(REDIS_SCHEMES):
-        import redis
-
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = sync_client_for_url(url, timeout=timeout)
         try:
             client.ping()
         finally:

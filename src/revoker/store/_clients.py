@@ -18,13 +18,14 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from redis.backoff import NoBackoff
 
-from revoker.settings import RevokerSettings, SentinelConfig
+from revoker.settings import RevokerSettings, SentinelConfig, is_sentinel_url, parse_sentinel_url
 
 __all__ = [
     "MASTER_RECHECK_SECONDS",
     "SYNC_SOCKET_TIMEOUT",
     "make_async_client",
     "make_sync_client",
+    "sync_client_for_url",
     "sync_sentinel_client",
 ]
 
@@ -131,6 +132,15 @@ def sync_sentinel_client(
         socket_connect_timeout=connect_timeout,
         max_connections=max_connections,
     )
+
+
+def sync_client_for_url(url: str, *, timeout: float) -> Any:
+    """A blocking client for any REVOKER_REDIS_URL form (probes, the demo), ``timeout`` on all."""
+    if is_sentinel_url(url):
+        return sync_sentinel_client(
+            parse_sentinel_url(url), timeout=timeout, connect_timeout=timeout, max_connections=2
+        )
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
 def _node_kwargs(sentinel: SentinelConfig) -> dict[str, Any]:
