@@ -101,10 +101,10 @@ def test_sentinel_credentials_reach_kombu_as_sentinel_kwargs() -> None:
         ("redis+sentinel:///mymaster", "names no sentinel host"),
         ("redis+sentinel://h1,,h2/mymaster", "names no sentinel host"),
         ("redis+sentinel://h1:99999/mymaster", "port must be 1-65535"),
-        ("redis+sentinel://h1:port/mymaster", "is not host or host:port"),
+        ("redis+sentinel://h1,h2:port/mymaster", "sentinel address 2 is not host or host:port"),
         ("redis+sentinel://h1:26379", "names no master"),
         ("redis+sentinel://h1:26379/", "names no master"),
-        ("redis+sentinel://h1/mymaster/zero", "database 'zero' is not a number"),
+        ("redis+sentinel://h1/mymaster/zero", "database (after the master name) is not a number"),
         ("redis+sentinel://h1/mymaster/0/extra", "has a path beyond"),
         ("redis+sentinel://h1/mymaster?ssl=true", "unknown option 'ssl'"),
         ("redis+sentinel://h1/mymaster?sentinel_password=a&sentinel_password=b", "given twice"),
@@ -129,6 +129,11 @@ def test_sentinel_url_errors_never_echo_the_password() -> None:
             _env_file=None, redis_url="redis+sentinel://:hunter2@h1:0/m", jwt_secret="s" * 32
         )
     assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigurationError) as info:  # an unescaped / cuts the password short
+        load_settings(
+            _env_file=None, redis_url="redis+sentinel://:hun/ter2@h1/m", jwt_secret="s" * 32
+        )
+    assert "hun" not in str(info.value)
 
 
 def test_sentinel_is_not_a_cluster_and_kombu_form_is_refused() -> None:

@@ -142,18 +142,20 @@ def parse_sentinel_url(url: str) -> SentinelConfig:
             # redis-py's reading of redis://secret@host: a lone userinfo is the password.
             username, password = None, username
     sentinels: list[tuple[str, int]] = []
-    for entry in hostlist.split(","):
+    # Messages name a part by position, never by content: a password with an unescaped / or @
+    # would otherwise be echoed as a "host".
+    for number, entry in enumerate(hostlist.split(","), start=1):
         if not entry:
             raise ValueError(
                 f"names no sentinel host (or has an empty one); the form is {SENTINEL_URL_FORM}"
             )
         match = _HOST.match(entry)
         if match is None:
-            raise ValueError(f"sentinel address {entry!r} is not host or host:port")
+            raise ValueError(f"sentinel address {number} is not host or host:port")
         host, port_text = match.group(1).strip("[]"), match.group(2)
         port = int(port_text) if port_text else SENTINEL_DEFAULT_PORT
         if not 1 <= port <= 65535:
-            raise ValueError(f"sentinel address {entry!r}: port must be 1-65535")
+            raise ValueError(f"sentinel address {number}: port must be 1-65535")
         sentinels.append((host, port))
     parts = path.split("/") if slash else []
     if parts and parts[-1] == "":
@@ -168,7 +170,7 @@ def parse_sentinel_url(url: str) -> SentinelConfig:
     db = 0
     if len(parts) == 2:
         if not parts[1].isdigit() or len(parts[1]) > 5:
-            raise ValueError(f"database {parts[1]!r} is not a number")
+            raise ValueError("the database (after the master name) is not a number")
         db = int(parts[1])
     options: dict[str, str] = {}
     if query:
