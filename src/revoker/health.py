@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from revoker.settings import is_sentinel_url
+
 if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
     from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
@@ -51,7 +53,7 @@ def broker_health(
     When the broker is the Redis just probed (``redis_health``), that answer is the broker's: a
     second connection to the same server would say nothing new.
     """
-    url = settings.effective_broker_url
+    url = settings.broker_url or settings.redis_url
     if redis_health is not None and url == settings.redis_url:
         return dict(redis_health)
     started = time.perf_counter()
@@ -63,10 +65,10 @@ def broker_health(
 
 
 def _connect(url: str, timeout: float) -> None:
-    if url.startswith(REDIS_SCHEMES):
-        import redis
+    if url.startswith(REDIS_SCHEMES) or is_sentinel_url(url):
+        from revoker.store._clients import sync_client_for_url
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = sync_client_for_url(url, timeout=timeout)
         try:
             client.ping()
         finally:

@@ -63,7 +63,7 @@ class RedisTokenRevocationStore:
                 # Loaded with each connection: the check's EVALSHA then always finds it.
                 on_connect=[("SCRIPT", "LOAD", load_script("check"))],
             )
-            if client is None and not self.is_cluster
+            if client is None and not self.is_cluster and self.settings.redis_sentinel is None
             else None
         )
 
