@@ -36,6 +36,7 @@ __all__ = [
     "JWKS_LIFESPAN",
     "JWKS_REFRESH_COOLDOWN",
     "MAX_JSON_DEPTH",
+    "MAX_TIMESTAMP",
     "MAX_TOKEN_BYTES",
     "REQUIRED_CLAIMS",
     "IssuedToken",
@@ -60,6 +61,9 @@ MAX_TOKEN_BYTES: Final = 8192
 MAX_JSON_DEPTH: Final = 16
 #: Most digits (and sign) an integer in a header or claims set may have: int64 and uint64 fit.
 _MAX_INT_CHARS: Final = 21
+#: Latest ``exp`` / ``iat`` accepted (9999-12-31T23:59:59Z): what a datetime, and a Redis TTL,
+#: can hold.
+MAX_TIMESTAMP: Final = 253_402_300_799
 #: JOSE header parameters that carry key material or point at it (RFC 7515 §4.1), and ``crit``:
 #: we implement no extension, so a token demanding one cannot be understood (RFC 7515 §4.1.11).
 FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
@@ -470,6 +474,8 @@ class TokenVerifier:
         exp = payload["exp"]
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise exc.InvalidClaim("token exp must be a number")
+        if not (0 <= iat <= MAX_TIMESTAMP and 0 <= exp <= MAX_TIMESTAMP):
+            raise exc.InvalidClaim("token iat or exp is out of range")
         return TokenData(
             sub=payload["sub"],
             jti=payload["jti"],
