@@ -3,6 +3,9 @@
 Verification trusts nothing the token says about how to verify it: the algorithm is pinned from
 settings, keys come from settings (a secret, a PEM file or a JWKS URL), headers that carry key
 material or key URLs are refused, and ``exp``, ``iat``, ``jti``, ``sub`` and ``typ`` are required.
+The header and the claims set are read by one bounded JSON reader (:func:`_json_object`): a token
+no JSON parser should be trusted to read alike (too deep, huge numbers, not UTF-8, a repeated
+name) is a MalformedToken before anything acts on it.
 """
 
 from __future__ import annotations
