@@ -7,7 +7,8 @@ an idempotency key, paging a list) is a :data:`Flow`: a generator yielding plans
 their results, run by ``store.run(flow)`` in either store.
 
 Status transitions: a job is recorded ``pending`` (:meth:`JobPlans.plan_record_job`), becomes
-``running`` when a worker starts it (:meth:`JobPlans.plan_start_job`), and finishes only through
+``running`` when a worker starts it (:meth:`JobPlans.start_job`, once: the first message to
+start it owns it, see ``scripts/job_start.lua``), and finishes only through
 :meth:`JobPlans.plan_finish` (``scripts/job_chunk_done.lua``): with its last chunk, or at once.
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "Flow",
     "JobPlans",
     "JobProgress",
+    "JobStart",
 ]
 
 T = TypeVar("T")
@@ -45,6 +47,16 @@ def _none(_replies: list[Any]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class JobStart:
+    """What starting a job for one message decided (see :meth:`JobPlans.start_job`)."""
+
+    #: Whether this message runs the job (it claimed it, or it owns it); else it does nothing.
+    run: bool
+    #: Chunks of the job's recorded plan (a rerun reuses it), None when not planned yet.
+    chunks_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class JobProgress:
     """What the stalled-job watch reads of a running job."""
 
@@ -58,7 +70,7 @@ class JobPlans:
     """The plans of job storage, for both stores (see the module docstring)."""
 
     #: Lua scripts these plans call (registered by both stores).
-    SCRIPTS: tuple[str, ...] = ("job_chunk_done",)
+    SCRIPTS: tuple[str, ...] = ("job_chunk_done", "job_start")
 
     def __init__(self, core: StoreCore) -> None:
         self.core = core
@@ -170,26 +182,38 @@ class JobPlans:
 
     # --- transitions ---------------------------------------------------------------------------
 
-    def plan_start_job(self, job_id: str) -> Plan[int | None]:
-        """Mark the job ``running`` (off the outbox, on the running list). Returns its number of
-        chunks if its chunk plan was already recorded (a rerun), else None."""
-        key = self.keys.job(job_id)
+    def start_job(self, job_id: str, attempt: str = "") -> Flow[JobStart]:
+        """Start the job for the message ``attempt`` (``scripts/job_start.lua``): the first
+        message to run a pending job claims it; the owner's own rerun (redelivery, retry,
+        takeover) runs it again; any other copy gets ``run=False`` and must do nothing.
+
+        A job that runs goes off the outbox and on the running list (its progress moved now).
+        """
         now = time.time()
 
-        def finish(replies: list[Any]) -> int | None:
-            return None if replies[4] is None else int(replies[5] or 0)
+        def verdict(replies: list[Any]) -> JobStart:
+            code, snapshot, total = replies[0]
+            if not int(code):
+                return JobStart(run=False, chunks_total=None)
+            return JobStart(run=True, chunks_total=int(total or 0) if snapshot else None)
 
-        return Plan(
-            [
-                ("HSET", key, "status", "running"),
-                ("HSETNX", key, "started_at", repr(now)),
-                ("ZREM", self.keys.jobs_pending, job_id),
-                ("ZADD", self.keys.jobs_running, now, job_id),
-                ("HGET", key, "snapshot"),
-                ("HGET", key, "chunks_total"),
-            ],
-            finish,
+        start: JobStart = yield Plan(
+            [ScriptCall("job_start", [self.keys.job(job_id)], [attempt, repr(now)])], verdict
         )
+        if start.run:
+            yield Plan(
+                [
+                    ("ZREM", self.keys.jobs_pending, job_id),
+                    ("ZADD", self.keys.jobs_running, now, job_id),
+                ],
+                _none,
+            )
+        return start
+
+    def plan_take_over(self, job_id: str, attempt: str) -> Plan[None]:
+        """Make the message ``attempt`` the owner of a started job (the stall watch's takeover:
+        the old owner made no progress for a visibility timeout)."""
+        return Plan([("HSET", self.keys.job(job_id), "attempt", attempt)], _none)
 
     def plan_finish(
         self,
@@ -275,7 +299,7 @@ class JobPlans:
         return len(commands)
 
     def plan_record_snapshot(self, job_id: str, chunks_total: int) -> Plan[None]:
-        """The chunk plan is complete: later runs reuse it (see :meth:`plan_start_job`)."""
+        """The chunk plan is complete: later runs reuse it (see :meth:`start_job`)."""
         return Plan(
             [("HSET", self.keys.job(job_id), "chunks_total", chunks_total, "snapshot", "1")], _none
         )

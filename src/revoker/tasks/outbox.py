@@ -90,7 +90,9 @@ def _republish_stalled(store: SyncRedisTokenRevocationStore, now: float) -> int:
             record = store.get_job(job_id)
         except JobNotFound:
             continue
-        if publish_job(record, settings=store.settings):
+        # A new owner: the old one made no progress for a visibility timeout (it is gone: task
+        # time limits are below it); a copy of the old message still queued does nothing.
+        if publish_job(record, settings=store.settings, take_over=True):
             store.execute(store.jobs.plan_touch_running(job_id, now))
             republished += 1
     return republished
