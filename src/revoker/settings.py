@@ -101,6 +101,16 @@ class RevokerSettings(BaseSettings):
         description="Seconds before an unacknowledged task is redelivered (Redis broker). "
         "Task time limits are derived from it so a running task is never redelivered.",
     )
+    job_start_timeout: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Seconds a published job may wait for a worker to start it before the "
+        "outbox sweep publishes it again (a broker that lost the message, e.g. restarted without "
+        "persistence). A lost job message is published again within max(this, 5) + 5 seconds "
+        "(the sweep's grace and period). Extra copies are harmless: the first message to start "
+        "a job runs it, the others do nothing.",
+    )
     max_redeliveries: int = Field(
         5, ge=1, description="Deliveries of one chunk before it is parked as failed."
     )

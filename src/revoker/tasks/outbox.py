@@ -1,8 +1,21 @@
 """The outbox sweep (beat): publish jobs still pending, and again those that stalled.
 
-Lost messages: a running job is listed in ``P:jobs:running``; the sweep publishes again a job
-whose progress has not moved for a visibility timeout (:func:`_republish_stalled`), so a chunk
-message the broker lost does not leave its job running for ever.
+Lost messages, before a job starts: a job stays in the outbox (``P:jobs:pending``) until a worker
+starts it, and a job published ``REVOKER_JOB_START_TIMEOUT`` seconds ago (30 by default) that no
+worker has started is published again. A job message the broker lost (a Redis broker restarted
+without persistence, a RabbitMQ queue that was not durable) is thus published again within
+``max(REVOKER_JOB_START_TIMEOUT, OUTBOX_GRACE_SECONDS) + BEAT_OUTBOX_SECONDS`` (35 s by default):
+it matters most for a filtered job, which has no watermark, so its sessions stay valid until it
+runs. A job that is only waiting (workers busy or down) gets a copy per timeout; copies are
+harmless, the first message to start the job owns it and the others do nothing
+(``JobPlans.start_job``).
+
+Lost messages, after a job started: a running job is listed in ``P:jobs:running``; the sweep
+publishes again a job whose progress has not moved for a visibility timeout
+(:func:`_republish_stalled`), so a chunk message the broker lost does not leave its job running
+for ever. That window is not shortened: a started job's own message is held by a live worker
+(acknowledged late), and its chunks may rightly wait that long behind other jobs or run up to
+the task time limit, so "no progress" sooner is not evidence of a loss.
 """
 
 from __future__ import annotations
@@ -28,8 +41,9 @@ OUTBOX_GRACE_SECONDS = 5.0
 def publish_pending_jobs(grace: float = OUTBOX_GRACE_SECONDS) -> int:
     """The outbox sweep: publish jobs still pending a few seconds after their creation.
 
-    A job published earlier but still not started after ``visibility_timeout`` is published
-    again (a broker that lost it); a duplicate message is harmless, the job task is idempotent.
+    A job published earlier but still not started ``job_start_timeout`` seconds later is
+    published again (a broker that lost it); a duplicate message is harmless: the first message
+    to start the job runs it, any other does nothing.
     """
     settings, store = context()
     now = time.time()
@@ -50,11 +64,13 @@ def publish_pending_jobs(grace: float = OUTBOX_GRACE_SECONDS) -> int:
                 store.execute(store.jobs.plan_forget_pending(job_id))
                 offset -= 1  # the entry left the set: later ones moved up a rank
                 continue
-            if (
-                record.published_at is not None
-                and now - record.published_at < settings.visibility_timeout
-            ):
-                continue
+            if record.published_at is not None:
+                if now - record.published_at < settings.job_start_timeout:
+                    continue
+                log.warning(
+                    "job %s was published %.0fs ago and no worker has started it: publishing it "
+                    "again (a lost message, or no worker free)", job_id, now - record.published_at,
+                )  # fmt: skip
             if publish_job(record, settings=settings):
                 published += 1
             else:
