@@ -15,7 +15,9 @@ publishes again a job whose progress has not moved for a visibility timeout
 (:func:`_republish_stalled`), so a chunk message the broker lost does not leave its job running
 for ever. That window is not shortened: a started job's own message is held by a live worker
 (acknowledged late), and its chunks may rightly wait that long behind other jobs or run up to
-the task time limit, so "no progress" sooner is not evidence of a loss.
+the task time limit, so "no progress" sooner is not evidence of a loss. Hence chunk messages a
+broker restart loses while they wait (their job already running) are still published again only
+after a visibility timeout: a filtered job's remaining sessions stay valid until then.
 """
 
 from __future__ import annotations
