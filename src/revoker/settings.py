@@ -105,11 +105,12 @@ class RevokerSettings(BaseSettings):
         30,
         ge=1,
         le=3600,
-        description="Seconds a published job may wait for a worker to start it before the "
-        "outbox sweep publishes it again (a broker that lost the message, e.g. restarted without "
-        "persistence). A lost job message is published again within max(this, 5) + 5 seconds "
-        "(the sweep's grace and period). Extra copies are harmless: the first message to start "
-        "a job runs it, the others do nothing.",
+        description="Seconds a published job may wait for a worker to start it, and a running "
+        "job's chunks for one of them to begin while no worker is busy with chunks, before the "
+        "outbox sweep publishes the job again (a broker that lost the messages, e.g. restarted "
+        "without persistence): within max(this, 5) + 5 s for a job not started, this + 10 s for "
+        "lost chunks. Extra copies are harmless: the first message to start a job runs it, the "
+        "others do nothing.",
     )
     max_redeliveries: int = Field(
         5, ge=1, description="Deliveries of one chunk before it is parked as failed."

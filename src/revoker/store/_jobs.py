@@ -64,6 +64,14 @@ class JobProgress:
     chunks_done: bytes | None
     watched: bytes | None
     moved_at: float | None
+    #: When its job task last dispatched its chunks (None: not yet).
+    dispatched_at: float | None = None
+    #: Chunks begun and not done (held by a worker, or waiting for a retry).
+    in_flight: int = 0
+    #: When the stall watch last published it again.
+    republished_at: float | None = None
+    #: When any job's chunk last began (the workers are busy with chunks).
+    chunk_begun_at: float | None = None
 
 
 class JobPlans:
@@ -327,8 +335,13 @@ class JobPlans:
         )
         if done:
             return None
+        now = repr(time.time())
         deliveries: int = yield Plan(
-            [("HINCRBY", self.keys.job_deliveries(job_id), str(chunk), 1)],
+            [
+                ("HINCRBY", self.keys.job_deliveries(job_id), str(chunk), 1),
+                # For the stall watch: the workers are busy with chunks (see JobProgress).
+                ("SET", self.keys.jobs_chunk_begun, now),
+            ],
             lambda replies: int(replies[0]),
         )
         return deliveries
@@ -379,21 +392,33 @@ class JobPlans:
 
     def plan_progress(self, job_id: str) -> Plan[JobProgress]:
         def finish(replies: list[Any]) -> JobProgress:
-            status, done, watched = replies[0]
+            status, done, watched, dispatched_at, republished_at = replies[0]
             return JobProgress(
                 None if status is None else _text(status),
                 done,
                 watched,
-                None if replies[1] is None else float(replies[1]),
+                _float(replies[1]),
+                dispatched_at=_float(dispatched_at),
+                in_flight=max(0, int(replies[2]) - int(replies[3])),
+                republished_at=_float(republished_at),
+                chunk_begun_at=_float(replies[4]),
             )
 
         return Plan(
             [
-                ("HMGET", self.keys.job(job_id), "status", "chunks_done", "watch_done"),
+                ("HMGET", self.keys.job(job_id), "status", "chunks_done", "watch_done",
+                 "dispatched_at", "republished_at"),
                 ("ZSCORE", self.keys.jobs_running, job_id),
+                ("HLEN", self.keys.job_deliveries(job_id)),
+                ("SCARD", self.keys.job_chunks_done(job_id)),
+                ("GET", self.keys.jobs_chunk_begun),
             ],
             finish,
-        )
+        )  # fmt: skip
+
+    def plan_mark_dispatched(self, job_id: str, now: float) -> Plan[None]:
+        """The job task dispatched the job's chunks not done ``now``."""
+        return Plan([("HSET", self.keys.job(job_id), "dispatched_at", repr(now))], _none)
 
     def plan_watch(self, job_id: str, done: bytes | None, now: float) -> Plan[None]:
         """Note where a running job's progress is, and that it moved ``now``."""
@@ -405,8 +430,15 @@ class JobPlans:
             _none,
         )
 
-    def plan_touch_running(self, job_id: str, now: float) -> Plan[None]:
-        return Plan([("ZADD", self.keys.jobs_running, now, job_id)], _none)
+    def plan_republished(self, job_id: str, now: float) -> Plan[None]:
+        """The stall watch published the job again ``now`` (its progress counts as moved)."""
+        return Plan(
+            [
+                ("ZADD", self.keys.jobs_running, now, job_id),
+                ("HSET", self.keys.job(job_id), "republished_at", repr(now)),
+            ],
+            _none,
+        )
 
     def plan_forget_running(self, job_id: str) -> Plan[None]:
         return Plan([("ZREM", self.keys.jobs_running, job_id)], _none)
@@ -447,6 +479,10 @@ class JobPlans:
 
     def plan_hdel(self, key: bytes | str, fields: Sequence[bytes]) -> Plan[int]:
         return Plan([("HDEL", key, *fields)], lambda replies: int(replies[0]))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _ids_by_score(key: str, before: int, offset: int, count: int) -> Plan[list[str]]:

@@ -37,6 +37,7 @@ of looping forever on a poison message.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from revoker import keys as k
@@ -138,6 +139,7 @@ def _run_job(
         for n in range(total):
             if n not in done:
                 revoke_chunk.apply_async((job_id, n), producer=producer)
+    store.execute(store.jobs.plan_mark_dispatched(job_id, time.time()))
     report(task, store, job_id)
 
 
