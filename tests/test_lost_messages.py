@@ -23,7 +23,7 @@ from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker import jobs, tasks
 from revoker.exceptions import ConfigurationError
 from revoker.localredis import LocalRedis, free_port
-from revoker.publisher import publish_job
+from revoker.publisher import _sender, publish_job
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure, load_settings
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
@@ -152,6 +152,47 @@ def test_a_copy_of_a_family_reuse_message_does_nothing(s: RevokerSettings) -> No
     assert jobs.get_job(job_id).status == "done"
 
 
+def _started_with_lost_chunks(
+    r: redis.Redis, s: RevokerSettings, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A filtered job started by its job task, whose chunk messages were all lost."""
+    seed_sessions(r, s, tenant, 40, users=40, client_ids=("web", "mobile"))
+    job_id = _filtered_job(tenant)
+    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(tasks.revoke_chunk, "apply_async", lambda *a, **kw: None)
+    tasks.revoke_job(job_id, attempt="first")
+    assert jobs.get_job(job_id).status == "running"
+    return job_id
+
+
+@pytest.mark.redis
+def test_the_watch_publishes_again_a_running_job_whose_chunks_were_lost(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks dispatched a start timeout ago, none running, no chunk of any job begun since:
+    published again once; a chunk running or any chunk begun lately holds it back."""
+    store = get_sync_revocation_store(s)
+    keys = store.keys
+    lost = _started_with_lost_chunks(r, s, "lost", monkeypatch)
+    busy = _started_with_lost_chunks(r, s, "busy", monkeypatch)
+    assert store.run(store.jobs.begin_chunk(busy, 0)) == 1  # one of its chunks is running
+    published: list[str] = []
+    monkeypatch.setattr(
+        outbox, "publish_job", lambda record, **kw: published.append(record.id) or True
+    )
+    now = time.time()
+    late = now + s.job_start_timeout + 1
+
+    assert tasks._republish_stalled(store, now) == 0  # first look, dispatched just now
+    r.set(keys.jobs_chunk_begun, repr(late - 1))  # the workers are busy with other chunks
+    assert tasks._republish_stalled(store, late) == 0
+    r.delete(keys.jobs_chunk_begun)
+    assert tasks._republish_stalled(store, late) == 1
+    assert published == [lost]
+    assert tasks._republish_stalled(store, late + s.job_start_timeout + 1) == 0  # once only
+    assert late + s.job_start_timeout + 1 - now < s.visibility_timeout
+
+
 # --- real processes: a broker that loses the message ----------------------------------------------
 
 
@@ -256,3 +297,54 @@ def test_copies_of_a_job_message_start_it_once(servers: tuple[LocalRedis, LocalR
     assert set(deliveries.values()) == {b"1"}  # each chunk ran once
     store.close()
     r.close()
+
+
+@pytest.mark.celery
+def test_a_running_job_whose_chunk_messages_the_broker_lost_completes(
+    servers: tuple[LocalRedis, LocalRedis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run a filtered job's job task with no worker (its chunks wait in the broker), restart the
+    broker: the watch publishes the job again and it completes within the bound."""
+    data, broker = servers
+    s = _process_settings(data, broker)
+    r = redis.Redis.from_url(data.url)
+    b = redis.Redis.from_url(broker.url)
+    store = SyncRedisTokenRevocationStore(settings=s)
+    ids = seed_sessions(r, s, "chunks", 400, users=40, client_ids=("web", "mobile"))
+    web = start_session_sync("erin", tenant_id="chunks", client_id="web", store=store)
+    job_id = _filtered_job("chunks")
+    # The job task, run here as a worker would; its chunk messages go to the test's broker.
+    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(
+        tasks.revoke_chunk,
+        "apply_async",
+        lambda args, **kw: _sender(s).send_task("revoker.revoke_chunk", args=list(args)),
+    )
+    tasks.revoke_job(job_id)
+    record = jobs.get_job(job_id)
+    assert record.status == "running"
+    assert record.chunks_total >= 2
+    assert b.llen(s.key_prefix) == 1 + record.chunks_total  # the job's message and its chunks'
+    broker.restart()
+    assert b.llen(s.key_prefix) == 0
+
+    processes: list[WorkerProcess] = []
+    try:
+        processes.append(start_worker(worker_env(s), concurrency=2))
+        processes.append(start_beat(worker_env(s)))
+        up = time.monotonic()
+        bound = START_TIMEOUT + 2 * BEAT_OUTBOX_SECONDS + MARGIN
+        record = jobs.wait_for_job(job_id, timeout=bound)
+        took = time.monotonic() - up
+        log = processes[0].log()
+    finally:
+        _stop_all(processes)
+
+    assert record.status == "done", record.error
+    assert "their messages were lost, publishing it again" in log
+    assert took < bound, f"took {took:.1f}s"
+    assert record.families_matched == record.families_revoked == len(ids) // 2 + 1
+    assert store.is_revoked(decode_token(web.access_token, "access", settings=s))
+    store.close()
+    r.close()
+    b.close()
