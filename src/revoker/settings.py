@@ -249,6 +249,17 @@ class RevokerSettings(BaseSettings):
         description="Seconds before an unacknowledged task is redelivered (Redis broker). "
         "Task time limits are derived from it so a running task is never redelivered.",
     )
+    job_start_timeout: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Seconds a published job may wait for a worker to start it, and a running "
+        "job's chunks for one of them to begin while no worker is busy with chunks, before the "
+        "outbox sweep publishes the job again (a broker that lost the messages, e.g. restarted "
+        "without persistence): within max(this, 5) + 5 s for a job not started, this + 10 s for "
+        "lost chunks. Extra copies are harmless: the first message to start a job runs it, the "
+        "others do nothing.",
+    )
     max_redeliveries: int = Field(
         5, ge=1, description="Deliveries of one chunk before it is parked as failed."
     )
