@@ -5,6 +5,10 @@ test's own, which has it). Replicas: test_durability_replicas.py; power loss: te
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from celery_helpers import worker_env
 from conftest import REDIS_URL, make_settings, private_settings
 from revoker import health
 from revoker.bulk import BulkRevocation
@@ -288,3 +293,31 @@ async def test_fsync_with_valkey_acknowledges_and_health_checks_appendfsync(
         sync.close()
         await store.aclose()
         client.close()
+
+
+@pytest.mark.redis
+def test_revoker_health_exits_non_zero_when_durability_is_not_honoured() -> None:
+    """`revoker health` prints the durability line and exits 3 when fsync cannot be honoured
+    (Redis 7.0: no WAITAOF); with none it reports it and the exit is the reachability's."""
+    with private_settings(durability="fsync", redis_timeout=2.0) as settings:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REVOKER_")}
+        env.update(worker_env(settings))
+        env["REVOKER_BROKER_URL"] = REDIS_URL
+
+        def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "revoker", "health", *args], env={**env, **extra},
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+
+        text = cli()
+        assert text.returncode == 3, text.stderr
+        assert "durability: fsync NOT HONOURED" in text.stdout
+        assert "no WAITAOF" in text.stdout
+        body = json.loads(cli("--json").stdout)
+        assert body["healthy"] is False
+        assert body["redis"]["healthy"] is True
+        assert body["durability"]["honoured"] is False
+        fine = cli("--json", REVOKER_DURABILITY="none")
+        assert fine.returncode == 0, fine.stdout
+        assert json.loads(fine.stdout)["durability"]["mode"] == "none"
