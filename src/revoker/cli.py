@@ -726,20 +726,28 @@ def stats(as_json: bool) -> None:
 @cli.command("health", epilog=_EPILOG)
 @_json_option
 def health(as_json: bool) -> None:
-    """Whether Redis and the Celery broker answer (exit 3 if either does not)."""
+    """Whether Redis and the Celery broker answer, and REVOKER_DURABILITY is honoured (exit 3
+    if not)."""
     from revoker.health import check as check_health
 
     settings = _settings()
     report = check_health(_store(), settings)
     broker = {name: report.broker[name] for name in ("healthy", "latency_ms", "error")}
     broker["transport"] = settings.effective_broker_url.partition("://")[0]
+    durability = report.durability
     if as_json:
-        _emit_json({"healthy": report.healthy, "redis": report.redis, "broker": broker})
+        _emit_json(
+            {"healthy": report.healthy, "redis": report.redis, "broker": broker,
+             "durability": durability}
+        )  # fmt: skip
     else:
         for name, result in (("redis", report.redis), ("broker", broker)):
             state = "ok" if result["healthy"] else "UNAVAILABLE"
             detail = f"{result['latency_ms']} ms" if result["healthy"] else result["error"]
             click.echo(f"{name + ':':<8}{state}  ({detail})")
+        if durability is not None:
+            state = "ok" if durability["honoured"] else "NOT HONOURED"
+            click.echo(f"{'durability:':<12}{durability['mode']} {state}  ({durability['detail']})")
     if not report.healthy:
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
 

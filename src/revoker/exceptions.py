@@ -24,6 +24,7 @@ The tree::
     │   └── UnknownFamily           the family has no session record (never started or expired)
     ├── StoreError                  the revocation store could not answer
     │   └── StoreUnavailable        Redis unreachable, timed out, or the breaker is open
+    │       └── DurabilityNotReached  written, not acknowledged as durable (REVOKER_DURABILITY)
     └── JobError                    bulk jobs
         ├── JobNotFound             no job record with that id
         └── DuplicateJob            the same request is already running (carries its job id)
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigurationError",
     "DuplicateJob",
+    "DurabilityNotReached",
     "FamilyRevoked",
     "ForbiddenHeader",
     "InvalidClaim",
@@ -189,6 +191,11 @@ class StoreError(RevokerError):
 
 class StoreUnavailable(StoreError):
     """Redis is unreachable, timed out, or the circuit breaker is open."""
+
+
+class DurabilityNotReached(StoreUnavailable):
+    """The write happened, but the wait ``REVOKER_DURABILITY`` asks for (WAITAOF or WAIT) did
+    not confirm it in time: not acknowledged as durable. Retrying the (idempotent) call is safe."""
 
 
 class JobError(RevokerError):

@@ -86,21 +86,25 @@ def _connect(url: str, timeout: float) -> None:
 
 @dataclass(frozen=True)
 class HealthReport:
-    """What Redis and the broker answered."""
+    """What Redis and the broker answered, and whether Redis honours REVOKER_DURABILITY."""
 
     redis: dict[str, Any]
     broker: dict[str, Any]
+    #: ``{"mode", "honoured", "detail", ...}`` (see :func:`revoker.durability.assess`).
+    durability: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
-        """Both answered."""
-        return bool(self.redis["healthy"]) and bool(self.broker["healthy"])
+        """Both answered, and the durability asked for is honoured."""
+        honoured = self.durability is None or bool(self.durability["honoured"])
+        return bool(self.redis["healthy"]) and bool(self.broker["healthy"]) and honoured
 
 
 def check(store: SyncRedisTokenRevocationStore, settings: RevokerSettings) -> HealthReport:
     """Probe Redis through ``store``, then the broker of ``settings``."""
     redis_health = store.health_check()
-    return HealthReport(redis_health, broker_health(settings, redis_health))
+    broker = broker_health(settings, redis_health)
+    return HealthReport(redis_health, broker, store.durability_check())
 
 
 async def check_async(store: RedisTokenRevocationStore, settings: RevokerSettings) -> HealthReport:
@@ -109,4 +113,4 @@ async def check_async(store: RedisTokenRevocationStore, settings: RevokerSetting
 
     redis_health = await store.health_check()
     broker = await anyio.to_thread.run_sync(broker_health, settings, redis_health)
-    return HealthReport(redis_health, broker)
+    return HealthReport(redis_health, broker, await store.durability_check())

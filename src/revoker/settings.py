@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, unquote
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from revoker.durability import Durability, parse_durability
 from revoker.exceptions import ConfigurationError
 
 __all__ = [
@@ -236,6 +237,20 @@ class RevokerSettings(BaseSettings):
         description="Prefix of every Redis key revoker writes (no braces or colons).",
     )
 
+    durability: str = Field(
+        "none",
+        description="When a revocation is acknowledged: none (in memory), fsync (on the server's "
+        "disk: WAITAOF, needs Redis >= 7.2 or Valkey with appendfsync always) or replicas:N "
+        "(WAIT for N replicas). Bulk-job chunks count themselves done only after the same wait.",
+    )
+    durability_timeout: float = Field(
+        0.05,
+        gt=0,
+        le=60,
+        description="Seconds a revocation waits for REVOKER_DURABILITY before it fails (written, "
+        "not acknowledged as durable). Below REVOKER_REDIS_TIMEOUT.",
+    )
+
     # --- Celery --------------------------------------------------------------------------------
     broker_url: str | None = Field(
         None, description="Celery broker (redis:// or amqp://). Defaults to REVOKER_REDIS_URL."
@@ -386,6 +401,28 @@ class RevokerSettings(BaseSettings):
             )
         return self
 
+    @field_validator("durability")
+    @classmethod
+    def _durability_parses(cls, value: str) -> str:
+        return str(parse_durability(value))
+
+    @model_validator(mode="after")
+    def _durability_fits(self) -> Self:
+        if self.durability == "none":
+            return self
+        if self.redis_cluster:
+            raise ValueError(
+                f"{ENV_PREFIX}DURABILITY={self.durability} is not supported with "
+                f"{ENV_PREFIX}REDIS_CLUSTER (WAIT and WAITAOF answer for one node only)"
+            )
+        if self.durability_timeout >= self.redis_timeout:
+            raise ValueError(
+                f"{ENV_PREFIX}DURABILITY_TIMEOUT ({self.durability_timeout:g} s) must be below "
+                f"{ENV_PREFIX}REDIS_TIMEOUT ({self.redis_timeout:g} s): the async store's "
+                "socket would time out before the wait answers"
+            )
+        return self
+
     @model_validator(mode="after")
     def _keys_match_algorithm(self) -> Self:
         alg = self.jwt_algorithm
@@ -448,6 +485,11 @@ class RevokerSettings(BaseSettings):
     def result_backend_transport_options(self) -> dict[str, Any]:
         """Transport options the effective result backend needs (a Sentinel's master name)."""
         return _kombu_options(self.result_backend or self.redis_url)
+
+    @property
+    def durability_policy(self) -> Durability:
+        """``REVOKER_DURABILITY`` parsed (see :mod:`revoker.durability`)."""
+        return parse_durability(self.durability)
 
     @property
     def longest_token_ttl(self) -> int:

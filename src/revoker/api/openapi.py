@@ -148,6 +148,7 @@ def openapi_document() -> dict[str, Any]:
                 "status": {"type": "string", "enum": ["ok", "unavailable"]},
                 "redis": {"type": "object"},
                 "broker": {"type": "object"},
+                "durability": {"type": "object"},
             },
         },
     }

@@ -22,13 +22,15 @@ __all__ = ["health", "metrics", "openapi", "routes"]
 
 
 async def health(context: ApiContext, _request: Request) -> Response:
-    """Redis and broker reachability: 200 when both answer, else 503."""
+    """Redis and broker reachability and durability: 200 when both answer and the durability
+    asked for is honoured, else 503."""
     report = await health_checks.check_async(context.store, context.settings)
     return JSONResponse(
         {
             "status": "ok" if report.healthy else "unavailable",
             "redis": report.redis,
             "broker": report.broker,
+            "durability": report.durability,
         },
         status_code=200 if report.healthy else 503,
         headers=NO_STORE,

@@ -28,6 +28,7 @@ from revoker.store._base import (
 )
 from revoker.store._bulk import Exchange, bulk_exchange
 from revoker.store._clients import make_sync_client
+from revoker.store._durable import PROBE, judge, unavailable, with_durability
 from revoker.store._jobs import Flow, JobPlans
 from revoker.tokens import TokenData
 
@@ -46,6 +47,7 @@ class SyncRedisTokenRevocationStore:
         self.client = client if client is not None else make_sync_client(self.settings)
         self.is_cluster = isinstance(self.client, RedisCluster)
         self.jobs = JobPlans(self.core)
+        self.durability = self.settings.durability_policy
         self._scripts = {
             name: self.client.register_script(load_script(name))
             for name in (*StoreCore.SCRIPTS, *JobPlans.SCRIPTS)
@@ -56,7 +58,11 @@ class SyncRedisTokenRevocationStore:
         """A store for ``url``; other settings from the environment or ``overrides``."""
         return cls(settings=RevokerSettings.from_dsn(url, **overrides))
 
-    def _execute(self, plan: Plan[T]) -> T:
+    def _execute(self, plan: Plan[T], *, durable: bool = False) -> T:
+        """Run ``plan``; ``durable``: with REVOKER_DURABILITY's wait appended (store._durable)."""
+        policy = self.durability if durable and self.durability.enabled else None
+        if policy is not None:
+            plan = with_durability(plan, policy, self.settings.durability_timeout)
         replies: list[Any] = [None] * len(plan.commands)
         try:
             plain: list[tuple[int, tuple[Any, ...]]] = []
@@ -76,12 +82,16 @@ class SyncRedisTokenRevocationStore:
                 for (i, _), reply in zip(plain, pipe.execute(), strict=True):
                     replies[i] = reply
         except BACKEND_ERRORS as e:
-            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+            raise unavailable(e, policy) from e
         return plan.finish(replies)
 
-    def execute(self, plan: Plan[T]) -> T:
-        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure."""
-        return self._execute(plan)
+    def execute(self, plan: Plan[T], *, durable: bool = False) -> T:
+        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure.
+
+        ``durable``: a revocation, acknowledged only once REVOKER_DURABILITY's wait confirms it
+        (DurabilityNotReached, a StoreUnavailable, when it does not in time).
+        """
+        return self._execute(plan, durable=durable)
 
     def run(self, flow: Flow[T]) -> T:
         """Run a multi-step plan: each plan it yields is executed and its result sent back."""
@@ -139,7 +149,8 @@ class SyncRedisTokenRevocationStore:
     ) -> bool:
         """See :meth:`RedisTokenRevocationStore.revoke_token`."""
         return self._execute(
-            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor)
+            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor),
+            durable=True,
         )
 
     def revoke_family(
@@ -152,7 +163,10 @@ class SyncRedisTokenRevocationStore:
     ) -> bool:
         """See :meth:`RedisTokenRevocationStore.revoke_family`."""
         return self._execute(
-            self.core.plan_revoke_family(family_id, tenant_id=tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_family(
+                family_id, tenant_id=tenant_id, reason=reason, actor=actor
+            ),
+            durable=True,
         )
 
     def revoke_user_tokens(
@@ -165,14 +179,17 @@ class SyncRedisTokenRevocationStore:
     ) -> float:
         """See :meth:`RedisTokenRevocationStore.revoke_user_tokens`."""
         return self._execute(
-            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor),
+            durable=True,
         )
 
     def revoke_tenant_tokens(
         self, tenant_id: str, *, reason: str | None = None, actor: str | None = None
     ) -> float:
         """See :meth:`RedisTokenRevocationStore.revoke_tenant_tokens`."""
-        return self._execute(self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor))
+        return self._execute(
+            self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor), durable=True
+        )
 
     def is_token_revoked(self, jti: str) -> bool:
         """See :meth:`RedisTokenRevocationStore.is_token_revoked`."""
@@ -256,6 +273,18 @@ class SyncRedisTokenRevocationStore:
         except BACKEND_ERRORS as e:
             return self.core.health_result(started, e)
         return self.core.health_result(started, None)
+
+    def durability_check(self) -> dict[str, Any]:
+        """See :meth:`RedisTokenRevocationStore.durability_check`."""
+        if not self.durability.enabled:
+            return judge(self.durability, [{}, {}, {}, None, None])
+        answers: list[Any] = []
+        for command in PROBE:
+            try:
+                answers.append(self.client.execute_command(*command))
+            except BACKEND_ERRORS as e:
+                answers.append(e)
+        return judge(self.durability, answers)
 
     def get_stats(self) -> dict[str, Any]:
         """See :meth:`RedisTokenRevocationStore.get_stats`."""

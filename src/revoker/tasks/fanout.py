@@ -177,7 +177,10 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
                     at_us=now_us(),
                     extra={"chunk": str(chunk), "count": str(revoked), "families": listed},
                     count=revoked,
-                )
+                ),
+                # REVOKER_DURABILITY's wait, after the marks (written before this entry, so it
+                # covers them) and before the chunk counts itself: else it raises and is retried.
+                durable=True,
             )
         finished = store.execute(
             store.jobs.plan_finish(job_id, "done", chunk=chunk, matched=matched, revoked=revoked)
