@@ -180,7 +180,7 @@ def crash_once(
     servers.append(server)
     os.sync()  # the AOF's base and manifest exist before the stream, as in any deployment
     settings = make_settings(
-        redis_url=server.url, durability=mode, redis_timeout=5.0, durability_timeout=2.0
+        redis_url=server.url, durability=mode, redis_timeout=2.0, durability_timeout=1.0
     )
     store = SyncRedisTokenRevocationStore(settings=settings)
     crash = Crash(crash_after_s=rng.uniform(*CRASH_AFTER))
@@ -190,8 +190,14 @@ def crash_once(
 
     def pull_the_plug() -> None:
         time.sleep(crash.crash_after_s)
-        disk.power_loss()
+        # A machine that loses power answers nothing more: the server stops first, so every
+        # acknowledgement the client can still read was sent before the crash instant (its
+        # fsync, if any, done). Shutting the filesystem down under a running server instead
+        # let a write whose fsync raced the shutdown be acknowledged and then lost.
         crash_at.append(time.monotonic())
+        server.pause()
+        disk.power_loss()
+        server.kill()  # the client's blocked call fails now, not after its socket timeout
         crashed.set()
 
     plug = threading.Thread(target=pull_the_plug, daemon=True)
