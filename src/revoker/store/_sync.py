@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
 
-from revoker.exceptions import StoreUnavailable
+from revoker.exceptions import DenylistLost, StoreUnavailable
+from revoker.integrity import Loss, Observation
 from revoker.job_record import JobRecord, JobStatus
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
@@ -45,6 +46,7 @@ class SyncRedisTokenRevocationStore:
         self.keys = self.core.keys
         self.client = client if client is not None else make_sync_client(self.settings)
         self.is_cluster = isinstance(self.client, RedisCluster)
+        self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
         self._scripts = {
             name: self.client.register_script(load_script(name))
@@ -66,11 +68,11 @@ class SyncRedisTokenRevocationStore:
                     replies[i] = script(keys=list(command.keys), args=list(command.args))
                 else:
                     plain.append((i, command))
-            if len(plain) == 1:
+            if len(plain) == 1 and not plan.atomic:
                 i, command = plain[0]
                 replies[i] = self.client.execute_command(*command)
             elif plain:
-                pipe = self.client.pipeline(transaction=False)
+                pipe = self.client.pipeline(transaction=plan.atomic and not self.is_cluster)
                 for _, command in plain:
                     pipe.execute_command(*command)
                 for (i, _), reply in zip(plain, pipe.execute(), strict=True):
@@ -180,20 +182,46 @@ class SyncRedisTokenRevocationStore:
 
     def is_revoked(self, token: TokenData) -> RevocationStatus:
         """See :meth:`RedisTokenRevocationStore.is_revoked` (cluster slots read one by one)."""
-        keys = self.core.check_keys(token)
+        core = self.core
+        keys = core.check_keys(token)
+        integrity = core.keys.integrity
         present = [key for key in keys if key is not None]
+        present.append(integrity)
+        seen = core.watch.snapshot()
         try:
             found: dict[str, Any] = {}
             groups: Sequence[list[str]] = (
-                list(self.core.group_by_slot(present).values()) if self.is_cluster else [present]
+                list(core.group_by_slot(present).values()) if self.is_cluster else [present]
             )
             script = self._scripts["check"]
             for group in groups:
-                values = script(keys=group, args=self.core.check_args(token, group))
+                values = script(keys=group, args=core.check_args(token, group))
                 found.update(zip(group, values, strict=True))
+            judged = core.integrity_values(found[integrity], seen)
+            if isinstance(judged, Loss):
+                judged, found[core.keys.global_watermark] = self._execute(
+                    core.plan_data_loss(judged)
+                )
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
-        return self.core.decide(token, keys, found)
+        if judged.state == "fail-closed":
+            raise DenylistLost(
+                "the revocation data was lost (REVOKER_ON_DATA_LOSS=fail-closed): failing closed "
+                "until `revoker recover`"
+            )
+        return core.decide(token, keys, found)
+
+    def integrity(self) -> dict[str, Any]:
+        """See :meth:`RedisTokenRevocationStore.integrity`."""
+        return self._execute(self.core.plan_integrity())
+
+    def init(self) -> tuple[bool, str]:
+        """See :meth:`RedisTokenRevocationStore.init`."""
+        return self._execute(self.core.plan_init())
+
+    def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
+        """See :meth:`RedisTokenRevocationStore.recover`."""
+        return self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor))[0]
 
     def record_session(
         self,
