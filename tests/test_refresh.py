@@ -229,7 +229,8 @@ def test_every_key_of_the_script_is_in_the_tenant_slot() -> None:
     )
     call, *bump = plan.commands
     # The sequence bump (integrity slot) goes beside the script on a cluster, not inside it.
-    assert [c[:2] for c in bump] == [("HSETNX", core.keys.integrity), ("HINCRBY", core.keys.integrity)]
+    integrity = core.keys.integrity
+    assert [c[:2] for c in bump] == [("HSETNX", integrity), ("HINCRBY", integrity)]
     slots = {key_slot(key.encode()) for key in call.keys}  # type: ignore[union-attr]
     assert len(call.keys) == 4  # type: ignore[union-attr]
     assert len(slots) == 1

@@ -164,9 +164,7 @@ class RevocationChecker:
         self._ok.inc()
         return CheckResult(data)
 
-    def admit_unchecked(
-        self, fail_open: bool, error: exc.StoreUnavailable | None = None
-    ) -> bool:
+    def admit_unchecked(self, fail_open: bool, error: exc.StoreUnavailable | None = None) -> bool:
         """Apply the failure policy to a token whose revocation is unknown; count the outcome.
 
         A lost denylist under REVOKER_ON_DATA_LOSS=fail-closed (``error`` a DenylistLost) is never

@@ -113,7 +113,9 @@ class Loss:
 
     def describe(self) -> str:
         if self.kind == "wiped":
-            return f"the denylist's epoch {self.seen_epoch or '(required)'} is gone: Redis was wiped"
+            return (
+                f"the denylist's epoch {self.seen_epoch or '(required)'} is gone: Redis was wiped"
+            )
         if self.kind == "epoch_changed":
             return (
                 f"the denylist's epoch changed from {self.seen_epoch} to {self.observed.epoch}: "
@@ -121,7 +123,8 @@ class Loss:
             )
         return (
             f"the revocation sequence went back from {self.seen_seq} to {self.observed.seq} "
-            f"(epoch {self.observed.epoch}): Redis was rolled back or failed over to a stale replica"
+            f"(epoch {self.observed.epoch}): Redis was rolled back or failed over to a stale "
+            "replica"
         )
 
 
@@ -167,9 +170,10 @@ class IntegrityWatch:
                 return self.observe(observed, self.snapshot())
             self.adopt(observed)  # first sight (a handled state is reported by health)
             return None
-        if (
-            observed.state in HANDLED_STATES or observed.state == RECOVERED
-        ) and seen_epoch in (observed.lost, observed.replaced):
+        if (observed.state in HANDLED_STATES or observed.state == RECOVERED) and seen_epoch in (
+            observed.lost,
+            observed.replaced,
+        ):
             self.adopt(observed)  # the loss this process saw, handled elsewhere, or a recovery
             return None
         if self.epoch == epoch:

@@ -22,13 +22,16 @@ __all__ = ["health", "metrics", "openapi", "routes"]
 
 
 async def health(context: ApiContext, _request: Request) -> Response:
-    """Redis and broker reachability: 200 when both answer, else 503."""
+    """Redis and broker reachability and the denylist's integrity: 200 when both answer and no
+    loss is recorded, else 503; the server settings that can undo a revocation are reported."""
     report = await health_checks.check_async(context.store, context.settings)
     return JSONResponse(
         {
             "status": "ok" if report.healthy else "unavailable",
             "redis": report.redis,
             "broker": report.broker,
+            "integrity": report.integrity,
+            "server": report.server,
         },
         status_code=200 if report.healthy else 503,
         headers=NO_STORE,

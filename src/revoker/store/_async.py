@@ -203,9 +203,10 @@ class RedisTokenRevocationStore:
                 found = dict(zip(present, values, strict=True))
             judged = core.integrity_values(found[integrity], seen)
             if isinstance(judged, Loss):
-                judged, found[core.keys.global_watermark] = await self._execute(
+                observed, found[core.keys.global_watermark] = await self._execute(
                     core.plan_data_loss(judged)
                 )
+                judged = observed
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         if judged.state == "fail-closed":

@@ -6,8 +6,9 @@ the sync and async stores only execute them. Lua scripts are package data, loade
 
 Every write of revocation state goes with a bump of the denylist's sequence in the same atomic
 step (see :mod:`revoker.integrity`), built in one place: :meth:`StoreCore.sequenced` for plain
-commands (run as one MULTI/EXEC: ``Plan.atomic``, or a bulk block), :meth:`StoreCore.script_sequence`
-for the scripts that write. A change feed appended with every revocation goes there too.
+commands (run as one MULTI/EXEC: ``Plan.atomic``, or a bulk block),
+:meth:`StoreCore.script_sequence` for the scripts that write. A change feed appended with every
+revocation goes there too.
 """
 
 from __future__ import annotations
@@ -231,15 +232,13 @@ class StoreCore:
         """The integrity hash as stored, with the global watermark's time (or None)."""
 
         def finish(replies: list[Any]) -> dict[str, Any]:
-            fields = {_text(a): _text(b) for a, b in (replies[0] or {}).items()}
+            fields: dict[str, Any] = {_text(a): _text(b) for a, b in (replies[0] or {}).items()}
             fields["global_cutoff"] = (
                 k.decode_mark(replies[1])[0] / 1e6 if replies[1] is not None else None
             )
             return fields
 
-        return Plan(
-            [("HGETALL", self.keys.integrity), ("GET", self.keys.global_watermark)], finish
-        )
+        return Plan([("HGETALL", self.keys.integrity), ("GET", self.keys.global_watermark)], finish)
 
     def _adopt(self, replies: list[Any]) -> tuple[Observation, Any]:
         reply = replies[0]

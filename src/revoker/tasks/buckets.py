@@ -120,7 +120,8 @@ def revoke_buckets(
     """Revoke the selected sessions of some buckets of a tenant; returns them by bucket.
 
     Per bucket, one HSET of the selected families' marks into its revoked-mark bucket (and its
-    TTL) with the sequence bump in one MULTI/EXEC, ``WRITE_BUCKETS`` buckets per round trip; ``mark`` None (a dry run) writes nothing.
+    TTL) with the sequence bump in one MULTI/EXEC, ``WRITE_BUCKETS`` buckets per round trip;
+    ``mark`` None (a dry run) writes nothing.
     The records stay: the caller deletes them (:func:`delete_records`) once it has counted them.
     Idempotent: a rerun selects the same families and rewrites the same marks.
     """
@@ -147,7 +148,7 @@ def revoke_buckets(
                 # of the data"); Redis still serves other clients between buckets.
                 blocks.append([("MULTI",), *core.sequenced(writes), ("EXEC",)])
         for start in range(0, len(blocks), WRITE_BUCKETS):
-            batch = [command for block in blocks[start : start + WRITE_BUCKETS] for command in block]
+            batch = [c for block in blocks[start : start + WRITE_BUCKETS] for c in block]
             if store.is_cluster:
                 batch += core.sequence_bump()
             exchange(batch)
