@@ -22,9 +22,9 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:{integrity}:gw               string  "<revoked_at_us>|<reason>" global watermark (cut-off)
 
 ``<T>`` is the tenant's hash tag: ``t:<tenant>``, or ``-`` for tokens without a tenant. Everything
-of one tenant shares a Redis Cluster slot, so the check needs at most two slots (the jti's and the
-tenant's) and a fan-out chunk touches one. The jti key is tagged by the jti alone: revoking a token
-never requires knowing its tenant.
+of one tenant shares a Redis Cluster slot, so the check needs at most three slots (the jti's, the
+tenant's and the integrity slot below) and a fan-out chunk touches one (and the integrity slot).
+The jti key is tagged by the jti alone: revoking a token never requires knowing its tenant.
 
 Sessions live in buckets, not in a key each: a tenant's sessions are the fields of its
 ``REVOKER_SESSION_BUCKETS`` bucket hashes, and a user's sessions all share the bucket

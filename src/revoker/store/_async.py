@@ -187,7 +187,7 @@ class RedisTokenRevocationStore:
         """Whether a verified token is revoked by any rule, in one round trip.
 
         On a single Redis: one script call. On a Redis Cluster: one per slot involved (at most
-        two: the jti's and the tenant's), sent in parallel.
+        three: the jti's, the tenant's and the integrity slot), sent in parallel.
         """
         core = self.core
         keys = core.check_keys(token)
