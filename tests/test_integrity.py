@@ -602,3 +602,31 @@ def test_an_evicting_server_is_reported_unsafe() -> None:
         assert body["server"]["safe"] is False
         assert any("allkeys-lru" in u for u in body["server"]["unsafe"])
         assert body["server"]["connected_replicas"] == 0
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_the_cut_off_reaches_checks_and_rotations(redis_cluster: Any) -> None:
+    """On a Redis Cluster the global watermark (the integrity slot) is read by the check and by
+    the rotation's pre-check: a loss's cut-off revokes there too."""
+    settings = make_settings(redis_url=redis_cluster.url, redis_cluster=True, redis_timeout=2.0)
+    store = RedisTokenRevocationStore(settings=settings)
+    try:
+        await store.revoke_token("creates-the-epoch")
+        pair = await start_session("dave", tenant_id="t-cluster", store=store)
+        access = decode_token(pair.access_token, "access", settings=settings)
+        assert not await store.is_revoked(access)
+        await store.client.delete(store.keys.integrity)  # the integrity slot's node lost its data
+        status = await store.is_revoked(access)
+        assert status.rule == "global"
+        with pytest.raises(exc.TokenRevoked) as raised:
+            await rotate_refresh_token(pair.refresh_token, store=store)
+        assert raised.value.status.rule == "global"
+    finally:
+        keys = [
+            store.keys.integrity,
+            store.keys.global_watermark,
+            store.keys.jti("creates-the-epoch"),
+        ]
+        for key in keys:
+            await store.client.delete(key)
+        await store.aclose()

@@ -282,6 +282,10 @@ class RedisTokenRevocationStore:
             )
         )
 
+    async def rotation_precheck(self, token: TokenData) -> RevocationStatus:
+        """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
+        return await self._execute(self.core.plan_rotation_precheck(token))
+
     async def rotate_refresh(
         self,
         token: TokenData,

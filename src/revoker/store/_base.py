@@ -424,6 +424,15 @@ class StoreCore:
             actor=actor,
         )
 
+    def plan_rotation_precheck(self, token: TokenData) -> Plan[RevocationStatus]:
+        """On a cluster, what rotate_refresh.lua cannot read from the tenant's slot: the token's
+        jti and the global watermark (read beforehand, in their own slots)."""
+        keys = [self.keys.jti(token.jti), self.keys.global_watermark]
+        return Plan(
+            [("GET", key) for key in keys],
+            lambda replies: decide(token.iat, [replies[0], None, None, None, replies[1]]),
+        )
+
     def plan_is_token_revoked(self, jti: str) -> Plan[bool]:
         return Plan([("EXISTS", self.keys.jti(jti))], lambda replies: bool(replies[0]))
 

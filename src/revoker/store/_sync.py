@@ -250,6 +250,10 @@ class SyncRedisTokenRevocationStore:
             )
         )
 
+    def rotation_precheck(self, token: TokenData) -> RevocationStatus:
+        """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
+        return self._execute(self.core.plan_rotation_precheck(token))
+
     def rotate_refresh(
         self,
         token: TokenData,
