@@ -549,6 +549,9 @@ def test_cli_health_init_and_recover(own: LocalRedis) -> None:
         assert store.is_revoked(decode_token(token, "access", settings=settings)).rule == "global"
     finally:
         store.close()
+    result = run_cli(env, "check", token)
+    assert_exit(result, 1)
+    assert "rule: global" in result.stdout
     result = run_cli(env, "health")
     assert_exit(result, 8)
     assert "LOST" in result.stdout

@@ -661,6 +661,7 @@ _RULE_TEXT: Final = {
     "family": "its session (refresh family) was revoked",
     "user": "every token of its user issued before a cut-off was revoked",
     "tenant": "every token of its tenant issued before a cut-off was revoked",
+    "global": "every token issued before the revocation data was found lost was revoked",
 }
 
 
