@@ -135,12 +135,16 @@ class IntegrityWatch:
     string comparison and an integer comparison per check.
     """
 
-    __slots__ = ("epoch", "require_init", "seq")
+    __slots__ = ("_epoch_raw", "_observed", "_state_raw", "epoch", "require_init", "seq")
 
     def __init__(self, *, require_init: bool = False) -> None:
         self.require_init = require_init
         self.epoch: str | None = None
         self.seq = 0
+        # The last identity adopted, as the check's reply spells it (for :meth:`quick`).
+        self._observed = Observation(None, 0)
+        self._epoch_raw: bytes | None = None
+        self._state_raw: bytes | None = None
 
     def snapshot(self) -> tuple[str | None, int]:
         """What was seen before a check is sent (compare its reply against this)."""
@@ -149,6 +153,32 @@ class IntegrityWatch:
     def adopt(self, observed: Observation) -> None:
         """Take ``observed`` as the current identity (after a loss was handled, or a recovery)."""
         self.epoch, self.seq = observed.epoch, observed.seq
+        self._observed = observed
+        self._epoch_raw = observed.epoch.encode() if observed.epoch is not None else None
+        self._state_raw = observed.state.encode() if observed.state is not None else None
+
+    def quick(self, raw: Any, snapshot: tuple[str | None, int]) -> Observation | None:
+        """The per-request fast path: the identity this process knows, unchanged (same epoch and
+        state bytes, a sequence not below the snapshot's), or None to judge it in full
+        (:func:`read_observation`, :meth:`observe`). A bytes comparison and an int()."""
+        epoch_raw = self._epoch_raw
+        if (
+            epoch_raw is None
+            or not raw
+            or raw[0] != epoch_raw
+            or raw[2] != self._state_raw
+            or snapshot[0] != self.epoch
+        ):
+            return None
+        seq_raw = raw[1]
+        if not isinstance(seq_raw, bytes) or not seq_raw.isdigit():
+            return None
+        seq = int(seq_raw)
+        if seq < snapshot[1]:
+            return None
+        if seq > self.seq:
+            self.seq = seq
+        return self._observed
 
     def observe(self, observed: Observation, snapshot: tuple[str | None, int]) -> Loss | None:
         """Remember ``observed``; a :class:`Loss` when it shows the data lost or rolled back."""

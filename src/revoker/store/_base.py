@@ -143,6 +143,8 @@ class StoreCore:
         self.cluster = False
         #: The epoch and highest sequence this store has seen (see revoker.integrity).
         self.watch = IntegrityWatch(require_init=settings.require_init)
+        #: The last loss logged and counted: concurrent checks seeing one loss report it once.
+        self._reported: tuple[str, str | None, str | None] | None = None
 
     # --- the denylist's identity -----------------------------------------------------------------
 
@@ -168,26 +170,33 @@ class StoreCore:
     def integrity_values(self, raw: Any, snapshot: tuple[str | None, int]) -> Loss | Observation:
         """The check's reply for the integrity hash, judged against ``snapshot`` (what this store
         had seen when the check was sent): a Loss, or the Observation when nothing was lost."""
+        known = self.watch.quick(raw, snapshot)
+        if known is not None:
+            return known
         observed = read_observation(raw)
         loss = self.watch.observe(observed, snapshot)
         return observed if loss is None else loss
 
     def plan_data_loss(self, loss: Loss) -> Plan[tuple[Observation, Any]]:
         """Handle ``loss`` by the configured policy, once for every process (data_loss.lua):
-        the identity afterwards and the global watermark. Loud: ERROR log and metric."""
+        the identity afterwards and the global watermark. Loud: ERROR log and metric (once per
+        loss and store, however many concurrent checks saw it)."""
         policy = self.settings.on_data_loss
         state = {"cutoff": "cutoff", "fail-closed": "fail-closed", "accept": "accepted"}[policy]
         at = now_us()
         cutoff = k.encode_mark(at, f"denylist {loss.kind}") if policy == "cutoff" else ""
-        DENYLIST_LOST.labels(loss.kind, policy).inc()
-        logger.error(
-            "revocation data lost: %s; REVOKER_ON_DATA_LOSS=%s%s; run `revoker recover` once "
-            "what can be restored is",
-            loss.describe(),
-            policy,
-            ": every token issued before now is revoked" if policy == "cutoff" else "",
-            extra={"loss": loss.kind, "policy": policy},
-        )
+        reported = (loss.kind, loss.seen_epoch, loss.observed.epoch)
+        if reported != self._reported:
+            self._reported = reported
+            DENYLIST_LOST.labels(loss.kind, policy).inc()
+            logger.error(
+                "revocation data lost: %s; REVOKER_ON_DATA_LOSS=%s%s; run `revoker recover` "
+                "once what can be restored is",
+                loss.describe(),
+                policy,
+                ": every token issued before now is revoked" if policy == "cutoff" else "",
+                extra={"loss": loss.kind, "policy": policy},
+            )
         args = [
             "loss",
             loss.observed.epoch or "",
