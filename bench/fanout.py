@@ -728,7 +728,7 @@ Worker CPU per session is the worker's main process plus pool children (utime+st
 is `used_cpu_user+used_cpu_sys` over the same span: when the workers' CPU per session times the
 rate approaches the cores they have, the client side bounds the fan-out, not Redis.
 
-How the fan-out spends that (src/revoker/tasks.py): sessions live as fields of the tenant's
+How the fan-out spends that (src/revoker/tasks/): sessions live as fields of the tenant's
 {settings_buckets:,} bucket hashes (`P:{{T}}:s:<n>`, a user's sessions all in one bucket), and
 revoked families as fields of bucket hashes of their own (`P:{{T}}:fr:<n>`). The job task counts
 the buckets (HLEN each, pipelined) and groups consecutive non-empty ones into chunks of

@@ -221,6 +221,29 @@ def test_redis_persists_every_revocation_and_never_evicts(compose: dict[str, Any
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
 
+def test_revocations_are_acknowledged_durably(compose: dict[str, Any]) -> None:
+    """The stack asks for durable acknowledgements its Redis can honour: fsync needs WAITAOF
+    (the image's Redis >= 7.2) and appendfsync always; replicas:N needs N replicas."""
+    redis = compose["services"]["redis"]
+    options = dict(zip(argv(redis["command"])[1::2], argv(redis["command"])[2::2], strict=False))
+    tag = re.fullmatch(r"redis:(\d+)\.(\d+)[\w.-]*", redis["image"])
+    assert tag is not None, redis["image"]
+    for name, service in compose["services"].items():
+        if name == "redis":
+            continue
+        policy = load_settings(
+            _env_file=None,
+            **{k.removeprefix(ENV_PREFIX).lower(): v for k, v in revoker_env(service).items()},
+        ).durability_policy
+        assert policy.mode in ("fsync", "replicas"), f"{name}: REVOKER_DURABILITY={policy}"
+        if policy.mode == "fsync":
+            assert (int(tag[1]), int(tag[2])) >= (7, 2), "WAITAOF needs Redis 7.2"
+            assert options["--appendfsync"] == "always", "WAITAOF under everysec is no barrier"
+        else:
+            commands = [argv(s.get("command") or []) for s in compose["services"].values()]
+            assert sum("--replicaof" in c for c in commands) >= policy.replicas
+
+
 def test_dockerfile_installs_the_package_and_serves_the_api() -> None:
     """The image installs revoker with the demo extra, runs unprivileged, and starts the API."""
     text = DOCKERFILE.read_text()

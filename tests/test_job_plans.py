@@ -52,9 +52,9 @@ def _request(tenant: str, **fields: object) -> BulkRevocation:
 def _running_job(store: SyncRedisTokenRevocationStore, tenant: str, chunks: int) -> str:
     """A recorded job, started, whose plan has ``chunks`` chunks."""
     job_id = jobs.enqueue(_request(tenant))
-    assert store.execute(store.jobs.plan_start_job(job_id)) is None  # no plan yet
+    assert store.run(store.jobs.start_job(job_id)).chunks_total is None  # no plan yet
     store.execute(store.jobs.plan_record_snapshot(job_id, chunks))
-    assert store.execute(store.jobs.plan_start_job(job_id)) == chunks  # a rerun reuses it
+    assert store.run(store.jobs.start_job(job_id)).chunks_total == chunks  # a rerun reuses it
     return job_id
 
 

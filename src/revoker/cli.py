@@ -729,21 +729,24 @@ def stats(as_json: bool) -> None:
 @cli.command("health", epilog=_EPILOG)
 @_json_option
 def health(as_json: bool) -> None:
-    """Whether Redis and the Celery broker answer (exit 3 if either does not), whether the
-    revocation data was lost (exit 8 until `revoker recover`), and the server settings that can
-    undo a revocation (eviction, persistence, replicas: reported, not failed)."""
+    """Whether Redis and the Celery broker answer, and REVOKER_DURABILITY is honoured (exit 3
+    if not), whether the revocation data was lost (exit 8 until `revoker recover`), and the
+    server settings that can undo a revocation (eviction, persistence, replicas: reported, not
+    failed)."""
     from revoker.health import check as check_health
 
     settings = _settings()
     report = check_health(_store(), settings)
     broker = {name: report.broker[name] for name in ("healthy", "latency_ms", "error")}
     broker["transport"] = settings.effective_broker_url.partition("://")[0]
+    durability = report.durability
     if as_json:
         _emit_json(
             {
                 "healthy": report.healthy,
                 "redis": report.redis,
                 "broker": broker,
+                "durability": durability,
                 "integrity": report.integrity,
                 "server": report.server,
             }
@@ -753,6 +756,9 @@ def health(as_json: bool) -> None:
             state = "ok" if result["healthy"] else "UNAVAILABLE"
             detail = f"{result['latency_ms']} ms" if result["healthy"] else result["error"]
             click.echo(f"{name + ':':<8}{state}  ({detail})")
+        if durability is not None:
+            state = "ok" if durability["honoured"] else "NOT HONOURED"
+            click.echo(f"{'durability:':<12}{durability['mode']} {state}  ({durability['detail']})")
         if report.redis["healthy"]:
             data = report.integrity
             if data["healthy"]:
@@ -772,7 +778,7 @@ def health(as_json: bool) -> None:
             )
             for problem in server.get("unsafe", []):
                 click.echo(f"  unsafe: {problem}")
-    if not (report.redis["healthy"] and report.broker["healthy"]):
+    if not report.reachable:
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
     if not report.integrity["healthy"]:
         raise click.exceptions.Exit(EXIT_DATA_LOST)

@@ -37,6 +37,7 @@ import redis
 
 from revoker._extras import require_extra, requires_extra
 from revoker.settings import ENV_PREFIX, RevokerSettings, configure, load_settings
+from revoker.store._clients import sync_client_for_url
 
 with requires_extra("demo", "revoker demo"):
     import httpx
@@ -198,7 +199,7 @@ def _redis_url(stack: _Stack) -> str:
     """REVOKER_REDIS_URL when a server answers there, else a throwaway server's URL."""
     url = os.environ.get(f"{ENV_PREFIX}REDIS_URL")
     if url:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        client = sync_client_for_url(url, timeout=1)
         try:
             client.ping()
         except _REDIS_ERRORS:
@@ -429,7 +430,7 @@ def _replay_refresh(service_url: str, user: _User) -> None:
 
 def _forget_keys(settings: RevokerSettings) -> None:
     """Delete the demo's keys (only those under its own prefix) from a Redis we did not start."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = sync_client_for_url(settings.redis_url, timeout=5)
     try:
         batch: list[bytes] = []
         for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=1000):

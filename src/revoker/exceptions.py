@@ -24,7 +24,8 @@ The tree::
     │   └── UnknownFamily           the family has no session record (never started or expired)
     ├── StoreError                  the revocation store could not answer
     │   └── StoreUnavailable        Redis unreachable, timed out, or the breaker is open
-    │       └── DenylistLost        the denylist was lost and REVOKER_ON_DATA_LOSS=fail-closed
+    │       ├── DenylistLost        the denylist was lost and REVOKER_ON_DATA_LOSS=fail-closed
+    │       └── DurabilityNotReached  written, not acknowledged as durable (REVOKER_DURABILITY)
     └── JobError                    bulk jobs
         ├── JobNotFound             no job record with that id
         └── DuplicateJob            the same request is already running (carries its job id)
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "DenylistLost",
     "DuplicateJob",
+    "DurabilityNotReached",
     "FamilyRevoked",
     "ForbiddenHeader",
     "InvalidClaim",
@@ -200,6 +202,11 @@ class DenylistLost(StoreUnavailable):
 
     #: Never let through by a fail-open policy.
     fail_closed = True
+
+
+class DurabilityNotReached(StoreUnavailable):
+    """The write happened, but the wait ``REVOKER_DURABILITY`` asks for (WAITAOF or WAIT) did
+    not confirm it in time: not acknowledged as durable. Retrying the (idempotent) call is safe."""
 
 
 class JobError(RevokerError):

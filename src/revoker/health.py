@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from revoker.settings import is_sentinel_url
+
 if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
     from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
@@ -71,7 +73,7 @@ def broker_health(
     When the broker is the Redis just probed (``redis_health``), that answer is the broker's: a
     second connection to the same server would say nothing new.
     """
-    url = settings.effective_broker_url
+    url = settings.broker_url or settings.redis_url
     if redis_health is not None and url == settings.redis_url:
         return dict(redis_health)
     started = time.perf_counter()
@@ -83,10 +85,10 @@ def broker_health(
 
 
 def _connect(url: str, timeout: float) -> None:
-    if url.startswith(REDIS_SCHEMES):
-        import redis
+    if url.startswith(REDIS_SCHEMES) or is_sentinel_url(url):
+        from revoker.store._clients import sync_client_for_url
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = sync_client_for_url(url, timeout=timeout)
         try:
             client.ping()
         finally:
@@ -104,21 +106,26 @@ def _connect(url: str, timeout: float) -> None:
 
 @dataclass(frozen=True)
 class HealthReport:
-    """What Redis and the broker answered, and what the data and the server say."""
+    """What Redis and the broker answered, whether Redis honours REVOKER_DURABILITY, and what
+    the data and the server say."""
 
     redis: dict[str, Any]
     broker: dict[str, Any]
+    #: ``{"mode", "honoured", "detail", ...}`` (see :func:`revoker.durability.assess`).
+    durability: dict[str, Any] | None = None
     integrity: dict[str, Any] = field(default_factory=lambda: {"healthy": True})
     server: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def reachable(self) -> bool:
+        """Both answered, and the durability asked for is honoured."""
+        honoured = self.durability is None or bool(self.durability["honoured"])
+        return bool(self.redis["healthy"]) and bool(self.broker["healthy"]) and honoured
+
+    @property
     def healthy(self) -> bool:
-        """Both answered, and no loss of the denylist is recorded or seen."""
-        return (
-            bool(self.redis["healthy"])
-            and bool(self.broker["healthy"])
-            and bool(self.integrity["healthy"])
-        )
+        """:attr:`reachable`, and no loss of the denylist is recorded or seen."""
+        return self.reachable and bool(self.integrity["healthy"])
 
 
 def integrity_report(
@@ -231,8 +238,9 @@ def check(store: SyncRedisTokenRevocationStore, settings: RevokerSettings) -> He
 
     redis_health = store.health_check()
     broker = broker_health(settings, redis_health)
+    durability = store.durability_check()
     if not redis_health["healthy"]:
-        return HealthReport(redis_health, broker)
+        return HealthReport(redis_health, broker, durability)
     try:
         integrity = _integrity(store, store.integrity(), None)
     except StoreUnavailable as e:
@@ -244,7 +252,8 @@ def check(store: SyncRedisTokenRevocationStore, settings: RevokerSettings) -> He
         except StoreUnavailable:
             answers[name] = None  # CONFIG or INFO refused (a managed Redis): unknown
     replicas = answers.pop("replicas")
-    return HealthReport(redis_health, broker, integrity, server_report(answers, replicas))
+    server = server_report(answers, replicas)
+    return HealthReport(redis_health, broker, durability, integrity, server)
 
 
 async def check_async(store: RedisTokenRevocationStore, settings: RevokerSettings) -> HealthReport:
@@ -255,8 +264,9 @@ async def check_async(store: RedisTokenRevocationStore, settings: RevokerSetting
 
     redis_health = await store.health_check()
     broker = await anyio.to_thread.run_sync(broker_health, settings, redis_health)
+    durability = await store.durability_check()
     if not redis_health["healthy"]:
-        return HealthReport(redis_health, broker)
+        return HealthReport(redis_health, broker, durability)
     try:
         integrity = _integrity(store, await store.integrity(), None)
     except StoreUnavailable as e:
@@ -268,4 +278,5 @@ async def check_async(store: RedisTokenRevocationStore, settings: RevokerSetting
         except StoreUnavailable:
             answers[name] = None
     replicas = answers.pop("replicas")
-    return HealthReport(redis_health, broker, integrity, server_report(answers, replicas))
+    server = server_report(answers, replicas)
+    return HealthReport(redis_health, broker, durability, integrity, server)

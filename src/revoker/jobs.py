@@ -119,7 +119,7 @@ def enqueue(request: BulkRevocation, *, settings: RevokerSettings | None = None)
     record = JobRecord.for_request(request, job_id=new_job_id(), created_at=time.time())
     store = _store(settings)
     if not request.filtered and not request.dry_run:
-        record.watermark_at = store.execute(store.jobs.plan_scope_watermark(request))
+        record.watermark_at = store.execute(store.jobs.plan_scope_watermark(request), durable=True)
     return _record_and_publish(store, record)
 
 

@@ -15,6 +15,7 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobs                         zset    job ids scored by creation time (ms)
     P:jobs:pending                 zset    outbox: jobs not yet started, by creation time (ms)
     P:jobs:running                 zset    jobs running, by when their progress last moved (s)
+    P:jobs:chunk_begun             string  when any chunk last began (unix s): workers busy
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
@@ -424,6 +425,11 @@ class KeyLayout:
     def jobs_running(self) -> str:
         """Jobs started and not finished, scored by when their progress last moved (unix s)."""
         return f"{self.prefix}:jobs:running"
+
+    @property
+    def jobs_chunk_begun(self) -> str:
+        """When any job's chunk last began (unix s): the workers are busy with chunks."""
+        return f"{self.prefix}:jobs:chunk_begun"
 
     def job_idempotency(self, digest: str) -> str:
         return f"{self.prefix}:jobkey:{escape_id(digest, 'idempotency key')}"

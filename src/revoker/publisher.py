@@ -7,6 +7,7 @@ Below both, so that neither imports the other. Celery is imported when a job is 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from typing import Any
@@ -44,13 +45,27 @@ def _sender(settings: RevokerSettings) -> Any:
         return app
 
 
-def publish_job(record: JobRecord, *, settings: RevokerSettings | None = None) -> bool:
-    """Publish the job's task; True on success. A broker failure is logged, not raised."""
+def publish_job(
+    record: JobRecord, *, settings: RevokerSettings | None = None, take_over: bool = False
+) -> bool:
+    """Publish the job's task; True on success. A broker failure is logged, not raised.
+
+    Each message carries an attempt id of its own: the first message to start the job owns it,
+    and any other copy does nothing (``scripts/job_start.lua``). ``take_over`` makes this new
+    message the owner of an already started job first (the stall watch's republish).
+    """
     settings = settings or get_settings()
     store = get_sync_revocation_store(settings)
+    attempt = secrets.token_hex(8)
     try:
+        if take_over:
+            store.execute(store.jobs.plan_take_over(record.id, attempt))
         _sender(settings).send_task(
-            TASK_FOR_KIND[record.kind], args=[record.id], task_id=record.id, retry=True
+            TASK_FOR_KIND[record.kind],
+            args=[record.id],
+            kwargs={"attempt": attempt},
+            task_id=record.id,
+            retry=True,
         )
     except Exception as e:  # noqa: BLE001 - kombu/amqp/redis raise many types; the outbox retries
         log.warning("publishing job %s failed, it stays pending: %s: %s", record.id, type(e), e)

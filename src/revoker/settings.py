@@ -8,13 +8,17 @@ that names the environment variable to fix.
 
 from __future__ import annotations
 
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Final, Literal, Self
+from urllib.parse import parse_qsl, quote, unquote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from revoker.durability import Durability, parse_durability
 from revoker.exceptions import ConfigurationError
 
 __all__ = [
@@ -22,11 +26,17 @@ __all__ = [
     "ENV_PREFIX",
     "HMAC_ALGORITHMS",
     "MIN_HMAC_SECRET_BYTES",
+    "SENTINEL_DEFAULT_PORT",
+    "SENTINEL_SCHEME",
+    "SENTINEL_URL_FORM",
     "JwtAlgorithm",
     "RevokerSettings",
+    "SentinelConfig",
     "configure",
     "get_settings",
+    "is_sentinel_url",
     "load_settings",
+    "parse_sentinel_url",
     "reset_settings",
     "settings_reference",
 ]
@@ -48,6 +58,145 @@ JwtAlgorithm = Literal[
     "ES256", "ES384", "ES512",
     "EdDSA",
 ]  # fmt: skip
+
+
+#: Scheme of a Redis behind Sentinel (REVOKER_REDIS_URL, and REVOKER_BROKER_URL/RESULT_BACKEND).
+SENTINEL_SCHEME: Final = "redis+sentinel"
+SENTINEL_DEFAULT_PORT: Final = 26379
+SENTINEL_URL_FORM: Final = (
+    "redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/master-name[/db]"
+    "[?sentinel_username=...&sentinel_password=...]"
+)
+#: The query options of a sentinel URL: credentials for the sentinels themselves (the userinfo
+#: part is for the Redis servers they manage).
+_SENTINEL_OPTIONS: Final = ("sentinel_username", "sentinel_password")
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+_HOST: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?$")
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """A Redis master found through Sentinel: what a ``redis+sentinel://`` URL names."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """Credentials of the sentinels (redis-py's and kombu's ``sentinel_kwargs``)."""
+        kwargs: dict[str, Any] = {}
+        if self.sentinel_username is not None:
+            kwargs["username"] = self.sentinel_username
+        if self.sentinel_password is not None:
+            kwargs["password"] = self.sentinel_password
+        return kwargs
+
+    def kombu_url(self) -> str:
+        """kombu's and Celery's form: ``sentinel://[user:pass@]host:port/db;sentinel://...``."""
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        return ";".join(
+            f"sentinel://{auth}{f'[{host}]' if ':' in host else host}:{port}/{self.db}"
+            for host, port in self.sentinels
+        )
+
+    def kombu_transport_options(self) -> dict[str, Any]:
+        """The transport options kombu's sentinel transport (and Celery's backend) need."""
+        options: dict[str, Any] = {"master_name": self.master_name}
+        if self.sentinel_kwargs():
+            options["sentinel_kwargs"] = self.sentinel_kwargs()
+        return options
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    """Whether ``url`` is a ``redis+sentinel://`` URL."""
+    return url is not None and url.partition("://")[0].lower() == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelConfig:
+    """The sentinels, master name, db and credentials of a ``redis+sentinel://`` URL.
+
+    Raises ValueError saying what is wrong; the message never repeats the URL (it may hold a
+    password).
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != SENTINEL_SCHEME:
+        raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
+    if "#" in rest:
+        raise ValueError(
+            f"a {SENTINEL_SCHEME}:// URL has no #fragment; the form is {SENTINEL_URL_FORM}"
+        )
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if password is None and username is not None:
+            # redis-py's reading of redis://secret@host: a lone userinfo is the password.
+            username, password = None, username
+    sentinels: list[tuple[str, int]] = []
+    # Messages name a part by position, never by content: a password with an unescaped / or @
+    # would otherwise be echoed as a "host".
+    for number, entry in enumerate(hostlist.split(","), start=1):
+        if not entry:
+            raise ValueError(
+                f"names no sentinel host (or has an empty one); the form is {SENTINEL_URL_FORM}"
+            )
+        match = _HOST.match(entry)
+        if match is None:
+            raise ValueError(f"sentinel address {number} is not host or host:port")
+        host, port_text = match.group(1).strip("[]"), match.group(2)
+        port = int(port_text) if port_text else SENTINEL_DEFAULT_PORT
+        if not 1 <= port <= 65535:
+            raise ValueError(f"sentinel address {number}: port must be 1-65535")
+        sentinels.append((host, port))
+    parts = path.split("/") if slash else []
+    if parts and parts[-1] == "":
+        parts.pop()  # a trailing slash
+    if not parts or not parts[0]:
+        raise ValueError(f"names no master; the form is {SENTINEL_URL_FORM}")
+    if len(parts) > 2:
+        raise ValueError(f"has a path beyond /master-name/db; the form is {SENTINEL_URL_FORM}")
+    master_name = unquote(parts[0])
+    if any(c.isspace() for c in master_name):
+        raise ValueError("master name must not contain whitespace")
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit() or len(parts[1]) > 5:
+            raise ValueError("the database (after the master name) is not a number")
+        db = int(parts[1])
+    options: dict[str, str] = {}
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ValueError("query string is not name=value&...") from None
+        for name, value in pairs:
+            if name not in _SENTINEL_OPTIONS:
+                raise ValueError(
+                    f"unknown option {name!r}; a {SENTINEL_SCHEME}:// URL takes only "
+                    + ", ".join(_SENTINEL_OPTIONS)
+                )
+            if name in options:
+                raise ValueError(f"option {name!r} is given twice")
+            options[name] = value
+    return SentinelConfig(
+        sentinels=tuple(sentinels),
+        master_name=master_name,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username"),
+        sentinel_password=options.get("sentinel_password"),
+    )
 
 
 class RevokerSettings(BaseSettings):
@@ -88,6 +237,20 @@ class RevokerSettings(BaseSettings):
         description="Prefix of every Redis key revoker writes (no braces or colons).",
     )
 
+    durability: str = Field(
+        "none",
+        description="When a revocation is acknowledged: none (in memory), fsync (on the server's "
+        "disk: WAITAOF, needs Redis >= 7.2 or Valkey with appendfsync always) or replicas:N "
+        "(WAIT for N replicas). Bulk-job chunks count themselves done only after the same wait.",
+    )
+    durability_timeout: float = Field(
+        0.05,
+        gt=0,
+        le=60,
+        description="Seconds a revocation waits for REVOKER_DURABILITY before it fails (written, "
+        "not acknowledged as durable). Below REVOKER_REDIS_TIMEOUT.",
+    )
+
     # --- Celery --------------------------------------------------------------------------------
     broker_url: str | None = Field(
         None, description="Celery broker (redis:// or amqp://). Defaults to REVOKER_REDIS_URL."
@@ -100,6 +263,17 @@ class RevokerSettings(BaseSettings):
         ge=10,
         description="Seconds before an unacknowledged task is redelivered (Redis broker). "
         "Task time limits are derived from it so a running task is never redelivered.",
+    )
+    job_start_timeout: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Seconds a published job may wait for a worker to start it, and a running "
+        "job's chunks for one of them to begin while no worker is busy with chunks, before the "
+        "outbox sweep publishes the job again (a broker that lost the messages, e.g. restarted "
+        "without persistence): within max(this, 5) + 5 s for a job not started, this + 10 s for "
+        "lost chunks. Extra copies are harmless: the first message to start a job runs it, the "
+        "others do nothing.",
     )
     max_redeliveries: int = Field(
         5, ge=1, description="Deliveries of one chunk before it is parked as failed."
@@ -207,7 +381,64 @@ class RevokerSettings(BaseSettings):
     def _url_has_scheme(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
             raise ValueError("must be a URL such as redis://127.0.0.1:6379/0")
+        if is_sentinel_url(value):
+            assert value is not None
+            parse_sentinel_url(value)  # a malformed one fails here, at load, by name
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        scheme = value.partition("://")[0].lower()
+        if scheme == "rediss+sentinel":
+            raise ValueError("TLS to a Sentinel-managed Redis is not supported; use redis+sentinel")
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                f"scheme {scheme}:// is not one of "
+                + ", ".join(f"{name}://" for name in _REDIS_SCHEMES)
+            )
+        return value
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _no_bare_kombu_sentinel(cls, value: str | None) -> str | None:
+        if value is not None and value.lower().startswith("sentinel://"):
+            raise ValueError(
+                "kombu's sentinel:// form cannot name the master; use "
+                f"{SENTINEL_URL_FORM} (or leave it unset to use REVOKER_REDIS_URL's)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_is_not_cluster(self) -> Self:
+        if self.redis_cluster and is_sentinel_url(self.redis_url):
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_CLUSTER cannot be combined with a {SENTINEL_SCHEME}:// "
+                f"{ENV_PREFIX}REDIS_URL"
+            )
+        return self
+
+    @field_validator("durability")
+    @classmethod
+    def _durability_parses(cls, value: str) -> str:
+        return str(parse_durability(value))
+
+    @model_validator(mode="after")
+    def _durability_fits(self) -> Self:
+        if self.durability == "none":
+            return self
+        if self.redis_cluster:
+            raise ValueError(
+                f"{ENV_PREFIX}DURABILITY={self.durability} is not supported with "
+                f"{ENV_PREFIX}REDIS_CLUSTER (WAIT and WAITAOF answer for one node only)"
+            )
+        if self.durability_timeout >= self.redis_timeout:
+            raise ValueError(
+                f"{ENV_PREFIX}DURABILITY_TIMEOUT ({self.durability_timeout:g} s) must be below "
+                f"{ENV_PREFIX}REDIS_TIMEOUT ({self.redis_timeout:g} s): the async store's "
+                "socket would time out before the wait answers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_match_algorithm(self) -> Self:
@@ -243,14 +474,39 @@ class RevokerSettings(BaseSettings):
         return self
 
     @property
+    def redis_sentinel(self) -> SentinelConfig | None:
+        """The Sentinel-managed master REVOKER_REDIS_URL names, or None for a plain URL."""
+        return parse_sentinel_url(self.redis_url) if is_sentinel_url(self.redis_url) else None
+
+    @property
     def effective_broker_url(self) -> str:
-        """The Celery broker: ``REVOKER_BROKER_URL``, else ``REVOKER_REDIS_URL``."""
-        return self.broker_url or self.redis_url
+        """The Celery broker: ``REVOKER_BROKER_URL``, else ``REVOKER_REDIS_URL``.
+
+        A ``redis+sentinel://`` URL is given in kombu's ``sentinel://...;sentinel://...`` form,
+        with :attr:`broker_transport_options` naming the master.
+        """
+        return _kombu_url(self.broker_url or self.redis_url)
 
     @property
     def effective_result_backend(self) -> str:
-        """The Celery result backend: ``REVOKER_RESULT_BACKEND``, else ``REVOKER_REDIS_URL``."""
-        return self.result_backend or self.redis_url
+        """The Celery result backend: ``REVOKER_RESULT_BACKEND``, else ``REVOKER_REDIS_URL``
+        (a sentinel URL in Celery's form, like :attr:`effective_broker_url`)."""
+        return _kombu_url(self.result_backend or self.redis_url)
+
+    @property
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Transport options the effective broker URL needs (a Sentinel's master name)."""
+        return _kombu_options(self.broker_url or self.redis_url)
+
+    @property
+    def result_backend_transport_options(self) -> dict[str, Any]:
+        """Transport options the effective result backend needs (a Sentinel's master name)."""
+        return _kombu_options(self.result_backend or self.redis_url)
+
+    @property
+    def durability_policy(self) -> Durability:
+        """``REVOKER_DURABILITY`` parsed (see :mod:`revoker.durability`)."""
+        return parse_durability(self.durability)
 
     @property
     def longest_token_ttl(self) -> int:
@@ -263,6 +519,14 @@ class RevokerSettings(BaseSettings):
         return load_settings(redis_url=redis_url, **overrides)
 
 
+def _kombu_url(url: str) -> str:
+    return parse_sentinel_url(url).kombu_url() if is_sentinel_url(url) else url
+
+
+def _kombu_options(url: str) -> dict[str, Any]:
+    return parse_sentinel_url(url).kombu_transport_options() if is_sentinel_url(url) else {}
+
+
 def load_settings(**overrides: Any) -> RevokerSettings:
     """Build settings from the environment plus ``overrides``, or raise ConfigurationError."""
     try:
@@ -272,15 +536,14 @@ def load_settings(**overrides: Any) -> RevokerSettings:
 
 
 def _explain(exc: ValidationError) -> str:
-    lines = ["invalid revoker configuration:"]
+    problems = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
         msg = error["msg"].removeprefix("Value error, ")
-        if loc:
-            lines.append(f"  {ENV_PREFIX}{'_'.join(loc).upper()}: {msg}")
-        else:
-            lines.append(f"  {msg}")
-    return "\n".join(lines)
+        problems.append(f"{ENV_PREFIX}{'_'.join(loc).upper()}: {msg}" if loc else msg)
+    if len(problems) == 1:  # one line, as the CLI prints it
+        return f"invalid revoker configuration: {problems[0]}"
+    return "\n".join(["invalid revoker configuration:", *(f"  {p}" for p in problems)])
 
 
 _lock = threading.Lock()

@@ -3,6 +3,9 @@
 Verification trusts nothing the token says about how to verify it: the algorithm is pinned from
 settings, keys come from settings (a secret, a PEM file or a JWKS URL), headers that carry key
 material or key URLs are refused, and ``exp``, ``iat``, ``jti``, ``sub`` and ``typ`` are required.
+The header and the claims set are read by one bounded JSON reader (:func:`_json_object`): a token
+no JSON parser should be trusted to read alike (too deep, huge numbers, not UTF-8, a repeated
+name) is a MalformedToken before anything acts on it.
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
+import re
 import secrets
 import threading
 import time
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, NoReturn
 
 import jwt
 from cachetools import TLRUCache
@@ -33,6 +38,8 @@ __all__ = [
     "JWKS_FETCH_TIMEOUT",
     "JWKS_LIFESPAN",
     "JWKS_REFRESH_COOLDOWN",
+    "MAX_JSON_DEPTH",
+    "MAX_TIMESTAMP",
     "MAX_TOKEN_BYTES",
     "REQUIRED_CLAIMS",
     "IssuedToken",
@@ -47,9 +54,19 @@ __all__ = [
     "issue_token",
 ]
 
+logger = logging.getLogger("revoker.tokens")
+
 TokenType = Literal["access", "refresh"]
-#: Tokens (and Authorization header values) longer than this are rejected before decoding.
+#: Tokens (and Authorization header values) longer than this are rejected before decoding: it
+#: also bounds the size of the header and of the claims set.
 MAX_TOKEN_BYTES: Final = 8192
+#: Deepest nesting of arrays and objects a header or claims set may have (the object itself is 1).
+MAX_JSON_DEPTH: Final = 16
+#: Most digits (and sign) an integer in a header or claims set may have: int64 and uint64 fit.
+_MAX_INT_CHARS: Final = 21
+#: Latest ``exp`` / ``iat`` accepted (9999-12-31T23:59:59Z): what a datetime, and a Redis TTL,
+#: can hold.
+MAX_TIMESTAMP: Final = 253_402_300_799
 #: JOSE header parameters that carry key material or point at it (RFC 7515 §4.1), and ``crit``:
 #: we implement no extension, so a token demanding one cannot be understood (RFC 7515 §4.1.11).
 FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
@@ -362,7 +379,7 @@ class TokenVerifier:
             raise exc.MalformedToken("token kid must be a string")
         key = self._key_for(header.get("kid"))
         try:
-            payload = jwt.decode(
+            payload = _JWT.decode(
                 token,
                 key,
                 algorithms=self._algorithms,
@@ -460,6 +477,8 @@ class TokenVerifier:
         exp = payload["exp"]
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise exc.InvalidClaim("token exp must be a number")
+        if not (0 <= iat <= MAX_TIMESTAMP and 0 <= exp <= MAX_TIMESTAMP):
+            raise exc.InvalidClaim("token iat or exp is out of range")
         return TokenData(
             sub=payload["sub"],
             jti=payload["jti"],
@@ -480,12 +499,129 @@ def _unverified_header(token: str) -> dict[str, Any]:
     try:
         if not dot:
             raise ValueError("no header segment")
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, binascii.Error):  # json and UTF-8 errors are ValueErrors
+        data = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except (ValueError, binascii.Error):
         raise exc.MalformedToken("token is not a well-formed JWT") from None
-    if not isinstance(header, dict):
-        raise exc.MalformedToken("token header is not a JSON object")
-    return header
+    return _json_object(data, "header")
+
+
+class _Refused(ValueError):
+    """A JSON text revoker will not read; the argument says why, in words safe for a client."""
+
+
+#: A JSON string, or what is left of the text from an unterminated one. Possessive, and it cannot
+#: fail once at a quote: linear in the text, whatever the text (no regex backtracking blow-up).
+_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+#: What nests: the brackets left once strings are gone.
+_BRACKET: Final = re.compile(r"[\[\]{}]")
+#: A \u escape of a UTF-16 surrogate: a lone one is a string UTF-8 cannot encode.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than :data:`MAX_JSON_DEPTH`."""
+    # Nesting needs at least as many brackets as levels: most texts are decided here, for free.
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # RFC 7519 §4 / RFC 7515 §4: a repeated name (two "alg", two "sub") is read differently by
+    # different parsers; Python's would silently take the last one.
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise _Refused("a duplicate member name")
+    return members
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > _MAX_INT_CHARS:
+        raise _Refused("a number out of range")
+    return int(literal)
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Refused("a number out of range")
+    return value
+
+
+def _no_constant(_literal: str) -> NoReturn:
+    raise _Refused("a number out of range")  # NaN, Infinity, -Infinity: not JSON (RFC 8259 §6)
+
+
+_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_unique_members,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+    parse_constant=_no_constant,
+)
+
+
+def _json_object(data: bytes, segment: str) -> dict[str, Any]:
+    """The JSON object of a token's ``segment`` ("header" or "payload"), read within bounds.
+
+    Strict UTF-8 (not the UTF-16/32 ``json.loads`` guesses from bytes), at most
+    :data:`MAX_JSON_DEPTH` levels, no repeated member names, integers of at most 20 digits,
+    finite numbers: anything else is a MalformedToken. A string escaping a lone surrogate (valid
+    JSON, but no UTF-8 can carry it to Redis or to a JSON response) is an InvalidClaim in the
+    claims, a MalformedToken in the header. Either is logged once: one line, no traceback.
+    """
+    error: type[exc.TokenError] = exc.MalformedToken
+    try:
+        text = data.decode("utf-8")
+        if _too_deep(text):
+            raise _Refused(f"nesting deeper than {MAX_JSON_DEPTH}")
+        value = _DECODER.decode(text)
+    except _Refused as e:
+        reason = f"token {segment} has {e.args[0]}"
+    except UnicodeError:
+        reason = f"token {segment} is not UTF-8"
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        reason = f"token {segment} is not valid JSON"
+    else:
+        if not isinstance(value, dict):
+            reason = f"token {segment} is not a JSON object"
+        elif _SURROGATE_ESCAPE.search(text) is None or _encodable(value):
+            return value
+        else:
+            reason = f"token {segment} has a string that is not valid Unicode"
+            if segment == "payload":
+                error = exc.InvalidClaim
+    logger.info("token rejected: %s", reason)
+    raise error(reason) from None
+
+
+def _encodable(value: dict[str, Any]) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
+
+
+class _BoundedJWT(jwt.PyJWT):
+    """PyJWT, reading the claims set with :func:`_json_object` (its one payload parse).
+
+    ``_decode_payload`` is PyJWT's hook for this (jpadilla/pyjwt#829). It runs after
+    the signature is verified, so an unsigned hostile payload never reaches the parser.
+    """
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        return _json_object(decoded["payload"], "payload")
+
+
+_JWT: Final = _BoundedJWT()
 
 
 def _until_exp(_key: tuple[str, str], value: TokenData, _now: float) -> float:

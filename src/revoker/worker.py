@@ -62,12 +62,17 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
         # (10 s x 10) a short visibility timeout would still wait ~100 s.
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
         "unacked_restore_throttle": 1,
+        # A Sentinel-managed broker: the master's name (kombu's sentinel transport needs it).
+        **settings.broker_transport_options,
     }
     return {
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.effective_result_backend,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            **settings.result_backend_transport_options,
+        },
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "result_serializer": "json",

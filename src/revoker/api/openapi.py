@@ -150,6 +150,7 @@ def openapi_document() -> dict[str, Any]:
                 "broker": {"type": "object"},
                 "integrity": {"type": "object"},
                 "server": {"type": "object"},
+                "durability": {"type": "object"},
             },
         },
     }

@@ -22,8 +22,9 @@ __all__ = ["health", "metrics", "openapi", "routes"]
 
 
 async def health(context: ApiContext, _request: Request) -> Response:
-    """Redis and broker reachability and the denylist's integrity: 200 when both answer and no
-    loss is recorded, else 503; the server settings that can undo a revocation are reported."""
+    """Redis and broker reachability, durability and the denylist's integrity: 200 when both
+    answer, the durability asked for is honoured and no loss is recorded, else 503; the server
+    settings that can undo a revocation are reported."""
     report = await health_checks.check_async(context.store, context.settings)
     return JSONResponse(
         {
@@ -32,6 +33,7 @@ async def health(context: ApiContext, _request: Request) -> Response:
             "broker": report.broker,
             "integrity": report.integrity,
             "server": report.server,
+            "durability": report.durability,
         },
         status_code=200 if report.healthy else 503,
         headers=NO_STORE,

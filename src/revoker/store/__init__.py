@@ -10,7 +10,7 @@ from revoker.settings import RevokerSettings, get_settings
 from revoker.store._async import RedisTokenRevocationStore
 from revoker.store._base import RotationReply, SessionRecord, StoreCore
 from revoker.store._bulk import Exchange
-from revoker.store._jobs import Flow, JobPlans, JobProgress
+from revoker.store._jobs import Flow, JobPlans, JobProgress, JobStart
 from revoker.store._sync import SyncRedisTokenRevocationStore
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Flow",
     "JobPlans",
     "JobProgress",
+    "JobStart",
     "RedisTokenRevocationStore",
     "RotationReply",
     "SessionRecord",

@@ -22,9 +22,11 @@ from revoker.store._base import (
     ScriptCall,
     SessionRecord,
     StoreCore,
+    atomic_pipeline,
     load_script,
 )
 from revoker.store._clients import make_async_client
+from revoker.store._durable import PROBE, judge, unavailable, with_durability
 from revoker.store._jobs import Flow, JobPlans
 from revoker.store._pipelined import PipelinedConnection
 from revoker.tokens import TokenData
@@ -57,6 +59,7 @@ class RedisTokenRevocationStore:
         self.is_cluster = isinstance(self.client, RedisCluster)
         self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
+        self.durability = self.settings.durability_policy
         self._scripts = {
             name: self.client.register_script(load_script(name))
             for name in (*StoreCore.SCRIPTS, *JobPlans.SCRIPTS)
@@ -71,7 +74,7 @@ class RedisTokenRevocationStore:
                 # Loaded with each connection: the check's EVALSHA then always finds it.
                 on_connect=[("SCRIPT", "LOAD", load_script("check"))],
             )
-            if client is None and not self.is_cluster
+            if client is None and not self.is_cluster and self.settings.redis_sentinel is None
             else None
         )
 
@@ -80,7 +83,11 @@ class RedisTokenRevocationStore:
         """A store for ``url``; other settings from the environment or ``overrides``."""
         return cls(settings=RevokerSettings.from_dsn(url, **overrides))
 
-    async def _execute(self, plan: Plan[T]) -> T:
+    async def _execute(self, plan: Plan[T], *, durable: bool = False) -> T:
+        """Run ``plan``; ``durable``: with REVOKER_DURABILITY's wait appended (store._durable)."""
+        policy = self.durability if durable and self.durability.enabled else None
+        if policy is not None:
+            plan = with_durability(plan, policy, self.settings.durability_timeout)
         replies: list[Any] = [None] * len(plan.commands)
         try:
             plain: list[tuple[int, tuple[Any, ...]]] = []
@@ -94,18 +101,29 @@ class RedisTokenRevocationStore:
                 i, command = plain[0]
                 replies[i] = await self.client.execute_command(*command)
             elif plain:
-                pipe = self.client.pipeline(transaction=plan.atomic and not self.is_cluster)
-                for _, command in plain:
+                commands = [command for _, command in plain]
+                unwrap = None
+                if plan.atomic and not self.is_cluster:
+                    commands, unwrap = atomic_pipeline(commands, plan.after_exec)
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
                     pipe.execute_command(*command)
-                for (i, _), reply in zip(plain, await pipe.execute(), strict=True):
+                answers = await pipe.execute()
+                if unwrap is not None:
+                    answers = unwrap(answers)
+                for (i, _), reply in zip(plain, answers, strict=True):
                     replies[i] = reply
         except BACKEND_ERRORS as e:
-            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+            raise unavailable(e, policy) from e
         return plan.finish(replies)
 
-    async def execute(self, plan: Plan[T]) -> T:
-        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure."""
-        return await self._execute(plan)
+    async def execute(self, plan: Plan[T], *, durable: bool = False) -> T:
+        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure.
+
+        ``durable``: a revocation, acknowledged only once REVOKER_DURABILITY's wait confirms it
+        (DurabilityNotReached, a StoreUnavailable, when it does not in time).
+        """
+        return await self._execute(plan, durable=durable)
 
     async def run(self, flow: Flow[T]) -> T:
         """Run a multi-step plan: each plan it yields is executed and its result sent back."""
@@ -132,7 +150,8 @@ class RedisTokenRevocationStore:
         entry lives as long as an access token can.
         """
         return await self._execute(
-            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor)
+            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor),
+            durable=True,
         )
 
     async def revoke_family(
@@ -150,7 +169,10 @@ class RedisTokenRevocationStore:
         nothing. True if newly revoked.
         """
         return await self._execute(
-            self.core.plan_revoke_family(family_id, tenant_id=tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_family(
+                family_id, tenant_id=tenant_id, reason=reason, actor=actor
+            ),
+            durable=True,
         )
 
     async def revoke_user_tokens(
@@ -166,7 +188,8 @@ class RedisTokenRevocationStore:
         Returns the cut-off (unix seconds): tokens issued after this call returns stay valid.
         """
         return await self._execute(
-            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor),
+            durable=True,
         )
 
     async def revoke_tenant_tokens(
@@ -174,7 +197,7 @@ class RedisTokenRevocationStore:
     ) -> float:
         """Revoke every token of ``tenant_id`` issued up to now. Returns the cut-off."""
         return await self._execute(
-            self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor), durable=True
         )
 
     # --- checks --------------------------------------------------------------------------------
@@ -338,6 +361,19 @@ class RedisTokenRevocationStore:
         except BACKEND_ERRORS as e:
             return self.core.health_result(started, e)
         return self.core.health_result(started, None)
+
+    async def durability_check(self) -> dict[str, Any]:
+        """Whether the server honours REVOKER_DURABILITY: ``{"mode", "honoured", "detail"}`` and
+        the facts judged by (see :func:`revoker.durability.assess`); never raises."""
+        if not self.durability.enabled:
+            return judge(self.durability, [{}, {}, {}, None, None])
+        answers: list[Any] = []
+        for command in PROBE:
+            try:
+                answers.append(await self.client.execute_command(*command))
+            except BACKEND_ERRORS as e:
+                answers.append(e)
+        return judge(self.durability, answers)
 
     async def get_stats(self) -> dict[str, Any]:
         """Revocation counters and the audit stream's length."""

@@ -79,13 +79,36 @@ class Plan(Generic[T]):
     """Commands to send in one pipeline, and how to read their replies.
 
     ``atomic``: the plain commands run as one MULTI/EXEC (a write of revocation state and its
-    sequence bump, :meth:`StoreCore.sequenced`). On a Redis Cluster, whose transactions cannot
-    span slots, they are sent as an ordinary pipeline.
+    sequence bump, :meth:`StoreCore.sequenced`), except the last ``after_exec`` of them, sent
+    after the EXEC in the same pipeline (REVOKER_DURABILITY's WAIT or WAITAOF: inside a MULTI
+    they would not wait). On a Redis Cluster, whose transactions cannot span slots, they are
+    sent as an ordinary pipeline.
     """
 
     commands: list[Command | ScriptCall]
     finish: Callable[[list[Any]], T]
     atomic: bool = False
+    after_exec: int = 0
+
+
+def atomic_pipeline(
+    commands: Sequence[Command], after_exec: int
+) -> tuple[list[Command], Callable[[list[Any]], list[Any]]]:
+    """``commands`` as MULTI ... EXEC followed by their last ``after_exec``, and how to turn the
+    pipeline's replies back into one reply per command (EXEC's replies are the raw ones)."""
+    inside = len(commands) - after_exec
+    wrapped = [("MULTI",), *commands[:inside], ("EXEC",), *commands[inside:]]
+
+    def unwrap(replies: list[Any]) -> list[Any]:
+        executed = replies[inside + 1]
+        if not isinstance(executed, list | tuple):
+            raise RedisError(f"transaction not executed: {executed!r}")
+        for reply in executed:
+            if isinstance(reply, BaseException):
+                raise reply
+        return [*executed, *replies[inside + 2 :]]
+
+    return wrapped, unwrap
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ an idempotency key, paging a list) is a :data:`Flow`: a generator yielding plans
 their results, run by ``store.run(flow)`` in either store.
 
 Status transitions: a job is recorded ``pending`` (:meth:`JobPlans.plan_record_job`), becomes
-``running`` when a worker starts it (:meth:`JobPlans.plan_start_job`), and finishes only through
+``running`` when a worker starts it (:meth:`JobPlans.start_job`, once: the first message to
+start it owns it, see ``scripts/job_start.lua``), and finishes only through
 :meth:`JobPlans.plan_finish` (``scripts/job_chunk_done.lua``): with its last chunk, or at once.
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "Flow",
     "JobPlans",
     "JobProgress",
+    "JobStart",
 ]
 
 T = TypeVar("T")
@@ -45,6 +47,16 @@ def _none(_replies: list[Any]) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class JobStart:
+    """What starting a job for one message decided (see :meth:`JobPlans.start_job`)."""
+
+    #: Whether this message runs the job (it claimed it, or it owns it); else it does nothing.
+    run: bool
+    #: Chunks of the job's recorded plan (a rerun reuses it), None when not planned yet.
+    chunks_total: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class JobProgress:
     """What the stalled-job watch reads of a running job."""
 
@@ -52,13 +64,21 @@ class JobProgress:
     chunks_done: bytes | None
     watched: bytes | None
     moved_at: float | None
+    #: When its job task last dispatched its chunks (None: not yet).
+    dispatched_at: float | None = None
+    #: Chunks begun and not done (held by a worker, or waiting for a retry).
+    in_flight: int = 0
+    #: When the stall watch last published it again.
+    republished_at: float | None = None
+    #: When any job's chunk last began (the workers are busy with chunks).
+    chunk_begun_at: float | None = None
 
 
 class JobPlans:
     """The plans of job storage, for both stores (see the module docstring)."""
 
     #: Lua scripts these plans call (registered by both stores).
-    SCRIPTS: tuple[str, ...] = ("job_chunk_done",)
+    SCRIPTS: tuple[str, ...] = ("job_chunk_done", "job_start")
 
     def __init__(self, core: StoreCore) -> None:
         self.core = core
@@ -170,26 +190,38 @@ class JobPlans:
 
     # --- transitions ---------------------------------------------------------------------------
 
-    def plan_start_job(self, job_id: str) -> Plan[int | None]:
-        """Mark the job ``running`` (off the outbox, on the running list). Returns its number of
-        chunks if its chunk plan was already recorded (a rerun), else None."""
-        key = self.keys.job(job_id)
+    def start_job(self, job_id: str, attempt: str = "") -> Flow[JobStart]:
+        """Start the job for the message ``attempt`` (``scripts/job_start.lua``): the first
+        message to run a pending job claims it; the owner's own rerun (redelivery, retry,
+        takeover) runs it again; any other copy gets ``run=False`` and must do nothing.
+
+        A job that runs goes off the outbox and on the running list (its progress moved now).
+        """
         now = time.time()
 
-        def finish(replies: list[Any]) -> int | None:
-            return None if replies[4] is None else int(replies[5] or 0)
+        def verdict(replies: list[Any]) -> JobStart:
+            code, snapshot, total = replies[0]
+            if not int(code):
+                return JobStart(run=False, chunks_total=None)
+            return JobStart(run=True, chunks_total=int(total or 0) if snapshot else None)
 
-        return Plan(
-            [
-                ("HSET", key, "status", "running"),
-                ("HSETNX", key, "started_at", repr(now)),
-                ("ZREM", self.keys.jobs_pending, job_id),
-                ("ZADD", self.keys.jobs_running, now, job_id),
-                ("HGET", key, "snapshot"),
-                ("HGET", key, "chunks_total"),
-            ],
-            finish,
+        start: JobStart = yield Plan(
+            [ScriptCall("job_start", [self.keys.job(job_id)], [attempt, repr(now)])], verdict
         )
+        if start.run:
+            yield Plan(
+                [
+                    ("ZREM", self.keys.jobs_pending, job_id),
+                    ("ZADD", self.keys.jobs_running, now, job_id),
+                ],
+                _none,
+            )
+        return start
+
+    def plan_take_over(self, job_id: str, attempt: str) -> Plan[None]:
+        """Make the message ``attempt`` the owner of a started job (the stall watch's takeover:
+        the old owner made no progress for a visibility timeout)."""
+        return Plan([("HSET", self.keys.job(job_id), "attempt", attempt)], _none)
 
     def plan_finish(
         self,
@@ -275,7 +307,7 @@ class JobPlans:
         return len(commands)
 
     def plan_record_snapshot(self, job_id: str, chunks_total: int) -> Plan[None]:
-        """The chunk plan is complete: later runs reuse it (see :meth:`plan_start_job`)."""
+        """The chunk plan is complete: later runs reuse it (see :meth:`start_job`)."""
         return Plan(
             [("HSET", self.keys.job(job_id), "chunks_total", chunks_total, "snapshot", "1")], _none
         )
@@ -303,8 +335,13 @@ class JobPlans:
         )
         if done:
             return None
+        now = repr(time.time())
         deliveries: int = yield Plan(
-            [("HINCRBY", self.keys.job_deliveries(job_id), str(chunk), 1)],
+            [
+                ("HINCRBY", self.keys.job_deliveries(job_id), str(chunk), 1),
+                # For the stall watch: the workers are busy with chunks (see JobProgress).
+                ("SET", self.keys.jobs_chunk_begun, now),
+            ],
             lambda replies: int(replies[0]),
         )
         return deliveries
@@ -355,21 +392,33 @@ class JobPlans:
 
     def plan_progress(self, job_id: str) -> Plan[JobProgress]:
         def finish(replies: list[Any]) -> JobProgress:
-            status, done, watched = replies[0]
+            status, done, watched, dispatched_at, republished_at = replies[0]
             return JobProgress(
                 None if status is None else _text(status),
                 done,
                 watched,
-                None if replies[1] is None else float(replies[1]),
+                _float(replies[1]),
+                dispatched_at=_float(dispatched_at),
+                in_flight=max(0, int(replies[2]) - int(replies[3])),
+                republished_at=_float(republished_at),
+                chunk_begun_at=_float(replies[4]),
             )
 
         return Plan(
             [
-                ("HMGET", self.keys.job(job_id), "status", "chunks_done", "watch_done"),
+                ("HMGET", self.keys.job(job_id), "status", "chunks_done", "watch_done",
+                 "dispatched_at", "republished_at"),
                 ("ZSCORE", self.keys.jobs_running, job_id),
+                ("HLEN", self.keys.job_deliveries(job_id)),
+                ("SCARD", self.keys.job_chunks_done(job_id)),
+                ("GET", self.keys.jobs_chunk_begun),
             ],
             finish,
-        )
+        )  # fmt: skip
+
+    def plan_mark_dispatched(self, job_id: str, now: float) -> Plan[None]:
+        """The job task dispatched the job's chunks not done ``now``."""
+        return Plan([("HSET", self.keys.job(job_id), "dispatched_at", repr(now))], _none)
 
     def plan_watch(self, job_id: str, done: bytes | None, now: float) -> Plan[None]:
         """Note where a running job's progress is, and that it moved ``now``."""
@@ -381,8 +430,15 @@ class JobPlans:
             _none,
         )
 
-    def plan_touch_running(self, job_id: str, now: float) -> Plan[None]:
-        return Plan([("ZADD", self.keys.jobs_running, now, job_id)], _none)
+    def plan_republished(self, job_id: str, now: float) -> Plan[None]:
+        """The stall watch published the job again ``now`` (its progress counts as moved)."""
+        return Plan(
+            [
+                ("ZADD", self.keys.jobs_running, now, job_id),
+                ("HSET", self.keys.job(job_id), "republished_at", repr(now)),
+            ],
+            _none,
+        )
 
     def plan_forget_running(self, job_id: str) -> Plan[None]:
         return Plan([("ZREM", self.keys.jobs_running, job_id)], _none)
@@ -423,6 +479,10 @@ class JobPlans:
 
     def plan_hdel(self, key: bytes | str, fields: Sequence[bytes]) -> Plan[int]:
         return Plan([("HDEL", key, *fields)], lambda replies: int(replies[0]))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _ids_by_score(key: str, before: int, offset: int, count: int) -> Plan[list[str]]:

@@ -8,20 +8,23 @@ share one connection: each call queues its command and a future (the commands of
 iteration go out in one write); the protocol parses replies with hiredis and resolves the futures
 in order. That costs about 15-20 µs per check.
 
-Failure behaviour matches the pooled client's: connecting is bounded by the connect timeout,
-each call by the socket timeout. A lost connection, or one that stayed silent for a whole timeout,
-is dropped (failing the calls still queued on it, which could not be answered in time either) and
-the next call opens a new one. Every error is a ``RedisError``, ``OSError`` or ``TimeoutError``
-(the store's ``BACKEND_ERRORS``). Used only where it can be exact: plain TCP, RESP2, and at
-most password authentication.
+Each call is bounded by the timeout in all, waiting for a connection included. A lost
+connection, or one that stayed silent for a whole timeout, is dropped (failing the calls still
+queued on it, which could not be answered in time either) and the next call opens a new one in
+the background: connecting, AUTH, SELECT and SCRIPT LOAD are bounded by the connect timeout,
+and a call waits for them only as long as its own timeout allows. So a hung Redis costs each call
+at most its timeout (the caller's failure policy answers), never a connect timeout on top. Every
+error is a ``RedisError``, ``OSError`` or ``TimeoutError`` (the store's ``BACKEND_ERRORS``). Used
+only where it can be exact: plain TCP, RESP2, and at most password authentication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -39,6 +42,10 @@ def pack_command(*args: str | bytes) -> bytes:
         data = arg.encode() if isinstance(arg, str) else arg
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
 
 
 class _Protocol(asyncio.Protocol):
@@ -100,9 +107,16 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
 
-    async def call(self, packed: bytes, limit: float) -> Any:
+    async def call(self, packed: bytes, limit: float, silence: float | None = None) -> Any:
+        """The reply to ``packed``, waiting at most ``limit`` seconds for it.
+
+        On a timeout the connection is dropped if no reply at all came for ``silence`` seconds
+        (default ``limit``): it is hung, not slow.
+        """
         if self.closed or self.transport is None:
             raise RedisConnectionError("connection to Redis is closed")
+        if limit <= 0:  # no time left: do not send what nobody will wait for
+            raise TimeoutError("Redis did not answer in time")
         waiter = self.loop.create_future()
         self.waiters.append(waiter)
         if not self.outgoing:
@@ -116,9 +130,9 @@ class _Protocol(asyncio.Protocol):
             # behind this one at once. One that is still answering is only slow: keep it, so one
             # slow reply under load does not fail every call in flight (and open the breaker).
             # The late reply still arrives in order and is discarded.
-            if self.loop.time() - self.last_reply >= limit:
+            if self.loop.time() - self.last_reply >= (limit if silence is None else silence):
                 self.drop(RedisConnectionError("Redis did not answer in time"))
-            raise
+            raise TimeoutError("Redis did not answer in time") from None
 
 
 class PipelinedConnection:
@@ -139,6 +153,13 @@ class PipelinedConnection:
         self.host, self.port, self.db = host, port, db
         #: Commands sent on each new connection after AUTH and SELECT (e.g. SCRIPT LOAD).
         self.on_connect = [tuple(command) for command in on_connect]
+        #: The scripts those commands load, by SHA1: an EVALSHA of one that meets NOSCRIPT (a
+        #: SCRIPT FLUSH) is sent again as EVAL, within the same call's timeout.
+        self._scripts = {
+            hashlib.sha1(_bytes(command[2]), usedforsecurity=False).hexdigest(): command[2]
+            for command in self.on_connect
+            if len(command) == 3 and (command[0], command[1]) == ("SCRIPT", "LOAD")
+        }
         self.username, self.password = username, password
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -181,26 +202,60 @@ class PipelinedConnection:
         )
 
     async def call(self, *args: str | bytes) -> Any:
-        """Any one command on the shared connection; its reply as hiredis parses it."""
-        protocol = self._protocol
-        if protocol is None or protocol.closed or protocol.loop is not asyncio.get_running_loop():
-            protocol = await self._connected()
-        return await protocol.call(pack_command(*args), self.timeout)
+        """Any one command on the shared connection; its reply as hiredis parses it.
 
-    async def _connected(self) -> _Protocol:
+        Waits at most the timeout in all: for a connection (opened in the background when there
+        is none), for the reply, and for a NOSCRIPT's EVAL.
+        """
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.loop is not loop:
+            protocol = await self._connected(loop, deadline)
+        try:
+            return await protocol.call(pack_command(*args), deadline - loop.time(), self.timeout)
+        except ResponseError as e:
+            script = self._script_of(args) if str(e).startswith("NOSCRIPT") else None
+            if script is None:
+                raise
+            # Redis lost its scripts (SCRIPT FLUSH): EVAL runs and caches the script again.
+            evaluate = pack_command("EVAL", script, *args[2:])
+            return await protocol.call(evaluate, deadline - loop.time(), self.timeout)
+
+    def _script_of(self, args: Sequence[str | bytes]) -> str | bytes | None:
+        """The script an EVALSHA in ``args`` names, if one of ours."""
+        if len(args) < 2 or _bytes(args[0]).upper() != b"EVALSHA":
+            return None
+        return self._scripts.get(_bytes(args[1]).decode("ascii", "replace").lower())
+
+    async def _connected(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Protocol:
         task = self._connecting
         if task is None or task.get_loop() is not loop:
             task = self._connecting = loop.create_task(self._open(loop))
             task.add_done_callback(self._connect_done)
-        # Shielded: one caller giving up must not cancel the connect the others wait for.
-        return await asyncio.shield(task)
+        # Shielded: a caller out of time leaves the connect running in the background (bounded
+        # by the connect timeout) for the calls after it; it waits no longer than its own budget.
+        budget = asyncio.timeout_at(deadline)
+        try:
+            async with budget:
+                return await asyncio.shield(task)
+        except TimeoutError:
+            if not budget.expired():
+                raise  # the connect itself timed out
+            raise TimeoutError(
+                "no connection to Redis yet (connecting in the background)"
+            ) from None
 
     def _connect_done(self, task: asyncio.Task[_Protocol]) -> None:
-        if self._connecting is task:
+        adopted = self._connecting is task
+        if adopted:
             self._connecting = None
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if adopted:
             self._protocol = task.result()
+        else:  # closed, or replaced by a connect on another loop, meanwhile
+            task.result().drop(RedisConnectionError("connection no longer wanted"))
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         old, self._protocol = self._protocol, None
@@ -229,17 +284,24 @@ class PipelinedConnection:
         return protocol
 
     def close(self) -> None:
-        """Close the connection, on its own loop when that is another (and still open) one."""
+        """Close the connection and stop a connect in progress, each on its own loop."""
+        task, self._connecting = self._connecting, None
+        if task is not None and not task.done():
+            _call_on(task.get_loop(), task.cancel)
         protocol, self._protocol = self._protocol, None
-        if protocol is None:
-            return
-        closed = RedisConnectionError("store closed")
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if protocol.loop is running:
-            protocol.drop(closed)
-        elif not protocol.loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # it closed in between
-                protocol.loop.call_soon_threadsafe(protocol.drop, closed)
+        if protocol is not None:
+            _call_on(protocol.loop, protocol.drop, RedisConnectionError("store closed"))
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
+    """``callback(*args)`` on ``loop``: now if it is the running loop, else soon, thread-safely
+    (and not at all if it is closed)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        callback(*args)
+    elif not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # it closed in between
+            loop.call_soon_threadsafe(callback, *args)

@@ -25,10 +25,12 @@ from revoker.store._base import (
     ScriptCall,
     SessionRecord,
     StoreCore,
+    atomic_pipeline,
     load_script,
 )
 from revoker.store._bulk import Exchange, bulk_exchange
 from revoker.store._clients import make_sync_client
+from revoker.store._durable import PROBE, judge, unavailable, with_durability
 from revoker.store._jobs import Flow, JobPlans
 from revoker.tokens import TokenData
 
@@ -48,6 +50,7 @@ class SyncRedisTokenRevocationStore:
         self.is_cluster = isinstance(self.client, RedisCluster)
         self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
+        self.durability = self.settings.durability_policy
         self._scripts = {
             name: self.client.register_script(load_script(name))
             for name in (*StoreCore.SCRIPTS, *JobPlans.SCRIPTS)
@@ -58,7 +61,11 @@ class SyncRedisTokenRevocationStore:
         """A store for ``url``; other settings from the environment or ``overrides``."""
         return cls(settings=RevokerSettings.from_dsn(url, **overrides))
 
-    def _execute(self, plan: Plan[T]) -> T:
+    def _execute(self, plan: Plan[T], *, durable: bool = False) -> T:
+        """Run ``plan``; ``durable``: with REVOKER_DURABILITY's wait appended (store._durable)."""
+        policy = self.durability if durable and self.durability.enabled else None
+        if policy is not None:
+            plan = with_durability(plan, policy, self.settings.durability_timeout)
         replies: list[Any] = [None] * len(plan.commands)
         try:
             plain: list[tuple[int, tuple[Any, ...]]] = []
@@ -72,18 +79,29 @@ class SyncRedisTokenRevocationStore:
                 i, command = plain[0]
                 replies[i] = self.client.execute_command(*command)
             elif plain:
-                pipe = self.client.pipeline(transaction=plan.atomic and not self.is_cluster)
-                for _, command in plain:
+                commands = [command for _, command in plain]
+                unwrap = None
+                if plan.atomic and not self.is_cluster:
+                    commands, unwrap = atomic_pipeline(commands, plan.after_exec)
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
                     pipe.execute_command(*command)
-                for (i, _), reply in zip(plain, pipe.execute(), strict=True):
+                answers = pipe.execute()
+                if unwrap is not None:
+                    answers = unwrap(answers)
+                for (i, _), reply in zip(plain, answers, strict=True):
                     replies[i] = reply
         except BACKEND_ERRORS as e:
-            raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+            raise unavailable(e, policy) from e
         return plan.finish(replies)
 
-    def execute(self, plan: Plan[T]) -> T:
-        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure."""
-        return self._execute(plan)
+    def execute(self, plan: Plan[T], *, durable: bool = False) -> T:
+        """Run one plan (one round trip, plus its script calls); StoreUnavailable on failure.
+
+        ``durable``: a revocation, acknowledged only once REVOKER_DURABILITY's wait confirms it
+        (DurabilityNotReached, a StoreUnavailable, when it does not in time).
+        """
+        return self._execute(plan, durable=durable)
 
     def run(self, flow: Flow[T]) -> T:
         """Run a multi-step plan: each plan it yields is executed and its result sent back."""
@@ -141,7 +159,8 @@ class SyncRedisTokenRevocationStore:
     ) -> bool:
         """See :meth:`RedisTokenRevocationStore.revoke_token`."""
         return self._execute(
-            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor)
+            self.core.plan_revoke_token(jti, expires_at=expires_at, reason=reason, actor=actor),
+            durable=True,
         )
 
     def revoke_family(
@@ -154,7 +173,10 @@ class SyncRedisTokenRevocationStore:
     ) -> bool:
         """See :meth:`RedisTokenRevocationStore.revoke_family`."""
         return self._execute(
-            self.core.plan_revoke_family(family_id, tenant_id=tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_family(
+                family_id, tenant_id=tenant_id, reason=reason, actor=actor
+            ),
+            durable=True,
         )
 
     def revoke_user_tokens(
@@ -167,14 +189,17 @@ class SyncRedisTokenRevocationStore:
     ) -> float:
         """See :meth:`RedisTokenRevocationStore.revoke_user_tokens`."""
         return self._execute(
-            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor)
+            self.core.plan_revoke_user(user_id, tenant_id=tenant_id, reason=reason, actor=actor),
+            durable=True,
         )
 
     def revoke_tenant_tokens(
         self, tenant_id: str, *, reason: str | None = None, actor: str | None = None
     ) -> float:
         """See :meth:`RedisTokenRevocationStore.revoke_tenant_tokens`."""
-        return self._execute(self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor))
+        return self._execute(
+            self.core.plan_revoke_tenant(tenant_id, reason=reason, actor=actor), durable=True
+        )
 
     def is_token_revoked(self, jti: str) -> bool:
         """See :meth:`RedisTokenRevocationStore.is_token_revoked`."""
@@ -289,6 +314,18 @@ class SyncRedisTokenRevocationStore:
         except BACKEND_ERRORS as e:
             return self.core.health_result(started, e)
         return self.core.health_result(started, None)
+
+    def durability_check(self) -> dict[str, Any]:
+        """See :meth:`RedisTokenRevocationStore.durability_check`."""
+        if not self.durability.enabled:
+            return judge(self.durability, [{}, {}, {}, None, None])
+        answers: list[Any] = []
+        for command in PROBE:
+            try:
+                answers.append(self.client.execute_command(*command))
+            except BACKEND_ERRORS as e:
+                answers.append(e)
+        return judge(self.durability, answers)
 
     def get_stats(self) -> dict[str, Any]:
         """See :meth:`RedisTokenRevocationStore.get_stats`."""

@@ -27,8 +27,11 @@ __all__ = ["handle_family_reuse"]
 
 
 @task(bind=True, name="revoker.handle_family_reuse", max_retries=None)
-def handle_family_reuse(self: Task, job_id: str) -> dict[str, Any]:
-    """After a refresh-token reuse: audit, record clean-up, optional escalation to the user."""
+def handle_family_reuse(self: Task, job_id: str, attempt: str | None = None) -> dict[str, Any]:
+    """After a refresh-token reuse: audit, record clean-up, optional escalation to the user.
+
+    Run by the message that owns the job only (``attempt``: see ``revoke_job``).
+    """
     _settings, store = context()
     try:
         record = store.get_job(job_id)
@@ -37,19 +40,20 @@ def handle_family_reuse(self: Task, job_id: str) -> dict[str, Any]:
     if record.finished:
         return record.as_dict()
     try:
-        return _run_family_reuse(self, store, record)
+        return _run_family_reuse(self, store, record, attempt or "")
     except Exception as e:  # noqa: BLE001 - any failure is retried, then fails the job
         retry_or_fail(self, store, job_id, e)
         return {"job_id": job_id, "failed": True}
 
 
 def _run_family_reuse(
-    task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
+    task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord, attempt: str
 ) -> dict[str, Any]:
     job_id = record.id
     assert record.family_id is not None
     assert record.user_id is not None
-    store.execute(store.jobs.plan_start_job(job_id))
+    if not store.run(store.jobs.start_job(job_id, attempt)).run:
+        return {"job_id": job_id, "duplicate": True}  # another copy of the message runs it
     tenant, user = record.tenant_id, record.user_id
     # The rotation that saw the reuse already wrote the family's marker; only its record is left.
     store.execute(store.jobs.plan_forget_session(tenant, record.family_id))

@@ -8,7 +8,8 @@ Every kind of job (tenant, user, filtered, dry run) walks session buckets (see `
   non-empty buckets into chunks of about ``REVOKER_CHUNK_SIZE`` sessions, stored as JSON lists in
   ``P:job:{id}:c:<n>``. It records ``chunks_total`` and dispatches one ``revoke_chunk`` task per
   chunk not yet done. A rerun (redelivery) after the plan was recorded reuses it and dispatches
-  only the missing chunks.
+  only the missing chunks. Only the message that started the job runs it: copies published
+  again by the outbox sweep do nothing (``JobPlans.start_job``).
 * ``revoke_chunk`` reads its buckets (HSCAN, a page of several buckets per round trip), selects
   the records the job covers, writes their revoked marks (one HSET per bucket), records
   itself done with ``job_chunk_done.lua`` (a set of done chunk numbers makes the counts exact even
@@ -36,6 +37,7 @@ of looping forever on a poison message.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from revoker import keys as k
@@ -94,8 +96,12 @@ def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
 
 
 @task(bind=True, name="revoker.revoke_job", ignore_result=True, max_retries=None)
-def revoke_job(self: Task, job_id: str) -> None:
-    """Plan the job's chunks of buckets and dispatch them (idempotent on redelivery)."""
+def revoke_job(self: Task, job_id: str, attempt: str | None = None) -> None:
+    """Plan the job's chunks of buckets and dispatch them (idempotent on redelivery).
+
+    ``attempt`` names the message (see ``publish_job``): a copy that does not own the job does
+    nothing; None (a message from before attempts, or a direct call) runs it as its owner.
+    """
     _settings, store = context()
     try:
         record = store.get_job(job_id)
@@ -105,14 +111,20 @@ def revoke_job(self: Task, job_id: str) -> None:
     if record.finished:
         return
     try:
-        _run_job(self, store, record)
+        _run_job(self, store, record, attempt or "")
     except Exception as e:  # noqa: BLE001 - any failure is retried, then fails the job
         retry_or_fail(self, store, job_id, e)
 
 
-def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord) -> None:
+def _run_job(
+    task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord, attempt: str
+) -> None:
     job_id = record.id
-    total = store.execute(store.jobs.plan_start_job(job_id))
+    start = store.run(store.jobs.start_job(job_id, attempt))
+    if not start.run:
+        log.info("revoke_job: job %s is another message's to run; this copy does nothing", job_id)
+        return
+    total = start.chunks_total
     if total is None:
         if task.request.id is not None:  # None when called directly, not by a worker
             task.update_state(state="PROGRESS", meta={"job_id": job_id, "phase": "snapshot"})
@@ -127,6 +139,7 @@ def _run_job(task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord
         for n in range(total):
             if n not in done:
                 revoke_chunk.apply_async((job_id, n), producer=producer)
+    store.execute(store.jobs.plan_mark_dispatched(job_id, time.time()))
     report(task, store, job_id)
 
 
@@ -164,7 +177,10 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
                     at_us=now_us(),
                     extra={"chunk": str(chunk), "count": str(revoked), "families": listed},
                     count=revoked,
-                )
+                ),
+                # REVOKER_DURABILITY's wait, after the marks (written before this entry, so it
+                # covers them) and before the chunk counts itself: else it raises and is retried.
+                durable=True,
             )
         finished = store.execute(
             store.jobs.plan_finish(job_id, "done", chunk=chunk, matched=matched, revoked=revoked)

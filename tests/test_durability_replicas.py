@@ -1,0 +1,202 @@
+"""REVOKER_DURABILITY=replicas:1 against a primary and a replica of the test's own (redis-server
+``--replicaof`` on free ports): acknowledged while the replica confirms, refused within the
+timeout while it is stopped (SIGSTOP), and a bulk-job chunk not counted done meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from celery_helpers import seed_sessions
+from conftest import make_settings
+from revoker import health, jobs, tasks
+from revoker.exceptions import DurabilityNotReached
+from revoker.keys import family_bucket
+from revoker.localredis import LocalRedis, free_port
+from revoker.settings import RevokerSettings, configure
+from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
+
+pytestmark = [pytest.mark.chaos]
+
+#: The wait's bound, and what a refused revocation may take beyond it on a loaded machine.
+TIMEOUT = 0.2
+SLACK = 0.8
+
+
+class Pair:
+    """A primary and its replica."""
+
+    def __init__(self) -> None:
+        # No 5 s wait before the replica's first full sync (Redis's default diskless delay).
+        self.primary = LocalRedis(args=("--repl-diskless-sync-delay", "0")).start()
+        self.replica = LocalRedis(args=("--replicaof", "127.0.0.1", str(self.primary.port)))
+        self.replica.start()
+        self.p = redis.Redis(port=self.primary.port)
+        self.r = redis.Redis(port=self.replica.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            info = self.p.info("replication")
+            if info.get("slave0", {}).get("state") == "online":
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the replica did not come online")
+
+    def stop(self) -> None:
+        self.replica.resume()  # harmless when it runs
+        for client in (self.p, self.r):
+            client.close()
+        for server in (self.replica, self.primary):
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    servers = Pair()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def _settings(pair: Pair) -> RevokerSettings:
+    return configure(
+        make_settings(
+            redis_url=pair.primary.url,
+            # A broker nobody listens on: jobs stay in the outbox; chunks are run by the test.
+            broker_url=f"redis://127.0.0.1:{free_port()}/0",
+            durability="replicas:1",
+            durability_timeout=TIMEOUT,
+            redis_timeout=2.0,
+            session_buckets=64,
+        )
+    )
+
+
+async def test_replicas_1_acknowledges_once_the_replica_has_it(pair: Pair) -> None:
+    """Every single revocation returns only once the replica holds it (read from the replica)."""
+    settings = _settings(pair)
+    sync = SyncRedisTokenRevocationStore(settings=settings)
+    store = RedisTokenRevocationStore(settings=settings)
+    keys = sync.keys
+    try:
+        sync.revoke_token("j1")
+        assert pair.r.exists(keys.jti("j1"))
+        await store.revoke_token("j2")
+        assert pair.r.exists(keys.jti("j2"))
+        sync.revoke_family("f1", tenant_id="t")
+        assert pair.r.hexists(keys.family_revoked("t", "f1"), "f1")
+        await store.revoke_user_tokens("u1", tenant_id="t")
+        assert pair.r.exists(keys.user_watermark("t", "u1"))
+        sync.revoke_tenant_tokens("t2")
+        assert pair.r.exists(keys.tenant_watermark("t2"))
+        jobs.enqueue_tenant_revocation("t3", reason="r", actor="a", settings=settings)
+        assert pair.r.exists(keys.tenant_watermark("t3"))
+        assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 6
+        report = health.check(sync, settings)
+        assert report.durability is not None
+        assert report.durability["honoured"], report.durability
+    finally:
+        sync.close()
+        await store.aclose()
+
+
+async def test_a_stopped_replica_refuses_revocations_within_the_timeout(pair: Pair) -> None:
+    """With the replica SIGSTOPped every revocation path raises DurabilityNotReached within the
+    timeout, saying it was written; health stops calling the mode honoured."""
+    settings = _settings(pair)
+    sync = SyncRedisTokenRevocationStore(settings=settings)
+    store = RedisTokenRevocationStore(settings=settings)
+    keys = sync.keys
+    pair.replica.pause()
+    try:
+        calls = {
+            "sync revoke_token": lambda: sync.revoke_token("j1"),
+            "sync revoke_family": lambda: sync.revoke_family("f1", tenant_id="t"),
+            "sync revoke_user_tokens": lambda: sync.revoke_user_tokens("u1", tenant_id="t"),
+            "sync revoke_tenant_tokens": lambda: sync.revoke_tenant_tokens("t"),
+            "enqueue's watermark": lambda: jobs.enqueue_tenant_revocation(
+                "t3", reason="r", actor="a", settings=settings
+            ),
+        }
+        for name, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(DurabilityNotReached, match="0 of 1 replicas") as info:
+                call()
+            took = time.monotonic() - started
+            assert TIMEOUT * 0.9 <= took < TIMEOUT + SLACK, (name, took)
+            assert "written but is not acknowledged as durable" in str(info.value)
+        for name, coro in {
+            "async revoke_token": store.revoke_token("j2"),
+            "async revoke_tenant_tokens": store.revoke_tenant_tokens("t4"),
+        }.items():
+            started = time.monotonic()
+            with pytest.raises(DurabilityNotReached, match="0 of 1 replicas"):
+                await coro
+            assert time.monotonic() - started < TIMEOUT + SLACK, name
+        # Written on the primary all the same.
+        assert pair.p.exists(keys.jti("j1"), keys.jti("j2"), keys.tenant_watermark("t3")) == 3
+        # No job was recorded for the refused enqueue: the caller retries it.
+        assert jobs.list_jobs(settings=settings) == []
+        # Health: the replica stops acknowledging; after its lag passes 2 s it is not counted.
+        for _ in range(24):
+            if not sync.durability_check()["honoured"]:
+                break
+            await asyncio.sleep(0.25)
+        report = health.check(sync, settings)
+        assert report.durability is not None
+        assert not report.durability["honoured"]
+        assert "0 of 1 replicas online and acknowledging" in report.durability["detail"]
+    finally:
+        pair.replica.resume()
+        sync.close()
+        await store.aclose()
+
+
+def test_a_chunk_is_not_counted_done_while_the_replica_is_stopped(pair: Pair) -> None:
+    """A chunk whose marks the replica has not confirmed raises (Celery retries it) and is not
+    counted; rerun once the replica is back, it counts once and the replica has every mark."""
+    settings = _settings(pair)
+    store = SyncRedisTokenRevocationStore(settings=settings)
+    keys = store.keys
+    try:
+        ids = seed_sessions(pair.p, settings, "acme", 40, client_ids=("web",))
+        job_id = jobs.enqueue_tenant_revocation(
+            "acme", client_id="web", reason="incident", actor="ops", settings=settings
+        )
+        pair.p.hset(keys.job(job_id), mapping={"status": "running", "chunks_total": 1,
+                                               "snapshot": 1})  # fmt: skip
+        pair.p.set(keys.job_chunk(job_id, 0), json.dumps(sorted({family_bucket(f) for f in ids})))
+        pair.p.execute_command("WAIT", 1, 2000)  # the replica has the set-up
+
+        pair.replica.pause()
+        with pytest.raises(DurabilityNotReached, match="0 of 1 replicas"):
+            tasks.revoke_chunk(job_id, 0)  # called directly, Celery's retry re-raises
+        record = jobs.get_job(job_id, settings=settings)
+        assert (record.status, record.chunks_done, record.families_revoked) == ("running", 0, 0)
+        assert not pair.p.exists(keys.job_chunks_done(job_id))
+        marked = {
+            fid for fid in ids if pair.p.hexists(keys.family_revoked("acme", fid), fid)
+        }  # written on the primary, not acknowledged
+        assert marked == set(ids)
+
+        pair.replica.resume()
+        result = tasks.revoke_chunk(job_id, 0)
+        assert result["revoked"] == len(ids)
+        record = jobs.get_job(job_id, settings=settings)
+        assert (record.status, record.chunks_done, record.families_revoked) == (
+            "done",
+            1,
+            len(ids),
+        )
+        assert all(pair.r.hexists(keys.family_revoked("acme", fid), fid) for fid in ids)
+    finally:
+        pair.replica.resume()
+        store.close()
