@@ -1,7 +1,8 @@
 """Redis Cluster: three real nodes (started once per session, conftest); every revocation works.
 
 No CROSSSLOT error anywhere (redis-py raises one for any multi-key command across slots), the
-check reads at most two slots, and tenants spread over the nodes are revoked independently.
+check reads at most three slots (jti, tenant, integrity), and tenants spread over the nodes are
+revoked independently.
 """
 
 from __future__ import annotations
@@ -222,8 +223,9 @@ async def test_check_sends_one_script_call_per_slot(
     kind: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The check sends one script call per slot involved (at most two), each to the node serving
-    the slot, and nothing else; the async store sends them in parallel."""
+    """The check sends one script call per slot involved (at most three: the jti's, the
+    tenant's and the integrity slot), each to the node serving the slot, and nothing else; the
+    async store sends them in parallel."""
     store: AnyStore = (
         RedisTokenRevocationStore(settings=cluster_settings)
         if kind == "async"
@@ -261,8 +263,9 @@ async def test_check_sends_one_script_call_per_slot(
         cases = [(token(tenant=None), None), (token(), None), (token(family="f1"), "family")]
         for data, rule in cases:
             keys = [k for k in store.core.check_keys(data) if k is not None]
+            keys.append(store.keys.integrity)  # read with the global watermark, in its slot
             slots = {key_slot(k.encode()) for k in keys}
-            assert len(slots) <= 2
+            assert len(slots) <= 3
             # Connections opened and the script loaded on these nodes before counting.
             await call("is_revoked", data)
             stats.reset()
@@ -273,7 +276,7 @@ async def test_check_sends_one_script_call_per_slot(
 
             assert sent == ["EVALSHA"] * len(slots)
             # Server side: per node, one EVALSHA per slot it serves, and only the script's reads
-            # (HGET of the family's mark, GET of every other key) inside them.
+            # (HGET of the family's mark, HMGET of the integrity hash, GET of every other key).
             family = store.keys.family_revoked(data.tenant, data.family) if data.family else None
             expected: dict[str, Counter[str]] = {}
             for slot in slots:
@@ -281,7 +284,8 @@ async def test_check_sends_one_script_call_per_slot(
                 expected.setdefault(node, Counter())["evalsha"] += 1
             for key in keys:
                 node = probe.nodes_manager.get_node_from_slot(key_slot(key.encode())).name
-                expected[node]["hget" if key == family else "get"] += 1
+                read = "hmget" if key == store.keys.integrity else "get"
+                expected[node]["hget" if key == family else read] += 1
             assert stats.read() == expected
             if kind == "async":
                 assert most == len(slots)  # in parallel: every slot's call was out at once

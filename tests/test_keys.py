@@ -198,15 +198,18 @@ def test_jti_key_is_independent_of_the_tenant(jti: str, t1: str | None, t2: str 
     assert key_slot(k1.encode()) == key_slot(LAYOUT.jti(jti).encode())
 
 
-def test_check_keys_span_at_most_two_slots() -> None:
-    """The per-request check reads the jti's slot and the tenant's, nothing else."""
+def test_check_keys_span_at_most_three_slots() -> None:
+    """The per-request check reads the jti's slot, the tenant's and the integrity slot (the
+    global watermark, beside the integrity hash), nothing else."""
     keys = [k for k in LAYOUT.check_keys("j1", "acme", "alice", "f1") if k is not None]
-    assert len(keys) == 4
-    assert len({key_slot(k.encode()) for k in keys}) <= 2
+    assert len(keys) == 5
+    assert len({key_slot(k.encode()) for k in keys[:4]}) <= 2
+    assert key_slot(keys[4].encode()) == key_slot(LAYOUT.integrity.encode())
     assert LAYOUT.check_keys("j1", None, "alice", None)[1:] == [
         None,
         LAYOUT.user_watermark(None, "alice"),
         None,
+        LAYOUT.global_watermark,
     ]
 
 
@@ -509,10 +512,10 @@ def test_ttls_set_in_redis(sync_store: SyncRedisTokenRevocationStore) -> None:
     assert_ttl(sync_store, keys.user_watermark("acme", "alice"), s.longest_token_ttl + s.leeway)
     sync_store.revoke_tenant_tokens("acme")
     assert_ttl(sync_store, keys.tenant_watermark("acme"), s.longest_token_ttl + s.leeway)
-    # Audit and counters are the only keys allowed to live without a TTL.
+    # Audit, counters and the denylist's identity are the only keys without a TTL.
     for key in sync_store.client.scan_iter(match=f"{s.key_prefix}:*"):
         name = key.decode()
-        if name not in (keys.audit, keys.stats):
+        if name not in (keys.audit, keys.stats, keys.integrity):
             assert sync_store.client.ttl(key) > 0, name
 
 

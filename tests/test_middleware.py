@@ -589,5 +589,6 @@ async def test_one_redis_command_per_checked_request() -> None:
         for name, value in stats.items()
         if name not in ("cmdstat_info", "cmdstat_config|resetstat")
     }
-    # Inside the script: GET of the jti and the user and tenant watermarks, HGET of the family.
-    assert calls == {"evalsha": 20, "get": 60, "hget": 20}
+    # Inside the script: GET of the jti and the user, tenant and global watermarks, HGET of the
+    # family, HMGET of the integrity hash (epoch and sequence).
+    assert calls == {"evalsha": 20, "get": 80, "hget": 20, "hmget": 20}

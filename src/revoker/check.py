@@ -141,6 +141,9 @@ class RevocationChecker:
         started = time.perf_counter()
         try:
             status = await self.store.is_revoked(data)
+        except exc.DenylistLost as e:
+            # Redis answered: nothing for the breaker. The policy, not fail-open, decides: 503.
+            return CheckResult(data, e)
         except exc.StoreUnavailable as e:
             self._failed(str(e))
             return CheckResult(data, e)
@@ -161,8 +164,13 @@ class RevocationChecker:
         self._ok.inc()
         return CheckResult(data)
 
-    def admit_unchecked(self, fail_open: bool) -> bool:
-        """Apply the failure policy to a token whose revocation is unknown; count the outcome."""
+    def admit_unchecked(self, fail_open: bool, error: exc.StoreUnavailable | None = None) -> bool:
+        """Apply the failure policy to a token whose revocation is unknown; count the outcome.
+
+        A lost denylist under REVOKER_ON_DATA_LOSS=fail-closed (``error`` a DenylistLost) is never
+        let through, whatever ``fail_open`` says."""
+        if fail_open and isinstance(error, exc.DenylistLost):
+            fail_open = False
         if fail_open:
             self._error_open.inc()
         else:

@@ -43,6 +43,7 @@ EXIT_NOT_FOUND: Final = 4
 EXIT_JOB_FAILED: Final = 5
 EXIT_DUPLICATE: Final = 6
 EXIT_TIMEOUT: Final = 7
+EXIT_DATA_LOST: Final = 8
 
 #: What each exit code means; the ``--help`` epilogue is built from this table.
 EXIT_CODES: Final = {
@@ -54,6 +55,7 @@ EXIT_CODES: Final = {
     EXIT_JOB_FAILED: "the job failed (--wait, jobs watch)",
     EXIT_DUPLICATE: "an identical job is already running (its id is printed)",
     EXIT_TIMEOUT: "--timeout passed before the job finished (it keeps running)",
+    EXIT_DATA_LOST: "health: the revocation data was lost or rolled back (until `revoker recover`)",
 }
 
 _EPILOG = "\b\nExit codes:\n" + "\n".join(
@@ -659,6 +661,7 @@ _RULE_TEXT: Final = {
     "family": "its session (refresh family) was revoked",
     "user": "every token of its user issued before a cut-off was revoked",
     "tenant": "every token of its tenant issued before a cut-off was revoked",
+    "global": "every token issued before the revocation data was found lost was revoked",
 }
 
 
@@ -727,7 +730,9 @@ def stats(as_json: bool) -> None:
 @_json_option
 def health(as_json: bool) -> None:
     """Whether Redis and the Celery broker answer, and REVOKER_DURABILITY is honoured (exit 3
-    if not)."""
+    if not), whether the revocation data was lost (exit 8 until `revoker recover`), and the
+    server settings that can undo a revocation (eviction, persistence, replicas: reported, not
+    failed)."""
     from revoker.health import check as check_health
 
     settings = _settings()
@@ -737,9 +742,15 @@ def health(as_json: bool) -> None:
     durability = report.durability
     if as_json:
         _emit_json(
-            {"healthy": report.healthy, "redis": report.redis, "broker": broker,
-             "durability": durability}
-        )  # fmt: skip
+            {
+                "healthy": report.healthy,
+                "redis": report.redis,
+                "broker": broker,
+                "durability": durability,
+                "integrity": report.integrity,
+                "server": report.server,
+            }
+        )
     else:
         for name, result in (("redis", report.redis), ("broker", broker)):
             state = "ok" if result["healthy"] else "UNAVAILABLE"
@@ -748,8 +759,76 @@ def health(as_json: bool) -> None:
         if durability is not None:
             state = "ok" if durability["honoured"] else "NOT HONOURED"
             click.echo(f"{'durability:':<12}{durability['mode']} {state}  ({durability['detail']})")
-    if not report.healthy:
+        if report.redis["healthy"]:
+            data = report.integrity
+            if data["healthy"]:
+                click.echo(
+                    f"{'data:':<8}ok  (epoch {data.get('epoch') or 'none yet'}, "
+                    f"sequence {data.get('seq', 0)}, {data.get('state')})"
+                )
+            else:
+                click.echo(f"{'data:':<8}LOST  ({data.get('problem') or data.get('error')})")
+            server = report.server
+            click.echo(
+                f"{'server:':<8}{'ok' if server.get('safe') else 'UNSAFE'}  (maxmemory-policy "
+                f"{server.get('maxmemory_policy') or 'unknown'}, appendonly "
+                f"{server.get('appendonly') or 'unknown'}, appendfsync "
+                f"{server.get('appendfsync') or 'unknown'}, save "
+                f"{server.get('save')!r}, replicas {server.get('connected_replicas')})"
+            )
+            for problem in server.get("unsafe", []):
+                click.echo(f"  unsafe: {problem}")
+    if not report.reachable:
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
+    if not report.integrity["healthy"]:
+        raise click.exceptions.Exit(EXIT_DATA_LOST)
+
+
+@cli.command("init", epilog=_EPILOG)
+@_json_option
+def init(as_json: bool) -> None:
+    """Give the revocation data its identity (an epoch) before the first revocation.
+
+    Run once per deployment, then set REVOKER_REQUIRE_INIT=true: a missing epoch is then always
+    a loss, even to a process that has just started. Running it again changes nothing.
+    """
+    created, epoch = _store().init()
+    if as_json:
+        _emit_json({"epoch": epoch, "created": created})
+        return
+    click.echo(f"epoch {epoch}" + (" created" if created else " (already initialized)"))
+
+
+@cli.command("recover", epilog=_EPILOG)
+@click.option(
+    "--accept",
+    "mode",
+    flag_value="accept",
+    help="Adopt the data as it is now (after restoring what could be) as the new epoch.",
+)
+@click.option(
+    "--cutoff",
+    "mode",
+    flag_value="cutoff",
+    help="Write a global cut-off now (every token issued until now is revoked), then adopt.",
+)
+@_actor_option
+@_json_option
+def recover(mode: str | None, actor: str, as_json: bool) -> None:
+    """End a recorded loss of the revocation data: checks stop failing closed, health is ok.
+
+    After a loss (REVOKER_ON_DATA_LOSS), restore what you can (revocations from the audit of
+    another system, a backup), then run `revoker recover --accept`; or `--cutoff` to revoke every
+    token issued until now instead. Either gives the data a new epoch.
+    """
+    if mode is None:
+        raise click.UsageError("choose --accept or --cutoff")
+    observed = _store().recover(cutoff=mode == "cutoff", actor=actor)
+    if as_json:
+        _emit_json({"epoch": observed.epoch, "seq": observed.seq, "mode": mode})
+        return
+    done = "global cut-off written; " if mode == "cutoff" else ""
+    click.echo(f"recovered: {done}new epoch {observed.epoch}")
 
 
 # --- services ---------------------------------------------------------------------------------

@@ -56,7 +56,9 @@ async def require_valid_token(conn: HTTPConnection) -> TokenData:
         result = await checker.check(token)
     except exc.TokenError as e:
         raise _unauthorized(e.description, e.error_code) from None
-    if result.store_error is not None and not checker.admit_unchecked(checker.settings.fail_open):
+    if result.store_error is not None and not checker.admit_unchecked(
+        checker.settings.fail_open, result.store_error
+    ):
         raise HTTPException(
             503,
             detail="token revocation cannot be checked right now",

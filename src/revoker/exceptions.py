@@ -24,6 +24,7 @@ The tree::
     │   └── UnknownFamily           the family has no session record (never started or expired)
     ├── StoreError                  the revocation store could not answer
     │   └── StoreUnavailable        Redis unreachable, timed out, or the breaker is open
+    │       ├── DenylistLost        the denylist was lost and REVOKER_ON_DATA_LOSS=fail-closed
     │       └── DurabilityNotReached  written, not acknowledged as durable (REVOKER_DURABILITY)
     └── JobError                    bulk jobs
         ├── JobNotFound             no job record with that id
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConfigurationError",
+    "DenylistLost",
     "DuplicateJob",
     "DurabilityNotReached",
     "FamilyRevoked",
@@ -191,6 +193,15 @@ class StoreError(RevokerError):
 
 class StoreUnavailable(StoreError):
     """Redis is unreachable, timed out, or the circuit breaker is open."""
+
+
+class DenylistLost(StoreUnavailable):
+    """The denylist was lost or rolled back and the policy is fail-closed: every check answers as
+    a fail-closed Redis outage (503), whatever REVOKER_FAIL_OPEN says, until an operator runs
+    ``revoker recover``."""
+
+    #: Never let through by a fail-open policy.
+    fail_closed = True
 
 
 class DurabilityNotReached(StoreUnavailable):

@@ -19,11 +19,13 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
+    P:{integrity}:id               hash    the denylist's identity: epoch, seq, state (no TTL)
+    P:{integrity}:gw               string  "<revoked_at_us>|<reason>" global watermark (cut-off)
 
 ``<T>`` is the tenant's hash tag: ``t:<tenant>``, or ``-`` for tokens without a tenant. Everything
-of one tenant shares a Redis Cluster slot, so the check needs at most two slots (the jti's and the
-tenant's) and a fan-out chunk touches one. The jti key is tagged by the jti alone: revoking a token
-never requires knowing its tenant.
+of one tenant shares a Redis Cluster slot, so the check needs at most three slots (the jti's, the
+tenant's and the integrity slot below) and a fan-out chunk touches one (and the integrity slot).
+The jti key is tagged by the jti alone: revoking a token never requires knowing its tenant.
 
 Sessions live in buckets, not in a key each: a tenant's sessions are the fields of its
 ``REVOKER_SESSION_BUCKETS`` bucket hashes, and a user's sessions all share the bucket
@@ -39,6 +41,16 @@ their own): a bulk job revokes a bucket's sessions with one HSET, and a revoked 
 hash field instead of a key with a TTL. A revoked mark is useful for the refresh lifetime plus
 leeway after its time: the bucket's TTL is its newest mark's, and the expiry task deletes older
 marks.
+
+**Identity of the data** (``P:{integrity}:id``, see :mod:`revoker.integrity`): an ``epoch`` (a
+random id, no TTL) and a ``seq`` that only grows. Every write of revocation state bumps ``seq`` in
+the same atomic step (a MULTI/EXEC or the writing script) and creates the epoch if it is absent;
+:meth:`KeyLayout.integrity` is the one key and ``StoreCore.sequenced`` the one builder of "a
+revocation write and its bump". ``state`` records a handled loss (``cutoff``, ``fail-closed``,
+``accepted``) until an operator runs ``revoker recover`` (``recovered``). The global watermark
+``P:{integrity}:gw`` is the cut-off written when a loss is detected: one more level in the max of
+the watermarks. Both share the ``{integrity}`` tag, which no tenant tag can equal (those are
+``t:...`` or ``-``); on a Redis Cluster they live in that one slot.
 
 Ids are percent-escaped so that no id can contain ``{``, ``}`` or ``:``: no user, tenant or jti
 string can forge another key or move a key to another slot.
@@ -430,6 +442,16 @@ class KeyLayout:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
+    @property
+    def integrity(self) -> str:
+        """The denylist's identity: hash of ``epoch``, ``seq``, ``state`` (module docstring)."""
+        return f"{self.prefix}:{{integrity}}:id"
+
+    @property
+    def global_watermark(self) -> str:
+        """Every token issued at or before the value is revoked: the cut-off after a loss."""
+        return f"{self.prefix}:{{integrity}}:gw"
+
     def check_keys(
         self, jti: str, tenant_id: str | None, user_id: str | None, family_id: str | None
     ) -> list[str | None]:
@@ -441,6 +463,7 @@ class KeyLayout:
             self.family_revoked(tenant_id, family_id) if family_id is not None else None,
             self.user_watermark(tenant_id, user_id) if user_id is not None else None,
             self.tenant_watermark(tenant_id) if tenant_id is not None else None,
+            self.global_watermark,
         ]
 
 

@@ -10,7 +10,7 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BREAKER_OPEN", "CHECKS", "CHECK_LATENCY", "REVOCATIONS"]
+__all__ = ["BREAKER_OPEN", "CHECKS", "CHECK_LATENCY", "DENYLIST_LOST", "REVOCATIONS"]
 
 #: Checked requests by outcome: ok, revoked, invalid, missing, error_open (let through while
 #: Redis failed), error_closed (503 while Redis failed).
@@ -28,3 +28,8 @@ BREAKER_OPEN: Final = Gauge(
 )
 #: Revocations written, by kind (token, family, user, tenant, job_family).
 REVOCATIONS: Final = Counter("revoker_revocations_total", "Revocations written.", ["kind"])
+#: Losses or rollbacks of the denylist this process detected, by kind (wiped, rolled_back,
+#: epoch_changed) and by the REVOKER_ON_DATA_LOSS policy in force.
+DENYLIST_LOST: Final = Counter(
+    "revoker_denylist_lost", "Denylist losses or rollbacks detected.", ["kind", "policy"]
+)

@@ -178,7 +178,7 @@ class TokenRevocationMiddleware:
         state["token"] = result.token
         state["revocation_checked"] = result.store_error is None
         if result.store_error is not None and not self.checker.admit_unchecked(
-            self.fails_open(scope["path"])
+            self.fails_open(scope["path"]), result.store_error
         ):
             await self._reject(
                 scope,

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from revoker import exceptions as exc
 from revoker.keys import encode_mark
-from revoker.rules import RevocationStatus, now_us
+from revoker.rules import now_us
 from revoker.sessions import TokenPair, issue_session_tokens
 from revoker.settings import RevokerSettings
 from revoker.store import (
@@ -139,10 +139,6 @@ def _enqueue_follow_up(data: TokenData, settings: RevokerSettings) -> None:
         )
 
 
-def _revoked_jti(data: TokenData) -> exc.TokenRevoked:
-    return exc.TokenRevoked(RevocationStatus(True, "jti"), data)
-
-
 async def rotate_refresh_token(
     refresh_token: str, *, store: RedisTokenRevocationStore | None = None
 ) -> TokenPair:
@@ -156,8 +152,10 @@ async def rotate_refresh_token(
     """
     store = store or get_revocation_store()
     data = _verify(refresh_token, store.settings)
-    if store.is_cluster and await store.is_token_revoked(data.jti):
-        raise _revoked_jti(data)
+    if store.is_cluster:
+        status = await store.rotation_precheck(data)
+        if status.revoked:
+            raise exc.TokenRevoked(status, data)
     pair, new = _successor(data, store.settings)
     reply = await store.rotate_refresh(data, **new)
     if reply.outcome == "reuse":
@@ -173,8 +171,10 @@ def rotate_refresh_token_sync(
     """The blocking twin of :func:`rotate_refresh_token`."""
     store = store or get_sync_revocation_store()
     data = _verify(refresh_token, store.settings)
-    if store.is_cluster and store.is_token_revoked(data.jti):
-        raise _revoked_jti(data)
+    if store.is_cluster:
+        status = store.rotation_precheck(data)
+        if status.revoked:
+            raise exc.TokenRevoked(status, data)
     pair, new = _successor(data, store.settings)
     reply = store.rotate_refresh(data, **new)
     if reply.outcome == "reuse":

@@ -5,7 +5,9 @@ A verified token is revoked when any of these holds (``RULE_ORDER``):
 1. ``jti``: its jti was revoked;
 2. ``family``: its refresh family (session) was revoked;
 3. ``user``: it was issued at or before its user's watermark;
-4. ``tenant``: it was issued at or before its tenant's watermark.
+4. ``tenant``: it was issued at or before its tenant's watermark;
+5. ``global``: it was issued at or before the global watermark, the cut-off written when the
+   denylist was found lost or rolled back (see :mod:`revoker.integrity`).
 
 Watermarks and issue times are compared in integer microseconds. revoker issues ``iat`` with
 microsecond precision, so a token issued after a revocation call returned always passes and one
@@ -36,9 +38,9 @@ __all__ = [
     "to_us",
 ]
 
-Rule = Literal["jti", "family", "user", "tenant"]
+Rule = Literal["jti", "family", "user", "tenant", "global"]
 #: The order of the keys the check reads (see ``KeyLayout.check_keys``) and of precedence.
-RULE_ORDER: Final[tuple[Rule, ...]] = ("jti", "family", "user", "tenant")
+RULE_ORDER: Final[tuple[Rule, ...]] = ("jti", "family", "user", "tenant", "global")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +73,13 @@ def decide(
     issued_at: float,
     values: Sequence[bytes | str | None],
 ) -> RevocationStatus:
-    """Decide from the values of ``KeyLayout.check_keys`` (None for absent keys).
+    """Decide from the values of ``KeyLayout.check_keys`` (None for absent keys; the global
+    watermark's may be left out).
 
     ``issued_at`` is the token's ``iat`` in unix seconds.
     """
-    jti_raw, family_raw, user_raw, tenant_raw = values
+    jti_raw, family_raw, user_raw, tenant_raw = values[:4]
+    global_raw = values[4] if len(values) > 4 else None
     if jti_raw is not None:
         at, reason = decode_mark(jti_raw)
         return RevocationStatus(True, "jti", at / 1e6 if at else None, reason)
@@ -83,9 +87,9 @@ def decide(
         at, reason = decode_mark(family_raw)
         return RevocationStatus(True, "family", at / 1e6 if at else None, reason)
     iat_us = to_us(issued_at)
-    # The effective cut-off is the max of the two watermark levels; report the level that set it.
+    # The effective cut-off is the max of the watermark levels; report the level that set it.
     best: tuple[int, Rule, str | None] | None = None
-    for rule, raw in (("user", user_raw), ("tenant", tenant_raw)):
+    for rule, raw in (("user", user_raw), ("tenant", tenant_raw), ("global", global_raw)):
         if raw is None:
             continue
         wm, reason = decode_mark(raw)

@@ -347,6 +347,23 @@ class RevokerSettings(BaseSettings):
         5, ge=1, le=3600, description="Retry-After sent with fail-closed 503 answers."
     )
 
+    on_data_loss: Literal["cutoff", "fail-closed", "accept"] = Field(
+        "cutoff",
+        description="What a check does when it finds the denylist lost or rolled back (its epoch "
+        "missing or changed, or its revocation sequence lower than already seen). `cutoff`: write "
+        "once, atomically, a global cut-off (every token issued before the detection is revoked) "
+        "and a new epoch. `fail-closed`: every check answers 503, as when Redis is down and "
+        "failing closed, until `revoker recover`. `accept`: adopt the new state and go on (an "
+        "explicit opt-out). Each is logged at ERROR, counted in revoker_denylist_lost_total and "
+        "reported by `revoker health` and GET /health until `revoker recover`.",
+    )
+    require_init: bool = Field(
+        False,
+        description="Set once `revoker init` has run: a missing epoch is then always a loss, even "
+        "to a process that just started. Unset, a process that has never seen an epoch takes an "
+        "empty Redis for a new deployment.",
+    )
+
     # --- Refresh rotation ----------------------------------------------------------------------
     refresh_reuse_grace_seconds: int = Field(
         0,

@@ -148,6 +148,8 @@ def openapi_document() -> dict[str, Any]:
                 "status": {"type": "string", "enum": ["ok", "unavailable"]},
                 "redis": {"type": "object"},
                 "broker": {"type": "object"},
+                "integrity": {"type": "object"},
+                "server": {"type": "object"},
                 "durability": {"type": "object"},
             },
         },
@@ -254,7 +256,11 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "health",
                     "responses": {
                         "200": _json_ref("Both reachable.", "Health"),
-                        "503": _json_ref("Redis or the broker cannot be reached.", "Health"),
+                        "503": _json_ref(
+                            "Redis or the broker cannot be reached, or the revocation data was "
+                            "lost (until `revoker recover`).",
+                            "Health",
+                        ),
                     },
                 }
             },

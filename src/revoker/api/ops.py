@@ -22,14 +22,17 @@ __all__ = ["health", "metrics", "openapi", "routes"]
 
 
 async def health(context: ApiContext, _request: Request) -> Response:
-    """Redis and broker reachability and durability: 200 when both answer and the durability
-    asked for is honoured, else 503."""
+    """Redis and broker reachability, durability and the denylist's integrity: 200 when both
+    answer, the durability asked for is honoured and no loss is recorded, else 503; the server
+    settings that can undo a revocation are reported."""
     report = await health_checks.check_async(context.store, context.settings)
     return JSONResponse(
         {
             "status": "ok" if report.healthy else "unavailable",
             "redis": report.redis,
             "broker": report.broker,
+            "integrity": report.integrity,
+            "server": report.server,
             "durability": report.durability,
         },
         status_code=200 if report.healthy else 503,

@@ -1,10 +1,13 @@
 -- Refresh-token rotation with reuse detection: check and replace in one atomic step.
 --
--- Every key lives in the tenant's slot except the optional jti key, which the caller passes only
--- on a single Redis (on a cluster it checks the jti beforehand).
+-- Every key lives in the tenant's slot except the optional jti key, global watermark and
+-- integrity hash, which the caller passes only on a single Redis (on a cluster it checks the jti
+-- and the global watermark beforehand).
 -- KEYS[1] the user's session bucket   KEYS[2] the family's revoked-mark bucket
 -- KEYS[3] user watermark
--- KEYS[4..] the tenant watermark if ARGV[12] == "1", then the jti key if ARGV[13] == "1"
+-- KEYS[4..] the tenant watermark if ARGV[12] == "1", then if ARGV[13] == "1" the jti key, the
+-- global watermark and the integrity hash (a reuse mark bumps its seq, creating its epoch
+-- ARGV[14] if absent: keys' "identity of the data")
 -- ARGV[1] presented refresh jti         ARGV[2] presented iat (integer µs)
 -- ARGV[3] the token's user id           ARGV[4] new refresh jti
 -- ARGV[5] new access jti                ARGV[6] new pair's iat (integer µs)
@@ -22,15 +25,15 @@
 --   {"grace", access_jti, refresh_jti, iat_us}        retry of the token just rotated: re-sign these
 --   {"reuse"}                                         superseded token: the family is now revoked
 --   {"unknown"}                                       no such family (or not this user's)
---   {"revoked", jti, family, user_wm, tenant_wm}      raw values for rules.decide; nothing written
+--   {"revoked", jti, family, user_wm, tenant_wm, global_wm}  raw values for rules.decide
 local bucket, revoked_key, user_wm_key = KEYS[1], KEYS[2], KEYS[3]
 local presented, presented_iat, user = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local grace, ttl, family = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[11]
 
 local n = 4
-local tenant_wm_key, jti_key
+local tenant_wm_key, jti_key, global_wm_key, integrity_key
 if ARGV[12] == "1" then tenant_wm_key = KEYS[n]; n = n + 1 end
-if ARGV[13] == "1" then jti_key = KEYS[n] end
+if ARGV[13] == "1" then jti_key, global_wm_key, integrity_key = KEYS[n], KEYS[n + 1], KEYS[n + 2] end
 
 -- keys.read_time, the one rule for a stored time: one or more ASCII digits and nothing else
 -- (a mark's or watermark's part before its first "|"), capped at keys.MAX_TIME; anything else is
@@ -55,8 +58,10 @@ local jti_v = jti_key and redis.call("GET", jti_key) or false
 local fam_v = redis.call("HGET", revoked_key, family)
 local user_v = redis.call("GET", user_wm_key)
 local tenant_v = tenant_wm_key and redis.call("GET", tenant_wm_key) or false
-if jti_v or fam_v or math.max(mark_us(user_v), mark_us(tenant_v)) >= presented_iat then
-  return {"revoked", jti_v, fam_v, user_v, tenant_v}
+local global_v = global_wm_key and redis.call("GET", global_wm_key) or false
+if jti_v or fam_v
+    or math.max(mark_us(user_v), mark_us(tenant_v), mark_us(global_v)) >= presented_iat then
+  return {"revoked", jti_v, fam_v, user_v, tenant_v, global_v}
 end
 
 local record = redis.call("HGET", bucket, family)
@@ -98,4 +103,8 @@ redis.call("HSET", revoked_key, family, ARGV[10])
 -- As StoreCore.bucket_ttl_commands: a new bucket gets the TTL, an older one is never shortened.
 redis.call("EXPIRE", revoked_key, ttl, "NX")
 redis.call("EXPIRE", revoked_key, ttl, "GT")
+if integrity_key then
+  redis.call("HSETNX", integrity_key, "epoch", ARGV[14])
+  redis.call("HINCRBY", integrity_key, "seq", 1)
+end
 return {"reuse"}

@@ -1,5 +1,6 @@
 -- Move a user or tenant watermark forward, never back.
--- KEYS[1]: the watermark key.
+-- KEYS[1]: the watermark key; KEYS[2], if given: the integrity hash (keys.KeyLayout.integrity),
+-- whose seq a write bumps in this same step (and whose epoch it creates, ARGV[3], if absent).
 -- ARGV[1]: the new mark "<revoked_at_us>|<reason>"; ARGV[2]: TTL in seconds.
 -- Two revocations racing must leave the later cut-off in place, and the TTL must cover the
 -- newest mark, so compare and write in one atomic step.
@@ -23,4 +24,8 @@ if old then
   end
 end
 redis.call("SET", KEYS[1], new, "EX", ARGV[2])
+if KEYS[2] then
+  redis.call("HSETNX", KEYS[2], "epoch", ARGV[3])
+  redis.call("HINCRBY", KEYS[2], "seq", 1)
+end
 return new

@@ -10,7 +10,8 @@ from typing import Any, TypeVar, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from revoker.exceptions import StoreUnavailable
+from revoker.exceptions import DenylistLost, StoreUnavailable
+from revoker.integrity import Loss, Observation
 from revoker.job_record import JobRecord, JobStatus
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
@@ -21,6 +22,7 @@ from revoker.store._base import (
     ScriptCall,
     SessionRecord,
     StoreCore,
+    atomic_pipeline,
     load_script,
 )
 from revoker.store._clients import make_async_client
@@ -32,6 +34,12 @@ from revoker.tokens import TokenData
 __all__ = ["RedisTokenRevocationStore"]
 
 T = TypeVar("T")
+
+#: Raised by every check while the denylist is lost and the policy is fail-closed.
+_FAIL_CLOSED = DenylistLost(
+    "the revocation data was lost (REVOKER_ON_DATA_LOSS=fail-closed): failing closed until "
+    "`revoker recover`"
+)
 
 
 class RedisTokenRevocationStore:
@@ -49,6 +57,7 @@ class RedisTokenRevocationStore:
         # A pool we built is ours to close; an injected client's pool belongs to its owner.
         self._owns_client = client is None
         self.is_cluster = isinstance(self.client, RedisCluster)
+        self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
         self.durability = self.settings.durability_policy
         self._scripts = {
@@ -88,14 +97,21 @@ class RedisTokenRevocationStore:
                     replies[i] = await script(keys=list(command.keys), args=list(command.args))
                 else:
                     plain.append((i, command))
-            if len(plain) == 1:
+            if len(plain) == 1 and not plan.atomic:
                 i, command = plain[0]
                 replies[i] = await self.client.execute_command(*command)
             elif plain:
+                commands = [command for _, command in plain]
+                unwrap = None
+                if plan.atomic and not self.is_cluster:
+                    commands, unwrap = atomic_pipeline(commands, plan.after_exec)
                 pipe = self.client.pipeline(transaction=False)
-                for _, command in plain:
+                for command in commands:
                     pipe.execute_command(*command)
-                for (i, _), reply in zip(plain, await pipe.execute(), strict=True):
+                answers = await pipe.execute()
+                if unwrap is not None:
+                    answers = unwrap(answers)
+                for (i, _), reply in zip(plain, answers, strict=True):
                     replies[i] = reply
         except BACKEND_ERRORS as e:
             raise unavailable(e, policy) from e
@@ -194,19 +210,44 @@ class RedisTokenRevocationStore:
         """Whether a verified token is revoked by any rule, in one round trip.
 
         On a single Redis: one script call. On a Redis Cluster: one per slot involved (at most
-        two: the jti's and the tenant's), sent in parallel.
+        three: the jti's, the tenant's and the integrity slot), sent in parallel.
         """
-        keys = self.core.check_keys(token)
+        core = self.core
+        keys = core.check_keys(token)
+        integrity = core.keys.integrity
         present = [key for key in keys if key is not None]
+        present.append(integrity)
+        seen = core.watch.snapshot()
         try:
             if self.is_cluster:
                 found = await self._cluster_check(token, present)
             else:
                 values = await self._check(token, present)
                 found = dict(zip(present, values, strict=True))
+            judged = core.integrity_values(found[integrity], seen)
+            if isinstance(judged, Loss):
+                observed, found[core.keys.global_watermark] = await self._execute(
+                    core.plan_data_loss(judged)
+                )
+                judged = observed
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
-        return self.core.decide(token, keys, found)
+        if judged.state == "fail-closed":
+            raise _FAIL_CLOSED
+        return core.decide(token, keys, found)
+
+    async def integrity(self) -> dict[str, Any]:
+        """The integrity hash as stored (epoch, seq, state, when it was lost or recovered)."""
+        return await self._execute(self.core.plan_integrity())
+
+    async def init(self) -> tuple[bool, str]:
+        """Create the epoch if there is none (``revoker init``): (created?, the epoch)."""
+        return await self._execute(self.core.plan_init())
+
+    async def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
+        """Adopt the data as it is now under a new epoch (``revoker recover``), after a global
+        cut-off if ``cutoff``."""
+        return (await self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
 
     async def _check(self, token: TokenData, keys: list[str]) -> list[Any]:
         """The check script on ``keys`` (all in one slot, or a single Redis)."""
@@ -263,6 +304,10 @@ class RedisTokenRevocationStore:
                 expires=expires,
             )
         )
+
+    async def rotation_precheck(self, token: TokenData) -> RevocationStatus:
+        """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
+        return await self._execute(self.core.plan_rotation_precheck(token))
 
     async def rotate_refresh(
         self,

@@ -3,10 +3,17 @@
 A store method is a *plan*: the Redis commands to send (pipelined in one round trip) and a
 function that turns the replies into the result. :class:`StoreCore` builds plans and does no I/O;
 the sync and async stores only execute them. Lua scripts are package data, loaded by both.
+
+Every write of revocation state goes with a bump of the denylist's sequence in the same atomic
+step (see :mod:`revoker.integrity`), built in one place: :meth:`StoreCore.sequenced` for plain
+commands (run as one MULTI/EXEC: ``Plan.atomic``, or a bulk block),
+:meth:`StoreCore.script_sequence` for the scripts that write. A change feed appended with every
+revocation goes there too.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,11 +26,21 @@ from redis.exceptions import RedisError
 from revoker import keys as k
 from revoker.exceptions import InvalidIdentifier
 from revoker.health import probe_result
+from revoker.integrity import (
+    IntegrityWatch,
+    Loss,
+    Observation,
+    new_epoch,
+    read_observation,
+)
+from revoker.metrics import DENYLIST_LOST
 from revoker.rules import RevocationStatus, decide, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.tokens import TokenData
 
 T = TypeVar("T")
+
+logger = logging.getLogger("revoker.integrity")
 
 __all__ = [
     "BACKEND_ERRORS",
@@ -59,10 +76,39 @@ class ScriptCall:
 
 @dataclass(slots=True)
 class Plan(Generic[T]):
-    """Commands to send in one pipeline, and how to read their replies."""
+    """Commands to send in one pipeline, and how to read their replies.
+
+    ``atomic``: the plain commands run as one MULTI/EXEC (a write of revocation state and its
+    sequence bump, :meth:`StoreCore.sequenced`), except the last ``after_exec`` of them, sent
+    after the EXEC in the same pipeline (REVOKER_DURABILITY's WAIT or WAITAOF: inside a MULTI
+    they would not wait). On a Redis Cluster, whose transactions cannot span slots, they are
+    sent as an ordinary pipeline.
+    """
 
     commands: list[Command | ScriptCall]
     finish: Callable[[list[Any]], T]
+    atomic: bool = False
+    after_exec: int = 0
+
+
+def atomic_pipeline(
+    commands: Sequence[Command], after_exec: int
+) -> tuple[list[Command], Callable[[list[Any]], list[Any]]]:
+    """``commands`` as MULTI ... EXEC followed by their last ``after_exec``, and how to turn the
+    pipeline's replies back into one reply per command (EXEC's replies are the raw ones)."""
+    inside = len(commands) - after_exec
+    wrapped = [("MULTI",), *commands[:inside], ("EXEC",), *commands[inside:]]
+
+    def unwrap(replies: list[Any]) -> list[Any]:
+        executed = replies[inside + 1]
+        if not isinstance(executed, list | tuple):
+            raise RedisError(f"transaction not executed: {executed!r}")
+        for reply in executed:
+            if isinstance(reply, BaseException):
+                raise reply
+        return [*executed, *replies[inside + 2 :]]
+
+    return wrapped, unwrap
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +156,127 @@ class RotationReply:
 class StoreCore:
     """Key layout, TTL arithmetic and reply parsing for both stores."""
 
-    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh", "check")
+    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh", "check", "data_loss")
 
     def __init__(self, settings: RevokerSettings) -> None:
         self.settings = settings
         self.keys = k.KeyLayout(settings.key_prefix)
         self.lifetimes = k.Lifetimes.from_settings(settings)
+        #: Set by the store: a Redis Cluster, where no atomic step spans the integrity slot.
+        self.cluster = False
+        #: The epoch and highest sequence this store has seen (see revoker.integrity).
+        self.watch = IntegrityWatch(require_init=settings.require_init)
+        #: The last loss logged and counted: concurrent checks seeing one loss report it once.
+        self._reported: tuple[str, str | None, str | None] | None = None
+
+    # --- the denylist's identity -----------------------------------------------------------------
+
+    def sequence_bump(self, count: int = 1) -> list[Command]:
+        """The sequence bump of a write of revocation state (creating the epoch if absent)."""
+        integrity = self.keys.integrity
+        return [("HSETNX", integrity, "epoch", new_epoch()), ("HINCRBY", integrity, "seq", count)]
+
+    def sequenced(self, writes: Sequence[Command], count: int = 1) -> list[Command]:
+        """A write of revocation state and its sequence bump: the one builder of both. Run the
+        result in one atomic step (``Plan(..., atomic=True)``, or a MULTI/EXEC block of the bulk
+        exchange). Whatever else must share that step (a change feed's XADD) is added here."""
+        return [*writes, *self.sequence_bump(count)]
+
+    def script_sequence(self) -> tuple[list[str], list[str], list[Command]]:
+        """For a script that writes revocation state: the keys and args that let it bump the
+        sequence in its own step, or on a cluster (the integrity hash lives in another slot)
+        none, and the bump as plain commands sent beside it instead (not atomic there)."""
+        if self.cluster:
+            return [], [], self.sequence_bump()
+        return [self.keys.integrity], [new_epoch()], []
+
+    def integrity_values(self, raw: Any, snapshot: tuple[str | None, int]) -> Loss | Observation:
+        """The check's reply for the integrity hash, judged against ``snapshot`` (what this store
+        had seen when the check was sent): a Loss, or the Observation when nothing was lost."""
+        known = self.watch.quick(raw, snapshot)
+        if known is not None:
+            return known
+        observed = read_observation(raw)
+        loss = self.watch.observe(observed, snapshot)
+        return observed if loss is None else loss
+
+    def plan_data_loss(self, loss: Loss) -> Plan[tuple[Observation, Any]]:
+        """Handle ``loss`` by the configured policy, once for every process (data_loss.lua):
+        the identity afterwards and the global watermark. Loud: ERROR log and metric (once per
+        loss and store, however many concurrent checks saw it)."""
+        policy = self.settings.on_data_loss
+        state = {"cutoff": "cutoff", "fail-closed": "fail-closed", "accept": "accepted"}[policy]
+        at = now_us()
+        cutoff = k.encode_mark(at, f"denylist {loss.kind}") if policy == "cutoff" else ""
+        reported = (loss.kind, loss.seen_epoch, loss.observed.epoch)
+        if reported != self._reported:
+            self._reported = reported
+            DENYLIST_LOST.labels(loss.kind, policy).inc()
+            logger.error(
+                "revocation data lost: %s; REVOKER_ON_DATA_LOSS=%s%s; run `revoker recover` "
+                "once what can be restored is",
+                loss.describe(),
+                policy,
+                ": every token issued before now is revoked" if policy == "cutoff" else "",
+                extra={"loss": loss.kind, "policy": policy},
+            )
+        args = [
+            "loss",
+            loss.observed.epoch or "",
+            state,
+            new_epoch(),
+            cutoff,
+            self.lifetimes.watermark_ttl,
+            loss.seen_epoch or "",
+            at,
+        ]
+        return Plan(
+            [ScriptCall("data_loss", [self.keys.integrity, self.keys.global_watermark], args)],
+            self._adopt,
+        )
+
+    def plan_recover(self, *, cutoff: bool, actor: str | None) -> Plan[tuple[Observation, Any]]:
+        """``revoker recover``: adopt the data as it is now under a new epoch (``state``
+        recovered), writing a global cut-off first if ``cutoff``."""
+        at = now_us()
+        mark = k.encode_mark(at, f"recovery by {actor or 'operator'}") if cutoff else ""
+        args = ["recover", "", "recovered", new_epoch(), mark, self.lifetimes.watermark_ttl, "", at]
+        return Plan(
+            [ScriptCall("data_loss", [self.keys.integrity, self.keys.global_watermark], args)],
+            self._adopt,
+        )
+
+    def plan_init(self) -> Plan[tuple[bool, str]]:
+        """``revoker init``: create the epoch if there is none. (created?, the epoch)."""
+        integrity = self.keys.integrity
+        return Plan(
+            [
+                ("HSETNX", integrity, "epoch", new_epoch()),
+                ("HSETNX", integrity, "seq", 0),
+                ("HSETNX", integrity, "initialized_at", now_us()),
+                ("HGET", integrity, "epoch"),
+            ],
+            lambda replies: (bool(replies[0]), _text(replies[3])),
+            atomic=True,
+        )
+
+    def plan_integrity(self) -> Plan[dict[str, Any]]:
+        """The integrity hash as stored, with the global watermark's time (or None)."""
+
+        def finish(replies: list[Any]) -> dict[str, Any]:
+            fields: dict[str, Any] = {_text(a): _text(b) for a, b in (replies[0] or {}).items()}
+            fields["global_cutoff"] = (
+                k.decode_mark(replies[1])[0] / 1e6 if replies[1] is not None else None
+            )
+            return fields
+
+        return Plan([("HGETALL", self.keys.integrity), ("GET", self.keys.global_watermark)], finish)
+
+    def _adopt(self, replies: list[Any]) -> tuple[Observation, Any]:
+        reply = replies[0]
+        observed = read_observation(reply[:5])
+        self.watch.adopt(observed)
+        return observed, reply[5]
 
     # --- the per-request check ---------------------------------------------------------------
 
@@ -123,13 +284,16 @@ class StoreCore:
         return self.keys.check_keys(token.jti, token.tenant, token.sub, token.family)
 
     def check_args(self, token: TokenData, keys: Sequence[str]) -> list[str]:
-        """The check script's ARGV for ``keys`` (some of check_keys): where the family's bucket
-        is among them, and the family id (its field)."""
+        """The check script's ARGV for ``keys`` (some of check_keys and the integrity hash):
+        where the family's bucket is among them, the family id (its field), and where the
+        integrity hash is."""
+        integrity = self.keys.integrity
+        at_integrity = str(keys.index(integrity) + 1) if integrity in keys else "0"
         if token.family is None:
-            return ["0", ""]
+            return ["0", "", at_integrity]
         bucket = self.keys.family_revoked(token.tenant, token.family)
         at = keys.index(bucket) + 1 if bucket in keys else 0
-        return [str(at), token.family]
+        return [str(at), token.family, at_integrity]
 
     @staticmethod
     def group_by_slot(keys: Iterable[str]) -> dict[int, list[str]]:
@@ -188,14 +352,19 @@ class StoreCore:
         ttl = self.lifetimes.jti_ttl(expires_at, at / 1e6)
         return Plan(
             [
-                # NX: a repeat keeps the first revocation's time and reason; EXPIRE GT still
-                # lets it extend the entry (a later call may know a later exp), never shorten it.
-                ("SET", key, k.encode_mark(at, reason), "EX", ttl, "NX", "GET"),
-                ("EXPIRE", key, ttl, "GT"),
+                *self.sequenced(
+                    [
+                        # NX: a repeat keeps the first revocation's time and reason; EXPIRE GT
+                        # still lets it extend the entry (a later call may know a later exp).
+                        ("SET", key, k.encode_mark(at, reason), "EX", ttl, "NX", "GET"),
+                        ("EXPIRE", key, ttl, "GT"),
+                    ]
+                ),
                 self.audit_command("token", jti, reason=reason, actor=actor, at_us=at),
                 self.count_command("tokens"),
             ],
             lambda replies: replies[0] is None,
+            atomic=True,
         )
 
     def plan_revoke_family(
@@ -211,15 +380,20 @@ class StoreCore:
         bucket = self.keys.family_revoked(tenant_id, family_id)
         return Plan(
             [
-                # As for a jti: the first revocation's time and reason stay (see above).
-                ("HSETNX", bucket, family_id, k.encode_mark(at, reason)),
-                *self.bucket_ttl_commands(bucket, ttl),
+                *self.sequenced(
+                    [
+                        # As for a jti: the first revocation's time and reason stay (see above).
+                        ("HSETNX", bucket, family_id, k.encode_mark(at, reason)),
+                        *self.bucket_ttl_commands(bucket, ttl),
+                    ]
+                ),
                 self.audit_command(
                     "family", family_id, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
                 ),
                 self.count_command("families"),
             ],
             lambda replies: bool(replies[0]),
+            atomic=True,
         )
 
     @staticmethod
@@ -240,9 +414,13 @@ class StoreCore:
     ) -> Plan[float]:
         at = now_us()
         ttl = self.lifetimes.watermark_ttl
+        seq_keys, seq_args, seq_commands = self.script_sequence()
         return Plan(
             [
-                ScriptCall("set_watermark", [key], [k.encode_mark(at, reason), ttl]),
+                ScriptCall(
+                    "set_watermark", [key, *seq_keys], [k.encode_mark(at, reason), ttl, *seq_args]
+                ),
+                *seq_commands,
                 self.audit_command(
                     kind, target, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
                 ),
@@ -276,6 +454,15 @@ class StoreCore:
             tenant_id=tenant_id,
             reason=reason,
             actor=actor,
+        )
+
+    def plan_rotation_precheck(self, token: TokenData) -> Plan[RevocationStatus]:
+        """On a cluster, what rotate_refresh.lua cannot read from the tenant's slot: the token's
+        jti and the global watermark (read beforehand, in their own slots)."""
+        keys = [self.keys.jti(token.jti), self.keys.global_watermark]
+        return Plan(
+            [("GET", key) for key in keys],
+            lambda replies: decide(token.iat, [replies[0], None, None, None, replies[1]]),
         )
 
     def plan_is_token_revoked(self, jti: str) -> Plan[bool]:
@@ -388,7 +575,7 @@ class StoreCore:
         if tenant is not None:
             keys.append(self.keys.tenant_watermark(tenant))
         if check_jti:
-            keys.append(self.keys.jti(token.jti))
+            keys += [self.keys.jti(token.jti), self.keys.global_watermark, self.keys.integrity]
         args = [
             k.escape_part(token.jti),
             to_us(token.iat),
@@ -403,6 +590,7 @@ class StoreCore:
             family,
             "1" if tenant is not None else "0",
             "1" if check_jti else "0",
+            new_epoch() if check_jti else "",
         ]
 
         def finish(replies: list[Any]) -> RotationReply:
@@ -416,10 +604,13 @@ class StoreCore:
                     _time(_text(reply[3])),
                 )
             if outcome == "revoked":
-                return RotationReply(outcome, status=decide(token.iat, list(reply[1:5])))
+                return RotationReply(outcome, status=decide(token.iat, list(reply[1:6])))
             return RotationReply(outcome)
 
-        return Plan([ScriptCall("rotate_refresh", keys, args)], finish)
+        # On a cluster the script cannot reach the integrity hash: a reuse mark's bump goes beside
+        # it (sent with every rotation there; the sequence only has to grow).
+        bump: list[Command] = [] if check_jti else self.sequence_bump()
+        return Plan([ScriptCall("rotate_refresh", keys, args), *bump], finish)
 
     # --- health and stats ----------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 On a single Redis the batch is packed by hiredis and written to one pooled connection whose
 replies are then read one by one: redis-py's pipeline machinery costs several µs of Python per
 command, which at 200k sessions/s is the whole CPU budget. A cluster client (or fakeredis) goes
-through an ordinary pipeline. Never a MULTI or a script: Redis serves other clients between the
-commands of a batch, so the per-request check never waits behind a whole batch.
+through an ordinary pipeline. No script and no MULTI around a batch: Redis serves other clients
+between the commands of a batch, so the per-request check never waits behind a whole batch. The
+only MULTI/EXEC blocks are the fan-out's one per bucket (its marks and the sequence bump, see
+``tasks.buckets.revoke_buckets``), each as long as the bucket's one HSET was before.
 
 Backend failures raise :class:`~revoker.exceptions.StoreUnavailable`, as every store method does.
 """

@@ -45,7 +45,8 @@ def with_durability(plan: Plan[T], policy: Durability, timeout: float) -> Plan[T
         policy.check(replies[-1], timeout)
         return plan.finish(replies[:-1])
 
-    return Plan([*plan.commands, command], finish)
+    # After the EXEC of an atomic plan (a wait inside a MULTI would not wait).
+    return Plan([*plan.commands, command], finish, plan.atomic, plan.after_exec + 1)
 
 
 def unavailable(error: BaseException, policy: Durability | None) -> StoreUnavailable:

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
 
-from revoker.exceptions import StoreUnavailable
+from revoker.exceptions import DenylistLost, StoreUnavailable
+from revoker.integrity import Loss, Observation
 from revoker.job_record import JobRecord, JobStatus
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
@@ -24,6 +25,7 @@ from revoker.store._base import (
     ScriptCall,
     SessionRecord,
     StoreCore,
+    atomic_pipeline,
     load_script,
 )
 from revoker.store._bulk import Exchange, bulk_exchange
@@ -46,6 +48,7 @@ class SyncRedisTokenRevocationStore:
         self.keys = self.core.keys
         self.client = client if client is not None else make_sync_client(self.settings)
         self.is_cluster = isinstance(self.client, RedisCluster)
+        self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
         self.durability = self.settings.durability_policy
         self._scripts = {
@@ -72,14 +75,21 @@ class SyncRedisTokenRevocationStore:
                     replies[i] = script(keys=list(command.keys), args=list(command.args))
                 else:
                     plain.append((i, command))
-            if len(plain) == 1:
+            if len(plain) == 1 and not plan.atomic:
                 i, command = plain[0]
                 replies[i] = self.client.execute_command(*command)
             elif plain:
+                commands = [command for _, command in plain]
+                unwrap = None
+                if plan.atomic and not self.is_cluster:
+                    commands, unwrap = atomic_pipeline(commands, plan.after_exec)
                 pipe = self.client.pipeline(transaction=False)
-                for _, command in plain:
+                for command in commands:
                     pipe.execute_command(*command)
-                for (i, _), reply in zip(plain, pipe.execute(), strict=True):
+                answers = pipe.execute()
+                if unwrap is not None:
+                    answers = unwrap(answers)
+                for (i, _), reply in zip(plain, answers, strict=True):
                     replies[i] = reply
         except BACKEND_ERRORS as e:
             raise unavailable(e, policy) from e
@@ -197,20 +207,47 @@ class SyncRedisTokenRevocationStore:
 
     def is_revoked(self, token: TokenData) -> RevocationStatus:
         """See :meth:`RedisTokenRevocationStore.is_revoked` (cluster slots read one by one)."""
-        keys = self.core.check_keys(token)
+        core = self.core
+        keys = core.check_keys(token)
+        integrity = core.keys.integrity
         present = [key for key in keys if key is not None]
+        present.append(integrity)
+        seen = core.watch.snapshot()
         try:
             found: dict[str, Any] = {}
             groups: Sequence[list[str]] = (
-                list(self.core.group_by_slot(present).values()) if self.is_cluster else [present]
+                list(core.group_by_slot(present).values()) if self.is_cluster else [present]
             )
             script = self._scripts["check"]
             for group in groups:
-                values = script(keys=group, args=self.core.check_args(token, group))
+                values = script(keys=group, args=core.check_args(token, group))
                 found.update(zip(group, values, strict=True))
+            judged = core.integrity_values(found[integrity], seen)
+            if isinstance(judged, Loss):
+                observed, found[core.keys.global_watermark] = self._execute(
+                    core.plan_data_loss(judged)
+                )
+                judged = observed
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
-        return self.core.decide(token, keys, found)
+        if judged.state == "fail-closed":
+            raise DenylistLost(
+                "the revocation data was lost (REVOKER_ON_DATA_LOSS=fail-closed): failing closed "
+                "until `revoker recover`"
+            )
+        return core.decide(token, keys, found)
+
+    def integrity(self) -> dict[str, Any]:
+        """See :meth:`RedisTokenRevocationStore.integrity`."""
+        return self._execute(self.core.plan_integrity())
+
+    def init(self) -> tuple[bool, str]:
+        """See :meth:`RedisTokenRevocationStore.init`."""
+        return self._execute(self.core.plan_init())
+
+    def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
+        """See :meth:`RedisTokenRevocationStore.recover`."""
+        return self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor))[0]
 
     def record_session(
         self,
@@ -237,6 +274,10 @@ class SyncRedisTokenRevocationStore:
                 expires=expires,
             )
         )
+
+    def rotation_precheck(self, token: TokenData) -> RevocationStatus:
+        """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
+        return self._execute(self.core.plan_rotation_precheck(token))
 
     def rotate_refresh(
         self,

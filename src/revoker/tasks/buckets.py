@@ -16,6 +16,7 @@ from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
 __all__ = [
     "READ_BUCKETS",
     "SCAN_FIELDS",
+    "WRITE_BUCKETS",
     "WRITE_COMMANDS",
     "Selection",
     "delete_records",
@@ -36,6 +37,9 @@ READ_BUCKETS = 2
 SCAN_FIELDS = 500
 #: Write commands per round trip (an HSET of one bucket's marks, ~120 fields, and two EXPIREs).
 WRITE_COMMANDS = 6
+#: Buckets written per round trip: each one MULTI/EXEC block of its HSET, two EXPIREs and the
+#: sequence bump (``WRITE_COMMANDS`` writes).
+WRITE_BUCKETS = 2
 
 
 class Selection:
@@ -116,7 +120,8 @@ def revoke_buckets(
     """Revoke the selected sessions of some buckets of a tenant; returns them by bucket.
 
     Per bucket, one HSET of the selected families' marks into its revoked-mark bucket (and its
-    TTL), ``WRITE_COMMANDS`` commands per round trip; ``mark`` None (a dry run) writes nothing.
+    TTL) with the sequence bump in one MULTI/EXEC, ``WRITE_BUCKETS`` buckets per round trip;
+    ``mark`` None (a dry run) writes nothing.
     The records stay: the caller deletes them (:func:`delete_records`) once it has counted them.
     Idempotent: a rerun selects the same families and rewrites the same marks.
     """
@@ -127,15 +132,26 @@ def revoke_buckets(
         if mark is None:
             return selected
         mark_b = mark.encode()
-        commands: list[Any] = []
+        core = store.core
+        blocks: list[list[Any]] = []
         for bucket, ids in selected.items():
             marks = keys.revoked_bucket(tenant_id, bucket)
+            writes: list[Any] = []
             for start in range(0, len(ids), SCAN_FIELDS):
                 part = ids[start : start + SCAN_FIELDS]
-                commands.append(("HSET", marks, *(x for fid in part for x in (fid, mark_b))))
-            commands += StoreCore.bucket_ttl_commands(marks, ttl)
-        for start in range(0, len(commands), WRITE_COMMANDS):
-            exchange(commands[start : start + WRITE_COMMANDS])
+                writes.append(("HSET", marks, *(x for fid in part for x in (fid, mark_b))))
+            writes += StoreCore.bucket_ttl_commands(marks, ttl)
+            if store.is_cluster:
+                blocks.append(writes)  # its bump goes with the batch (another slot)
+            else:
+                # The bucket's marks and the sequence bump in one atomic step (keys' "identity
+                # of the data"); Redis still serves other clients between buckets.
+                blocks.append([("MULTI",), *core.sequenced(writes), ("EXEC",)])
+        for start in range(0, len(blocks), WRITE_BUCKETS):
+            batch = [c for block in blocks[start : start + WRITE_BUCKETS] for c in block]
+            if store.is_cluster:
+                batch += core.sequence_bump()
+            exchange(batch)
     return selected
 
 
