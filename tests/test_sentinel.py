@@ -299,14 +299,16 @@ def _health(url: str, settings: RevokerSettings) -> subprocess.CompletedProcess[
 
 
 class Writer(threading.Thread):
-    """Single revocations from a thread, each followed by WAIT 1 (a replica has it): replicas:1."""
+    """Single revocations from a thread with REVOKER_DURABILITY=replicas:1: a revocation is
+    acknowledged only once a replica has it."""
 
     def __init__(self, settings: RevokerSettings, jtis: list[str]) -> None:
         super().__init__(daemon=True)
-        # One connection, so WAIT counts the revocation this connection just wrote.
-        self.store = SyncRedisTokenRevocationStore(
-            settings=settings.model_copy(update={"redis_max_connections": 1})
+        durable = settings.model_copy(
+            update={"durability": "replicas:1", "durability_timeout": 0.5, "redis_timeout": 1.0}
         )
+        assert durable.durability_policy.enabled
+        self.store = SyncRedisTokenRevocationStore(settings=durable)
         self.jtis = jtis
         self.acked: list[str] = []
         self.unreplicated: list[str] = []
@@ -319,12 +321,14 @@ class Writer(threading.Thread):
                 break
             try:
                 self.store.revoke_token(jti, expires_at=time.time() + 900, reason="stream")
-                replicas = self.store.client.execute_command("WAIT", 1, 500)
+            except exc.DurabilityNotReached:
+                self.unreplicated.append(jti)  # written, but no replica confirmed it
+                continue
             except (exc.StoreUnavailable, redis.RedisError):
                 self.failures += 1
                 time.sleep(0.02)
                 continue
-            (self.acked if int(replicas) >= 1 else self.unreplicated).append(jti)
+            self.acked.append(jti)
             time.sleep(0.01)
         self.store.close()
 
