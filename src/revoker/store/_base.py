@@ -50,6 +50,7 @@ __all__ = [
     "ScriptCall",
     "SessionRecord",
     "StoreCore",
+    "atomic_pipeline",
     "load_script",
 ]
 
