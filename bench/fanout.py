@@ -138,6 +138,9 @@ def bench_settings(data_url: str, broker_url: str) -> RevokerSettings:
         key_prefix=PREFIX,
         jwt_algorithm="HS256",
         jwt_secret=SECRET,
+        # Every round starts with FLUSHALL on purpose: the long-lived service would rightly take
+        # it for a wiped denylist and cut every earlier token off (REVOKER_ON_DATA_LOSS=cutoff).
+        on_data_loss="accept",
     )
 
 

@@ -255,7 +255,7 @@ def run(quick: bool = False) -> str:
 
 #: Commands the check script runs inside Redis (scripts/check.lua): part of its EVALSHA, not
 #: round trips of their own.
-CHECK_SCRIPT_COMMANDS = frozenset({"get", "hget"})
+CHECK_SCRIPT_COMMANDS = frozenset({"get", "hget", "hmget"})
 
 
 def round_trips(counts: dict[str, int]) -> int:
@@ -368,9 +368,11 @@ def report(
 "by server CPU/req" is the other variant's CPU per request over (c)'s: the throughput ratio the
 variants would have on a core of their own. On a shared machine it is steadier than req/s.
 The check as shipped costs {fmt(cpu["c"] - cpu["a"], 1)} µs of server CPU per request over no
-middleware: verify-cache hit, one pipelined EVALSHA of the check script (GET of the jti, user and
-tenant keys, HGET of the family's mark in its bucket), the decision, metrics. (d) also shows how
-many reads a check needs when each rule is one command: tokens without a family need three.
+middleware: verify-cache hit, one pipelined EVALSHA of the check script (GET of the jti, user,
+tenant and global watermark keys, HGET of the family's mark in its bucket, HMGET of the
+denylist's identity: epoch and sequence), the decision, the identity comparison, metrics. (d)
+also shows how many reads a check needs when each rule is one command: tokens without a family
+need four.
 """
 
 
