@@ -4,6 +4,7 @@ REVOKER_ON_DATA_LOSS, loudly (see ``revoker.integrity``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -224,6 +225,47 @@ async def _four_revoked(store: RedisTokenRevocationStore) -> list[str]:
     await store.revoke_user_tokens("u3", tenant_id="t3")
     await store.revoke_tenant_tokens("t4")
     return [by_jti, by_family, by_user, by_tenant]
+
+
+def test_a_chunk_bumps_the_sequence_after_its_marks(
+    sync_store: SyncRedisTokenRevocationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch of a chunk that writes marks ends with the sequence bump, so no state a check
+    can meet shows a bump whose marks are missing."""
+    for i in range(3):
+        start_session_sync("carol", tenant_id=TENANT, store=sync_store)
+        start_session_sync(f"dave{i}", tenant_id=TENANT, store=sync_store)
+    batches: list[list[Any]] = []
+    real = sync_store.bulk_exchange
+
+    @contextlib.contextmanager
+    def recording() -> Iterator[Any]:
+        with real() as exchange:
+
+            def record(commands: list[Any]) -> list[Any]:
+                batches.append(list(commands))
+                return exchange(commands)
+
+            yield record
+
+    monkeypatch.setattr(sync_store, "bulk_exchange", recording)
+    record = JobRecord(id="j2", kind="tenant", tenant_id=TENANT, created_at=time.time() + 1)
+    buckets = sorted(
+        {
+            bucket_of_user(u, sync_store.settings.session_buckets)
+            for u in ("carol", "dave0", "dave1")
+        }
+    )
+    revoke_buckets(sync_store, buckets, tenant_id=TENANT, select=job_selection(record), mark="1|j")
+    writing = [b for b in batches if any(c[0] == "HSET" for c in b)]
+    assert writing, "the chunk wrote no marks"
+    integrity = sync_store.keys.integrity
+    for batch in writing:
+        names = [c[0] for c in batch]
+        assert names[-1] == "HINCRBY", names
+        assert batch[-1][1] == integrity
+        last_mark = max(n for n, c in enumerate(batch) if c[0] == "HSET")
+        assert last_mark < len(batch) - 2  # the bump (HSETNX epoch, HINCRBY seq) comes after
 
 
 async def test_a_wipe_is_detected_by_the_next_check_and_cut_off(

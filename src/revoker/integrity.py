@@ -5,8 +5,10 @@ The data carries an identity in ``P:{integrity}:id`` (:meth:`revoker.keys.KeyLay
 * ``epoch``: a random id with no TTL. It is created by ``revoker init``, or by the first write of
   revocation state (every such write does ``HSETNX epoch`` in its atomic step);
 * ``seq``: the revocation sequence. Every write of revocation state (a jti or family, a watermark,
-  a rotation's reuse mark, a job chunk's marks, a cut-off, a recovery) bumps it in the same atomic
-  step, so it only grows while the data lives;
+  a rotation's reuse mark, a cut-off, a recovery) bumps it in the same atomic step, and a job
+  chunk's marks are followed by a bump in the same pipeline (applied in that order by Redis, its
+  AOF and its replicas: a state shows no bump without the marks before it), so it only grows
+  while the data lives;
 * ``state``: empty while nothing was lost; ``cutoff``, ``fail-closed`` or ``accepted`` once a loss
   was handled by that ``REVOKER_ON_DATA_LOSS`` policy; ``recovered`` after ``revoker recover``.
   ``lost`` names the epoch the detecting process had seen, ``from`` the one it replaced.

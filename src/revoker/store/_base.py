@@ -6,9 +6,10 @@ the sync and async stores only execute them. Lua scripts are package data, loade
 
 Every write of revocation state goes with a bump of the denylist's sequence in the same atomic
 step (see :mod:`revoker.integrity`), built in one place: :meth:`StoreCore.sequenced` for plain
-commands (run as one MULTI/EXEC: ``Plan.atomic``, or a bulk block),
-:meth:`StoreCore.script_sequence` for the scripts that write. A change feed appended with every
-revocation goes there too.
+commands (run as one MULTI/EXEC: ``Plan.atomic``), :meth:`StoreCore.script_sequence` for the
+scripts that write; a job chunk's marks are followed by :meth:`StoreCore.sequence_bump` in the
+same pipeline instead (``tasks.buckets.revoke_buckets`` says why). A change feed appended with
+every revocation goes there too.
 """
 
 from __future__ import annotations
@@ -179,8 +180,8 @@ class StoreCore:
 
     def sequenced(self, writes: Sequence[Command], count: int = 1) -> list[Command]:
         """A write of revocation state and its sequence bump: the one builder of both. Run the
-        result in one atomic step (``Plan(..., atomic=True)``, or a MULTI/EXEC block of the bulk
-        exchange). Whatever else must share that step (a change feed's XADD) is added here."""
+        result in one atomic step (``Plan(..., atomic=True)``). Whatever else must share that
+        step (a change feed's XADD) is added here."""
         return [*writes, *self.sequence_bump(count)]
 
     def script_sequence(self) -> tuple[list[str], list[str], list[Command]]:
