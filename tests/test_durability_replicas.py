@@ -43,10 +43,17 @@ class Pair:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             info = self.p.info("replication")
-            if info.get("slave0", {}).get("state") == "online":
+            if info.get("slave0", {}).get("state") == "online" and self._acknowledges():
+                self.p.config_resetstat()  # the tests count the WAITs revocations send
                 return
             time.sleep(0.05)
         raise TimeoutError("the replica did not come online")
+
+    def _acknowledges(self) -> bool:
+        # "online" on the primary's side can come before the replica, still loading what it was
+        # sent, answers its first acknowledgement request: a first WAIT then times out.
+        self.p.set("pair:ready", "1")
+        return int(self.p.execute_command("WAIT", 1, 1000)) >= 1
 
     def stop(self) -> None:
         self.replica.resume()  # harmless when it runs
