@@ -25,6 +25,7 @@ __all__ = [
     "RedisCluster3",
     "find_server_binary",
     "free_port",
+    "free_ports",
     "local_redis",
     "start_cluster",
     "stop_process",
@@ -36,6 +37,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago (held open together while
+    chosen: two calls of :func:`free_port` in a row may return the same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def find_server_binary() -> str:
@@ -182,10 +196,9 @@ def start_cluster(size: int = 3, timeout: float = 20.0) -> RedisCluster3:
     nodes: list[LocalRedis] = []
     bus_ports: list[int] = []
     try:
-        for _ in range(size):
-            port = free_port()
+        ports = free_ports(2 * size)
+        for port, bus_port in zip(ports[::2], ports[1::2], strict=True):
             # The bus port defaults to port + 10000, which may be taken or out of range.
-            bus_port = free_port()
             bus_ports.append(bus_port)
             nodes.append(
                 LocalRedis(
