@@ -22,6 +22,7 @@ from celery_helpers import WorkerProcess, seed_sessions, start_beat, start_worke
 from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker import jobs, tasks
 from revoker.exceptions import ConfigurationError
+from revoker.job_record import JobRecord
 from revoker.localredis import LocalRedis, free_port
 from revoker.publisher import _sender, publish_job
 from revoker.sessions import start_session_sync
@@ -218,6 +219,22 @@ def _stop_all(processes: list[WorkerProcess]) -> None:
         process.stop()
 
 
+def _run_until_finished(
+    s: RevokerSettings, job_id: str, bound: float
+) -> tuple[JobRecord, float, str]:
+    """Start a worker and beat, wait at most ``bound`` for the job; its record, how long it took
+    from the worker's start, and the worker's log. Both processes are stopped whatever happens."""
+    processes: list[WorkerProcess] = []
+    try:
+        processes.append(start_worker(worker_env(s), concurrency=2))
+        processes.append(start_beat(worker_env(s)))
+        up = time.monotonic()
+        record = jobs.wait_for_job(job_id, timeout=bound)
+        return record, time.monotonic() - up, processes[0].log()
+    finally:
+        _stop_all(processes)
+
+
 @pytest.mark.celery
 def test_a_filtered_job_whose_message_the_broker_lost_completes(
     servers: tuple[LocalRedis, LocalRedis],
@@ -242,17 +259,8 @@ def test_a_filtered_job_whose_message_the_broker_lost_completes(
     # A filtered job has no watermark: until it runs, the selected sessions stay valid.
     assert not store.is_revoked(decode_token(web.access_token, "access", settings=s))
 
-    processes: list[WorkerProcess] = []
-    try:
-        processes.append(start_worker(worker_env(s), concurrency=2))
-        processes.append(start_beat(worker_env(s)))
-        up = time.monotonic()
-        bound = max(START_TIMEOUT, OUTBOX_GRACE_SECONDS) + BEAT_OUTBOX_SECONDS + MARGIN
-        record = jobs.wait_for_job(job_id, timeout=bound)
-        took = time.monotonic() - up
-        log = processes[0].log()
-    finally:
-        _stop_all(processes)
+    bound = max(START_TIMEOUT, OUTBOX_GRACE_SECONDS) + BEAT_OUTBOX_SECONDS + MARGIN
+    record, took, log = _run_until_finished(s, job_id, bound)
 
     assert record.status == "done", record.error
     assert "no worker has started it: publishing it again" in log
@@ -328,17 +336,8 @@ def test_a_running_job_whose_chunk_messages_the_broker_lost_completes(
     broker.restart()
     assert b.llen(s.key_prefix) == 0
 
-    processes: list[WorkerProcess] = []
-    try:
-        processes.append(start_worker(worker_env(s), concurrency=2))
-        processes.append(start_beat(worker_env(s)))
-        up = time.monotonic()
-        bound = START_TIMEOUT + 2 * BEAT_OUTBOX_SECONDS + MARGIN
-        record = jobs.wait_for_job(job_id, timeout=bound)
-        took = time.monotonic() - up
-        log = processes[0].log()
-    finally:
-        _stop_all(processes)
+    bound = START_TIMEOUT + 2 * BEAT_OUTBOX_SECONDS + MARGIN
+    record, took, log = _run_until_finished(s, job_id, bound)
 
     assert record.status == "done", record.error
     assert "their messages were lost, publishing it again" in log
