@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 from celery_helpers import WorkerProcess, start_worker, worker_env
 from conftest import TEST_SECRET, private_settings
-from revoker import cli as cli_module
 from revoker.cli import EXIT_CODES, cli
+from revoker.cli import _common as cli_module
 from revoker.localredis import LocalRedis, free_port
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings, configure

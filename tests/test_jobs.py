@@ -481,6 +481,16 @@ def test_window_edges_compare_like_the_stored_creation_time() -> None:
         assert tasks.Selection(record, at_us)(flat) == [b"f"], f"{at!r}"
 
 
+def test_window_edges_match_any_float_the_session_was_created_at() -> None:
+    """A bound equal to any float creation time (not only a µs-exact one) matches that session."""
+    rng = random.Random(5)
+    for _ in range(5_000):
+        at = 1_795_000_000 + rng.random() * 100_000  # time.time()-like: more digits than µs hold
+        record = _record(issued_after=at, issued_before=at)
+        flat = [b"f", _raw("u", to_us(at))]
+        assert tasks.Selection(record, to_us(at) + 1)(flat) == [b"f"], f"{at!r}"
+
+
 # --- plan_chunks ---------------------------------------------------------------------------------
 
 

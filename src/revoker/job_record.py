@@ -7,10 +7,11 @@ them), so every one of them imports the same names and none imports another for 
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from pydantic import BaseModel
+
+from revoker.rules import to_us
 
 if TYPE_CHECKING:
     from revoker.bulk import BulkRevocation
@@ -24,7 +25,6 @@ __all__ = [
     "JobKind",
     "JobRecord",
     "JobStatus",
-    "stored_us",
 ]
 
 JobKind = Literal["tenant", "user", "family_reuse"]
@@ -54,16 +54,6 @@ _FLOAT_FIELDS = (
     "finished_at",
     "published_at",
 )
-
-
-def stored_us(value: str | float) -> int:
-    """Integer µs of a time given in unix seconds, rounded through "%.6f" text.
-
-    A double near 1.7e9 s does not hold 16 digits exactly: going through the text, a window bound
-    equal to a session's creation time (a µs-precise iat) compares equal to it.
-    """
-    text = value if isinstance(value, str) else f"{value:.6f}"
-    return int(Decimal(text).scaleb(6).to_integral_value())
 
 
 class JobRecord(BaseModel):
@@ -125,8 +115,8 @@ class JobRecord(BaseModel):
     def window_us(self) -> tuple[int | None, int | None]:
         """The issue window's bounds in whole µs (inclusive), None where open."""
         return (
-            stored_us(self.issued_after) if self.issued_after is not None else None,
-            stored_us(self.issued_before) if self.issued_before is not None else None,
+            to_us(self.issued_after) if self.issued_after is not None else None,
+            to_us(self.issued_before) if self.issued_before is not None else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
