@@ -19,6 +19,7 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
+    P:console:<session>            string  one console sign-in (JSON), TTL = its lifetime
     P:{integrity}:id               hash    the denylist's identity: epoch, seq, state (no TTL)
     P:{integrity}:gw               string  "<revoked_at_us>|<reason>" global watermark (cut-off)
 
@@ -437,6 +438,10 @@ class KeyLayout:
     @property
     def audit(self) -> str:
         return f"{self.prefix}:audit"
+
+    def console_session(self, session_id: str) -> str:
+        """One signed-in console session (JSON); its TTL is the session's lifetime."""
+        return f"{self.prefix}:console:{escape_id(session_id, 'session id')}"
 
     @property
     def stats(self) -> str:

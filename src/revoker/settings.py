@@ -376,6 +376,21 @@ class RevokerSettings(BaseSettings):
         description="On refresh reuse revoke the family only, or all of the user's sessions.",
     )
 
+    # --- Console (revoker.api.console) ---------------------------------------------------------
+    console_session_ttl: int = Field(
+        3600,
+        ge=60,
+        le=24 * 3600,
+        description="Seconds a console sign-in lasts (never longer than the admin token's own "
+        "expiry).",
+    )
+    console_secret: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="Key signing the console's session and CSRF values, at least 32 characters "
+        "(default: derived from REVOKER_JWT_SECRET; required with asymmetric keys).",
+    )
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:
