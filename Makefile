@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean browser
 
 # Everything: every extra (all), the suite (test) and the linters (lint).
 $(STAMP): pyproject.toml
@@ -21,8 +21,16 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The whole suite: lint first, then every test (real Redis, cluster, Celery, chaos in bounded form).
-test: lint
+test: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The console's browser test drives Debian's chromium through Debian's chromedriver: packages,
+# never a browser downloaded at run time.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y chromium chromium-driver || { $$SUDO apt-get update && \
+		$$SUDO apt-get install -y chromium chromium-driver; }; }
 
 # Unit tests only (fakeredis), for a quick loop while editing.
 test-fast: $(STAMP)
@@ -34,6 +42,7 @@ demo: $(STAMP)
 # wrk is the load generator of the HTTP benchmarks; a fresh Debian/Ubuntu machine lacks it.
 # BENCH_ARGS: e.g. --quick, or --only middleware.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	@command -v wrk >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }

@@ -39,7 +39,7 @@
       el("td", {}, [job.actor || "-"]),
       el("td", {}, [progress(job), " " + job.chunks_done + "/" + job.chunks_total]),
       el("td", {}, [job.families_matched + " / " + job.families_revoked]),
-      el("td", {}, [when(job.created_at)]),
+      el("td", { class: "when" }, [when(job.created_at)]),
     ]);
   }
   function renderList(jobs) {
