@@ -503,6 +503,7 @@ def one_round(
             if calls != calls_before.get(name, (0, 0))[0]
         }
         samples: list[Sample] = checks["samples"]
+        TIMELINES.append(timeline(workers, window_start, samples, record))  # for bench/plots.py
         return Round(
             workers=workers,
             sessions=n + 1,
@@ -592,6 +593,7 @@ def run(quick: bool = False) -> str:
             server.stop()
             client.close()
     shutil.rmtree(workdir, ignore_errors=True)
+    save_raw(rounds, quick=quick)
     return report(
         rounds, benchmark_rates, bench_command, env_line, n, settings, quick=quick,
         marker_rates=marker_rates, marker_command=marker_command, rotated_bytes=rotated_bytes,
@@ -762,6 +764,33 @@ session, measured the same way on {fmt(n)} such sessions. Once revoked, a sessio
 revoked mark (a field of its bucket's marks hash) instead of its record:
 {last.bytes_per_revoked:.0f} B per revoked session after the job (`used_memory`).
 """
+
+
+# --- raw results for bench/plots.py (the figures of the same run) ---------------------------------
+
+#: The steady checker's samples around each round's big fan-out (appended by one_round).
+TIMELINES: list[dict[str, Any]] = []
+
+
+def timeline(workers: int, enqueued: float, samples: list[Sample], record: Any) -> dict[str, Any]:
+    """One round's check samples, with when its big job was enqueued, started and finished."""
+    return {"workers": workers, "enqueued": enqueued, "samples": samples,
+            "job_started": record.started_at, "job_finished": record.finished_at}  # fmt: skip
+
+
+def save_raw(rounds: list[Round], *, quick: bool) -> None:
+    from run import save_results
+
+    data = {
+        "rounds": [
+            {"workers": r.workers, "sessions": r.sessions, "sessions_per_s": r.sessions_per_s,
+             "enforcement_ms": {"10": r.enforcement_small_ms,
+                                str(r.sessions): r.enforcement_big_ms}}
+            for r in rounds
+        ],
+        "timelines": TIMELINES,
+    }  # fmt: skip
+    save_results(NAME, data, quick=quick)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,7 @@ def run(quick: bool = False) -> str:
             for server in servers.values():
                 server.stop()
             client.close()
+    save_raw(samples, quick=quick)
     return report(
         samples, ratios, tokens, env_line, rounds, seconds, server_cpu, load_cpu, quick=quick
     )
@@ -380,6 +381,21 @@ def _verdict(ok: bool | None) -> str:
     if ok is None:
         return ""
     return "met" if ok else "**missed**"
+
+
+# --- raw results for bench/plots.py (the figures of the same run) ---------------------------------
+
+
+def save_raw(samples: dict[str, Samples], *, quick: bool, state: str = "warm") -> None:
+    """Every variant's per-round req/s; all are measured warm here (caches filled first)."""
+    from run import save_results
+
+    rows = [
+        {"variant": f"({letter}) {VARIANTS[letter][1]}", "state": state, "mode": None,
+         "rps": sample.rps}
+        for letter, sample in samples.items()
+    ]  # fmt: skip
+    save_results(NAME, {"rows": rows}, quick=quick)
 
 
 if __name__ == "__main__":

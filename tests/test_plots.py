@@ -1,0 +1,161 @@
+"""bench/plots.py: the benchmark figures, drawn from the raw results bench/run.py saves.
+
+Synthetic results stand in for a run (the benchmarks themselves are the lead's ``make bench``);
+what is checked is that every figure is drawn from the saved data, labelled with units, captioned
+with the machine and date, embedded in BENCHMARKS.md, and skipped cleanly when its data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH_DIR))
+
+import plots  # noqa: E402 - bench/ is a script folder, importable once on the path
+import run  # noqa: E402 - same
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fanout_data() -> dict[str, Any]:
+    t0 = 1_700_000_000.0
+    samples = [[t0 - 2 + i * 0.002, 0.0004 + (0.002 if 800 < i < 2500 else 0)] for i in range(4000)]
+    return {
+        "rounds": [
+            {"workers": w, "sessions": 1_000_001, "sessions_per_s": 100_000.0 * w + r,
+             "enforcement_ms": {"10": 1.2 + r, "1000001": 1.4 + r}}
+            for w in (1, 2) for r in (0, 1)
+        ],
+        "timelines": [
+            {"workers": 2, "enqueued": t0, "samples": samples, "job_started": t0 + 0.1,
+             "job_finished": t0 + 3.0}
+        ],
+    }  # fmt: skip
+
+
+def middleware_data() -> dict[str, Any]:
+    return {
+        "rows": [
+            {"variant": f"({v}) variant {v}", "state": state, "mode": None, "rps": [1000.0, 1100.0]}
+            for v in "abcd"
+            for state in ("cold", "warm")
+        ]
+    }
+
+
+@pytest.fixture
+def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A results directory holding a fan-out and a middleware result, saved as run.py does."""
+    monkeypatch.setattr(run, "RESULTS_DIR", tmp_path / "results")
+    run.save_results("fanout", fanout_data())
+    run.save_results("middleware", middleware_data(), quick=True)
+    return tmp_path / "results"
+
+
+def test_save_results_records_when_and_where(results: Path) -> None:
+    """A saved result carries its data, the UTC date and the machine, and whether it was quick."""
+    saved = json.loads((results / "middleware.json").read_text())
+    assert saved["data"] == middleware_data()
+    assert saved["measured"].endswith(" UTC")
+    assert "nproc" in saved["machine"]
+    assert saved["quick"] is True
+
+
+def test_every_figure_is_drawn_and_embedded(results: Path, tmp_path: Path) -> None:
+    """Four PNGs from the saved results; the BENCHMARKS.md section embeds each with its caption."""
+    drawn = plots.draw_all(results, tmp_path / "docs" / "bench")
+    assert [d.path.name for d in drawn] == [
+        "enforcement-vs-tenant-size.png",
+        "fanout-vs-workers.png",
+        "check-latency-during-fanout.png",
+        "middleware-throughput.png",
+    ]
+    for figure in drawn:
+        assert figure.path.read_bytes().startswith(PNG)
+        assert figure.path.stat().st_size > 10_000
+    machine = json.loads((results / "fanout.json").read_text())["machine"]
+    section = plots.markdown(drawn, tmp_path)
+    assert section.startswith("## Figures")
+    assert "![Fan-out sessions/s against worker processes](docs/bench/fanout-vs-workers.png)" in (
+        section
+    )
+    assert section.count(machine) == 4
+    assert "(--quick: small sizes)" in section  # the middleware result was a quick one
+
+
+def test_same_results_same_png(results: Path, tmp_path: Path) -> None:
+    """A figure depends on its results only (no timestamp inside): redrawing changes no byte,
+    and other results give another image."""
+    first = [d.path.read_bytes() for d in plots.draw_all(results, tmp_path / "a")]
+    second = [d.path.read_bytes() for d in plots.draw_all(results, tmp_path / "b")]
+    assert first == second
+    changed = fanout_data()
+    changed["rounds"][0]["sessions_per_s"] = 5.0
+    run.save_results("fanout", changed)
+    third = plots.draw_all(results, tmp_path / "c")
+    assert third[1].path.read_bytes() != first[1]
+
+
+def test_axes_name_their_units(results: Path) -> None:
+    """Every axis says what it measures and in which unit."""
+    fanout = plots.load(results, "fanout")
+    middleware = plots.load(results, "middleware")
+    assert fanout is not None
+    assert middleware is not None
+    labels = {
+        "enforcement": plots.enforcement_figure(fanout),
+        "rate": plots.fanout_rate_figure(fanout),
+        "timeline": plots.check_timeline_figure(fanout),
+        "middleware": plots.middleware_figure(middleware),
+    }
+    ax = {name: fig.axes[0] for name, fig in labels.items()}
+    assert "sessions in the tenant" in ax["enforcement"].get_xlabel()
+    assert "(ms)" in ax["enforcement"].get_ylabel()
+    assert "worker processes" in ax["rate"].get_xlabel()
+    assert "(sessions/s)" in ax["rate"].get_ylabel()
+    assert "(s)" in ax["timeline"].get_xlabel()
+    assert "(ms)" in ax["timeline"].get_ylabel()
+    assert "req/s" in ax["middleware"].get_xlabel()
+    # The timeline marks the job: enqueued at 0, started and finished where the job record says.
+    xs = sorted(
+        line.get_xdata()[0] for line in ax["timeline"].lines if line.get_linestyle() == "--"
+    )
+    assert xs == pytest.approx([0.0, 0.1, 3.0])
+    # Cold and warm are both drawn, told apart by hatching and the legend, not colour alone.
+    legend = [t.get_text() for t in ax["middleware"].get_legend().get_texts()]
+    assert legend == ["cold", "warm"]
+
+
+def test_missing_results_skip_their_figures(tmp_path: Path) -> None:
+    """Without a module's results its figures are skipped, the others still drawn."""
+    (tmp_path / "results").mkdir()
+    assert plots.draw_all(tmp_path / "results", tmp_path / "out") == []
+    run.RESULTS_DIR = tmp_path / "results"
+    try:
+        run.save_results("middleware", middleware_data())
+    finally:
+        run.RESULTS_DIR = BENCH_DIR / "results"
+    drawn = plots.draw_all(tmp_path / "results", tmp_path / "out")
+    assert [d.path.name for d in drawn] == ["middleware-throughput.png"]
+
+
+def test_run_embeds_the_figures_in_its_document(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the benchmarks, run.py draws the figures and writes BENCHMARKS.md's figures section."""
+    monkeypatch.setattr(run, "FIGURES_DIR", tmp_path / "figures")
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text(
+        "# Benchmarks\n\n<!-- bench:middleware -->\n## M\n<!-- /bench:middleware -->\n"
+    )
+    assert run.draw_figures(output, write=True)
+    text = output.read_text()
+    assert "<!-- bench:figures -->\n## Figures" in text
+    assert text.index("bench:middleware") < text.index("bench:figures")
+    assert "](figures/middleware-throughput.png)" in text
