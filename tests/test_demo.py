@@ -140,6 +140,9 @@ def test_demo_keep_running_uses_the_given_redis_and_cleans_up_on_sigterm(
                     time.sleep(0.2)
                 time.sleep(0.5)
                 assert demo.poll() is None, "--keep-running returned by itself"
+                console = re.search(r"The console: (\S+)", output_file.read_text())
+                assert console is not None, output_file.read_text()
+                assert httpx.get(f"{console.group(1)}/login", timeout=10).status_code == 200
                 demo.send_signal(signal.SIGTERM)
                 demo.wait(60)
             finally:

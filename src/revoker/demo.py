@@ -11,7 +11,8 @@
 
 Everything the demo writes lives under a key prefix of its own, and every process it started is
 stopped when it ends, fails, or is interrupted (Ctrl-C, SIGTERM). ``--keep-running`` leaves the
-stack up for exploring Flower until Ctrl-C.
+stack up for exploring Flower until Ctrl-C, and adds the admin API with its console (the URL and
+an admin token to sign in with are printed).
 """
 
 from __future__ import annotations
@@ -298,6 +299,23 @@ def _start_services(stack: _Stack, settings: RevokerSettings, tag: str) -> tuple
     return service_url, flower_url
 
 
+def _start_console(stack: _Stack, settings: RevokerSettings) -> tuple[str, str]:
+    """The admin API (``revoker api``) serving the console; its URL and an admin token."""
+    from revoker.api import ADMIN_SCOPE
+    from revoker.tokens import create_access_token
+
+    port = _free_port()
+    command = [sys.executable, "-m", "revoker", "api", "--host", "127.0.0.1", "--port", str(port)]
+    api = stack.spawn("admin API", command, _child_env(settings))
+    url = f"http://127.0.0.1:{port}/console"
+    _wait_until("the admin API", lambda: _http_ok(f"{url}/login"), api)
+    _ok(f"admin API with the console on http://127.0.0.1:{port} (pid {api.pid})")
+    token, _ = create_access_token(
+        "demo-operator", scopes=[ADMIN_SCOPE], expires_delta=12 * 3600, settings=settings
+    )
+    return url, token
+
+
 @dataclass
 class _User:
     name: str
@@ -497,6 +515,9 @@ def _run(stack: _Stack, keep_running: bool) -> None:
     _step("Done")
     _say(f"   Flower shows the jobs and their chunk tasks: {flower_url}")
     if keep_running:
+        console_url, admin_token = _start_console(stack, settings)
+        _say(f"   The console: {console_url}  (sign in with this admin token, valid 12 h):")
+        _say(f"   {admin_token}")
         _say(f"   Everything stays up. Try: curl {service_url}/me -H 'Authorization: Bearer ...'")
         _say("   Press Ctrl-C to stop the demo and clean up.", bold=True)
         while True:
