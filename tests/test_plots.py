@@ -159,3 +159,42 @@ def test_run_embeds_the_figures_in_its_document(
     assert "<!-- bench:figures -->\n## Figures" in text
     assert text.index("bench:middleware") < text.index("bench:figures")
     assert "](figures/middleware-throughput.png)" in text
+
+
+def test_the_bench_modules_save_what_the_figures_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fanout's and middleware's save_raw write the results the figures are drawn from."""
+    import fanout
+    import middleware
+
+    monkeypatch.setattr(run, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(fanout, "TIMELINES", [])
+    t0 = 1_700_000_000.0
+    job = type("Job", (), {"started_at": t0 + 0.05, "finished_at": t0 + 2.0})()
+    rounds = []
+    for workers in (1, 2):
+        rounds.append(
+            fanout.Round(
+                workers=workers, sessions=1001, wall_s=1.0 / workers, job_span_s=0.9,
+                revoked=1001, writes=10, by_command={}, usec_by_command={},
+                enforcement_big_ms=1.5, enforcement_small_ms=1.1,
+            )
+        )  # fmt: skip
+        samples = [(t0 - 1 + i * 0.01, 0.001) for i in range(400)]
+        fanout.TIMELINES.append(fanout.timeline(workers, t0, samples, job))
+    fanout.save_raw(rounds, quick=True)
+    sample = middleware.Samples()
+    sample.rps.extend([900.0, 1000.0])
+    middleware.save_raw({"c": sample}, quick=True)
+    saved = json.loads((tmp_path / "results" / "fanout.json").read_text())["data"]
+    assert saved["rounds"][1]["sessions_per_s"] == pytest.approx(2002.0)
+    assert saved["rounds"][0]["enforcement_ms"] == {"10": 1.1, "1001": 1.5}
+    assert saved["timelines"][1]["job_finished"] == t0 + 2.0
+    rows = json.loads((tmp_path / "results" / "middleware.json").read_text())["data"]["rows"]
+    assert rows == [
+        {"variant": "(c) TokenRevocationMiddleware as shipped", "state": "warm", "mode": None,
+         "rps": [900.0, 1000.0]}
+    ]  # fmt: skip
+    drawn = plots.draw_all(tmp_path / "results", tmp_path / "figures")
+    assert len(drawn) == 4
