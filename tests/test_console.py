@@ -176,6 +176,12 @@ async def test_session_cookie_and_expiry(web: httpx.AsyncClient, settings: Revok
     try:
         (key,) = client.keys(f"{settings.key_prefix}:console:*")
         assert 500 < client.ttl(key) <= 600
+        record = client.get(key)
+        assert record is not None
+        # The session keeps the verified claims, never the bearer token itself.
+        assert b"ops-alice" in record
+        assert token.encode() not in record
+        assert token.split(".")[2].encode() not in record
     finally:
         client.close()
     page = await web.get("/console/jobs")

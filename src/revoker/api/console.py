@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from revoker.bulk import BulkRevocation
 from revoker.console import STATIC_DIR, TEMPLATES_DIR
 from revoker.job_record import JOB_STATUSES
 from revoker.metrics import REVOCATIONS
-from revoker.tokens import MAX_TOKEN_BYTES
+from revoker.tokens import MAX_TOKEN_BYTES, TokenData
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from revoker.console.sessions import ConsoleSession, SessionSigner
     from revoker.job_record import JobRecord
 
-__all__ = ["PREFIX", "Identity", "authenticate", "routes"]
+__all__ = ["PREFIX", "RULE_TEXT", "Identity", "authenticate", "routes", "still_valid"]
 
 #: Where the console is mounted in the admin API.
 PREFIX: Final = "/console"
@@ -71,10 +72,12 @@ RULE_TEXT: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who signed in: ``name`` is the actor recorded on what they do."""
+    """Who signed in: ``name`` is the actor recorded on what they do; ``claims`` what
+    :func:`still_valid` checks on every later request (kept in the session, unlike the token)."""
 
     name: str
     expires_at: float | None
+    claims: dict[str, Any]
 
 
 async def authenticate(context: ApiContext, credential: str) -> Identity:
@@ -96,7 +99,24 @@ async def authenticate(context: ApiContext, credential: str) -> Identity:
         "headers": [(b"authorization", f"Bearer {credential}".encode("ascii"))],
     }
     token = await require_admin(context, Request(scope))
-    return Identity(name=token.sub, expires_at=float(token.exp))
+    return Identity(name=token.sub, expires_at=float(token.exp), claims=token.model_dump())
+
+
+async def still_valid(context: ApiContext, claims: dict[str, Any]) -> bool:
+    """Whether a signed-in identity may still act: the rest of :func:`authenticate`'s check.
+
+    Signature and scope were verified at sign-in and cannot change; expiry and revocation can,
+    so they are checked on every request (the admin token revoked: the session ends at once).
+    Fails closed: StoreUnavailable when Redis cannot say. Switch with :func:`authenticate`
+    (a client's identity: whether the client is still registered and allowed).
+    """
+    try:
+        token = TokenData.model_validate(claims)
+    except ValidationError:
+        return False
+    if token.exp <= time.time():
+        return False
+    return not (await context.store.is_revoked(token)).revoked
 
 
 # --- the pieces every page uses ------------------------------------------------------------------
@@ -160,7 +180,9 @@ async def _read_form(request: Request) -> dict[str, str]:
         if len(body) > MAX_BODY_BYTES:
             raise _Refused(413, f"the form is larger than {MAX_BODY_BYTES} bytes")
     try:
-        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, max_num_fields=30)
+        pairs = parse_qsl(
+            body.decode("ascii"), keep_blank_values=True, max_num_fields=30, errors="strict"
+        )
     except (UnicodeDecodeError, ValueError):
         raise _Refused(400, "the form is not valid urlencoded UTF-8") from None
     form: dict[str, str] = {}
@@ -238,10 +260,8 @@ class Console:
         session = await self.signer.load(store, session_id)
         if session is None:
             return None
-        try:
-            await authenticate(self.context, session.credential)
-        except ApiError:
-            # The admin token was revoked (or lost its scope): so is the session.
+        if not await still_valid(self.context, session.claims):
+            # The admin token was revoked: so is the session.
             await self.signer.delete(store, session_id)
             return None
         return session
@@ -335,12 +355,11 @@ async def login(console: Console, request: Request) -> Response:
             return _login_page(
                 console, status=403, message="the sign-in form expired or was not ours: try again"
             )
-        credential = form.get("token", "")
-        identity = await authenticate(console.context, credential)
+        identity = await authenticate(console.context, form.get("token", ""))
         session = await console.signer.create(
             console.context.store,
             name=identity.name,
-            credential=credential.strip(),
+            claims=identity.claims,
             credential_expires_at=identity.expires_at,
         )
     except _Refused as e:

@@ -1,10 +1,10 @@
 """Console sign-in sessions: a record in Redis behind a signed cookie, and CSRF tokens.
 
 The cookie carries only a random session id, signed (itsdangerous) so a forged or guessed value
-is refused before Redis is asked. The record holds the signed-in identity, the credential it
-signed in with (re-checked on every request, so revoking the admin token ends the session), a
-CSRF token and the expiry; its Redis TTL is the session's lifetime, so an expired session is gone,
-not merely refused. Signing out deletes it.
+is refused before Redis is asked. The record holds the signed-in identity and the verified claims
+it signed in with (checked for revocation on every request, so revoking the admin token ends the
+session; the token itself is never stored), a CSRF token and the expiry; its Redis TTL is the
+session's lifetime, so an expired session is gone, not merely refused. Signing out deletes it.
 
 Signing in happens before there is a session, so its form is protected by a double-submit pair:
 a random nonce in a short-lived cookie and the same nonce, signed and timestamped, in the form.
@@ -54,8 +54,9 @@ class ConsoleSession:
     id: str
     #: The signed-in identity: the actor of every revocation made through the console.
     name: str
-    #: What the operator signed in with; authenticated again on every request.
-    credential: str
+    #: The verified claims the operator signed in with (not the credential): what every request
+    #: checks again for revocation.
+    claims: dict[str, Any]
     csrf: str
     expires_at: float
 
@@ -132,7 +133,7 @@ class SessionSigner:
         store: RedisTokenRevocationStore,
         *,
         name: str,
-        credential: str,
+        claims: dict[str, Any],
         credential_expires_at: float | None,
     ) -> ConsoleSession | None:
         """A new session in Redis; None when the credential expires before it could start."""
@@ -142,7 +143,7 @@ class SessionSigner:
         session = ConsoleSession(
             id=secrets.token_urlsafe(32),
             name=name,
-            credential=credential,
+            claims=claims,
             csrf=secrets.token_urlsafe(32),
             expires_at=time.time() + ttl,
         )

@@ -23,7 +23,7 @@
       [el("span", { "aria-hidden": "true" }, [symbols[status] || "?"]), " " + status]);
   }
   function progress(job) {
-    return el("progress", { max: String(job.chunks_total || 1), value: String(job.chunks_done), "data-field": "progress" });
+    return el("progress", { "aria-label": "chunks done", max: String(job.chunks_total || 1), value: String(job.chunks_done), "data-field": "progress" });
   }
   function what(job) {
     let text = job.kind + " " + (job.tenant_id || "");
