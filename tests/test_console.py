@@ -289,3 +289,58 @@ async def test_health_page(web: httpx.AsyncClient, settings: RevokerSettings) ->
     assert page.status_code == 200
     for part in ("Redis", "Broker", "Integrity", "revoker_", "audit_entries"):
         assert part in page.text
+
+
+async def test_bad_input_is_refused_clearly_never_a_5xx(
+    web: httpx.AsyncClient, settings: RevokerSettings
+) -> None:
+    """Unknown forms, jobs and ids, wrong media types, repeated fields: a 4xx page saying why."""
+    csrf = await signed_in(web, settings)
+    cases = [
+        (await web.post("/console/revoke/nosuch", data={"csrf": csrf}), 404, "nothing to revoke"),
+        (await web.get("/console/jobs/" + "x" * 300), 404, "no job"),
+        (await web.get("/console/api/jobs/nosuchjob"), 404, "no job"),
+        (
+            await web.post("/console/revoke/token", content=b"{}",
+                           headers={"content-type": "application/json"}),
+            415, "urlencoded",
+        ),
+        (
+            await web.post("/console/revoke/token", content=f"csrf={csrf}&csrf={csrf}".encode(),
+                           headers={"content-type": "application/x-www-form-urlencoded"}),
+            400, "repeated",
+        ),
+        (
+            await web.post("/console/revoke/family",
+                           data={"csrf": csrf, "value": "f" * 2000, "reason": "r"}),
+            422, "",
+        ),
+        (
+            await web.post("/console/jobs/0123456789abcdef01234567/confirm",
+                           data={"csrf": csrf, "confirm": "x"}),
+            404, "no job",
+        ),
+    ]  # fmt: skip
+    for answer, status, words in cases:
+        assert answer.status_code == status, answer.text
+        assert words in answer.text
+        assert "Traceback" not in answer.text
+
+
+async def test_revoke_a_session_from_one_of_its_tokens(
+    web: httpx.AsyncClient, settings: RevokerSettings, store: RedisTokenRevocationStore
+) -> None:
+    """The family form takes a token of the session: its family (and tenant) is revoked."""
+    from revoker.sessions import start_session
+
+    csrf = await signed_in(web, settings)
+    pair = await start_session("dave", tenant_id="acme", client_id="web", store=store)
+    done = await web.post(
+        "/console/revoke/family",
+        data={"csrf": csrf, "value": pair.refresh_token, "reason": "lost phone"},
+    )
+    assert done.status_code == 200
+    assert "revoked session" in done.text
+    checked = await web.post("/console/check", data={"csrf": csrf, "token": pair.access_token})
+    assert "Revoked (rule: family)" in checked.text
+    assert "lost phone" in checked.text

@@ -119,8 +119,10 @@ def admin_url(
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
     """Headless Debian chromium through Debian's chromedriver (nothing downloaded)."""
+    # Both paths are given, so Selenium Manager has nothing to fetch; offline, it never could.
+    monkeypatch.setenv("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     assert CHROMIUM is not None
     assert CHROMEDRIVER is not None

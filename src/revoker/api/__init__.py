@@ -24,6 +24,7 @@ One job per module:
 ``oauth``          ``/oauth/revoke`` (RFC 7009), ``/oauth/introspect`` (RFC 7662)
 ``jobs``           ``/jobs`` endpoints
 ``ops``            ``/health``, ``/metrics``, ``/openapi.json``
+``console``        ``/console``: the operator console (pages, sign-in sessions, CSRF)
 ``openapi``        the OpenAPI document
 =================  ===========================================================================
 """
