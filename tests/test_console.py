@@ -54,8 +54,9 @@ def broker() -> Iterator[LocalRedis]:
 
 @pytest.fixture
 def settings(broker: LocalRedis) -> Iterator[RevokerSettings]:
-    """Process-wide settings with a private prefix and the private broker (no worker runs)."""
-    with private_settings(broker_url=broker.url) as s:
+    """Process-wide settings with a private prefix and the private broker (no worker runs), and
+    a Redis timeout a loaded host meets."""
+    with private_settings(broker_url=broker.url, redis_timeout=2.0) as s:
         yield configure(s)
 
 

@@ -67,8 +67,15 @@ def server() -> Iterator[LocalRedis]:
 
 @pytest.fixture(scope="module")
 def stack_settings(server: LocalRedis) -> RevokerSettings:
-    """What the worker, the admin API and the test share."""
-    return make_settings(redis_url=server.url, chunk_size=CHUNK, visibility_timeout=30)
+    """What the worker, the admin API and the test share (a Redis timeout for a loaded host:
+    the production default of 0.1 s makes a busy CI machine's sign-in a 503)."""
+    return make_settings(
+        redis_url=server.url,
+        chunk_size=CHUNK,
+        visibility_timeout=30,
+        redis_timeout=5.0,
+        redis_connect_timeout=5.0,
+    )
 
 
 @pytest.fixture(scope="module")
