@@ -345,3 +345,25 @@ async def test_revoke_a_session_from_one_of_its_tokens(
     checked = await web.post("/console/check", data={"csrf": csrf, "token": pair.access_token})
     assert "Revoked (rule: family)" in checked.text
     assert "lost phone" in checked.text
+
+
+async def test_audit_reader_filters_and_pages(
+    settings: RevokerSettings, store: RedisTokenRevocationStore
+) -> None:
+    """The audit reader returns the newest matching entries first, a page at a time."""
+    from revoker.console.data import read_audit
+
+    for i in range(5):
+        await store.revoke_token(f"jti-{i}", reason="paging", actor="ops-alice")
+    await store.revoke_token("jti-other", reason="other", actor="ops-bob")
+    seen: list[str] = []
+    before = None
+    for expected in (2, 2, 1):
+        page = await read_audit(store, filters={"actor": "ops-alice"}, before=before, limit=2)
+        assert len(page.entries) == expected
+        seen += [entry.fields["target"] for entry in page.entries]
+        before = page.next_before
+    assert seen == [f"jti-{i}" for i in reversed(range(5))]
+    assert before is None
+    (bob,) = (await read_audit(store, filters={"actor": "ops-bob", "kind": "token"})).entries
+    assert bob.fields["reason"] == "other"
