@@ -367,3 +367,30 @@ async def test_audit_reader_filters_and_pages(
     assert before is None
     (bob,) = (await read_audit(store, filters={"actor": "ops-bob", "kind": "token"})).entries
     assert bob.fields["reason"] == "other"
+
+
+def test_without_the_server_extra_the_console_names_it() -> None:
+    """A core-only install still builds the admin app; the console answers 503 naming the extra."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asyncio\n"
+        "sys.modules['jinja2'] = None\n"
+        "import httpx\n"
+        "from revoker.api import create_app\n"
+        "from revoker.settings import RevokerSettings\n"
+        f"s = RevokerSettings(_env_file=None, jwt_secret={'x' * 40!r})\n"
+        "async def main():\n"
+        "    transport = httpx.ASGITransport(app=create_app(settings=s))\n"
+        "    async with httpx.AsyncClient(transport=transport, base_url='http://a') as c:\n"
+        "        r = await c.get('/console/login')\n"
+        "        print(r.status_code, r.text)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("503 ")
+    assert "pip install &#x27;revoker[server]&#x27;" in done.stdout

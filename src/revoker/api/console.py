@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from html import escape
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -244,7 +245,12 @@ class Console:
         **values: Any,
     ) -> HTMLResponse:
         nonce = secrets.token_urlsafe(18)
-        html = self.env.get_template(name).render(
+        try:
+            env = self.env
+        except exc.ConfigurationError as e:
+            # Jinja2 missing (a core-only install): say which extra, in the plainest page.
+            return HTMLResponse(escape(str(e)), status_code=503, headers=_headers(nonce))
+        html = env.get_template(name).render(
             nonce=nonce, session=session, csrf=session.csrf if session else "", **values
         )
         return HTMLResponse(html, status_code=status, headers=_headers(nonce))
