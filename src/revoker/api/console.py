@@ -17,11 +17,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from html import escape
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from html import escape
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode
 
