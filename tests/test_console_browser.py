@@ -25,6 +25,7 @@ import redis
 from celery_helpers import WorkerProcess, seed_sessions, start_worker, worker_env
 from conftest import make_settings
 from revoker.api import ADMIN_SCOPE
+from revoker.jobs import enqueue_user_revocation
 from revoker.localredis import LocalRedis, free_port
 from revoker.settings import RevokerSettings
 from revoker.tokens import create_access_token
@@ -273,6 +274,16 @@ def test_operator_revokes_a_tenant_in_the_browser(
     assert verdict.startswith("✗ Revoked (rule: ")
     assert "credential leak" in text(b, "#check-result")
     shot(b, "06-check")
+
+    # The jobs list follows a job enqueued elsewhere (the CLI, the API) without reload.
+    b.get(f"{admin_url}/console/jobs")
+    mark_page(b)
+    other = enqueue_user_revocation(
+        "u3", tenant_id="globex", reason="phished", actor="ops-bob", settings=stack_settings
+    )
+    row = f'#jobs tr[data-job="{other}"]'
+    wait_for(b, "list-live", lambda d: "done" in text(d, row) and "ops-bob" in text(d, row))
+    assert same_page(b), "the jobs list reloaded instead of updating in place"
 
     b.find_element(By.LINK_TEXT, "Health").click()
     assert "ok" in text(b, "#overall")
