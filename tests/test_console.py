@@ -394,3 +394,14 @@ def test_without_the_server_extra_the_console_names_it() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("503 ")
     assert "pip install &#x27;revoker[server]&#x27;" in done.stdout
+
+
+def test_console_pages_are_not_in_the_openapi_document(settings: RevokerSettings) -> None:
+    """The OpenAPI document describes the JSON API; the console's browser pages stay out of it."""
+    from revoker.api import openapi_document
+
+    app = create_app(settings=settings)
+    console = [r for r in app.routes if getattr(r, "path", "").startswith("/console")]
+    assert len(console) == 14
+    assert not any(r.include_in_schema for r in console)  # type: ignore[attr-defined]
+    assert not [path for path in openapi_document()["paths"] if path.startswith("/console")]

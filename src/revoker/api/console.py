@@ -725,34 +725,85 @@ async def home(_request: Request) -> Response:
 
 
 def routes(context: ApiContext) -> list[Route]:
-    """The console's routes in one admin app."""
+    """The console's routes in one admin app: browser pages, left out of the OpenAPI document
+    (which describes the JSON API; ``include_in_schema=False``)."""
     console = Console(context)
     guard = console.guard
     return [
-        Route(PREFIX, home, methods=["GET"]),
-        Route(f"{PREFIX}/login", partial(login_form, console), methods=["GET"]),
-        Route(f"{PREFIX}/login", partial(login, console), methods=["POST"]),
-        Route(f"{PREFIX}/logout", guard(partial(logout, console)), methods=["POST"]),
-        Route(f"{PREFIX}/jobs", guard(partial(jobs_page, console)), methods=["GET"]),
-        Route(f"{PREFIX}/jobs/{{job_id}}", guard(partial(job_page, console)), methods=["GET"]),
+        Route(PREFIX, home, methods=["GET"], include_in_schema=False),
+        Route(
+            f"{PREFIX}/login",
+            partial(login_form, console),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
+        Route(
+            f"{PREFIX}/login", partial(login, console), methods=["POST"], include_in_schema=False
+        ),
+        Route(
+            f"{PREFIX}/logout",
+            guard(partial(logout, console)),
+            methods=["POST"],
+            include_in_schema=False,
+        ),
+        Route(
+            f"{PREFIX}/jobs",
+            guard(partial(jobs_page, console)),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
+        Route(
+            f"{PREFIX}/jobs/{{job_id}}",
+            guard(partial(job_page, console)),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
         Route(
             f"{PREFIX}/jobs/{{job_id}}/confirm",
             guard(partial(confirm_bulk, console)),
             methods=["POST"],
+            include_in_schema=False,
         ),
-        Route(f"{PREFIX}/revoke", guard(partial(revoke_page, console)), methods=["GET"]),
+        Route(
+            f"{PREFIX}/revoke",
+            guard(partial(revoke_page, console)),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
         Route(
             f"{PREFIX}/revoke/{{which}}",
             guard(partial(revoke, console)),
             methods=["POST"],
+            include_in_schema=False,
         ),
-        Route(f"{PREFIX}/check", guard(partial(check_page, console)), methods=["GET", "POST"]),
-        Route(f"{PREFIX}/audit", guard(partial(audit_page, console)), methods=["GET"]),
-        Route(f"{PREFIX}/health", guard(partial(health_page, console)), methods=["GET"]),
-        Route(f"{PREFIX}/api/jobs", guard(partial(jobs_json, console), api=True), methods=["GET"]),
+        Route(
+            f"{PREFIX}/check",
+            guard(partial(check_page, console)),
+            methods=["GET", "POST"],
+            include_in_schema=False,
+        ),
+        Route(
+            f"{PREFIX}/audit",
+            guard(partial(audit_page, console)),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
+        Route(
+            f"{PREFIX}/health",
+            guard(partial(health_page, console)),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
+        Route(
+            f"{PREFIX}/api/jobs",
+            guard(partial(jobs_json, console), api=True),
+            methods=["GET"],
+            include_in_schema=False,
+        ),
         Route(
             f"{PREFIX}/api/jobs/{{job_id}}",
             guard(partial(job_json, console), api=True),
             methods=["GET"],
+            include_in_schema=False,
         ),
     ]
