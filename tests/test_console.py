@@ -290,6 +290,7 @@ async def test_health_page(web: httpx.AsyncClient, settings: RevokerSettings) ->
     assert page.status_code == 200
     for part in ("Redis", "Broker", "Integrity", "revoker_", "audit_entries"):
         assert part in page.text
+    assert "none answered a ping" in page.text  # no worker runs here
 
 
 async def test_bad_input_is_refused_clearly_never_a_5xx(

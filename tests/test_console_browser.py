@@ -287,6 +287,7 @@ def test_operator_revokes_a_tenant_in_the_browser(
 
     b.find_element(By.LINK_TEXT, "Health").click()
     assert "ok" in text(b, "#overall")
+    assert worker.hostname in text(b, "#workers")
     shot(b, "07-health")
 
     # Signed out: pages go back to the sign-in page, the JSON endpoint answers 401.

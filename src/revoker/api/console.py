@@ -701,10 +701,11 @@ async def health_page(
     console: Console, _request: Request, session: ConsoleSession, _form: dict[str, str]
 ) -> Response:
     """Redis, the broker, the denylist's integrity and durability, the counters."""
-    from revoker.console.data import metric_counters
+    from revoker.console.data import metric_counters, worker_names
 
     context = console.context
     report = await health_checks.check_async(context.store, context.settings)
+    workers, workers_error = await run_in_threadpool(worker_names, context.settings)
     stats: dict[str, Any] | None
     try:
         stats = await context.store.get_stats()
@@ -716,6 +717,8 @@ async def health_page(
         report=report,
         stats=stats,
         counters=metric_counters(),
+        workers=workers,
+        workers_error=workers_error,
         active="health",
     )
 

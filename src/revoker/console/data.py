@@ -17,6 +17,7 @@ from revoker.store._base import Plan
 
 if TYPE_CHECKING:
     from revoker.job_record import JobRecord
+    from revoker.settings import RevokerSettings
     from revoker.store import RedisTokenRevocationStore
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "job_detail",
     "metric_counters",
     "read_audit",
+    "worker_names",
 ]
 
 #: Audit entries per page.
@@ -174,3 +176,15 @@ def metric_counters() -> list[tuple[str, str, float]]:
             labels = ", ".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             rows.append((sample.name, labels, sample.value))
     return rows
+
+
+def worker_names(settings: RevokerSettings, timeout: float = 0.5) -> tuple[list[str], str | None]:
+    """The Celery workers that answer a broadcast ping within ``timeout`` (blocking), and the
+    error when the broker could not be asked."""
+    from revoker.publisher import _sender
+
+    try:
+        replies = _sender(settings).control.ping(timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - any broker failure is a health answer, not a 500
+        return [], f"{type(e).__name__}: {e}"
+    return sorted(name for reply in replies or [] for name in reply), None
