@@ -76,6 +76,9 @@ VERIFIED_TTL: Final = 300.0
 #: Most remembered checks (one per client and secret in use).
 _VERIFIED_MAX: Final = 4096
 _NAME: Final = re.compile(r"[^\x00-\x1f\x7f]+")
+#: A chosen client id: characters form-urlencoding leaves as they are, so that a client sending
+#: ``id:secret`` in Basic credentials encoded (RFC 6749 §2.3.1) or not (most do not) is the same.
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
 class ClientNotFound(exc.RevokerError, LookupError):
@@ -268,8 +271,10 @@ class ClientRegistry:
 
         Raises ValueError for a bad name, scope or URI, ClientExists for a taken id.
         """
-        client_id = client_id if client_id is not None else new_client_id()
-        escape_id(client_id, "client id")
+        if client_id is None:
+            client_id = new_client_id()
+        elif _CLIENT_ID.fullmatch(client_id) is None:
+            raise ValueError("a client id is 1 to 128 of A-Z a-z 0-9 . _ ~ -")
         secret = new_secret()
         now = int(time.time())
         record = ClientRecord(
