@@ -345,6 +345,7 @@ async def test_metadata_for_hmac_keys_has_no_jwks(client: httpx.AsyncClient) -> 
     assert meta["introspection_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
+        "Bearer",
     ]
     assert "none" in meta["revocation_endpoint_auth_methods_supported"]
     assert meta["scopes_supported"] == [INTROSPECT_SCOPE, REVOKE_SCOPE, ADMIN_SCOPE]

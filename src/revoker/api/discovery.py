@@ -96,7 +96,8 @@ def metadata_document(context: ApiContext, base_url: str) -> dict[str, Any]:
         # "none": a token's holder may revoke it without credentials (RFC 7009 public clients).
         "revocation_endpoint_auth_methods_supported": [*CLIENT_AUTH_METHODS, "none"],
         "introspection_endpoint": f"{base_url}/oauth/introspect",
-        "introspection_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        # RFC 8414 §2: access token types count as methods here: a scoped bearer token works too.
+        "introspection_endpoint_auth_methods_supported": [*CLIENT_AUTH_METHODS, "Bearer"],
         "scopes_supported": list(SCOPES),
         "response_types_supported": [],
         "service_documentation": f"{base_url}/openapi.json",
