@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import make_settings, private_settings
 from revoker.api import create_app, openapi_document
 from revoker.clients import ADMIN_SCOPE, INTROSPECT_SCOPE, REVOKE_SCOPE, ClientRegistry
+from revoker.localredis import LocalRedis, free_port
 from revoker.settings import RevokerSettings
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
 from revoker.tokens import create_access_token, decode_token, generate_jti
@@ -235,6 +236,51 @@ async def test_rotated_secret_is_refused_by_the_api_at_once(
     assert stale.json()["error"] == "invalid_client"
     fresh = await client.post("/oauth/introspect", data=form, headers=basic((client_id, new)))
     assert fresh.json()["active"] is True
+
+
+async def test_a_revoke_scoped_client_enqueues_jobs_as_its_actor(
+    settings: RevokerSettings, registry: ClientRegistry
+) -> None:
+    """A revoker:revoke client enqueues a job (202); the job's actor is client:<id>."""
+    client_id, secret = register(registry, REVOKE_SCOPE)
+    with LocalRedis() as broker:
+        job_settings = make_settings(key_prefix=settings.key_prefix, broker_url=broker.url)
+        store = RedisTokenRevocationStore(settings=job_settings)
+        try:
+            transport = httpx.ASGITransport(app=create_app(store=store))
+            async with httpx.AsyncClient(transport=transport, base_url="http://a.test") as c:
+                response = await c.post(
+                    "/jobs/users/u1/revocations",
+                    json={"reason": "left", "tenant_id": "acme", "dry_run": True},
+                    headers=basic((client_id, secret)),
+                )
+        finally:
+            await close_store(store)
+    assert response.status_code == 202, response.text
+    assert response.json()["actor"] == f"client:{client_id}"
+
+
+async def test_client_authentication_fails_closed_when_redis_is_down(
+    settings: RevokerSettings,
+) -> None:
+    """With Redis unreachable, client credentials get 503 + Retry-After, never a grant."""
+    dead = RedisTokenRevocationStore.from_url(
+        f"redis://127.0.0.1:{free_port()}/0",
+        jwt_secret=settings.jwt_secret,
+        key_prefix=settings.key_prefix,
+        fail_open=True,
+    )
+    try:
+        transport = httpx.ASGITransport(app=create_app(store=dead))
+        async with httpx.AsyncClient(transport=transport, base_url="http://a.test") as c:
+            response = await c.post(
+                "/oauth/introspect", data={"token": "x"}, headers=basic(("some-id", "secret"))
+            )
+    finally:
+        await close_store(dead)
+    assert response.status_code == 503
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "retry-after" in response.headers
 
 
 # --- RFC 7662 exactness ------------------------------------------------------------------------
