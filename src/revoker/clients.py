@@ -230,6 +230,15 @@ def _memo_key(keys: KeyLayout, record: ClientRecord, secret: str) -> tuple[str, 
     return (keys.client(record.client_id), record.secret_hash, digest)
 
 
+def _remembered(keys: KeyLayout, record: ClientRecord | None, secret: str) -> bool:
+    """Whether ``secret`` was verified against ``record``'s current hash in the last
+    VERIFIED_TTL seconds (cheap: no Argon2)."""
+    if record is None:
+        return False
+    with _verified_lock:
+        return bool(_verified.get(_memo_key(keys, record, secret)))
+
+
 def _check(keys: KeyLayout, record: ClientRecord | None, secret: str) -> ClientRecord | None:
     """``record`` if ``secret`` is its secret, else None; an unknown client costs a check too, so
     that the answer's timing does not say which client ids exist."""
@@ -238,10 +247,9 @@ def _check(keys: KeyLayout, record: ClientRecord | None, secret: str) -> ClientR
             _dummy_hash.append(hash_secret(new_secret()))
         verify_secret(_dummy_hash[0], secret)
         return None
+    if _remembered(keys, record, secret):
+        return record
     memo = _memo_key(keys, record, secret)
-    with _verified_lock:
-        if _verified.get(memo):
-            return record
     if not verify_secret(record.secret_hash, secret):
         return None
     with _verified_lock:
@@ -371,4 +379,6 @@ class AsyncClientRegistry:
         """The client if ``secret`` is its current secret, else None. Redis errors propagate
         (the caller fails closed)."""
         record = await self.get(client_id)
+        if _remembered(self.keys, record, secret):
+            return record  # the usual case: no thread hop
         return await asyncio.to_thread(_check, self.keys, record, secret)
