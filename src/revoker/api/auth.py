@@ -144,9 +144,14 @@ def client_credentials(
     """The client credentials a request presents, as ``(method, client_id, secret)``, or None.
 
     Raises ApiError: ``invalid_request`` for two methods at once (RFC 6749 §2.3: a client uses
-    one), ``invalid_client`` for malformed Basic credentials or a ``client_id`` without secret.
+    one) or two Authorization headers, ``invalid_client`` for malformed Basic credentials or a
+    ``client_secret`` without ``client_id``. A ``client_id`` alone is no credential (a public
+    client naming itself, RFC 7009 §2.1): None.
     """
-    header = request.headers.get("authorization", "")
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise ApiError(400, "invalid_request", "more than one Authorization header")
+    header = headers[0] if headers else ""
     scheme, _, value = header.strip().partition(" ")
     posted_id = (form or {}).get("client_id")
     posted_secret = (form or {}).get("client_secret")
