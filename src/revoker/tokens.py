@@ -35,6 +35,7 @@ from revoker.settings import HMAC_ALGORITHMS, RevokerSettings, get_settings
 
 __all__ = [
     "FORBIDDEN_HEADERS",
+    "ISSUED_AT_US_CLAIM",
     "JWKS_FETCH_TIMEOUT",
     "JWKS_LIFESPAN",
     "JWKS_REFRESH_COOLDOWN",
@@ -76,6 +77,9 @@ FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 REQUIRED_CLAIMS: Final = ("exp", "iat", "jti", "sub", "typ")
 #: What RFC 9068 §2.2 adds for access tokens (its iss and aud: the settings demand both).
 RFC9068_REQUIRED_CLAIMS: Final = ("client_id",)
+#: The exact issue time in integer µs, beside a whole-second ``iat`` (RFC 9068 tokens): what the
+#: watermark comparison reads (see revoker.rules).
+ISSUED_AT_US_CLAIM: Final = "iat_us"
 #: The JOSE header ``typ`` of an RFC 9068 access token (§2.1).
 RFC9068_TYP: Final = "at+jwt"
 #: Seconds a fetched JWKS is used before it is fetched again.
@@ -199,6 +203,11 @@ def issue_token(
         "iat": iat,
         "exp": math.ceil(iat + lifetime),
     }
+    if rfc9068:
+        # RFC 9068 consumers read iat as whole seconds (Authlib refuses a fractional iat as "in
+        # the future" until the next second starts): iat is floored, the exact µs ride along.
+        payload["iat"] = issued_us // 1_000_000
+        payload[ISSUED_AT_US_CLAIM] = issued_us
     if settings.issuer is not None:
         payload["iss"] = settings.issuer
     if settings.audience is not None:
@@ -527,6 +536,11 @@ class TokenVerifier:
             raise exc.InvalidClaim("token scope must be a space-separated string")
         iat = payload["iat"]
         exp = payload["exp"]
+        exact = payload.get(ISSUED_AT_US_CLAIM)
+        if exact is not None:
+            if type(exact) is not int or type(iat) is not int or exact // 1_000_000 != iat:
+                raise exc.InvalidClaim(f"token {ISSUED_AT_US_CLAIM} does not match its iat")
+            iat = exact / 1_000_000
         # The reader makes exact ints and floats; bool (an int to Python) and "123" (an int to
         # PyJWT's int()) are neither.
         if type(iat) not in (int, float):
