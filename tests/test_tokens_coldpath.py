@@ -166,3 +166,50 @@ def test_verify_costs_no_more_than_jwt_decode() -> None:
         ratios.append(ours_s / theirs)
     # Measured ~0.5; 1.0 is the issue's bound, the median over rounds absorbs a loaded host.
     assert statistics.median(ratios) <= 1.0
+
+
+def forge(header: dict[str, Any], token: str) -> str:
+    """``token``'s claims under another header, signed with the test secret."""
+    import hashlib
+    import hmac
+
+    body = token.split(".")[1]
+    signing_input = f"{b64(json.dumps(header).encode())}.{body}"
+    mac = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+def test_a_known_header_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second token with the same header bytes reads only its claims; the result is equal."""
+    s = make_settings(verify_cache_size=0)
+    first, _ = create_access_token("alice", settings=s)
+    second, _ = create_access_token("bob", settings=s)
+    verifier = TokenVerifier(s)
+    assert verifier.decode(first).sub == "alice"
+    reads: list[str] = []
+    real = tokens._json_object
+
+    def counting(data: bytes, segment: str) -> dict[str, Any]:
+        reads.append(segment)
+        return real(data, segment)
+
+    monkeypatch.setattr(tokens, "_json_object", counting)
+    assert verifier.decode(second).sub == "bob"
+    assert reads == ["payload"]
+
+
+def test_header_cache_is_bounded_and_keeps_no_refused_header() -> None:
+    """Many distinct valid headers fill the cache to its bound; a refused one is never kept."""
+    s = make_settings(verify_cache_size=0)
+    token, _ = create_access_token("alice", settings=s)
+    verifier = TokenVerifier(s)
+    for n in range(tokens.HEADER_CACHE_SIZE + 20):
+        assert verifier.decode(forge({"alg": "HS256", "typ": "JWT", "n": n}, token)).sub == "alice"
+    assert len(verifier._headers) == tokens.HEADER_CACHE_SIZE
+    fresh = TokenVerifier(s)
+    for _ in range(2):  # refused both times: nothing remembered it as good
+        with pytest.raises(exc.ForbiddenHeader):
+            fresh.decode(forge({"alg": "HS256", "jku": "https://evil.example"}, token))
+        with pytest.raises(exc.InvalidSignature):
+            fresh.decode(forge({"alg": "HS512"}, token))
+    assert fresh._headers == {}

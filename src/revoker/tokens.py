@@ -10,7 +10,7 @@ name) is a MalformedToken before anything acts on it.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import logging
 import math
@@ -35,6 +35,7 @@ from revoker.settings import HMAC_ALGORITHMS, RevokerSettings, get_settings
 
 __all__ = [
     "FORBIDDEN_HEADERS",
+    "HEADER_CACHE_SIZE",
     "ISSUED_AT_US_CLAIM",
     "JWKS_FETCH_TIMEOUT",
     "JWKS_LIFESPAN",
@@ -82,6 +83,8 @@ RFC9068_REQUIRED_CLAIMS: Final = ("client_id",)
 ISSUED_AT_US_CLAIM: Final = "iat_us"
 #: The JOSE header ``typ`` of an RFC 9068 access token (§2.1).
 RFC9068_TYP: Final = "at+jwt"
+#: Distinct token headers (encoded bytes) a verifier keeps once read and checked.
+HEADER_CACHE_SIZE: Final = 64
 #: Seconds a fetched JWKS is used before it is fetched again.
 JWKS_LIFESPAN: Final = 300.0
 #: Least seconds between two refetches of the JWKS caused by unknown kids (bounds what a flood
@@ -347,6 +350,7 @@ class TokenVerifier:
             else None
         )
         self._lock = threading.Lock()
+        self._headers: dict[bytes, dict[str, Any]] = {}
 
     def signing_key(self) -> Any:
         if self._signing_key is None:
@@ -408,8 +412,15 @@ class TokenVerifier:
         header_segment, dot2, payload_segment = signing_input.partition(b".")
         if not (dot and dot2):
             raise exc.MalformedToken("token is not a well-formed JWT")
-        header = _json_object(_segment(header_segment), "header")
-        self._check_header(header)
+        header = self._headers.get(header_segment)
+        if header is None:
+            header = _json_object(_segment(header_segment), "header")
+            self._check_header(header)
+            # An issuer's tokens share a few headers, byte for byte: each is read and checked once
+            # (a result of those exact bytes, never edited). Bounded: a flood of made-up headers
+            # that pass the checks only stops the caching.
+            if len(self._headers) < HEADER_CACHE_SIZE:
+                self._headers[header_segment] = header
         key = self._key_for(header.get("kid"))
         payload_bytes = _segment(payload_segment)
         signature = _segment(crypto_segment)
@@ -750,6 +761,11 @@ def _prepare_key(algorithm: str, key: Any) -> _Prepared:
 #: A base64url segment as PyJWS._decode_base64url_segment accepts it: the URL-safe alphabet, then
 #: at most two "=" of padding.
 _SEGMENT: Final = re.compile(rb"([A-Za-z0-9_-]*)(={0,2})")
+_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+#: Bits of the last character that must be 0, by how many characters the last group has (a
+#: group of 1 is refused anyway; its entry keeps the lookup total).
+_STRAY_BITS: Final = {1: 0x3F, 2: 0x0F, 3: 0x03}
 
 
 def _segment(data: bytes) -> bytes:
@@ -758,15 +774,18 @@ def _segment(data: bytes) -> bytes:
     PyJWS tests the alphabet byte by byte in a Python generator (~35% of a decode); one compiled
     match does the same test. The rules (GHSA-hxm8-2xgr-2p9m): the URL-safe alphabet only,
     padding only to a multiple of 4, no impossible length, and the canonical encoding (no stray
-    bits after the last byte), so a token has exactly one spelling.
+    bits after the last byte, which PyJWS tests by encoding again), so a token has exactly one
+    spelling.
     """
     match = _SEGMENT.fullmatch(data)
     if match is not None:
         stripped = match[1]
-        if not (match[2] and len(data) % 4) and len(stripped) % 4 != 1:
-            decoded = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
-            if base64.urlsafe_b64encode(decoded).rstrip(b"=") == stripped:
-                return decoded
+        tail = len(stripped) % 4  # characters in the last group: 0, 2 or 3 (1 cannot be)
+        padded_right = not (match[2] and len(data) % 4)
+        # Of the last character's 6 bits, 2 (tail 3) or 4 (tail 2) carry no data: they must be 0.
+        canonical = not tail or not _B64_ALPHABET.index(stripped[-1]) & _STRAY_BITS[tail]
+        if padded_right and tail != 1 and canonical:
+            return binascii.a2b_base64(stripped.translate(_TO_STANDARD) + b"=" * (-tail % 4))
     raise exc.MalformedToken("token is not a well-formed JWT")
 
 
