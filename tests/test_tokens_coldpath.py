@@ -199,7 +199,8 @@ def test_a_known_header_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_header_cache_is_bounded_and_keeps_no_refused_header() -> None:
-    """Many distinct valid headers fill the cache to its bound; a refused one is never kept."""
+    """Many distinct signed headers fill the cache to its bound; a refused or unsigned one is
+    never kept."""
     s = make_settings(verify_cache_size=0)
     token, _ = create_access_token("alice", settings=s)
     verifier = TokenVerifier(s)
@@ -212,4 +213,7 @@ def test_header_cache_is_bounded_and_keeps_no_refused_header() -> None:
             fresh.decode(forge({"alg": "HS256", "jku": "https://evil.example"}, token))
         with pytest.raises(exc.InvalidSignature):
             fresh.decode(forge({"alg": "HS512"}, token))
+        head, body, _ = forge({"alg": "HS256", "made": "up"}, token).split(".")
+        with pytest.raises(exc.InvalidSignature):  # a header that passes, but no valid signature
+            fresh.decode(f"{head}.{body}.{b64(b'0' * 32)}")
     assert fresh._headers == {}

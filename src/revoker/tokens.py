@@ -412,15 +412,13 @@ class TokenVerifier:
         header_segment, dot2, payload_segment = signing_input.partition(b".")
         if not (dot and dot2):
             raise exc.MalformedToken("token is not a well-formed JWT")
+        # An issuer's tokens share a few headers, byte for byte: each is read and checked once
+        # (the cache holds the result of those exact bytes, never edited).
         header = self._headers.get(header_segment)
+        known = header is not None
         if header is None:
             header = _json_object(_segment(header_segment), "header")
             self._check_header(header)
-            # An issuer's tokens share a few headers, byte for byte: each is read and checked once
-            # (a result of those exact bytes, never edited). Bounded: a flood of made-up headers
-            # that pass the checks only stops the caching.
-            if len(self._headers) < HEADER_CACHE_SIZE:
-                self._headers[header_segment] = header
         key = self._key_for(header.get("kid"))
         payload_bytes = _segment(payload_segment)
         signature = _segment(crypto_segment)
@@ -430,6 +428,9 @@ class TokenVerifier:
             raise exc.InvalidSignature("token signature is invalid") from None
         except (jwt.InvalidAlgorithmError, jwt.InvalidKeyError):
             raise exc.InvalidSignature("token algorithm is not accepted") from None
+        if not known and len(self._headers) < HEADER_CACHE_SIZE:
+            # Kept only once signed with a trusted key: made-up headers cannot fill the cache.
+            self._headers[header_segment] = header
         # Read only once the signature holds: an unsigned hostile payload never reaches a parser.
         payload = _json_object(payload_bytes, "payload")
         try:
