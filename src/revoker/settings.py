@@ -398,6 +398,36 @@ class RevokerSettings(BaseSettings):
             raise ValueError("must have no query or fragment")
         return value.rstrip("/")
 
+    # --- Access-token profile and WebSocket credentials (coldpath) -----------------------------
+    access_token_profile: Literal["revoker", "rfc9068"] = Field(
+        "revoker",
+        description="`rfc9068`: access tokens are RFC 9068 JWT access tokens (header `typ: "
+        "at+jwt`; `iss`, `aud`, `sub`, `client_id`, `exp`, `iat`, `jti` issued and required), as "
+        "OAuth resource servers such as Authlib's JWTBearerTokenValidator expect; needs "
+        "REVOKER_ISSUER and REVOKER_AUDIENCE, and a client id for every access token. `revoker`: "
+        "the default claims, any header typ.",
+    )
+    websocket_subprotocol_auth: bool = Field(
+        False,
+        description="Also read a WebSocket's bearer token from `Sec-WebSocket-Protocol` (what a "
+        "browser can set): the client offers `revoker.bearer` followed by the token, and the "
+        "handshake answers `revoker.bearer`. Off: only the Authorization header counts.",
+    )
+
+    @property
+    def rfc9068_access_tokens(self) -> bool:
+        """Whether access tokens are RFC 9068 JWT access tokens."""
+        return self.access_token_profile == "rfc9068"  # noqa: S105 - a profile name, no secret
+
+    @model_validator(mode="after")
+    def _rfc9068_names_issuer_and_audience(self) -> Self:
+        if self.rfc9068_access_tokens and (self.issuer is None or self.audience is None):
+            raise ValueError(
+                f"{ENV_PREFIX}ACCESS_TOKEN_PROFILE=rfc9068 needs {ENV_PREFIX}ISSUER and "
+                f"{ENV_PREFIX}AUDIENCE (RFC 9068 §2.2: iss and aud are required)"
+            )
+        return self
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:
