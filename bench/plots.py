@@ -18,7 +18,8 @@ The results each figure reads (``data`` of the saved file):
     "enqueued", "job_started", "job_finished", "samples": [[unix s, latency s], ...]}]``, the
     steady checker's samples around one fan-out.
 ``middleware``
-    ``rows``: ``[{"variant", "state": "cold"|"warm", "mode": str|null, "rps": [per round]}]``.
+    ``rows``: ``[{"variant", "state": "cold"|"warm"|"none", "mode": str|null, "rps": [per
+    round]}]``, one per server of the run (``none``: a variant without a verify cache).
 """
 
 from __future__ import annotations
@@ -188,41 +189,44 @@ def check_timeline_figure(result: dict[str, Any]) -> Figure:
 
 
 def middleware_figure(result: dict[str, Any]) -> Figure:
-    """Requests per second of each middleware variant, cold and warm (and per check mode)."""
+    """Requests per second of each server of the run: every variant, (c) cold and warm in each
+    check mode; variants without a verify cache are cold and warm at once."""
     rows = result["data"]["rows"]
-    variants = list(dict.fromkeys(row["variant"] for row in rows))
-    groups = list(
-        dict.fromkeys(
-            (row["state"], row.get("mode")) for row in rows
-        )  # e.g. ("cold", None), ("warm", "mirror")
-    )
-    fig, ax = plt.subplots(figsize=(_SIZE[0], 1.6 + 0.55 * len(variants) * max(1, len(groups))),
-                           dpi=_DPI, layout="constrained")  # fmt: skip
+    style = {
+        "cold": {"hatch": "///", "color": "#4c72b0", "label": "cold (every request verified)"},
+        "warm": {"hatch": "", "color": "#dd8452", "label": "warm (verify cache hit)"},
+        "none": {"hatch": "..", "color": "#8c8c8c", "label": "no verify cache (cold = warm)"},
+    }
+    labels = []
+    for row in rows:
+        label = row["variant"]
+        if row["state"] in ("cold", "warm"):
+            label += f", {row['state']}"
+        if row.get("mode"):
+            label += f", {row['mode']} mode"
+        labels.append(label)
+    height = 1.4 + 0.42 * len(rows)
+    fig, ax = plt.subplots(figsize=(_SIZE[0] + 1.5, height), dpi=_DPI, layout="constrained")
     ax.set_title("Middleware throughput per variant, cold and warm", fontsize=11)
     fig.text(0.01, 0.005, caption(result), fontsize=7, color="#444", ha="left", va="bottom")
     fig.get_layout_engine().set(h_pad=0.25)  # type: ignore[union-attr]
     ax.grid(True, axis="x", alpha=0.3)
-    height = 0.8 / max(1, len(groups))
-    hatches = {"cold": "//", "warm": ""}
-    for g, (state, mode) in enumerate(groups):
-        ys, medians = [], []
-        for v, variant in enumerate(variants):
-            found = [r for r in rows if r["variant"] == variant and (r["state"], r.get("mode")) ==
-                     (state, mode)]  # fmt: skip
-            if not found:
-                continue
-            ys.append(v + (g - (len(groups) - 1) / 2) * height)
-            medians.append(statistics.median(found[0]["rps"]))
-        label = state + (f", {mode} mode" if mode else "")
-        bars = ax.barh(ys, medians, height=height * 0.9, hatch=hatches.get(state, ""),
-                       alpha=0.85, label=label, edgecolor="white")  # fmt: skip
-        ax.bar_label(bars, labels=[f"{m:,.0f}" for m in medians], fontsize=7, padding=2)
-    ax.set_yticks(range(len(variants)), labels=variants, fontsize=8)
+    medians = [statistics.median(row["rps"]) for row in rows]
+    seen: set[str] = set()
+    for y, (row, median) in enumerate(zip(rows, medians, strict=True)):
+        look = style.get(row["state"], style["none"])
+        legend = look["label"] if row["state"] not in seen else "_nolegend_"
+        seen.add(row["state"])
+        bars = ax.barh([y], [median], height=0.7, hatch=look["hatch"], color=look["color"],
+                       edgecolor="white", label=legend)  # fmt: skip
+        ax.bar_label(bars, labels=[f"{median:,.0f}"], fontsize=7, padding=2)
+        ax.scatter(row["rps"], [y] * len(row["rps"]), color="black", s=6, zorder=3)
+    ax.set_yticks(range(len(rows)), labels=labels, fontsize=8)
     ax.invert_yaxis()
     ax.margins(x=0.12)  # room for the bar labels
-    ax.set_xlabel("requests per second (req/s, median over rounds)")
+    ax.set_xlabel("requests per second (req/s; bar: median, dots: each round)")
     ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     return fig
 
 

@@ -85,11 +85,12 @@ def admin_token(settings: RevokerSettings, sub: str = "ops-alice") -> str:
     return token
 
 
-async def sign_in(web: httpx.AsyncClient, token: str) -> httpx.Response:
+async def sign_in(web: httpx.AsyncClient, token: str = "", **fields: str) -> httpx.Response:
     page = await web.get("/console/login")
     login = re.search(r'name="login" value="([^"]+)"', page.text)
     assert login is not None
-    return await web.post("/console/login", data={"login": login.group(1), "token": token})
+    data = {"login": login.group(1), "token": token, **fields}
+    return await web.post("/console/login", data=data)
 
 
 def csrf_of(page: httpx.Response) -> str:
@@ -406,3 +407,39 @@ def test_console_pages_are_not_in_the_openapi_document(settings: RevokerSettings
     assert len(console) == 14
     assert not any(r.include_in_schema for r in console)  # type: ignore[attr-defined]
     assert not [path for path in openapi_document()["paths"] if path.startswith("/console")]
+
+
+async def test_sign_in_with_client_credentials(
+    web: httpx.AsyncClient, settings: RevokerSettings
+) -> None:
+    """A registered admin client signs in with its id and secret and acts as client:<id>; a
+    wrong secret is 401, a client without the admin scope 403; rotating the secret ends it."""
+    from revoker.clients import REVOKE_SCOPE, ClientRegistry
+    from revoker.keys import KeyLayout
+
+    client = redis.Redis.from_url(REDIS_URL)
+    registry = ClientRegistry(client, KeyLayout(settings.key_prefix))
+    try:
+        admin, secret = registry.add("ops team", [ADMIN_SCOPE])
+        narrow, narrow_secret = registry.add("gateway", [REVOKE_SCOPE])
+        wrong = await sign_in(web, client_id=admin.client_id, client_secret="nope" * 10)
+        assert wrong.status_code == 401
+        refused = await sign_in(web, client_id=narrow.client_id, client_secret=narrow_secret)
+        assert refused.status_code == 403
+        assert (
+            await sign_in(web, client_id=admin.client_id, client_secret=secret)
+        ).status_code == 303
+        page = await web.get("/console/revoke")
+        assert f"client:{admin.client_id}" in page.text
+        _, jti = create_access_token("victim", settings=settings)
+        done = await web.post(
+            "/console/revoke/token",
+            data={"csrf": csrf_of(page), "value": jti, "reason": "by a client"},
+        )
+        assert done.status_code == 200
+        audit = await web.get("/console/audit", params={"target": jti})
+        assert f"client:{admin.client_id}" in audit.text
+        registry.rotate_secret(admin.client_id)
+        assert (await web.get("/console/jobs")).status_code == 303
+    finally:
+        client.close()

@@ -40,11 +40,18 @@ def fanout_data() -> dict[str, Any]:
 
 
 def middleware_data() -> dict[str, Any]:
+    def row(variant: str, state: str, mode: str | None, rps: float) -> dict[str, Any]:
+        return {"variant": variant, "state": state, "mode": mode, "rps": [rps, rps * 1.1]}
+
     return {
         "rows": [
-            {"variant": f"({v}) variant {v}", "state": state, "mode": None, "rps": [1000.0, 1100.0]}
-            for v in "abcd"
-            for state in ("cold", "warm")
+            row("(a) no middleware", "none", None, 14000.0),
+            row("(b) verify only", "none", None, 5000.0),
+            row("(c) shipped", "warm", "redis", 6400.0),
+            row("(c) shipped", "cold", "redis", 5200.0),
+            row("(c) shipped", "warm", "mirror", 12000.0),
+            row("(c) shipped", "cold", "mirror", 6000.0),
+            row("(d) naive", "none", None, 900.0),
         ]
     }
 
@@ -129,9 +136,25 @@ def test_axes_name_their_units(results: Path) -> None:
         line.get_xdata()[0] for line in ax["timeline"].lines if line.get_linestyle() == "--"
     )
     assert xs == pytest.approx([0.0, 0.1, 3.0])
-    # Cold and warm are both drawn, told apart by hatching and the legend, not colour alone.
+    # One bar per server; cold and warm told apart by their labels and hatching, not colour alone.
+    ticks = [t.get_text() for t in ax["middleware"].get_yticklabels()]
+    assert ticks == [
+        "(a) no middleware",
+        "(b) verify only",
+        "(c) shipped, warm, redis mode",
+        "(c) shipped, cold, redis mode",
+        "(c) shipped, warm, mirror mode",
+        "(c) shipped, cold, mirror mode",
+        "(d) naive",
+    ]
     legend = [t.get_text() for t in ax["middleware"].get_legend().get_texts()]
-    assert legend == ["cold", "warm"]
+    assert legend == [
+        "no verify cache (cold = warm)",
+        "warm (verify cache hit)",
+        "cold (every request verified)",
+    ]
+    hatches = {bar.get_hatch() for bar in ax["middleware"].patches}
+    assert {"///", "..", None} <= hatches or {"///", ".."} <= hatches
 
 
 def test_missing_results_skip_their_figures(tmp_path: Path) -> None:
@@ -190,15 +213,17 @@ def test_the_bench_modules_save_what_the_figures_read(
     fanout.save_raw(rounds, quick=True)
     sample = middleware.Samples()
     sample.rps.extend([900.0, 1000.0])
-    middleware.save_raw({"c": sample}, quick=True)
+    plan = [s for s in middleware.setups(("redis",)) if s.letter == "c"]
+    middleware.save_raw(plan, {setup.key: sample for setup in plan}, quick=True)
     saved = json.loads((tmp_path / "results" / "fanout.json").read_text())["data"]
     assert saved["rounds"][1]["sessions_per_s"] == pytest.approx(2002.0)
     assert saved["rounds"][0]["enforcement_ms"] == {"10": 1.1, "1001": 1.5}
     assert saved["timelines"][1]["job_finished"] == t0 + 2.0
     rows = json.loads((tmp_path / "results" / "middleware.json").read_text())["data"]["rows"]
     assert rows == [
-        {"variant": "(c) TokenRevocationMiddleware as shipped", "state": "warm", "mode": None,
+        {"variant": "(c) TokenRevocationMiddleware as shipped", "state": state, "mode": "redis",
          "rps": [900.0, 1000.0]}
+        for state in ("warm", "cold")
     ]  # fmt: skip
     # What the figures read is there (drawing itself is test_every_figure_is_drawn_and_embedded's).
     fanout_result = plots.load(tmp_path / "results", "fanout")

@@ -34,10 +34,11 @@ from starlette.routing import Route
 from revoker import exceptions as exc
 from revoker import health as health_checks
 from revoker import jobs as bulk_jobs
-from revoker.api.auth import require_admin
+from revoker.api import auth
 from revoker.api.errors import ApiError
 from revoker.api.requests import MAX_BODY_BYTES
 from revoker.bulk import BulkRevocation
+from revoker.clients import AsyncClientRegistry
 from revoker.console import STATIC_DIR, TEMPLATES_DIR
 from revoker.job_record import JOB_STATUSES
 from revoker.metrics import REVOCATIONS
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from jinja2 import Environment
 
     from revoker.api.context import ApiContext
+    from revoker.clients import ClientRecord
     from revoker.console.sessions import ConsoleSession, SessionSigner
     from revoker.job_record import JobRecord
 
@@ -81,38 +83,78 @@ class Identity:
     claims: dict[str, Any]
 
 
-async def authenticate(context: ApiContext, credential: str) -> Identity:
-    """Authenticate a console credential exactly as the admin API authenticates a request.
+async def authenticate(
+    context: ApiContext, credential: str, *, client_id: str | None = None
+) -> Identity:
+    """Authenticate a console sign-in exactly as the admin API authenticates a request: through
+    :func:`revoker.api.auth.authenticate` with the ``revoker:admin`` scope.
 
-    Today the credential is an admin token, checked by :func:`revoker.api.auth.require_admin`
-    (verified, unrevoked, ``revoker:admin`` scope). This is the one place to switch to
-    ``authenticate(context, request, scope=ADMIN_SCOPE)`` (client credentials) when it lands.
-    Raises ApiError (401, 403) or StoreUnavailable (503), as the API does.
+    ``credential`` is an admin token (a bearer token: verified, unrevoked), or, with
+    ``client_id``, a registered client's secret (client credentials, as ``client_secret_post``).
+    Raises ApiError (400, 401, 403) or StoreUnavailable (503), as the API does.
     """
     credential = credential.strip()
     if not credential or len(credential) > MAX_TOKEN_BYTES or not credential.isascii():
-        raise ApiError(401, "invalid_token", "paste an admin token (a JWT)")
+        raise ApiError(401, "invalid_token", "paste an admin token, or a client id and secret")
+    headers: list[tuple[bytes, bytes]] = []
+    form: dict[str, str] | None = None
+    if client_id:
+        form = {"client_id": client_id.strip(), "client_secret": credential}
+    else:
+        headers.append((b"authorization", f"Bearer {credential}".encode("ascii")))
     scope = {
         "type": "http",
         "method": "POST",
         "path": f"{PREFIX}/login",
         "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {credential}".encode("ascii"))],
+        "headers": headers,
     }
-    token = await require_admin(context, Request(scope))
-    return Identity(name=token.sub, expires_at=float(token.exp), claims=token.model_dump())
+    principal = await auth.authenticate(context, Request(scope), scope=auth.ADMIN_SCOPE, form=form)
+    if principal.token is not None:
+        return Identity(
+            name=principal.actor,
+            expires_at=float(principal.token.exp),
+            claims={"kind": "token", "token": principal.token.model_dump()},
+        )
+    record = await _client_record(context, principal.client_id)
+    if record is None:
+        raise ApiError(401, "invalid_client", "client authentication failed")
+    return Identity(
+        name=principal.actor,
+        expires_at=None,
+        claims={
+            "kind": "client",
+            "client_id": record.client_id,
+            "secret_rotated_at": record.secret_rotated_at,
+        },
+    )
+
+
+async def _client_record(context: ApiContext, client_id: str | None) -> ClientRecord | None:
+    if client_id is None:
+        return None
+    registry = AsyncClientRegistry(context.store.client, context.store.keys)
+    return await registry.get(client_id)
 
 
 async def still_valid(context: ApiContext, claims: dict[str, Any]) -> bool:
-    """Whether a signed-in identity may still act: the rest of :func:`authenticate`'s check.
+    """Whether a signed-in identity may still act: what :func:`authenticate` checked that can
+    change since.
 
-    Signature and scope were verified at sign-in and cannot change; expiry and revocation can,
-    so they are checked on every request (the admin token revoked: the session ends at once).
-    Fails closed: StoreUnavailable when Redis cannot say. Switch with :func:`authenticate`
-    (a client's identity: whether the client is still registered and allowed).
+    A token's signature and scope cannot change; its expiry and revocation can: revoking the
+    admin token ends the session at its next request. A client must still be registered with
+    the admin scope and the secret it signed in with (rotating the secret or removing the client
+    ends its sessions). Fails closed: StoreUnavailable when Redis cannot say.
     """
+    if claims.get("kind") == "client":
+        record = await _client_record(context, claims.get("client_id"))
+        return (
+            record is not None
+            and auth.ADMIN_SCOPE in record.scopes
+            and record.secret_rotated_at == claims.get("secret_rotated_at")
+        )
     try:
-        token = TokenData.model_validate(claims)
+        token = TokenData.model_validate(claims.get("token"))
     except ValidationError:
         return False
     if token.exp <= time.time():
@@ -361,7 +403,9 @@ async def login(console: Console, request: Request) -> Response:
             return _login_page(
                 console, status=403, message="the sign-in form expired or was not ours: try again"
             )
-        identity = await authenticate(console.context, form.get("token", ""))
+        client_id = _field(form, "client_id")
+        secret = form.get("client_secret", "") if client_id else form.get("token", "")
+        identity = await authenticate(console.context, secret, client_id=client_id)
         session = await console.signer.create(
             console.context.store,
             name=identity.name,
