@@ -217,10 +217,11 @@ def middleware_figure(result: dict[str, Any]) -> Figure:
         look = style.get(row["state"], style["none"])
         legend = look["label"] if row["state"] not in seen else "_nolegend_"
         seen.add(row["state"])
-        bars = ax.barh([y], [median], height=0.7, hatch=look["hatch"], color=look["color"],
-                       edgecolor="white", label=legend)  # fmt: skip
-        ax.bar_label(bars, labels=[f"{median:,.0f}"], fontsize=7, padding=2)
+        ax.barh([y], [median], height=0.7, hatch=look["hatch"], color=look["color"],
+                edgecolor="white", label=legend)  # fmt: skip
         ax.scatter(row["rps"], [y] * len(row["rps"]), color="black", s=6, zorder=3)
+        # The median's figure right of the bar and of its rounds' dots, so none covers it.
+        ax.text(max(median, *row["rps"]), y, f"  {median:,.0f}", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), labels=labels, fontsize=8)
     ax.invert_yaxis()
     ax.margins(x=0.12)  # room for the bar labels
