@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from revoker.api import jobs, oauth, ops
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
+from revoker.logs import configure_logging
+from revoker.metrics import SurfaceMiddleware
 from revoker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -30,9 +33,12 @@ def create_app(
     """
     settings = settings or (store.settings if store is not None else get_settings())
     context = ApiContext(settings, store)
+    configure_logging(settings, default_level="INFO")
     app = Starlette(
         routes=[*oauth.routes(context), *jobs.routes(context), *ops.routes(context)],
         exception_handlers=dict(EXCEPTION_HANDLERS),
+        # Revocations written by a request are counted under surface "api" (revoker.metrics).
+        middleware=[Middleware(SurfaceMiddleware, surface="api")],
     )
     app.state.settings = settings
     return app
