@@ -163,10 +163,13 @@ def report(task: Task, store: SyncRedisTokenRevocationStore, job_id: str) -> dic
             latest = _progress(store.get_job(job_id).as_dict())
             if latest["status"] == "done":
                 task.backend.store_result(job_id, latest, "SUCCESS")
-        task.send_event("task-progress", **meta)
-        if task.request.id != job_id:
+        # Flower's task API shows a fixed set of fields: the counts go in ``result`` too.
+        if task.request.id == job_id:
+            task.send_event("task-progress", result=repr(meta), **meta)
+        else:
+            task.send_event("task-progress", **meta)
             # The job's own task in Flower (see job_event): PROGRESS with the job's counts.
-            job_event(job_id, "task-progress", **meta)
+            job_event(job_id, "task-progress", result=repr(meta), **meta)
     except Exception as e:  # noqa: BLE001 - progress is best effort; the job record is the truth
         log.warning("could not report progress of job %s: %s", job_id, e)
     return meta
