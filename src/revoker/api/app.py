@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from revoker.api import jobs, oauth, ops
+from revoker.api import audit, jobs, oauth, ops
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
 from revoker.logs import configure_logging
@@ -35,7 +35,12 @@ def create_app(
     context = ApiContext(settings, store)
     configure_logging(settings, default_level="INFO")
     app = Starlette(
-        routes=[*oauth.routes(context), *jobs.routes(context), *ops.routes(context)],
+        routes=[
+            *oauth.routes(context),
+            *jobs.routes(context),
+            *ops.routes(context),
+            *audit.routes(context),
+        ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         # Revocations written by a request are counted under surface "api" (revoker.metrics).
         middleware=[Middleware(SurfaceMiddleware, surface="api")],

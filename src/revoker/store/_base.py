@@ -339,6 +339,20 @@ class StoreCore:
     def count_command(self, counter: str, amount: int = 1) -> Command:
         return ("HINCRBY", self.keys.stats, counter, amount)
 
+    def plan_audit_range(
+        self, low: str, high: str, *, count: int, reverse: bool = False
+    ) -> Plan[list[tuple[Any, Any]]]:
+        """Up to ``count`` audit entries with ids in [low, high] (``-``/``+``, ``(`` for an
+        exclusive bound), oldest first or, ``reverse``, newest first (``revoker.audit`` pages
+        and filters them)."""
+        audit = self.keys.audit
+        command: Command = (
+            ("XREVRANGE", audit, high, low, "COUNT", count)
+            if reverse
+            else ("XRANGE", audit, low, high, "COUNT", count)
+        )
+        return Plan([command], lambda replies: list(replies[0] or []))
+
     # --- single revocations --------------------------------------------------------------------
 
     def plan_revoke_token(
