@@ -68,18 +68,20 @@ def configure_logging(
     *,
     default_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
     stream: IO[str] | None = None,
+    also: tuple[str, ...] = (),
 ) -> logging.Handler:
     """Install (or replace) revoker's handler on the ``revoker`` logger; returns it.
 
     The level is ``REVOKER_LOG_LEVEL``, or ``default_level`` when unset (the CLI passes WARNING
     so that a command's output is not interleaved with INFO lines). ``stream``: where lines go
     (default: standard error, looked up at each line so a redirected ``sys.stderr`` is followed).
+    ``also``: other loggers given the same handler and level (``revoker api`` passes uvicorn's,
+    so its access and error lines share the format).
     """
     if settings is None:
         from revoker.settings import get_settings
 
         settings = get_settings()
-    logger = logging.getLogger("revoker")
     handler: logging.Handler = (
         logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     )
@@ -87,11 +89,13 @@ def configure_logging(
     handler.setFormatter(
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
-    for old in [h for h in logger.handlers if h.get_name() == HANDLER_NAME]:
-        logger.removeHandler(old)
-    logger.addHandler(handler)
-    logger.setLevel(settings.log_level or default_level)
-    logger.propagate = False
+    for name in ("revoker", *also):
+        target = logging.getLogger(name)
+        for old in [h for h in target.handlers if h.get_name() == HANDLER_NAME]:
+            target.removeHandler(old)
+        target.addHandler(handler)
+        target.setLevel(settings.log_level or default_level)
+        target.propagate = False
     return handler
 
 

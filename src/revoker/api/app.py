@@ -56,4 +56,13 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     with requires_extra("server", "revoker api"):
         import uvicorn
 
-    uvicorn.run(create_app(), host=host, port=port, proxy_headers=False, server_header=False)
+    # uvicorn's own lines through revoker's handler (REVOKER_LOG_FORMAT), not its dictConfig.
+    configure_logging(get_settings(), default_level="INFO", also=("uvicorn",))
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+    )
