@@ -18,11 +18,13 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from fastapi import Depends, FastAPI
 
 from celery_helpers import seed_sessions, start_worker, worker_env
 from conftest import private_settings
 from revoker import dependencies
+from revoker.cli import cli
 from revoker.dependencies import require_valid_token
 from revoker.jobs import enqueue_user_revocation, wait_for_job
 from revoker.localredis import LocalRedis, free_port, stop_process
@@ -86,18 +88,15 @@ def test_json_formatter_carries_extras_and_exceptions() -> None:
 
 
 def test_cli_lines_follow_the_settings(settings: RevokerSettings) -> None:
-    """The CLI: silent at its default WARNING; with LEVEL=INFO and FORMAT=json, one JSON line
-    per revocation on stderr, stdout untouched; text format otherwise."""
-    quiet = subprocess.run(
-        [sys.executable, "-m", "revoker", "revoke", "token", "--jti", "jti-quiet"],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert quiet.returncode == 0, quiet.stderr
+    """The CLI: silent at its default WARNING; with LEVEL=INFO and FORMAT=json (a real process),
+    one JSON line per revocation on stderr, stdout untouched; the text format otherwise."""
+    quiet = CliRunner().invoke(cli, ["revoke", "token", "--jti", "jti-quiet"])
+    assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == ""
+    configure(settings.model_copy(update={"log_level": "INFO"}))
+    text = CliRunner().invoke(cli, ["revoke", "token", "--jti", "jti-text"])
+    assert text.exit_code == 0, text.output
+    assert "INFO revoker.revocations: revocation kind=token surface=cli" in text.stderr
     loud = subprocess.run(
         [sys.executable, "-m", "revoker", "revoke", "token", "--jti", "jti-loud", "--reason", "r"],
         env=env_for(settings, REVOKER_LOG_LEVEL="INFO", REVOKER_LOG_FORMAT="json"),
@@ -116,15 +115,6 @@ def test_cli_lines_follow_the_settings(settings: RevokerSettings) -> None:
     )
     assert line["logger"] == "revoker.revocations"
     assert not json_records(loud.stdout)
-    text = subprocess.run(
-        [sys.executable, "-m", "revoker", "revoke", "token", "--jti", "jti-text"],
-        env=env_for(settings, REVOKER_LOG_LEVEL="INFO"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "INFO revoker.revocations: revocation kind=token surface=cli" in text.stderr
 
 
 def test_api_under_uvicorn_logs_json(settings: RevokerSettings) -> None:
