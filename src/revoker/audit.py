@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "MAX_SECONDS",
     "PAGE_SIZE",
     "SCAN_BUDGET",
     "AuditEntry",
@@ -46,6 +47,8 @@ PAGE_SIZE: Final = 500
 #: Entries examined per page at most, whatever the filters match.
 SCAN_BUDGET: Final = 20_000
 _STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+#: The latest time a query may name (unix seconds, year 5138): keeps stream ids in range.
+MAX_SECONDS: Final = 10**11
 #: Fields every entry has; the others are per kind.
 _BASE_FIELDS: Final = ("kind", "target", "tenant", "reason", "actor", "at")
 
@@ -75,8 +78,12 @@ class AuditQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    since: float | None = Field(None, ge=0, description="From this time (unix s or ISO 8601).")
-    until: float | None = Field(None, ge=0, description="Up to this time, inclusive.")
+    since: float | None = Field(
+        None, ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="From this time."
+    )
+    until: float | None = Field(
+        None, ge=0, le=MAX_SECONDS, allow_inf_nan=False, description="Up to this time."
+    )
     tenant: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     user: str | None = Field(
         None,

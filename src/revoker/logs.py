@@ -2,9 +2,10 @@
 
 ``REVOKER_LOG_FORMAT=json|text`` and ``REVOKER_LOG_LEVEL`` are applied by
 :func:`configure_logging`, which the Celery worker (its main process and every pool child), the
-admin API (under uvicorn too: the handler is on revoker's own logger, which uvicorn's logging
-configuration leaves alone), the CLI and, when ``REVOKER_LOG_MIDDLEWARE`` is set, the middleware
-and the FastAPI dependency call. Only the ``revoker`` logger tree is touched, never the root
+admin API served by ``revoker api`` (uvicorn's own lines included), the CLI (for the length of a
+command: :func:`command_logging`) and, when ``REVOKER_LOG_MIDDLEWARE`` is set, the middleware and
+the FastAPI dependency call. ``create_app`` alone configures nothing: an app that mounts the
+admin API keeps its logging. Only the ``revoker`` logger tree is touched, never the root
 logger: a service's own logging stays as it is. With the handler installed, revoker's records do
 not also propagate to the root (no line twice).
 
@@ -23,16 +24,18 @@ A token itself is never logged: only ids and claims a log may hold.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
 
-__all__ = ["HANDLER_NAME", "TEXT_FORMAT", "JsonFormatter", "configure_logging"]
+__all__ = ["HANDLER_NAME", "TEXT_FORMAT", "JsonFormatter", "command_logging", "configure_logging"]
 
 #: The name of the handler :func:`configure_logging` installs (replaced, never duplicated).
 HANDLER_NAME: Final = "revoker"
@@ -97,6 +100,23 @@ def configure_logging(
         target.setLevel(settings.log_level or default_level)
         target.propagate = False
     return handler
+
+
+@contextlib.contextmanager
+def command_logging(settings: RevokerSettings) -> Iterator[logging.Handler]:
+    """revoker's handler for the length of one CLI command, then the ``revoker`` logger as it
+    was: the CLI also runs inside other Python processes (scripts calling ``cli.main``, tests),
+    whose logging must not be changed by it. Lines go to standard error; the level is
+    ``REVOKER_LOG_LEVEL`` or WARNING, so a command's output is not interleaved with INFO lines."""
+    logger = logging.getLogger("revoker")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    handler = configure_logging(settings, default_level="WARNING")
+    try:
+        yield handler
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
 
 
 class _StderrHandler(logging.StreamHandler[IO[str]]):

@@ -33,7 +33,6 @@ def create_app(
     """
     settings = settings or (store.settings if store is not None else get_settings())
     context = ApiContext(settings, store)
-    configure_logging(settings, default_level="INFO")
     app = Starlette(
         routes=[
             *oauth.routes(context),

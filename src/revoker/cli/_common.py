@@ -121,13 +121,12 @@ class RevokerGroup(click.Group):
     """Turns revoker's expected errors into a message and an exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from revoker.logs import configure_logging
+        from revoker.logs import command_logging
         from revoker.metrics import revocation_surface
 
         try:
             # Revocations are counted under surface "cli"; REVOKER_LOG_* apply (WARNING unset).
-            configure_logging(get_settings(), default_level="WARNING")
-            with revocation_surface("cli"):
+            with command_logging(get_settings()), revocation_surface("cli"):
                 return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
