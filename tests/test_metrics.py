@@ -228,3 +228,27 @@ async def test_the_outbox_backlog_and_its_age(settings: RevokerSettings) -> None
     assert value(samples, "revoker_jobs", status="pending") == 1
     assert value(samples, "revoker_outbox_pending") == 1
     assert 0.2 < value(samples, "revoker_outbox_oldest_age_seconds") < 30
+
+
+def test_recovery_cutoffs_count_under_recovery(settings: RevokerSettings) -> None:
+    """`recover --cutoff` and a detected data loss (policy cutoff) count one global/recovery
+    revocation each; `recover` without a cut-off writes none and counts none."""
+    import redis
+
+    from revoker.tokens import decode_token
+
+    before = revocations("global", "recovery")
+    with SyncRedisTokenRevocationStore(settings=settings) as store:
+        store.recover(cutoff=False, actor="ops")
+        assert revocations("global", "recovery") == before
+        store.recover(cutoff=True, actor="ops")
+        assert revocations("global", "recovery") == before + 1
+        token, _ = create_refresh_token("u-loss", settings=settings)[:2]
+        store.revoke_token("jti-before-loss", expires_at=time.time() + 60)
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            client.delete(store.keys.integrity)  # the denylist is "wiped"
+        finally:
+            client.close()
+        store.is_revoked(decode_token(token, expected_type="refresh", settings=settings))
+    assert revocations("global", "recovery") == before + 2

@@ -34,7 +34,7 @@ from revoker.integrity import (
     new_epoch,
     read_observation,
 )
-from revoker.metrics import DENYLIST_LOST
+from revoker.metrics import DENYLIST_LOST, count_revocation
 from revoker.rules import RevocationStatus, decide, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.tokens import TokenData
@@ -214,6 +214,7 @@ class StoreCore:
         if reported != self._reported:
             self._reported = reported
             DENYLIST_LOST.labels(loss.kind, policy).inc()
+            count_revocation("global", "recovery", 1 if policy == "cutoff" else 0, target=loss.kind)
             logger.error(
                 "revocation data lost: %s; REVOKER_ON_DATA_LOSS=%s%s; run `revoker recover` "
                 "once what can be restored is",
