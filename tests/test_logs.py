@@ -168,7 +168,7 @@ def test_dependency_logs_opt_in(
     async def call(app: FastAPI) -> int:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
-            response = await client.get("/me", headers={"Authorization": "Bearer not.a.jwt"})
+            response = await client.get("/me")  # no token: a refusal the dependency logs
             return response.status_code
 
     app = FastAPI()
@@ -187,7 +187,7 @@ def test_dependency_logs_opt_in(
     assert asyncio.run(call(app)) == 401
     records = json_records(capsys.readouterr().err)
     (line,) = [r for r in records if r.get("event") == "rejected"]
-    assert (line["status"], line["error"], line["path"]) == (401, "invalid_token", "/me")
+    assert (line["status"], line["error"], line["path"]) == (401, None, "/me")
     dependencies._checker = None
 
 

@@ -10,8 +10,9 @@ JSON body ``{"error": ..., "error_description": ...}``, ``WWW-Authenticate`` on 
 ``Cache-Control: no-store``, ``Retry-After`` on 503. They are raised as :class:`BearerError`, an
 ``HTTPException`` whose response is that answer; its handler is registered on the app the first
 time one is raised (through Starlette's per-request handler table), or up front with
-``FastAPI(exception_handlers=EXCEPTION_HANDLERS)``. Each refusal is logged once (logger
-``revoker.dependencies``, INFO, event ``rejected``; ids only, never the token).
+``FastAPI(exception_handlers=EXCEPTION_HANDLERS)``. A refusal of a revoked token, of a request
+without one, of a missing scope and a 503 are logged once (logger ``revoker.dependencies``, INFO,
+event ``rejected``; ids only, never the token); an invalid token is not (see below).
 """
 
 from __future__ import annotations
@@ -113,11 +114,16 @@ def _refuse(
     rule: str | None = None,
     retry_after: int | None = None,
     challenge: str | None = None,
+    log: bool = True,
 ) -> BearerError:
-    """The BearerError to raise, logged, with its handler in place for this app."""
+    """The BearerError to raise, logged (unless ``log`` is false), with its handler in place
+    for this app."""
     response = error_response(status_code, error, description, retry_after=retry_after)
     if challenge is not None:
         response.headers["WWW-Authenticate"] = challenge
+    _register_handler(conn)
+    if not log:
+        return BearerError(response, description)
     logger.info(
         "rejected %d %s",
         status_code,
@@ -133,7 +139,6 @@ def _refuse(
             "path": conn.scope.get("path"),
         },
     )
-    _register_handler(conn)
     return BearerError(response, description)
 
 
@@ -172,7 +177,10 @@ async def require_valid_token(conn: HTTPConnection, _credentials: Any = _BEARER)
             conn, 401, e.error_code, e.description, token=e.token, rule=e.status.rule
         ) from None
     except exc.TokenError as e:
-        raise _refuse(conn, 401, e.error_code, e.description) from None
+        # Not logged here: revoker.tokens logs a structurally hostile token once, and a bad
+        # signature or an expired token is only counted (revoker_checks_total{outcome="invalid"}),
+        # so a flood of garbage cannot flood the log.
+        raise _refuse(conn, 401, e.error_code, e.description, log=False) from None
     if result.store_error is not None and not checker.admit_unchecked(
         checker.settings.fail_open, result.store_error
     ):
