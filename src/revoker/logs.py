@@ -103,11 +103,15 @@ def configure_logging(
 
 
 @contextlib.contextmanager
-def command_logging(settings: RevokerSettings) -> Iterator[logging.Handler]:
+def command_logging(settings: RevokerSettings | None) -> Iterator[logging.Handler | None]:
     """revoker's handler for the length of one CLI command, then the ``revoker`` logger as it
     was: the CLI also runs inside other Python processes (scripts calling ``cli.main``, tests),
     whose logging must not be changed by it. Lines go to standard error; the level is
-    ``REVOKER_LOG_LEVEL`` or WARNING, so a command's output is not interleaved with INFO lines."""
+    ``REVOKER_LOG_LEVEL`` or WARNING, so a command's output is not interleaved with INFO lines.
+    None (the settings did not load): nothing is changed."""
+    if settings is None:
+        yield None
+        return
     logger = logging.getLogger("revoker")
     saved = (list(logger.handlers), logger.level, logger.propagate)
     handler = configure_logging(settings, default_level="WARNING")

@@ -125,8 +125,14 @@ class RevokerGroup(click.Group):
         from revoker.metrics import revocation_surface
 
         try:
+            settings: RevokerSettings | None = get_settings()
+        except exc.ConfigurationError:
+            # Not every command needs valid settings (a missing extra is named first); the
+            # commands that do raise this again themselves.
+            settings = None
+        try:
             # Revocations are counted under surface "cli"; REVOKER_LOG_* apply (WARNING unset).
-            with command_logging(get_settings()), revocation_surface("cli"):
+            with command_logging(settings), revocation_surface("cli"):
                 return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
