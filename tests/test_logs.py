@@ -229,3 +229,38 @@ def test_worker_logs_json_lines() -> None:
         "done",
         3,
     )
+
+
+async def test_middleware_logs_opt_in(
+    settings: RevokerSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """REVOKER_LOG_MIDDLEWARE: the middleware sets revoker's handler up when built, and its
+    revoked-token line is JSON on stderr, without the token."""
+    import fakeredis
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from revoker.middleware import TokenRevocationMiddleware
+    from revoker.store import RedisTokenRevocationStore
+
+    async def hello(_request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    opted = settings.model_copy(update={"log_middleware": True, "log_format": "json"})
+    store = RedisTokenRevocationStore(fakeredis.aioredis.FakeRedis(), settings=opted)
+    logging.getLogger("revoker").handlers.clear()
+    app = TokenRevocationMiddleware(Starlette(routes=[Route("/", hello)]), store=store)
+    assert [h.get_name() for h in logging.getLogger("revoker").handlers] == ["revoker"]
+    token, jti = create_access_token("alice", settings=opted)
+    await store.revoke_token(jti)
+    capsys.readouterr()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        response = await client.get("/", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    err = capsys.readouterr().err
+    (line,) = [r for r in json_records(err) if r["message"] == "revoked token rejected"]
+    assert (line["logger"], line["jti"], line["rule"]) == ("revoker.middleware", jti, "jti")
+    assert token not in err
+    await store.aclose()

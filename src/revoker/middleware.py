@@ -131,6 +131,10 @@ class TokenRevocationMiddleware:
         self.fail_open = self.settings.fail_open if fail_open is None else fail_open
         self.fail_closed_prefixes = tuple(_prefix_rule(p) for p in fail_closed_prefixes)
         self._missing = CHECKS.labels("missing")
+        if self.settings.log_middleware:  # opt-in: REVOKER_LOG_FORMAT/LEVEL in this process
+            from revoker.logs import configure_logging
+
+            configure_logging(self.settings)
 
     def is_exempt(self, path: str) -> bool:
         return path in self.exempt_paths or (

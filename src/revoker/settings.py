@@ -407,6 +407,12 @@ class RevokerSettings(BaseSettings):
         description="Address the worker's metrics endpoint binds to.",
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_upper(cls, value: Any) -> Any:
+        """`info` and `INFO` alike, as logging itself accepts."""
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:
