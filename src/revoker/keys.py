@@ -19,6 +19,8 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
+    P:{clients}:c:<client_id>      hash    one registered API client (revoker.clients; no TTL)
+    P:{clients}:ids                set     every registered client id
     P:{integrity}:id               hash    the denylist's identity: epoch, seq, state (no TTL)
     P:{integrity}:gw               string  "<revoked_at_us>|<reason>" global watermark (cut-off)
 
@@ -441,6 +443,20 @@ class KeyLayout:
     @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
+
+    # --- registered API clients (revoker.clients) ---------------------------------------------
+    # Both keys share the {clients} tag so that adding or removing a client (its hash and its id
+    # in the set) is one MULTI/EXEC on Redis Cluster too. No TTL: a client stays until removed.
+
+    def client(self, client_id: str) -> str:
+        """One registered client: name, scopes, created_at, the secret's Argon2 hash, and the
+        optional back-channel logout URI (hash; the fields are revoker.clients')."""
+        return f"{self.prefix}:{{clients}}:c:{escape_id(client_id, 'client id')}"
+
+    @property
+    def clients(self) -> str:
+        """Set of every registered client id (what ``revoker clients list`` walks)."""
+        return f"{self.prefix}:{{clients}}:ids"
 
     @property
     def integrity(self) -> str:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from revoker import exceptions as exc
 from revoker.check import RevocationChecker, bearer_token
 from revoker.metrics import CHECKS
 from revoker.settings import RevokerSettings, get_settings
+from revoker.tokens import MAX_TOKEN_BYTES
 
 if TYPE_CHECKING:
     from revoker.breaker import CircuitBreaker
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",
+    "WEBSOCKET_BEARER_SUBPROTOCOL",
     "TokenRevocationMiddleware",
     "error_response",
+    "subprotocol_token",
     "www_authenticate",
 ]
 
@@ -40,6 +43,60 @@ DEFAULT_EXEMPT_PATHS: Final = (
 #: WebSocket close codes (RFC 6455 §7.4.1): policy violation, and try again later.
 WS_POLICY_VIOLATION: Final = 1008
 WS_TRY_AGAIN_LATER: Final = 1013
+#: What a browser offers as a WebSocket subprotocol, followed by the token itself
+#: (``new WebSocket(url, ["revoker.bearer", token])``), when REVOKER_WEBSOCKET_SUBPROTOCOL_AUTH is
+#: on: a browser cannot set an Authorization header on a WebSocket, but it can set this one.
+WEBSOCKET_BEARER_SUBPROTOCOL: Final = "revoker.bearer"
+_SEC_WEBSOCKET_PROTOCOL: Final = b"sec-websocket-protocol"
+
+
+def subprotocol_token(subprotocols: Sequence[str]) -> tuple[str, list[str]] | None:
+    """The bearer token a WebSocket client offered after ``revoker.bearer``, and the subprotocols
+    left once it is taken out (``revoker.bearer`` stays); None when it offered none.
+
+    Raises MalformedToken for ``revoker.bearer`` offered twice or with nothing after it, and for a
+    token that is not an RFC 6750 b64token (the Authorization header's rule); TokenTooLarge.
+    """
+    if WEBSOCKET_BEARER_SUBPROTOCOL not in subprotocols:
+        return None
+    offered = list(subprotocols)
+    at = offered.index(WEBSOCKET_BEARER_SUBPROTOCOL)
+    if offered.count(WEBSOCKET_BEARER_SUBPROTOCOL) > 1:
+        raise exc.MalformedToken(f"subprotocol {WEBSOCKET_BEARER_SUBPROTOCOL} is offered twice")
+    if at + 1 >= len(offered):
+        raise exc.MalformedToken(
+            f"subprotocol {WEBSOCKET_BEARER_SUBPROTOCOL} has no token after it"
+        )
+    token = offered.pop(at + 1)
+    if len(token) > MAX_TOKEN_BYTES:
+        raise exc.TokenTooLarge(f"subprotocol token is larger than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():
+        raise exc.MalformedToken("bearer token has characters a JWT cannot contain")
+    # One rule for what a bearer credential may be: the Authorization header's.
+    checked = bearer_token([(b"authorization", b"Bearer " + token.encode("ascii"))])
+    if checked is None:  # pragma: no cover - a "Bearer" credential is always read
+        raise exc.MalformedToken("bearer token is empty")
+    return checked, offered
+
+
+def _without_token(scope: Scope, subprotocols: list[str]) -> Scope:
+    """``scope`` as the app sees it: the token gone from the subprotocols and from the header, so
+    an app that logs what it was offered never logs a credential."""
+    headers = [(n, v) for n, v in scope["headers"] if n.lower() != _SEC_WEBSOCKET_PROTOCOL]
+    headers.append((_SEC_WEBSOCKET_PROTOCOL, ", ".join(subprotocols).encode("latin-1")))
+    return {**scope, "subprotocols": subprotocols, "headers": headers}
+
+
+def _echoing(send: Send, token: str) -> Send:
+    """``send`` answering the handshake with ``revoker.bearer`` unless the app chose another of the
+    offered subprotocols: a browser that offered subprotocols fails a handshake that names none."""
+
+    async def echo(message: Message) -> None:
+        if message["type"] == "websocket.accept" and message.get("subprotocol") in (None, token):
+            message = {**message, "subprotocol": WEBSOCKET_BEARER_SUBPROTOCOL}
+        await send(message)
+
+    return echo
 
 
 def _header_safe(text: str) -> str:
@@ -106,6 +163,11 @@ class TokenRevocationMiddleware:
       except under ``fail_closed_prefixes``, which answer 503 with Retry-After.
     * WebSockets are refused before accept: with the HTTP 401/503 itself where the server
       supports the denial-response extension, else by closing with 1008 (1013 for 503).
+    * ``websocket_subprotocol_auth`` (default from REVOKER_WEBSOCKET_SUBPROTOCOL_AUTH): a
+      WebSocket may carry its token as the subprotocol after ``revoker.bearer`` (see
+      :func:`subprotocol_token`); the handshake then answers ``revoker.bearer`` and the app sees
+      the subprotocols and headers without the token. Both credentials at once are refused
+      (RFC 6750 §2: one method per request).
     """
 
     def __init__(
@@ -121,6 +183,7 @@ class TokenRevocationMiddleware:
         fail_closed_prefixes: Iterable[str] = (),
         breaker: CircuitBreaker | None = None,
         checker: RevocationChecker | None = None,
+        websocket_subprotocol_auth: bool | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or (store.settings if store is not None else get_settings())
@@ -131,6 +194,11 @@ class TokenRevocationMiddleware:
         self.fail_open = self.settings.fail_open if fail_open is None else fail_open
         self.fail_closed_prefixes = tuple(_prefix_rule(p) for p in fail_closed_prefixes)
         self._missing = CHECKS.labels("missing")
+        self.websocket_subprotocol_auth = (
+            self.settings.websocket_subprotocol_auth
+            if websocket_subprotocol_auth is None
+            else websocket_subprotocol_auth
+        )
         if self.settings.log_middleware:  # opt-in: REVOKER_LOG_FORMAT/LEVEL in this process
             from revoker.logs import configure_logging
 
@@ -154,6 +222,16 @@ class TokenRevocationMiddleware:
         # its error handling) untouched, not be answered with a second response.
         try:
             token = bearer_token(scope["headers"])
+            if self.websocket_subprotocol_auth and scope["type"] == "websocket":
+                offered = subprotocol_token(scope.get("subprotocols") or ())
+                if offered is not None:
+                    if token is not None:
+                        raise exc.MalformedToken(
+                            "a bearer token in both the Authorization header and the subprotocols"
+                        )
+                    token, others = offered
+                    scope = _without_token(scope, others)
+                    send = _echoing(send, token)
             result = None if token is None else await self.checker.check(token)
         except exc.TokenError as e:
             if isinstance(e, exc.TokenRevoked):

@@ -376,6 +376,58 @@ class RevokerSettings(BaseSettings):
         description="On refresh reuse revoke the family only, or all of the user's sessions.",
     )
 
+    # --- Admin API discovery (revoker.api.discovery) -------------------------------------------
+    api_public_url: str | None = Field(
+        None,
+        description="The admin API's base URL as its callers reach it (e.g. "
+        "https://revoker.internal), for the endpoint URLs of its RFC 8414 metadata and the "
+        "issuer when REVOKER_ISSUER is unset. Unset: the URL each metadata request was sent to.",
+    )
+
+    @field_validator("api_public_url")
+    @classmethod
+    def _public_url_is_a_base(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit  # here, so this block stays one insertion
+
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL such as https://revoker.internal")
+        if parts.query or parts.fragment:
+            raise ValueError("must have no query or fragment")
+        return value.rstrip("/")
+
+    # --- Access-token profile and WebSocket credentials (coldpath) -----------------------------
+    access_token_profile: Literal["revoker", "rfc9068"] = Field(
+        "revoker",
+        description="`rfc9068`: access tokens are RFC 9068 JWT access tokens (header `typ: "
+        "at+jwt`; `iss`, `aud`, `sub`, `client_id`, `exp`, `iat`, `jti` issued and required), as "
+        "OAuth resource servers such as Authlib's JWTBearerTokenValidator expect; needs "
+        "REVOKER_ISSUER and REVOKER_AUDIENCE, and a client id for every access token. `revoker`: "
+        "the default claims, any header typ.",
+    )
+    websocket_subprotocol_auth: bool = Field(
+        False,
+        description="Also read a WebSocket's bearer token from `Sec-WebSocket-Protocol` (what a "
+        "browser can set): the client offers `revoker.bearer` followed by the token, and the "
+        "handshake answers `revoker.bearer`. Off: only the Authorization header counts.",
+    )
+
+    @property
+    def rfc9068_access_tokens(self) -> bool:
+        """Whether access tokens are RFC 9068 JWT access tokens."""
+        return self.access_token_profile == "rfc9068"  # noqa: S105 - a profile name, no secret
+
+    @model_validator(mode="after")
+    def _rfc9068_names_issuer_and_audience(self) -> Self:
+        if self.rfc9068_access_tokens and (self.issuer is None or self.audience is None):
+            raise ValueError(
+                f"{ENV_PREFIX}ACCESS_TOKEN_PROFILE=rfc9068 needs {ENV_PREFIX}ISSUER and "
+                f"{ENV_PREFIX}AUDIENCE (RFC 9068 §2.2: iss and aud are required)"
+            )
+        return self
+
     # --- Observability (logs, worker metrics) --------------------------------------------------
     log_format: Literal["text", "json"] = Field(
         "text",

@@ -10,7 +10,6 @@ name) is a MalformedToken before anything acts on it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -26,6 +25,7 @@ from typing import Any, Final, Literal, NamedTuple, NoReturn
 
 import jwt
 from cachetools import TLRUCache
+from jwt.algorithms import Algorithm
 from pydantic import BaseModel, ConfigDict
 
 from revoker import exceptions as exc
@@ -35,6 +35,8 @@ from revoker.settings import HMAC_ALGORITHMS, RevokerSettings, get_settings
 
 __all__ = [
     "FORBIDDEN_HEADERS",
+    "HEADER_CACHE_SIZE",
+    "ISSUED_AT_US_CLAIM",
     "JWKS_FETCH_TIMEOUT",
     "JWKS_LIFESPAN",
     "JWKS_REFRESH_COOLDOWN",
@@ -42,6 +44,8 @@ __all__ = [
     "MAX_TIMESTAMP",
     "MAX_TOKEN_BYTES",
     "REQUIRED_CLAIMS",
+    "RFC9068_REQUIRED_CLAIMS",
+    "RFC9068_TYP",
     "IssuedToken",
     "TokenData",
     "TokenType",
@@ -72,6 +76,15 @@ MAX_TIMESTAMP: Final = 253_402_300_799
 FORBIDDEN_HEADERS: Final = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 #: Claims every token must carry, beyond issuer/audience when those are configured.
 REQUIRED_CLAIMS: Final = ("exp", "iat", "jti", "sub", "typ")
+#: What RFC 9068 §2.2 adds for access tokens (its iss and aud: the settings demand both).
+RFC9068_REQUIRED_CLAIMS: Final = ("client_id",)
+#: The exact issue time in integer µs, beside a whole-second ``iat`` (RFC 9068 tokens): what the
+#: watermark comparison reads (see revoker.rules).
+ISSUED_AT_US_CLAIM: Final = "iat_us"
+#: The JOSE header ``typ`` of an RFC 9068 access token (§2.1).
+RFC9068_TYP: Final = "at+jwt"
+#: Distinct token headers (encoded bytes) a verifier keeps once read and checked.
+HEADER_CACHE_SIZE: Final = 64
 #: Seconds a fetched JWKS is used before it is fetched again.
 JWKS_LIFESPAN: Final = 300.0
 #: Least seconds between two refetches of the JWKS caused by unknown kids (bounds what a flood
@@ -171,6 +184,9 @@ def issue_token(
     the same claims (a refresh grace-window retry returns the pair it already issued).
     """
     escape_id(user_id, "user_id")
+    rfc9068 = typ == "access" and settings.rfc9068_access_tokens
+    if rfc9068 and client_id is None:
+        raise ValueError("REVOKER_ACCESS_TOKEN_PROFILE=rfc9068: an access token needs a client_id")
     _check_optional_id(jti, "jti")
     _check_optional_id(tenant_id, "tenant_id")
     _check_optional_id(family_id, "family_id")
@@ -190,6 +206,11 @@ def issue_token(
         "iat": iat,
         "exp": math.ceil(iat + lifetime),
     }
+    if rfc9068:
+        # RFC 9068 consumers read iat as whole seconds (Authlib refuses a fractional iat as "in
+        # the future" until the next second starts): iat is floored, the exact µs ride along.
+        payload["iat"] = issued_us // 1_000_000
+        payload[ISSUED_AT_US_CLAIM] = issued_us
     if settings.issuer is not None:
         payload["iss"] = settings.issuer
     if settings.audience is not None:
@@ -203,9 +224,11 @@ def issue_token(
     if client_id is not None:
         payload["client_id"] = client_id
     verifier = get_verifier(settings)
-    headers = {"kid": settings.jwt_key_id} if settings.jwt_key_id else None
+    headers: dict[str, Any] = {"kid": settings.jwt_key_id} if settings.jwt_key_id else {}
+    if rfc9068:
+        headers["typ"] = RFC9068_TYP  # RFC 9068 §2.1
     token = jwt.encode(
-        payload, verifier.signing_key(), algorithm=settings.jwt_algorithm, headers=headers
+        payload, verifier.signing_key(), algorithm=settings.jwt_algorithm, headers=headers or None
     )
     return IssuedToken(token, jti, payload)
 
@@ -282,15 +305,24 @@ class TokenVerifier:
         self._verify_key: Any = None
         self._signing_key: Any = None
         self._jwks: jwt.PyJWKClient | None = None
-        self._require = list(REQUIRED_CLAIMS)
+        require = list(REQUIRED_CLAIMS)
         if settings.issuer is not None:
-            self._require.append("iss")
+            require.append("iss")
         if settings.audience is not None:
-            self._require.append("aud")
+            require.append("aud")
+        #: Whether access tokens are RFC 9068 JWT access tokens (header typ at+jwt, client_id).
+        self.rfc9068 = settings.rfc9068_access_tokens
+        access_require = [*require, *RFC9068_REQUIRED_CLAIMS] if self.rfc9068 else require
+        # PyJWT's options, merged once (jwt.decode merges them on every call).
+        self._options: dict[TokenType, Any] = {
+            "access": _JWT._merge_options({"require": access_require, "strict_aud": True}),
+            "refresh": _JWT._merge_options({"require": require, "strict_aud": True}),
+        }
         if settings.jwt_algorithm in HMAC_ALGORITHMS:
             assert settings.jwt_secret is not None  # enforced by the settings model
             secret = settings.jwt_secret.get_secret_value()
-            self._verify_key = self._signing_key = secret
+            self._signing_key = secret
+            self._verify_key = _prepare_key(settings.jwt_algorithm, secret)
         else:
             if settings.jwt_private_key_file is not None:
                 self._signing_key = _load_pem(
@@ -302,6 +334,8 @@ class TokenVerifier:
                 )
             elif self._signing_key is not None and settings.jwks_url is None:
                 self._verify_key = self._signing_key.public_key()
+            if self._verify_key is not None:
+                self._verify_key = _prepare_key(settings.jwt_algorithm, self._verify_key)
             if settings.jwks_url is not None:
                 self._jwks = jwt.PyJWKClient(
                     settings.jwks_url,
@@ -316,6 +350,7 @@ class TokenVerifier:
             else None
         )
         self._lock = threading.Lock()
+        self._headers: dict[bytes, dict[str, Any]] = {}
 
     def signing_key(self) -> Any:
         if self._signing_key is None:
@@ -363,30 +398,48 @@ class TokenVerifier:
             return self.decode(token, "refresh" if first == "access" else "access")
 
     def _decode(self, token: str, expected_type: TokenType) -> TokenData:
+        # PyJWT's own decode, taken apart so that each step runs once: the header is read once
+        # (by the bounded reader, before anything acts on it), the key is the one prepared at
+        # start-up, and the claims PyJWT has checked are not walked again. The security steps
+        # stay PyJWT's: PyJWS._verify_signature (the algorithm allow-list, the key's algorithm,
+        # the signature) and PyJWT._validate_claims (required claims, exp, iat, nbf, iss, aud).
         if not isinstance(token, str):
             raise exc.MalformedToken("token must be a string")
         if len(token) > MAX_TOKEN_BYTES:
             raise exc.TokenTooLarge(f"token is larger than {MAX_TOKEN_BYTES} bytes")
-        header = _unverified_header(token)
-        forbidden = FORBIDDEN_HEADERS.intersection(header)
-        if forbidden:
-            raise exc.ForbiddenHeader(
-                f"token header parameter not accepted: {', '.join(sorted(forbidden))}"
-            )
-        if header.get("alg") != self.settings.jwt_algorithm:
-            raise exc.InvalidSignature("token algorithm is not accepted")
-        if "kid" in header and not isinstance(header["kid"], str):
-            raise exc.MalformedToken("token kid must be a string")
+        raw = token.encode("utf-8")
+        signing_input, dot, crypto_segment = raw.rpartition(b".")
+        header_segment, dot2, payload_segment = signing_input.partition(b".")
+        if not (dot and dot2):
+            raise exc.MalformedToken("token is not a well-formed JWT")
+        # An issuer's tokens share a few headers, byte for byte: each is read and checked once
+        # (the cache holds the result of those exact bytes, never edited).
+        header = self._headers.get(header_segment)
+        known = header is not None
+        if header is None:
+            header = _json_object(_segment(header_segment), "header")
+            self._check_header(header)
         key = self._key_for(header.get("kid"))
+        payload_bytes = _segment(payload_segment)
+        signature = _segment(crypto_segment)
         try:
-            payload = _JWT.decode(
-                token,
-                key,
-                algorithms=self._algorithms,
-                issuer=self.settings.issuer,
+            _JWS._verify_signature(signing_input, header, signature, key, self._algorithms)
+        except jwt.InvalidSignatureError:
+            raise exc.InvalidSignature("token signature is invalid") from None
+        except (jwt.InvalidAlgorithmError, jwt.InvalidKeyError):
+            raise exc.InvalidSignature("token algorithm is not accepted") from None
+        if not known and len(self._headers) < HEADER_CACHE_SIZE:
+            # Kept only once signed with a trusted key: made-up headers cannot fill the cache.
+            self._headers[header_segment] = header
+        # Read only once the signature holds: an unsigned hostile payload never reaches a parser.
+        payload = _json_object(payload_bytes, "payload")
+        try:
+            _JWT._validate_claims(
+                payload,
+                self._options[expected_type],
                 audience=self.settings.audience,
+                issuer=self.settings.issuer,
                 leeway=self.settings.leeway,
-                options={"require": self._require, "strict_aud": True},
             )
         except jwt.ExpiredSignatureError:
             raise exc.TokenExpired("token has expired") from None
@@ -398,15 +451,25 @@ class TokenVerifier:
             raise exc.InvalidClaim("token issuer is not accepted") from None
         except jwt.InvalidAudienceError:
             raise exc.InvalidClaim("token audience is not accepted") from None
-        except jwt.InvalidSignatureError:
-            raise exc.InvalidSignature("token signature is invalid") from None
-        except jwt.InvalidAlgorithmError:
-            raise exc.InvalidSignature("token algorithm is not accepted") from None
-        except jwt.DecodeError:
+        except jwt.DecodeError:  # PyJWT's word for an exp or nbf that is not a number
             raise exc.MalformedToken("token is not a well-formed JWT") from None
         except jwt.InvalidTokenError as e:
             raise exc.InvalidClaim(f"token claims are invalid: {e}") from None
-        return self._claims(payload, expected_type)
+        return self._claims(payload, header, expected_type)
+
+    def _check_header(self, header: dict[str, Any]) -> None:
+        forbidden = FORBIDDEN_HEADERS.intersection(header)
+        if forbidden:
+            raise exc.ForbiddenHeader(
+                f"token header parameter not accepted: {', '.join(sorted(forbidden))}"
+            )
+        if header.get("alg") != self.settings.jwt_algorithm:
+            raise exc.InvalidSignature("token algorithm is not accepted")
+        if "kid" in header and not isinstance(header["kid"], str):
+            raise exc.MalformedToken("token kid must be a string")
+        if header.get("b64", True) is not True:
+            # RFC 7797's unencoded payload needs "crit", which is refused: not understood here.
+            raise exc.ForbiddenHeader("token header parameter not accepted: b64")
 
     def _key_for(self, kid: object) -> Any:
         if kid is not None and not isinstance(kid, str):
@@ -449,16 +512,29 @@ class TokenVerifier:
             raise exc.UnknownKeyId("token kid is not trusted")
         return jwk.key
 
-    @staticmethod
-    def _claims(payload: dict[str, Any], expected_type: TokenType) -> TokenData:
-        typ = payload.get("typ")
-        if typ not in ("access", "refresh"):
-            raise exc.InvalidClaim("token typ must be 'access' or 'refresh'")
+    def _claims(
+        self, payload: dict[str, Any], header: dict[str, Any], expected_type: TokenType
+    ) -> TokenData:
+        # What PyJWT has not checked, once: PyJWT has seen every required claim present, iat and
+        # exp int()-able and in time, iss and aud exact, sub and jti strings.
+        typ = payload["typ"]
         if typ != expected_type:
-            raise exc.WrongTokenType(f"a {typ} token cannot be used as a {expected_type} token")
-        optional: dict[str, str | None] = {}
-        for claim in ("sub", "jti", "tenant", "fam", "client_id"):
-            value = payload.get(claim)
+            if typ in ("access", "refresh"):
+                raise exc.WrongTokenType(f"a {typ} token cannot be used as a {expected_type} token")
+            raise exc.InvalidClaim("token typ must be 'access' or 'refresh'")
+        at_jwt = _is_at_jwt(header.get("typ"))
+        if typ == "access" and self.rfc9068 and not at_jwt:
+            raise exc.InvalidClaim("token is not an RFC 9068 access token (header typ at+jwt)")
+        if typ == "refresh" and at_jwt:
+            raise exc.InvalidClaim("an RFC 9068 access token (at+jwt) is not a refresh token")
+        sub = payload["sub"]
+        jti = payload["jti"]
+        tenant = payload.get("tenant")
+        family = payload.get("fam")
+        client = payload.get("client_id")
+        for claim, value in (
+            ("sub", sub), ("jti", jti), ("tenant", tenant), ("fam", family), ("client_id", client)
+        ):  # fmt: skip
             if value is not None or claim in ("sub", "jti"):
                 try:
                     escape_id(value, claim)
@@ -467,42 +543,40 @@ class TokenVerifier:
                         f"token {claim} must be a non-empty string of at most "
                         f"{MAX_ID_LENGTH} characters"
                     ) from None
-            optional[claim] = value
         scope = payload.get("scope", "")
-        if not isinstance(scope, str):
+        if type(scope) is not str:
             raise exc.InvalidClaim("token scope must be a space-separated string")
         iat = payload["iat"]
-        if isinstance(iat, bool) or not isinstance(iat, int | float):
-            raise exc.InvalidClaim("token iat must be a number")
         exp = payload["exp"]
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
+        exact = payload.get(ISSUED_AT_US_CLAIM)
+        if exact is not None:
+            if type(exact) is not int or type(iat) is not int or exact // 1_000_000 != iat:
+                raise exc.InvalidClaim(f"token {ISSUED_AT_US_CLAIM} does not match its iat")
+            iat = exact / 1_000_000
+        # The reader makes exact ints and floats; bool (an int to Python) and "123" (an int to
+        # PyJWT's int()) are neither.
+        if type(iat) not in (int, float):
+            raise exc.InvalidClaim("token iat must be a number")
+        if type(exp) not in (int, float):
             raise exc.InvalidClaim("token exp must be a number")
         if not (0 <= iat <= MAX_TIMESTAMP and 0 <= exp <= MAX_TIMESTAMP):
             raise exc.InvalidClaim("token iat or exp is out of range")
         return TokenData(
-            sub=payload["sub"],
-            jti=payload["jti"],
+            sub=sub,
+            jti=jti,
             typ=typ,
             iat=float(iat),
             exp=int(exp),
-            tenant=optional["tenant"],
-            family=optional["fam"],
+            tenant=tenant,
+            family=family,
             scopes=tuple(scope.split()),
-            client=optional["client_id"],
+            client=client,
         )
 
 
-def _unverified_header(token: str) -> dict[str, Any]:
-    """The JOSE header, parsed here rather than by PyJWT: PyJWT already rejects some forbidden
-    parameters (``crit``) and a non-string ``kid`` with errors that do not say which rule broke."""
-    head, dot, _ = token.partition(".")
-    try:
-        if not dot:
-            raise ValueError("no header segment")
-        data = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
-    except (ValueError, binascii.Error):
-        raise exc.MalformedToken("token is not a well-formed JWT") from None
-    return _json_object(data, "header")
+def _is_at_jwt(typ: object) -> bool:
+    """Whether a JOSE ``typ`` names an RFC 9068 access token (media types are case-blind)."""
+    return isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt")
 
 
 class _Refused(ValueError):
@@ -610,18 +684,110 @@ def _encodable(value: dict[str, Any]) -> bool:
     return True
 
 
-class _BoundedJWT(jwt.PyJWT):
-    """PyJWT, reading the claims set with :func:`_json_object` (its one payload parse).
+class _Prepared(NamedTuple):
+    """A verification key that PyJWT's algorithm ``algorithm`` has prepared (checked, converted)."""
 
-    ``_decode_payload`` is PyJWT's hook for this (jpadilla/pyjwt#829). It runs after
-    the signature is verified, so an unsigned hostile payload never reaches the parser.
+    algorithm: str
+    key: Any
+
+
+class _ReusingAlgorithm(Algorithm):
+    """One of PyJWT's algorithms that takes a key it prepared earlier as it is.
+
+    PyJWS._verify_signature prepares the key on every call; for an HMAC secret that is ~30% of a
+    decode (it tries the secret as a DER key, an X.509 certificate and a JWK, every time). The
+    secret does not change, so it is prepared once, by this same algorithm, when the verifier is
+    built. A key prepared for another algorithm is refused, never used.
     """
 
-    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
-        return _json_object(decoded["payload"], "payload")
+    def __init__(self, name: str, inner: Algorithm) -> None:
+        self.name = name
+        self.inner = inner
+
+    def prepare_key(self, key: Any) -> Any:
+        if isinstance(key, _Prepared):
+            if key.algorithm != self.name:
+                raise jwt.InvalidKeyError("the key was prepared for another algorithm")
+            return key.key
+        return self.inner.prepare_key(key)
+
+    def prepare(self, key: Any) -> _Prepared:
+        return _Prepared(self.name, self.inner.prepare_key(key))
+
+    def check_key_length(self, key: Any) -> str | None:
+        return self.inner.check_key_length(key)
+
+    def sign(self, msg: bytes, key: Any) -> bytes:
+        return self.inner.sign(msg, key)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+        return self.inner.verify(msg, key, sig)
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise NotImplementedError("verification only")
+
+    @staticmethod
+    def from_jwk(jwk: Any) -> Any:
+        raise NotImplementedError("verification only")
 
 
-_JWT: Final = _BoundedJWT()
+def _reusing_jws() -> jwt.PyJWS:
+    jws = jwt.PyJWS()
+    for name in jws.get_algorithms():
+        inner = jws.get_algorithm_by_name(name)
+        jws.unregister_algorithm(name)
+        if name != "none":  # never a verification algorithm here
+            jws.register_algorithm(name, _ReusingAlgorithm(name, inner))
+    return jws
+
+
+#: PyJWS, whose _verify_signature checks every signature (see TokenVerifier._decode).
+_JWS: Final = _reusing_jws()
+#: PyJWT, whose _validate_claims checks every claims set.
+_JWT: Final = jwt.PyJWT()
+
+
+def _prepare_key(algorithm: str, key: Any) -> _Prepared:
+    reusing = _JWS.get_algorithm_by_name(algorithm)
+    assert isinstance(reusing, _ReusingAlgorithm)
+    try:
+        return reusing.prepare(key)
+    except jwt.InvalidKeyError as e:
+        raise exc.ConfigurationError(
+            f"the {algorithm} verification key is not usable: {e}"
+        ) from None
+
+
+#: A base64url segment as PyJWS._decode_base64url_segment accepts it: the URL-safe alphabet, then
+#: at most two "=" of padding.
+_SEGMENT: Final = re.compile(rb"([A-Za-z0-9_-]*)(={0,2})")
+_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+#: Bits of the last character that must be 0, by how many characters the last group has (a
+#: group of 1 is refused anyway; its entry keeps the lookup total).
+_STRAY_BITS: Final = {1: 0x3F, 2: 0x0F, 3: 0x03}
+
+
+def _segment(data: bytes) -> bytes:
+    """One token segment decoded, refused exactly where PyJWS._decode_base64url_segment refuses.
+
+    PyJWS tests the alphabet byte by byte in a Python generator (~35% of a decode); one compiled
+    match does the same test. The rules (GHSA-hxm8-2xgr-2p9m): the URL-safe alphabet only,
+    padding only to a multiple of 4, no impossible length, and the canonical encoding (no stray
+    bits after the last byte, which PyJWS tests by encoding again), so a token has exactly one
+    spelling.
+    """
+    match = _SEGMENT.fullmatch(data)
+    if match is not None:
+        stripped = match[1]
+        tail = len(stripped) % 4  # characters in the last group: 0, 2 or 3 (1 cannot be)
+        padded_right = not (match[2] and len(data) % 4)
+        # Of the last character's 6 bits, 2 (tail 3) or 4 (tail 2) carry no data: they must be 0.
+        canonical = not tail or not _B64_ALPHABET.index(stripped[-1]) & _STRAY_BITS[tail]
+        if padded_right and tail != 1 and canonical:
+            return binascii.a2b_base64(stripped.translate(_TO_STANDARD) + b"=" * (-tail % 4))
+    raise exc.MalformedToken("token is not a well-formed JWT")
 
 
 def _until_exp(_key: tuple[str, str], value: TokenData, _now: float) -> float:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from revoker.api import audit, jobs, oauth, ops
+from revoker.api import audit, discovery, jobs, oauth, ops
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
 from revoker.logs import configure_logging
@@ -38,6 +38,7 @@ def create_app(
             *oauth.routes(context),
             *jobs.routes(context),
             *ops.routes(context),
+            *discovery.routes(context),
             *audit.routes(context),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),

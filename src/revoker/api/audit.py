@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from revoker.api.auth import require_admin
+from revoker.api.auth import ADMIN_SCOPE, authenticate
 from revoker.api.errors import NO_STORE
 from revoker.audit import AuditQuery, read_audit
 
@@ -29,8 +29,9 @@ __all__ = ["authorize", "read", "routes"]
 
 
 async def authorize(context: ApiContext, request: Request) -> None:
-    """The one place this module authenticates: an admin token (revoker:admin)."""
-    await require_admin(context, request)
+    """The one place this module authenticates: revoker:admin, as a bearer token or a
+    registered client (client_secret_basic)."""
+    await authenticate(context, request, scope=ADMIN_SCOPE)
 
 
 async def read(context: ApiContext, request: Request) -> Response:
