@@ -612,7 +612,7 @@ async def test_metrics_expose_revoker_counters(
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert 'revoker_revocations_total{kind="token"}' in response.text
+    assert 'revoker_revocations_total{kind="token",surface="api"}' in response.text
     assert "revoker_checks_total" in response.text
 
 

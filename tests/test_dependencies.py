@@ -231,3 +231,139 @@ async def test_default_checker_follows_configured_settings(
     assert dependencies._default_checker() is first
     replaced = configure(settings.model_copy(update={"leeway": 5}))
     assert dependencies._default_checker().settings is replaced
+
+
+# --- FastAPI: the security scheme and RFC 6750 bodies ------------------------------------------
+
+
+def fastapi_app() -> FastAPI:
+    """A small FastAPI service: one route per dependency, and one open route."""
+    app = FastAPI(title="svc")
+
+    @app.get("/me")
+    async def me(token: Annotated[TokenData, Depends(require_valid_token)]) -> dict[str, Any]:
+        return {"sub": token.sub}
+
+    @app.get("/reports")
+    async def reports(
+        token: Annotated[TokenData, Depends(require_scopes("reports:read"))],
+    ) -> dict[str, Any]:
+        return {"sub": token.sub}
+
+    @app.get("/open")
+    async def open_route() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    return app
+
+
+async def test_openapi_declares_the_bearer_scheme() -> None:
+    """/openapi.json lists an HTTP bearer scheme and requires it on the routes that use it."""
+    async with client_for(fastapi_app()) as client:
+        document = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+    scheme = document["components"]["securitySchemes"][dependencies.SECURITY_SCHEME]
+    assert scheme["type"] == "http"
+    assert scheme["scheme"].lower() == "bearer"
+    assert scheme["bearerFormat"] == "JWT"
+    paths = document["paths"]
+    for path in ("/me", "/reports"):
+        assert paths[path]["get"]["security"] == [{dependencies.SECURITY_SCHEME: []}]
+    assert "security" not in paths["/open"]["get"]
+    # Swagger UI builds its Authorize button from the document's security schemes.
+    assert docs.status_code == 200
+    assert "swagger-ui" in docs.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "error", "challenge"),
+    [
+        ({}, "unauthorized", "Bearer"),
+        (bearer("not.a.jwt"), "invalid_token", 'Bearer error="invalid_token"'),
+    ],
+    ids=["none", "invalid"],
+)
+async def test_fastapi_401_is_the_middlewares_json(
+    store: RedisTokenRevocationStore,
+    checker: RevocationChecker,
+    headers: dict[str, str],
+    error: str,
+    challenge: str,
+) -> None:
+    """FastAPI answers the dependency's 401 with the middleware's RFC 6750 body, not detail."""
+    app = fastapi_app()
+    async with client_for(app) as client:
+        response = await client.get("/me", headers=headers)
+    reference = TokenRevocationMiddleware(app, store=store, require_token=True)
+    async with client_for(reference) as client:
+        expected = await client.get("/me", headers=headers)
+    assert response.status_code == expected.status_code == 401
+    assert response.json() == expected.json()
+    assert response.json()["error"] == error
+    assert "detail" not in response.json()
+    assert response.headers["www-authenticate"].startswith(challenge)
+    assert response.headers["www-authenticate"] == expected.headers["www-authenticate"]
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_fastapi_revoked_and_insufficient_scope_bodies(
+    store: RedisTokenRevocationStore,
+    checker: RevocationChecker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoked token: 401 invalid_token JSON; a missing scope: 403 insufficient_scope JSON
+    with its challenge; each refusal logged once, without the token."""
+    token, jti = create_access_token(USER, tenant_id=TENANT, scopes=["x"], settings=store.settings)
+    app = fastapi_app()
+    with caplog.at_level("INFO", logger="revoker.dependencies"):
+        async with client_for(app) as client:
+            denied = await client.get("/reports", headers=bearer(token))
+            await store.revoke_token(jti=jti)
+            revoked = await client.get("/me", headers=bearer(token))
+    assert denied.status_code == 403
+    assert denied.json() == {
+        "error": "insufficient_scope",
+        "error_description": "missing scope: reports:read",
+    }
+    assert (
+        denied.headers["www-authenticate"]
+        == 'Bearer error="insufficient_scope", scope="reports:read"'
+    )
+    assert revoked.status_code == 401
+    assert revoked.json()["error"] == "invalid_token"
+    assert "revoked" in revoked.json()["error_description"]
+    lines = [r for r in caplog.records if r.name == "revoker.dependencies"]
+    assert [(r.__dict__["status"], r.__dict__["error"]) for r in lines] == [
+        (403, "insufficient_scope"),
+        (401, "invalid_token"),
+    ]
+    assert lines[1].__dict__["jti"] == jti
+    assert lines[1].__dict__["rule"] is not None
+    assert all(token not in r.getMessage() and token not in str(r.__dict__) for r in lines)
+
+
+async def test_explicit_exception_handlers_and_503(
+    settings: RevokerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registered up front (EXCEPTION_HANDLERS), a fail-closed 503 is the middleware's JSON with
+    Retry-After."""
+    policy = configure(settings.model_copy(update={"fail_open": False}))
+    store = RedisTokenRevocationStore(fakeredis.aioredis.FakeRedis(), settings=policy)
+
+    async def unavailable(token: TokenData) -> Any:
+        raise exc.StoreUnavailable("Redis is unavailable: ConnectionError")
+
+    monkeypatch.setattr(store, "is_revoked", unavailable)
+    monkeypatch.setattr(dependencies, "_checker", RevocationChecker(store))
+    app = FastAPI(exception_handlers=dict(dependencies.EXCEPTION_HANDLERS))
+
+    @app.get("/me")
+    async def me(token: Annotated[TokenData, Depends(require_valid_token)]) -> dict[str, Any]:
+        return {"sub": token.sub}
+
+    token, _ = create_access_token(USER, settings=policy)
+    async with client_for(app) as client:
+        response = await client.get("/me", headers=bearer(token))
+    assert response.status_code == 503
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert response.headers["retry-after"] == str(policy.retry_after_seconds)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from celery_helpers import WorkerProcess, celery_command, start_worker, worker_env
+from celery_helpers import WorkerProcess, celery_command, seed_sessions, start_worker, worker_env
 from conftest import private_settings
 from revoker.jobs import enqueue_tenant_revocation, wait_for_job
 from revoker.localredis import LocalRedis, free_port, stop_process
@@ -177,3 +177,68 @@ def test_flower_shows_the_jobs_tasks_and_progress(
     assert info.status_code == 200
     assert info.json()["name"] == "revoker.revoke_job"
     assert info.json()["worker"].startswith("test-")
+
+
+def test_the_jobs_task_in_flower_ends_when_the_job_does(
+    flower: str, flower_settings: RevokerSettings
+) -> None:
+    """While chunks run, the job's task is PROGRESS (with the job's counts), never SUCCESS; it
+    succeeds once the last chunk has, and a search by job id lists the job and every chunk."""
+    import redis
+
+    client = redis.Redis.from_url(flower_settings.redis_url)
+    try:
+        seed_sessions(client, flower_settings, "flower-big", 2400, users=200)
+    finally:
+        client.close()
+    job_id = enqueue_tenant_revocation(
+        "flower-big", reason="flower test", actor="pytest", settings=flower_settings
+    )
+
+    def job_task() -> dict[str, Any]:
+        response = httpx.get(f"{flower}/api/task/info/{job_id}", auth=AUTH, timeout=5)
+        return response.json() if response.status_code == 200 else {}
+
+    seen_progress: list[dict[str, Any]] = []
+    with SyncRedisTokenRevocationStore(settings=flower_settings) as store:
+        deadline = time.monotonic() + 90
+        while True:
+            task = job_task()
+            status = store.get_job(job_id).status  # read after Flower: Flower cannot be ahead
+            if task.get("state") == "SUCCESS":
+                assert status == "done", f"Flower says SUCCESS while the job is {status}"
+                break
+            if task.get("state") == "PROGRESS" and status == "running" and task.get("result"):
+                seen_progress.append(ast.literal_eval(task["result"]))
+            assert time.monotonic() < deadline, "the job did not finish in Flower"
+            time.sleep(0.05)
+    record = wait_for_job(job_id, timeout=30, settings=flower_settings)
+    assert record.status == "done"
+    total = record.chunks_total  # buckets are grouped into chunks of at least 40 sessions
+    assert total > 10
+    assert seen_progress, "no PROGRESS state seen for the job's task while it ran"
+    partial = [t for t in seen_progress if t.get("chunks_done", total) < total]
+    assert partial, "the job's task never showed a partial count"
+    assert all(t.get("job_id") == job_id and t.get("chunks_total") == total for t in partial)
+
+    def found() -> dict[str, Any] | None:
+        response = httpx.get(f"{flower}/api/tasks", params={"search": job_id}, auth=AUTH, timeout=5)
+        response.raise_for_status()
+        tasks: dict[str, Any] = response.json()
+        chunks = [t for t in tasks.values() if t.get("name") == "revoker.revoke_chunk"]
+        done = [t for t in chunks if t.get("state") == "SUCCESS"]
+        return tasks if job_id in tasks and len(done) == total else None
+
+    tasks = poll(found, timeout=30, what="the job and all its chunks by a search for its id")
+    job = tasks[job_id]
+    assert job["name"] == "revoker.revoke_job"
+    assert job["state"] == "SUCCESS"
+    chunks = [t for t in tasks.values() if t.get("name") == "revoker.revoke_chunk"]
+    # The job's task ended with its last chunk, not when revoke_job returned (before any chunk).
+    assert job["succeeded"] >= max(t["started"] for t in chunks)
+    final = ast.literal_eval(job["result"])
+    assert (final["status"], final["chunks_done"], final["families_revoked"]) == (
+        "done",
+        total,
+        2400,
+    )

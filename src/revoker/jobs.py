@@ -43,6 +43,7 @@ from revoker.job_record import (
     JobStatus,
 )
 from revoker.keys import escape_id
+from revoker.metrics import count_revocation, current_surface
 from revoker.publisher import publish_job
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
@@ -120,6 +121,14 @@ def enqueue(request: BulkRevocation, *, settings: RevokerSettings | None = None)
     store = _store(settings)
     if not request.filtered and not request.dry_run:
         record.watermark_at = store.execute(store.jobs.plan_scope_watermark(request), durable=True)
+        count_revocation(
+            request.scope,
+            current_surface(),
+            target=request.target,
+            tenant=request.tenant_id,
+            actor=request.actor,
+            reason=request.reason,
+        )
     return _record_and_publish(store, record)
 
 

@@ -199,6 +199,10 @@ class TokenRevocationMiddleware:
             if websocket_subprotocol_auth is None
             else websocket_subprotocol_auth
         )
+        if self.settings.log_middleware:  # opt-in: REVOKER_LOG_FORMAT/LEVEL in this process
+            from revoker.logs import configure_logging
+
+            configure_logging(self.settings)
 
     def is_exempt(self, path: str) -> bool:
         return path in self.exempt_paths or (

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from revoker import exceptions as exc
 from revoker.keys import encode_mark
+from revoker.metrics import count_revocation
 from revoker.rules import now_us
 from revoker.sessions import TokenPair, issue_session_tokens
 from revoker.settings import RevokerSettings
@@ -160,6 +161,9 @@ async def rotate_refresh_token(
     reply = await store.rotate_refresh(data, **new)
     if reply.outcome == "reuse":
         assert data.family is not None
+        count_revocation(
+            "family", "rotation", target=data.family, tenant=data.tenant, reason="reuse"
+        )
         await asyncio.to_thread(_enqueue_follow_up, data, store.settings)
         raise exc.RefreshTokenReused(data.family)
     return _resolve(data, pair, reply, store.settings)
@@ -179,6 +183,9 @@ def rotate_refresh_token_sync(
     reply = store.rotate_refresh(data, **new)
     if reply.outcome == "reuse":
         assert data.family is not None
+        count_revocation(
+            "family", "rotation", target=data.family, tenant=data.tenant, reason="reuse"
+        )
         _enqueue_follow_up(data, store.settings)
         raise exc.RefreshTokenReused(data.family)
     return _resolve(data, pair, reply, store.settings)

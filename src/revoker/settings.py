@@ -443,6 +443,43 @@ class RevokerSettings(BaseSettings):
         "(default: derived from REVOKER_JWT_SECRET; required with asymmetric keys).",
     )
 
+    # --- Observability (logs, worker metrics) --------------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines of the worker, the admin API, the CLI (and the middleware when "
+        "REVOKER_LOG_MIDDLEWARE is set): `text`, or `json` (one object a line).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = Field(
+        None,
+        description="Level of revoker's loggers; unset: INFO in the worker and the API, WARNING "
+        "in the CLI.",
+    )
+    log_middleware: bool = Field(
+        False,
+        description="Let the middleware and the FastAPI dependency set up revoker's loggers "
+        "with REVOKER_LOG_FORMAT/LEVEL in the service's process (off: the service's own logging "
+        "configuration decides).",
+    )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of a Celery worker's Prometheus endpoint (served by its main process; "
+        "with PROMETHEUS_MULTIPROC_DIR set, the sum of its pool children). Unset: none; 0: any "
+        "free port.",
+    )
+    worker_metrics_address: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the worker's metrics endpoint binds to.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_upper(cls, value: Any) -> Any:
+        """`info` and `INFO` alike, as logging itself accepts."""
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:

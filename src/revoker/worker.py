@@ -26,7 +26,7 @@ from revoker._extras import requires_extra
 from revoker.settings import RevokerSettings, get_settings
 
 with requires_extra("worker", __name__):
-    from celery import Celery
+    from celery import Celery, signals
 
 __all__ = [
     "BEAT_EXPIRE_SECONDS",
@@ -121,3 +121,40 @@ app = Celery("revoker", include=["revoker.tasks"])
 # A promise: the settings are read when Celery first needs its configuration (in the worker, after
 # the REVOKER_* environment is in place), never at import time.
 app.add_defaults(lambda: celery_config(get_settings()))
+
+
+# --- observability: logs, metrics, the surface revocations are counted under ------------------
+
+
+def _worker_init(**_kwargs: Any) -> None:
+    """The worker's main process: REVOKER_LOG_* and REVOKER_WORKER_METRICS_PORT's endpoint."""
+    from revoker.logs import configure_logging
+    from revoker.metrics import set_process_surface, start_worker_metrics_server
+
+    settings = get_settings()
+    configure_logging(settings)
+    set_process_surface("job")  # a solo or threads pool runs tasks here
+    start_worker_metrics_server(settings)
+
+
+def _worker_process_init(**_kwargs: Any) -> None:
+    """A prefork pool child: its own handler, and tasks count as surface "job" unless a task
+    says otherwise (rotation follow-ups do)."""
+    from revoker.logs import configure_logging
+    from revoker.metrics import set_process_surface
+
+    configure_logging(get_settings())
+    set_process_surface("job")
+
+
+def _worker_process_shutdown(pid: int | None = None, **_kwargs: Any) -> None:
+    import os
+
+    from revoker.metrics import worker_process_exited
+
+    worker_process_exited(pid or os.getpid())
+
+
+signals.worker_init.connect(_worker_init, weak=False)
+signals.worker_process_init.connect(_worker_process_init, weak=False)
+signals.worker_process_shutdown.connect(_worker_process_shutdown, weak=False)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
-from revoker.api import console, discovery, jobs, oauth, ops
+from revoker.api import audit, console, discovery, jobs, oauth, ops
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
+from revoker.logs import configure_logging
+from revoker.metrics import SurfaceMiddleware
 from revoker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -37,8 +40,11 @@ def create_app(
             *ops.routes(context),
             *discovery.routes(context),
             *console.routes(context),
+            *audit.routes(context),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
+        # Revocations written by a request are counted under surface "api" (revoker.metrics).
+        middleware=[Middleware(SurfaceMiddleware, surface="api")],
     )
     app.state.settings = settings
     return app
@@ -51,4 +57,13 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> None:
     with requires_extra("server", "revoker api"):
         import uvicorn
 
-    uvicorn.run(create_app(), host=host, port=port, proxy_headers=False, server_header=False)
+    # uvicorn's own lines through revoker's handler (REVOKER_LOG_FORMAT), not its dictConfig.
+    configure_logging(get_settings(), default_level="INFO", also=("uvicorn",))
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+    )

@@ -311,6 +311,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/audit": _AUDIT_PATH,
             "/health": {
                 "get": {
                     "summary": "Redis and broker reachability",
@@ -361,6 +362,55 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _audit_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+_TIME: Final = {"oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}
+#: ``GET /audit`` (revoker.api.audit; the query is revoker.audit.AuditQuery).
+_AUDIT_PATH: Final = {
+    "get": {
+        "summary": "The audit trail, filtered, a page at a time",
+        "operationId": "read_audit",
+        "security": _security(ADMIN_SCOPE),
+        "parameters": [
+            _audit_parameter("since", _TIME, "From this time: unix seconds or ISO 8601."),
+            _audit_parameter("until", _TIME, "Up to this time, inclusive."),
+            _audit_parameter("tenant", {"type": "string", "minLength": 1}, "Only this tenant."),
+            _audit_parameter("user", {"type": "string", "minLength": 1}, "Only this user."),
+            _audit_parameter("actor", {"type": "string", "minLength": 1}, "Only this actor."),
+            _audit_parameter("kind", {"type": "string"}, "Kinds, comma-separated."),
+            _audit_parameter(
+                "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Entries per page."
+            ),
+            _audit_parameter(
+                "order", {"type": "string", "enum": ["asc", "desc"]}, "Oldest or newest first."
+            ),
+            _audit_parameter("cursor", {"type": "string"}, "A page's next_cursor."),
+        ],
+        "responses": {
+            "200": {
+                "description": "Matching entries and the next page's cursor (null at the end).",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["entries", "next_cursor"],
+                            "properties": {
+                                "entries": {"type": "array", "items": {"type": "object"}},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        }
+                    }
+                },
+            },
+            "422": _error_ref("Invalid query parameters."),
+            **_ADMIN_ERRORS,
+        },
+    }
+}
 
 
 def _version() -> str:

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from revoker import health as health_checks
 from revoker.api.errors import NO_STORE
 from revoker.api.openapi import openapi_document
+from revoker.metrics import read_job_state_async
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
     from starlette.requests import Request
 
     from revoker.api.context import ApiContext
 
 __all__ = ["health", "metrics", "openapi", "routes"]
+
+logger = logging.getLogger("revoker.api")
 
 
 async def health(context: ApiContext, _request: Request) -> Response:
@@ -40,9 +47,29 @@ async def health(context: ApiContext, _request: Request) -> Response:
     )
 
 
-async def metrics(_request: Request) -> Response:
-    """Prometheus metrics of this process (the default registry)."""
-    return Response(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def metrics(context: ApiContext, _request: Request) -> Response:
+    """Prometheus metrics: this process's (the default registry), and the jobs and outbox as
+    Redis holds them (the same for every process: served here only, see revoker.metrics)."""
+    body = generate_latest()
+    try:
+        state = await read_job_state_async(context.store)
+    except Exception as e:  # noqa: BLE001 - the process's own metrics are still worth serving
+        logger.warning("job metrics unavailable: %s", e)
+    else:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(state.families()))
+        body += generate_latest(registry)
+    return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _Families(Collector):
+    """Metric families computed before the scrape is rendered (read with the async store)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 async def openapi(_request: Request) -> Response:
@@ -54,6 +81,6 @@ def routes(context: ApiContext) -> list[Route]:
     """The operations endpoints of one app."""
     return [
         Route("/health", partial(health, context), methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", partial(metrics, context), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

@@ -121,8 +121,19 @@ class RevokerGroup(click.Group):
     """Turns revoker's expected errors into a message and an exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from revoker.logs import command_logging
+        from revoker.metrics import revocation_surface
+
         try:
-            return super().invoke(ctx)
+            settings: RevokerSettings | None = get_settings()
+        except exc.ConfigurationError:
+            # Not every command needs valid settings (a missing extra is named first); the
+            # commands that do raise this again themselves.
+            settings = None
+        try:
+            # Revocations are counted under surface "cli"; REVOKER_LOG_* apply (WARNING unset).
+            with command_logging(settings), revocation_surface("cli"):
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except exc.ConfigurationError as e:

@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 from revoker.exceptions import DenylistLost, StoreUnavailable
 from revoker.integrity import Loss, Observation
 from revoker.job_record import JobRecord, JobStatus
+from revoker.metrics import counted
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
@@ -136,6 +137,7 @@ class RedisTokenRevocationStore:
 
     # --- revocations ---------------------------------------------------------------------------
 
+    @counted("token")
     async def revoke_token(
         self,
         jti: str,
@@ -154,6 +156,7 @@ class RedisTokenRevocationStore:
             durable=True,
         )
 
+    @counted("family")
     async def revoke_family(
         self,
         family_id: str,
@@ -175,6 +178,7 @@ class RedisTokenRevocationStore:
             durable=True,
         )
 
+    @counted("user")
     async def revoke_user_tokens(
         self,
         user_id: str,
@@ -192,6 +196,7 @@ class RedisTokenRevocationStore:
             durable=True,
         )
 
+    @counted("tenant")
     async def revoke_tenant_tokens(
         self, tenant_id: str, *, reason: str | None = None, actor: str | None = None
     ) -> float:
@@ -244,6 +249,7 @@ class RedisTokenRevocationStore:
         """Create the epoch if there is none (``revoker init``): (created?, the epoch)."""
         return await self._execute(self.core.plan_init())
 
+    @counted("global", "recovery")
     async def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
         """Adopt the data as it is now under a new epoch (``revoker recover``), after a global
         cut-off if ``cutoff``."""

@@ -34,7 +34,7 @@ from revoker.integrity import (
     new_epoch,
     read_observation,
 )
-from revoker.metrics import DENYLIST_LOST
+from revoker.metrics import DENYLIST_LOST, count_revocation
 from revoker.rules import RevocationStatus, decide, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.tokens import TokenData
@@ -214,6 +214,7 @@ class StoreCore:
         if reported != self._reported:
             self._reported = reported
             DENYLIST_LOST.labels(loss.kind, policy).inc()
+            count_revocation("global", "recovery", 1 if policy == "cutoff" else 0, target=loss.kind)
             logger.error(
                 "revocation data lost: %s; REVOKER_ON_DATA_LOSS=%s%s; run `revoker recover` "
                 "once what can be restored is",
@@ -338,6 +339,20 @@ class StoreCore:
 
     def count_command(self, counter: str, amount: int = 1) -> Command:
         return ("HINCRBY", self.keys.stats, counter, amount)
+
+    def plan_audit_range(
+        self, low: str, high: str, *, count: int, reverse: bool = False
+    ) -> Plan[list[tuple[Any, Any]]]:
+        """Up to ``count`` audit entries with ids in [low, high] (``-``/``+``, ``(`` for an
+        exclusive bound), oldest first or, ``reverse``, newest first (``revoker.audit`` pages
+        and filters them)."""
+        audit = self.keys.audit
+        command: Command = (
+            ("XREVRANGE", audit, high, low, "COUNT", count)
+            if reverse
+            else ("XRANGE", audit, low, high, "COUNT", count)
+        )
+        return Plan([command], lambda replies: list(replies[0] or []))
 
     # --- single revocations --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from redis.cluster import RedisCluster
 from revoker.exceptions import DenylistLost, StoreUnavailable
 from revoker.integrity import Loss, Observation
 from revoker.job_record import JobRecord, JobStatus
+from revoker.metrics import counted
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
@@ -149,6 +150,7 @@ class SyncRedisTokenRevocationStore:
         self.run(self.jobs.claim(record.id, idem_key))
         self._execute(self.jobs.plan_record_job(record, idem_key))
 
+    @counted("token")
     def revoke_token(
         self,
         jti: str,
@@ -163,6 +165,7 @@ class SyncRedisTokenRevocationStore:
             durable=True,
         )
 
+    @counted("family")
     def revoke_family(
         self,
         family_id: str,
@@ -179,6 +182,7 @@ class SyncRedisTokenRevocationStore:
             durable=True,
         )
 
+    @counted("user")
     def revoke_user_tokens(
         self,
         user_id: str,
@@ -193,6 +197,7 @@ class SyncRedisTokenRevocationStore:
             durable=True,
         )
 
+    @counted("tenant")
     def revoke_tenant_tokens(
         self, tenant_id: str, *, reason: str | None = None, actor: str | None = None
     ) -> float:
@@ -245,6 +250,7 @@ class SyncRedisTokenRevocationStore:
         """See :meth:`RedisTokenRevocationStore.init`."""
         return self._execute(self.core.plan_init())
 
+    @counted("global", "recovery")
     def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
         """See :meth:`RedisTokenRevocationStore.recover`."""
         return self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor))[0]

@@ -15,6 +15,7 @@ from revoker._extras import requires_extra
 from revoker.bulk import BulkRevocation
 from revoker.exceptions import JobNotFound
 from revoker.job_record import REUSE_REASON, JobRecord
+from revoker.metrics import count_revocation
 from revoker.rules import now_us, to_us
 from revoker.store import SyncRedisTokenRevocationStore
 from revoker.tasks._state import context, finish_job, report, retry_or_fail, task
@@ -98,6 +99,14 @@ def _escalate(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
         record.watermark_at = store.execute(store.jobs.plan_scope_watermark(request))
         # Recorded at once: a rerun keeps this cut-off.
         store.execute(store.jobs.plan_record_watermark(record.id, record.watermark_at))
+        count_revocation(
+            "user",
+            "rotation",
+            target=record.user_id,
+            tenant=record.tenant_id,
+            actor="system",
+            reason=request.reason,
+        )
     escalation = JobRecord.for_request(request, job_id=record.id, created_at=record.created_at)
     selected = revoke_buckets(
         store,
@@ -107,4 +116,13 @@ def _escalate(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
         mark=job_mark(record),
     )
     delete_records(store, request.tenant_id, selected)
+    count_revocation(
+        "family",
+        "rotation",
+        sum(len(ids) for ids in selected.values()),
+        target=record.user_id,
+        tenant=record.tenant_id,
+        actor="system",
+        reason=request.reason,
+    )
     return sum(len(ids) for ids in selected.values())

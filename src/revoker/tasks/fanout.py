@@ -44,14 +44,23 @@ from revoker import keys as k
 from revoker._extras import requires_extra
 from revoker.exceptions import JobNotFound
 from revoker.job_record import JobRecord
+from revoker.metrics import JOB_CHUNKS_PARKED
 from revoker.rules import now_us
 from revoker.store import SyncRedisTokenRevocationStore
-from revoker.tasks._state import context, finish_job, release_job, report, retry_or_fail, task
+from revoker.tasks._state import (
+    context,
+    count_chunk,
+    finish_job,
+    release_job,
+    report,
+    retry_or_fail,
+    task,
+)
 from revoker.tasks.buckets import delete_records, job_mark, job_selection, revoke_buckets
 
 with requires_extra("worker", __name__):
     from celery import Task
-    from celery.exceptions import SoftTimeLimitExceeded
+    from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 __all__ = ["COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
 
@@ -111,19 +120,26 @@ def revoke_job(self: Task, job_id: str, attempt: str | None = None) -> None:
     if record.finished:
         return
     try:
-        _run_job(self, store, record, attempt or "")
+        running = _run_job(self, store, record, attempt or "")
     except Exception as e:  # noqa: BLE001 - any failure is retried, then fails the job
         retry_or_fail(self, store, job_id, e)
+        running = True  # failed now: its task-failed event was sent; no task-succeeded after it
+    if running and self.request.id is not None:
+        # Acknowledged without a task-succeeded event: in Flower the job's task (its id is the
+        # job id) stays STARTED/PROGRESS until the chunk that finishes the job ends it
+        # (tasks._state.job_event). Celery acks an ignored message (acks_late included).
+        raise Ignore()
 
 
 def _run_job(
     task: Task, store: SyncRedisTokenRevocationStore, record: JobRecord, attempt: str
-) -> None:
+) -> bool:
+    """Start the job; True while its chunks still run (or another message runs it)."""
     job_id = record.id
     start = store.run(store.jobs.start_job(job_id, attempt))
     if not start.run:
         log.info("revoke_job: job %s is another message's to run; this copy does nothing", job_id)
-        return
+        return True  # a copy of the job's task id must not end the job in Flower either
     total = start.chunks_total
     if total is None:
         if task.request.id is not None:  # None when called directly, not by a worker
@@ -133,14 +149,14 @@ def _run_job(
     if total == 0:
         finish_job(store, job_id, "done")
         report(task, store, job_id)
-        return
+        return False
     done = store.execute(store.jobs.plan_done_chunks(job_id))
     with task.app.producer_or_acquire() as producer:
         for n in range(total):
             if n not in done:
                 revoke_chunk.apply_async((job_id, n), producer=producer)
     store.execute(store.jobs.plan_mark_dispatched(job_id, time.time()))
-    report(task, store, job_id)
+    return report(task, store, job_id).get("status") != "done"
 
 
 @task(bind=True, name="revoker.revoke_chunk", max_retries=None)
@@ -188,6 +204,7 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         if revoked:
             # Only now: a rerun before this point must find the records it selected the first time.
             delete_records(store, record.tenant_id, selected)
+        count_chunk(record, revoked)  # metrics and the log line, once the chunk is counted
     except JobNotFound:
         return {"job_id": job_id, "chunk": chunk, "missing_job": True}
     except (Exception, SoftTimeLimitExceeded) as e:
@@ -214,6 +231,7 @@ def _park_chunk(
         f"(max_redeliveries={store.settings.max_redeliveries}){detail}"
     )
     log.error("job %s: %s", job_id, error)
+    JOB_CHUNKS_PARKED.inc()
     finish_job(store, job_id, "failed", error=error)
 
 
