@@ -29,6 +29,7 @@ with requires_extra("worker", __name__):
     from celery import Celery
 
 __all__ = [
+    "BEAT_EVENTS_SECONDS",
     "BEAT_EXPIRE_SECONDS",
     "BEAT_OUTBOX_SECONDS",
     "EXPIRY_SLICES",
@@ -44,6 +45,8 @@ BEAT_EXPIRE_SECONDS = 60.0
 EXPIRY_SLICES = 10
 #: Beat period of ``publish_pending_jobs`` (the outbox sweep).
 BEAT_OUTBOX_SECONDS = 5.0
+#: Beat period of ``revoker.events_route`` (revoker.events.tasks: the most an event waits).
+BEAT_EVENTS_SECONDS = 1.0
 
 
 def time_limits(settings: RevokerSettings) -> tuple[int, int]:
@@ -112,12 +115,19 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
                 "task": "revoker.publish_pending_jobs",
                 "schedule": BEAT_OUTBOX_SECONDS,
             },
+            # revoker.events: route revocations to event queues, start push deliveries.
+            "revoker-events-route": {
+                "task": "revoker.events_route",
+                "schedule": BEAT_EVENTS_SECONDS,
+                # A route missed is redone by the next: never let beat's backlog pile up.
+                "options": {"expires": BEAT_EVENTS_SECONDS * 5},
+            },
         },
     }
 
 
 # ``include``: the worker imports the task package, whose modules register every task on ``app``.
-app = Celery("revoker", include=["revoker.tasks"])
+app = Celery("revoker", include=["revoker.tasks", "revoker.events.tasks"])
 # A promise: the settings are read when Celery first needs its configuration (in the worker, after
 # the REVOKER_* environment is in place), never at import time.
 app.add_defaults(lambda: celery_config(get_settings()))
