@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
-from revoker.api import jobs, oauth, ops
+from revoker.api import jobs, oauth, ops, ssf
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
 from revoker.settings import get_settings
@@ -31,7 +31,12 @@ def create_app(
     settings = settings or (store.settings if store is not None else get_settings())
     context = ApiContext(settings, store)
     app = Starlette(
-        routes=[*oauth.routes(context), *jobs.routes(context), *ops.routes(context)],
+        routes=[
+            *oauth.routes(context),
+            *jobs.routes(context),
+            *ops.routes(context),
+            *ssf.routes(context),
+        ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
     )
     app.state.settings = settings
