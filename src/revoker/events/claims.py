@@ -32,6 +32,7 @@ __all__ = [
     "logout_claims",
     "session_revoked_claims",
     "subject",
+    "subject_members",
     "verification_claims",
 ]
 
@@ -74,8 +75,8 @@ def initiating_entity(kind: str, actor: str | None) -> str:
     return "admin"
 
 
-def subject(occ: Occurrence, user_issuer: str) -> dict[str, Any]:
-    """The RFC 9493 subject of ``occ`` (complex when it names more than one entity)."""
+def subject_members(occ: Occurrence, user_issuer: str) -> dict[str, dict[str, Any]]:
+    """The entities ``occ`` names, by complex-subject member name (session, user, tenant)."""
     members: dict[str, dict[str, Any]] = {}
     if occ.family_id is not None:
         members["session"] = {"format": "opaque", "id": occ.family_id}
@@ -83,6 +84,11 @@ def subject(occ: Occurrence, user_issuer: str) -> dict[str, Any]:
         members["user"] = {"format": "iss_sub", "iss": user_issuer, "sub": occ.user_id}
     if occ.tenant_id is not None:
         members["tenant"] = {"format": "opaque", "id": occ.tenant_id}
+    return members
+
+
+def subject(members: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The RFC 9493 subject of :func:`subject_members` (complex when there is more than one)."""
     if len(members) == 1:
         return next(iter(members.values()))
     return {"format": "complex", **members}
@@ -97,6 +103,7 @@ def event_jti(dest: str, occ: Occurrence) -> str:
 def session_revoked_claims(
     occ: Occurrence, *, iss: str, aud: str | list[str], jti: str, user_issuer: str
 ) -> dict[str, Any]:
+    members = subject_members(occ, user_issuer)
     """The claims of a CAEP session-revoked SET (without iat)."""
     event: dict[str, Any] = {
         "event_timestamp": occ.at_us // 1_000_000,
@@ -108,7 +115,7 @@ def session_revoked_claims(
         "iss": iss,
         "aud": aud,
         "jti": jti,
-        "sub_id": subject(occ, user_issuer),
+        "sub_id": subject(members),
         "events": {SESSION_REVOKED: event},
     }
 

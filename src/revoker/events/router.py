@@ -35,7 +35,7 @@ from revoker.events.claims import (
     initiating_entity,
     logout_claims,
     session_revoked_claims,
-    subject,
+    subject_members,
 )
 from revoker.events.streams import EVENTS_GROUP, Destination
 from revoker.events.transmitter import Transmitter
@@ -172,7 +172,7 @@ def events_for(
 ) -> list[tuple[str, str, str, dict[str, Any]]]:
     """(destination, jti, kind, claims) of every event ``occ`` produces."""
     out = []
-    sub_id: dict[str, Any] | None = None
+    members: dict[str, dict[str, Any]] | None = None
     for dest in dests:
         if dest.kind == "logout":
             # A relying party hears of its own sessions, one logout token each.
@@ -192,9 +192,9 @@ def events_for(
             continue
         if occ.bulk and not dest.per_session:
             continue
-        if sub_id is None:
-            sub_id = subject(occ, t.user_issuer)
-        if not dest.matches(sub_id):
+        if members is None:
+            members = subject_members(occ, t.user_issuer)
+        if not dest.matches(members):
             continue
         jti = event_jti(dest.id, occ)
         claims = session_revoked_claims(

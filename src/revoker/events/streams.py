@@ -205,16 +205,12 @@ class Destination:
     client_id: str | None = None
     subjects: frozenset[str] = field(default_factory=frozenset)
 
-    def matches(self, sub_id: dict[str, Any]) -> bool:
-        """Whether a stream that added subjects wants an event about ``sub_id`` (none: all)."""
+    def matches(self, members: dict[str, dict[str, Any]]) -> bool:
+        """Whether a stream that added subjects wants an event naming ``members`` (member name
+        -> simple subject); a stream without subjects wants every event."""
         if not self.subjects:
             return True
-        members = (
-            [(name, v) for name, v in sub_id.items() if name != "format"]
-            if sub_id.get("format") == "complex"
-            else [("*", sub_id)]
-        )
-        for name, value in members:
+        for name, value in members.items():
             text = canonical_subject(value)
             if f"*={text}" in self.subjects or f"{name}={text}" in self.subjects:
                 return True
