@@ -35,7 +35,16 @@ from revoker.events.transmitter import Transmitter
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["Outcome", "backoff", "deliver", "http_client", "lease_ms", "post_event"]
+__all__ = [
+    "READ_BATCH",
+    "REMOVE_BATCH",
+    "Outcome",
+    "backoff",
+    "deliver",
+    "http_client",
+    "lease_ms",
+    "post_event",
+]
 
 log = logging.getLogger("revoker.events")
 
@@ -46,6 +55,14 @@ _client: httpx.Client | None = None
 _client_lock = threading.Lock()
 #: Extra milliseconds a delivery lease outlives one POST's timeout.
 LEASE_MARGIN_MS: Final = 5_000
+#: Seconds between two renewals of a delivery lease (far below its REVOKER_EVENTS_PUSH_TIMEOUT
+#: + 5 s: a POST never outlives the lease it started under).
+LEASE_RENEW_SECONDS: Final = 1.0
+#: Events read from the queue at once.
+READ_BATCH: Final = 50
+#: Delivered events removed from the queue together (or after REMOVE_SECONDS).
+REMOVE_BATCH: Final = 20
+REMOVE_SECONDS: Final = 0.2
 
 
 def http_client() -> httpx.Client:
@@ -149,34 +166,56 @@ def _deliver(
         return "held"
     deadline = time.monotonic() + (budget if budget is not None else t.settings.events_push_budget)
     key = t.keys.events_lease(dest_id)
-    while True:
-        head = t.queues.head(dest_id, 1)
-        if not head:
-            return "idle"
-        event = head[0]
-        failed_jti, attempts, next_at = t.queues.attempts(dest_id)
-        if failed_jti != event.jti:
-            attempts, next_at = 0, 0.0
-        if next_at > time.time():
-            return "backoff"
-        if time.monotonic() >= deadline:
-            return "more"
-        if lease(t.client, key, lease_ms(t), token) is None:
-            return "busy"  # our lease lapsed and another task took the destination
-        delivered, final, error = post_event(t, dest, event, client)
+    delivered: list[QueuedEvent] = []
+    flushed = renewed = time.monotonic()
+
+    def flush() -> None:
+        # Delivered events leave the queue in small groups, not one MULTI/EXEC each (a Redis
+        # round trip per event was most of a push's cost): a task killed before a flush sends
+        # at most REMOVE_BATCH events again, with their jtis.
+        nonlocal flushed
+        t.queues.remove(dest_id, delivered)
+        delivered.clear()
+        flushed = time.monotonic()
+
+    try:
+        while True:
+            batch = t.queues.head(dest_id, READ_BATCH)
+            if not batch:
+                return "idle"
+            failed_jti, attempts, next_at = t.queues.attempts(dest_id)
+            for event in batch:
+                if failed_jti != event.jti:
+                    attempts, next_at = 0, 0.0
+                if next_at > time.time():
+                    return "backoff"
+                now = time.monotonic()
+                if now >= deadline:
+                    return "more"
+                if now - renewed > LEASE_RENEW_SECONDS:
+                    if lease(t.client, key, lease_ms(t), token) is None:
+                        return "busy"  # our lease lapsed and another task took the destination
+                    renewed = now
+                ok, final, error = post_event(t, dest, event, client)
+                if ok:
+                    delivered.append(event)
+                    if len(delivered) >= REMOVE_BATCH or now - flushed > REMOVE_SECONDS:
+                        flush()
+                    continue
+                flush()
+                attempts += 1
+                if final or attempts >= t.settings.events_max_attempts:
+                    log.warning(
+                        "event %s to %s dead-lettered after %d attempts: %s",
+                        event.jti, dest_id, attempts, error,
+                    )  # fmt: skip
+                    t.queues.dead_letter(dest_id, event, error, attempts)
+                    failed_jti = ""
+                    continue
+                next_try = time.time() + backoff(t, attempts)
+                t.queues.note_failure(dest_id, event.jti, attempts, next_try)
+                return "backoff"
+            flush()
+    finally:
         if delivered:
-            t.queues.remove(dest_id, [event])
-            continue
-        attempts += 1
-        if final or attempts >= t.settings.events_max_attempts:
-            log.warning(
-                "event %s to %s dead-lettered after %d attempts: %s",
-                event.jti,
-                dest_id,
-                attempts,
-                error,
-            )
-            t.queues.dead_letter(dest_id, event, error, attempts)
-            continue
-        t.queues.note_failure(dest_id, event.jti, attempts, time.time() + backoff(t, attempts))
-        return "backoff"
+            flush()
