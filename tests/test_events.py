@@ -332,3 +332,36 @@ def test_verification_events_go_through_the_stream(tx: Any) -> None:
     (claims,) = queued(t, stream)
     assert claims["events"] == {VERIFICATION: {"state": "abc"}}
     assert json.dumps(claims["sub_id"]) == json.dumps({"format": "opaque", "id": stream})
+
+
+def test_a_bulk_chunk_emits_its_sessions_through_the_fan_out(tx: Any) -> None:
+    """revoke_buckets (a job chunk) hands its revoked sessions to the router: a per-session
+    stream gets one event each, the relying party a logout token per session of its client, a
+    plain stream nothing; a dry run hands over nothing."""
+    from revoker import keys as k
+    from revoker.tasks.buckets import job_mark, job_selection, revoke_buckets
+
+    t, store = tx
+    plain = poll_stream(t)
+    detailed = poll_stream(t, per_session_events=True)
+    rp = RelyingPartyRequest(client_id="web", backchannel_logout_uri="http://rp.test/bcl")
+    t.registry.put_relying_party(rp)
+    pairs = [
+        start_session_sync(
+            f"u{n}", tenant_id="acme", client_id="web" if n % 2 else "cli", store=store
+        )
+        for n in range(4)
+    ]
+    record = JobRecord(id="job3", kind="tenant", tenant_id="acme", created_at=2e9, actor="ops")
+    buckets = sorted({k.family_bucket(p.family_id) or 0 for p in pairs})
+    revoke_buckets(store, buckets, tenant_id="acme", select=job_selection(record), mark=None)
+    assert t.client.xlen(t.keys.events_chunks) == 0
+    revoke_buckets(
+        store, buckets, tenant_id="acme", select=job_selection(record), mark=job_mark(record)
+    )
+    route(t)
+    assert queued(t, plain) == []
+    sessions = sorted(c["sub_id"]["session"]["id"] for c in queued(t, detailed))
+    assert sessions == sorted(p.family_id for p in pairs)
+    logouts = sorted(c["sid"] for c in queued(t, "rp:web"))
+    assert logouts == sorted(p.family_id for n, p in enumerate(pairs) if n % 2)
