@@ -381,7 +381,7 @@ class RevokerSettings(BaseSettings):
         None,
         description="PEM private key (EC P-256: ES256, or RSA: RS256) that signs Security Event "
         "Tokens and logout tokens; its public half is served as the transmitter's JWKS. Unset: "
-        "the SSF endpoints answer 503 and no event is produced.",
+        "the SSF endpoints answer 404 and no event is produced.",
     )
     events_issuer: str | None = Field(
         None,

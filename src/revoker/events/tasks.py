@@ -13,6 +13,9 @@ beat starts another.
 seconds, then publishes itself again if events are left (a slow receiver yields the worker
 between budgets, so it never holds more than one worker slot). Acks late (the worker's
 configuration): a killed task is delivered again, and its event with the same jti.
+
+Neither stores a result (``ignore_result``): the state is in Redis, and a result per beat tick
+would pile up in the result backend.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def start_deliveries(t: Transmitter) -> list[str]:
     return started
 
 
-@task(name="revoker.events_route")
+@task(name="revoker.events_route", ignore_result=True)
 def route_events() -> dict[str, Any]:
     """Route new revocations to the queues and start the deliveries that have work."""
     t = _transmitter()
@@ -66,7 +69,7 @@ def route_events() -> dict[str, Any]:
     return {"routed": routed, "started": start_deliveries(t)}
 
 
-@task(name="revoker.events_deliver", bind=True)
+@task(name="revoker.events_deliver", bind=True, ignore_result=True)
 def deliver_events(self: Any, dest_id: str, token: str | None = None) -> str:
     """Deliver one push destination's queue, in order, for one budget."""
     t = _transmitter()
