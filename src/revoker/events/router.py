@@ -217,25 +217,26 @@ def route(t: Transmitter, *, budget: float = 5.0) -> int:
             return 0
         t.registry.ensure_groups()
         deadline = time.monotonic() + budget
-        sources = [t.keys.audit, t.keys.events_chunks]
-        # Pending entries first (a router that died before its XACK), then new ones.
-        for start in ("0", ">"):
-            while time.monotonic() < deadline:
-                try:
-                    replies = t.client.xreadgroup(
-                        EVENTS_GROUP, CONSUMER, dict.fromkeys(sources, start), count=ROUTE_BATCH
-                    )
-                except ResponseError as e:
-                    if "NOGROUP" not in str(e):
-                        raise
-                    t.registry.ensure_groups()
-                    continue
-                entries = [(_text(name), rows) for name, rows in replies or [] if rows]
-                if not entries:
-                    break
-                queued += _route_batch(t, dests, entries)
-                if lease(t.client, t.keys.events_pump, ROUTER_LEASE_MS, token) is None:
-                    return queued  # the lease expired under us: another router carries on
+        # One source per call: on a Redis Cluster the audit stream and the chunk stream live in
+        # different slots. Pending entries first (a router that died before its XACK), then new.
+        for source in (t.keys.audit, t.keys.events_chunks):
+            for start in ("0", ">"):
+                while time.monotonic() < deadline:
+                    try:
+                        replies = t.client.xreadgroup(
+                            EVENTS_GROUP, CONSUMER, {source: start}, count=ROUTE_BATCH
+                        )
+                    except ResponseError as e:
+                        if "NOGROUP" not in str(e):
+                            raise
+                        t.registry.ensure_groups()
+                        continue
+                    entries = [(_text(name), rows) for name, rows in replies or [] if rows]
+                    if not entries:
+                        break
+                    queued += _route_batch(t, dests, entries)
+                    if lease(t.client, t.keys.events_pump, ROUTER_LEASE_MS, token) is None:
+                        return queued  # our lease lapsed: another router carries on
     finally:
         release(t.client, t.keys.events_pump, token)
     return queued
