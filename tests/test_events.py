@@ -16,6 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from prometheus_client import REGISTRY
 
 from conftest import private_settings
 from revoker.events import emit_chunk_events
@@ -236,6 +237,7 @@ def test_push_outcomes_retry_dead_letter_and_replay(tx: Any) -> None:
     for name in ("a", "b", "c", "d"):
         store.revoke_tenant_tokens(name)
     route(t)
+    before = {o: _count(o) for o in ("delivered", "retried", "dead_lettered")}
     client = _receiver([202, 500, 202, 400, 500, 500, 500], seen)
     assert deliver(t, stream, client=client) == "backoff"  # a delivered, b failed once
     _jti, attempts, _ = t.queues.attempts(stream)
@@ -253,12 +255,18 @@ def test_push_outcomes_retry_dead_letter_and_replay(tx: Any) -> None:
     letters = t.queues.dead_letters(dest=stream)
     assert [verify_claims(letter.claims) for letter in letters] == ["d", "c"]
     assert letters[0].attempts == 3
+    counted = {o: _count(o) - before[o] for o in before}
+    assert counted == {"delivered": 2, "retried": 3, "dead_lettered": 2}
     tenants = [verify(s, t.key.jwks, "rx")["sub_id"]["id"] for s in seen]
     assert tenants[:3] == ["a", "b", "b"]
     replayed = t.queues.replay([letters[1].id], exists=lambda d: True)
     assert [r.jti for r in replayed] == [letters[1].jti]
     assert deliver(t, stream, client=_receiver([202], seen)) == "idle"
     assert verify(seen[-1], t.key.jwks, "rx")["jti"] == letters[1].jti
+
+
+def _count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("revoker_events_total", {"outcome": outcome}) or 0.0
 
 
 def verify_claims(claims: dict[str, Any]) -> str:

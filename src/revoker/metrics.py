@@ -10,7 +10,14 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["BREAKER_OPEN", "CHECKS", "CHECK_LATENCY", "DENYLIST_LOST", "REVOCATIONS"]
+__all__ = [
+    "BREAKER_OPEN",
+    "CHECKS",
+    "CHECK_LATENCY",
+    "DENYLIST_LOST",
+    "EVENTS",
+    "REVOCATIONS",
+]
 
 #: Checked requests by outcome: ok, revoked, invalid, missing, error_open (let through while
 #: Redis failed), error_closed (503 while Redis failed).
@@ -33,3 +40,7 @@ REVOCATIONS: Final = Counter("revoker_revocations_total", "Revocations written."
 DENYLIST_LOST: Final = Counter(
     "revoker_denylist_lost", "Denylist losses or rollbacks detected.", ["kind", "policy"]
 )
+#: Shared Signals events and logout tokens (revoker.events) by outcome: routed (queued for a
+#: stream), delivered (a push accepted, a poll acknowledged), retried (a push failed, backing
+#: off), dead_lettered. Counted by the process that did it (the worker; the API for polls).
+EVENTS: Final = Counter("revoker_events_total", "Security events, by outcome.", ["outcome"])

@@ -31,6 +31,7 @@ from revoker.events.queue import QueuedEvent
 from revoker.events.router import lease, release
 from revoker.events.streams import PUSH, Destination
 from revoker.events.transmitter import Transmitter
+from revoker.metrics import EVENTS
 
 if TYPE_CHECKING:
     import httpx
@@ -175,6 +176,7 @@ def _deliver(
         # at most REMOVE_BATCH events again, with their jtis.
         nonlocal flushed
         t.queues.remove(dest_id, delivered)
+        EVENTS.labels("delivered").inc(len(delivered))
         delivered.clear()
         flushed = time.monotonic()
 
@@ -210,10 +212,12 @@ def _deliver(
                         event.jti, dest_id, attempts, error,
                     )  # fmt: skip
                     t.queues.dead_letter(dest_id, event, error, attempts)
+                    EVENTS.labels("dead_lettered").inc()
                     failed_jti = ""
                     continue
                 next_try = time.time() + backoff(t, attempts)
                 t.queues.note_failure(dest_id, event.jti, attempts, next_try)
+                EVENTS.labels("retried").inc()
                 return "backoff"
             flush()
     finally:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from revoker.events.streams import POLL, EventsError
 from revoker.events.transmitter import Transmitter
+from revoker.metrics import EVENTS
 
 __all__ = ["MAX_EVENTS", "PollRequest", "SetError", "poll_once"]
 
@@ -54,10 +55,11 @@ def poll_once(t: Transmitter, stream_id: str, request: PollRequest) -> tuple[dic
         raise EventsError(404, "not_found", f"no stream {stream_id!r}")
     if dest.method != POLL:
         raise EventsError(400, "invalid_request", "this stream is delivered by push, not poll")
-    t.queues.acknowledge(stream_id, request.ack)
+    EVENTS.labels("delivered").inc(len(t.queues.acknowledge(stream_id, request.ack)))
     for event in t.queues.find(stream_id, list(request.set_errs)):
         error = request.set_errs[event.jti]
         t.queues.dead_letter(stream_id, event, f"{error.err}: {error.description or ''}", 1)
+        EVENTS.labels("dead_lettered").inc()
     limit = MAX_EVENTS if request.max_events is None else request.max_events
     if limit == 0 or dest.status != "enabled":
         return {"sets": {}, "moreAvailable": False}, False

@@ -40,6 +40,7 @@ from revoker.events.claims import (
 from revoker.events.streams import EVENTS_GROUP, Destination
 from revoker.events.transmitter import Transmitter
 from revoker.exceptions import InvalidIdentifier
+from revoker.metrics import EVENTS
 
 __all__ = ["CONSUMER", "ROUTE_BATCH", "lease", "release", "route"]
 
@@ -267,6 +268,7 @@ def _route_batch(
             queued += 1
     if queued:
         pipe.execute()
+        EVENTS.labels("routed").inc(queued)
     for source, ids in acks.items():
         t.client.xack(source, EVENTS_GROUP, *ids)
     return queued
