@@ -373,3 +373,31 @@ def test_a_bulk_chunk_emits_its_sessions_through_the_fan_out(tx: Any) -> None:
     assert sessions == sorted(p.family_id for p in pairs)
     logouts = sorted(c["sid"] for c in queued(t, "rp:web"))
     assert logouts == sorted(p.family_id for n, p in enumerate(pairs) if n % 2)
+
+
+def test_cli_streams_relying_parties_and_usage(tx: Any) -> None:
+    """`revoker events` lists streams with what they hold, adds and removes relying parties,
+    and refuses a replay that names nothing or a bad URL, with usage exit codes."""
+    from click.testing import CliRunner
+
+    from revoker.cli import cli
+    from revoker.settings import configure
+
+    t, store = tx
+    configure(t.settings)
+    stream = poll_stream(t)
+    store.revoke_tenant_tokens("acme")
+    route(t)
+    runner = CliRunner()
+    added = runner.invoke(cli, ["events", "rp-add", "web", "https://rp.test/bcl"])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(cli, ["events", "streams", "--json"])
+    rows = {row["stream_id"]: row for row in json.loads(listed.output)}
+    assert rows[stream]["held"] == 1
+    assert rows["rp:web"]["kind"] == "logout"
+    assert runner.invoke(cli, ["events", "rp-add", "web", "ftp://x"]).exit_code == 2
+    assert runner.invoke(cli, ["events", "dead-letter", "replay"]).exit_code == 2
+    assert runner.invoke(cli, ["events", "rp-remove", "web"]).exit_code == 0
+    assert runner.invoke(cli, ["events", "rp-remove", "web"]).exit_code == 4
+    empty = runner.invoke(cli, ["events", "dead-letter", "list"])
+    assert empty.output.strip() == "no dead letters"
