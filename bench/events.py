@@ -13,6 +13,7 @@ Everything runs on one private Redis (data and broker).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -51,7 +52,7 @@ from revoker.tokens import create_access_token
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR / "tests"))
-from celery_helpers import start_worker, worker_env  # noqa: E402 - after the path insert
+from celery_helpers import seed_sessions, start_worker, worker_env  # noqa: E402 - after the path insert
 
 NAME = "events"
 SECRET = "bench-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -186,6 +187,40 @@ def push_rate(
     return n * streams / took
 
 
+def chunk_rate(
+    t: Transmitter, store: SyncRedisTokenRevocationStore, client: Any, n: int, wanted: bool
+) -> float:
+    """Sessions/s one bulk chunk revokes (revoke_buckets in this process), with the events hook
+    free (no stream wants per-session events) or handing every session to the router."""
+    from revoker import keys as k
+    from revoker.job_record import JobRecord
+    from revoker.tasks.buckets import job_mark, job_selection, revoke_buckets
+
+    tenant = f"chunk-{'wanted' if wanted else 'free'}"
+    ids = seed_sessions(client, t.settings, tenant, n, users=max(1, n // 100))
+    stream = None
+    if wanted:
+        stream = t.registry.create(StreamRequest(per_session_events=True), poll_url="http://x")
+    record = JobRecord(id=f"bench-{tenant}", kind="tenant", tenant_id=tenant, created_at=4e9)
+    buckets = sorted({k.family_bucket(fid) or 0 for fid in ids})
+    time.sleep(1.1)  # past the hook's cached look at the per-session flag
+    started = time.perf_counter()
+    revoke_buckets(
+        store, buckets, tenant_id=tenant, select=job_selection(record), mark=job_mark(record)
+    )
+    took = time.perf_counter() - started
+    if stream is not None:
+        t.registry.delete(stream["stream_id"])
+        handed = sum(
+            len(json.loads(fields[b"s"]))
+            for _, fields in client.xrange(t.keys.events_chunks, "-", "+")
+        )
+        client.delete(t.keys.events_chunks)
+        if handed != n:
+            raise RuntimeError(f"the hook handed over {handed} of {n} sessions")
+    return n / took
+
+
 def run(quick: bool = False) -> str:
     signs = 300 if quick else 3000
     events = 300 if quick else 5000
@@ -195,7 +230,10 @@ def run(quick: bool = False) -> str:
     key_file = tmp / "key.pem"
     key_file.write_bytes(_pem("ec"))
     cost = {kind: sign_cost(kind, signs) for kind in ("ec", "rsa")}
-    samples: dict[str, list[float]] = {"route": [], "poll": [], "push1": [], "push2": []}
+    samples: dict[str, list[float]] = {
+        "route": [], "poll": [], "push1": [], "push2": [], "chunk_free": [], "chunk_wanted": [],
+    }  # fmt: skip
+    chunk = 2000 if quick else 20_000
     with LocalRedis() as server:
         # The process settings too: start_deliveries publishes with the Celery app's.
         settings = configure(_settings(server.url, key_file))
@@ -229,6 +267,10 @@ def run(quick: bool = False) -> str:
                 samples["route"].append(route_rate(t, store, events, f"route{r}"))
                 t.registry.delete(probe["stream_id"])
                 samples["poll"].append(poll_rate(t, store, api.base_url, events))
+                data = redis.Redis.from_url(server.url)
+                samples["chunk_free"].append(chunk_rate(t, store, data, chunk, wanted=False))
+                samples["chunk_wanted"].append(chunk_rate(t, store, data, chunk, wanted=True))
+                data.close()
                 for processes in (1, 2):
                     rate = push_rate(t, store, rx.base_url, env, processes, streams, events)
                     samples[f"push{processes}"].append(rate)
@@ -252,6 +294,9 @@ def run(quick: bool = False) -> str:
     for processes in (1, 2):
         label = f"push: SETs delivered (/s, {processes} worker process(es), {streams} streams)"
         rows.append([label, fmt(median(samples[f"push{processes}"]))])
+    for key, what in (("chunk_free", "no"), ("chunk_wanted", "a")):
+        label = f"bulk chunk of {chunk}, {what} per-session stream (sessions revoked/s)"
+        rows.append([label, fmt(median(samples[key]))])
     return "\n\n".join(
         [
             "## Shared Signals events (issue 13)",
