@@ -96,7 +96,7 @@ class Stack:
             "PYTHONPATH": str(TESTS),
             "RX_JWKS_URL": f"{self.api_url}/ssf/jwks.json",
             "RX_LOG": str(self.rx_log),
-            "RX_SLOW": "0.7",
+            "RX_SLOW": "0.4",
         }
         command = [
             sys.executable, "-m", "uvicorn", "ssf_receiver:app",
@@ -141,7 +141,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             events_retry_base=0.3,
             events_retry_max=1.0,
             events_max_attempts=30,
-            events_push_timeout=2.0,
+            events_push_timeout=1.5,
             events_push_budget=2.0,
             redis_timeout=2.0,
         )
@@ -260,17 +260,19 @@ def test_worker_killed_mid_delivery_loses_nothing(stack: Stack) -> None:
     event arrives (duplicates only by jti); a fast stream is delivered meanwhile."""
     slow = stack.create_stream("slow")
     fast = stack.create_stream("fast")
-    names = [f"kill-{n}" for n in range(6)]
+    names = [f"kill-{n}" for n in range(10)]
     for name in names:
         stack.store.revoke_tenant_tokens(name)
     _wait("the slow receiver to start", lambda: stack.received("slow"), step=0.05)
     # One worker slot is busy with the slow stream; the fast stream still gets everything.
-    _wait("the fast stream", lambda: len(stack.received("fast")) >= 6, timeout=20)
-    assert len(stack.received("slow")) < 6
+    _wait("the fast stream", lambda: len(stack.received("fast")) >= 10, timeout=20)
+    assert len(stack.received("slow")) < 10
     stack.processes["worker"].kill()
     stack.start_worker()
     _wait(
-        "every slow event", lambda: len({c["jti"] for c in stack.received("slow")}) >= 6, timeout=45
+        "every slow event",
+        lambda: len({c["jti"] for c in stack.received("slow")}) >= 10,
+        timeout=60,
     )
     got = stack.received("slow")
     assert [c["sub_id"]["id"] for c in {c["jti"]: c for c in got}.values()] == names
