@@ -218,11 +218,11 @@ class Destination:
 
 
 def _config_view(config: dict[str, Any]) -> dict[str, Any]:
-    """The stream configuration a receiver reads: never the stored authorization header."""
+    """The stream configuration a receiver reads: the authorization header is write-only (a
+    placeholder echoed back by a read-modify-replace would overwrite it)."""
     out = {key: value for key, value in config.items() if key not in ("status", "reason")}
     delivery = dict(out.get("delivery") or {})
-    if delivery.pop("authorization_header", None) is not None:
-        delivery["authorization_header"] = "(set)"
+    delivery.pop("authorization_header", None)
     out["delivery"] = delivery
     return out
 
