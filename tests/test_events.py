@@ -401,3 +401,17 @@ def test_cli_streams_relying_parties_and_usage(tx: Any) -> None:
     assert runner.invoke(cli, ["events", "rp-remove", "web"]).exit_code == 4
     empty = runner.invoke(cli, ["events", "dead-letter", "list"])
     assert empty.output.strip() == "no dead letters"
+
+
+def test_a_holders_own_revocation_is_user_initiated(tx: Any) -> None:
+    """A session revoked by its own user (RFC 7009 audits the holder's sub) is
+    initiating_entity user, with its reason also as reason_user."""
+    t, store = tx
+    stream = poll_stream(t)
+    pair = start_session_sync("dave", tenant_id=None, store=store)
+    store.revoke_family(pair.family_id, tenant_id=None, reason="signed out", actor="dave")
+    route(t)
+    (claims,) = queued(t, stream)
+    event = claims["events"][SESSION_REVOKED]
+    assert event["initiating_entity"] == "user"
+    assert event["reason_user"] == {"en": "signed out"}

@@ -58,19 +58,22 @@ class Occurrence:
     reason: str | None = None
     #: admin | user | policy | system (see :func:`initiating_entity`).
     initiator: str = "admin"
+    #: Who revoked, as audited (not sent: it tells a holder's own revocation apart).
+    actor: str | None = None
     #: True for a session of a bulk job's chunk: only streams asking for per-session events get it.
     bulk: bool = False
 
 
-def initiating_entity(kind: str, actor: str | None) -> str:
-    """CAEP ``initiating_entity`` of an audit entry: a refresh-token reuse is ``policy``; an
-    actor ``user:<id>`` (a user's own logout) is ``user``; no actor (the library called without
-    one, the data-loss cut-off) is ``system``; any named operator or admin client is ``admin``."""
+def initiating_entity(kind: str, actor: str | None, user_id: str | None = None) -> str:
+    """CAEP ``initiating_entity`` of an audit entry: a refresh-token reuse is ``policy``; the
+    session's own user (RFC 7009 revocation by the holder audits its ``sub``) or an actor
+    ``user:<id>`` is ``user``; no actor (the library called without one, the data-loss cut-off)
+    is ``system``; any other named operator or admin client is ``admin``."""
     if kind in ("family_reuse",):
         return "policy"
     if not actor:
         return "system"
-    if actor.startswith("user:"):
+    if actor.startswith("user:") or (user_id is not None and actor == user_id):
         return "user"
     return "admin"
 
@@ -111,6 +114,9 @@ def session_revoked_claims(
     }
     if occ.reason:
         event["reason_admin"] = {"en": occ.reason}
+        if occ.initiator == "user":
+            # The user's own words, fit to show the user (CAEP reason_user).
+            event["reason_user"] = {"en": occ.reason}
     return {
         "iss": iss,
         "aud": aud,

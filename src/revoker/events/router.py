@@ -23,6 +23,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Final
 
 from redis.exceptions import ResponseError
@@ -93,6 +94,7 @@ def occurrences_of_audit(entry_id: str, f: dict[str, str]) -> list[Occurrence]:
         "at_us": int(f.get("at") or 0) if (f.get("at") or "").isdigit() else 0,
         "reason": f.get("reason") or None,
         "initiator": initiating_entity(kind, f.get("actor") or None),
+        "actor": f.get("actor") or None,
     }
     target = f.get("target", "")
     if kind == "family":
@@ -154,17 +156,11 @@ def _with_sessions(t: Transmitter, found: list[Occurrence]) -> list[Occurrence]:
             continue
         record = k.decode_record(raw)
         occ = out[n]
-        out[n] = Occurrence(
-            occ.scope,
-            source=occ.source,
-            tenant_id=occ.tenant_id,
-            user_id=occ.user_id or record["user"] or None,
-            family_id=occ.family_id,
-            client_id=record["client"] or None,
-            at_us=occ.at_us,
-            reason=occ.reason,
-            initiator=occ.initiator,
-        )
+        user = occ.user_id or record["user"] or None
+        initiator = occ.initiator
+        if initiator == "admin":
+            initiator = initiating_entity("family", occ.actor, user)
+        out[n] = replace(occ, user_id=user, client_id=record["client"] or None, initiator=initiator)
     return out
 
 
