@@ -150,6 +150,9 @@ async def test_stream_lifecycle(client: httpx.AsyncClient, ssf_settings: Revoker
             400,
         ),
         ("patch", "/ssf/streams", {}, 400),
+        ("post", "/ssf/dead-letters/replay", {"ids": ["nope"]}, 400),
+        ("post", "/ssf/streams", {"aud": ""}, 400),
+        ("post", "/ssf/verify", {"stream_id": "x" * 300}, 400),
     ],
 )
 async def test_bad_requests_get_clear_errors(

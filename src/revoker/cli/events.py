@@ -70,7 +70,10 @@ def replay(ids: tuple[str, ...], stream_id: str | None, replay_all: bool, as_jso
     chosen = list(ids) or [
         letter.id for letter in t.queues.dead_letters(dest=stream_id, limit=1_000_000)
     ]
-    done = t.queues.replay(chosen, exists=lambda dest: t.registry.destination(dest) is not None)
+    try:
+        done = t.queues.replay(chosen, exists=lambda dest: t.registry.destination(dest) is not None)
+    except EventsError as e:
+        raise click.UsageError(e.description) from None
     if as_json:
         emit_json({"replayed": [letter.id for letter in done]})
         return

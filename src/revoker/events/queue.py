@@ -18,11 +18,13 @@ counter always agree).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Final
 
 from revoker import keys as k
+from revoker.events.streams import EventsError
 
 __all__ = [
     "DeadLetter",
@@ -50,6 +52,10 @@ if excess > 0 then
 end
 return id
 """
+
+
+#: A Redis stream entry id, as dead letters are named.
+_ENTRY_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 def _text(value: Any) -> str:
@@ -230,6 +236,9 @@ class Queues:
         that got it after all deduplicates it); ``exists(dest)`` says whether the destination is
         still there. Returns the letters replayed."""
         done: list[DeadLetter] = []
+        bad = [i for i in ids if not isinstance(i, str) or _ENTRY_ID.fullmatch(i) is None]
+        if bad:
+            raise EventsError(400, "invalid_request", f"not a dead-letter id: {bad[0]!r}"[:200])
         for entry_id in ids:
             entries = self.client.xrange(self.keys.events_dead, entry_id, entry_id)
             if not entries:
