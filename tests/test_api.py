@@ -222,8 +222,12 @@ async def test_introspect_active_token_reports_its_claims(
     assert body["family"] == pair.family_id
     assert body["client_id"] == "web"
     assert body["jti"] == pair.access_jti
-    assert body["token_type"] == "access_token"
+    assert body["token_type"] == "Bearer"
+    assert body["token_use"] == "access_token"
+    assert body["username"] == "u1"
     assert body["exp"] == pair.access_expires_at
+    assert isinstance(body["iat"], int)
+    assert "nbf" not in body
 
 
 async def test_introspect_says_only_inactive_for_revoked_expired_and_invalid_tokens(
@@ -267,7 +271,8 @@ async def test_introspect_a_rotated_away_refresh_token_is_inactive(
         headers=headers,
     )
     assert current.json()["active"] is True
-    assert current.json()["token_type"] == "refresh_token"
+    assert current.json()["token_use"] == "refresh_token"
+    assert "token_type" not in current.json()
 
 
 async def test_introspect_requires_an_unrevoked_admin_token(
@@ -278,7 +283,7 @@ async def test_introspect_requires_an_unrevoked_admin_token(
     form = {"token": pair.access_token}
     missing = await client.post("/oauth/introspect", data=form)
     assert_error(missing, 401, "unauthorized")
-    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.headers["www-authenticate"] == 'Bearer, Basic realm="revoker", charset="UTF-8"'
     user_token, _ = create_access_token("u1", scopes=["read"], settings=settings)
     forbidden = await client.post(
         "/oauth/introspect", data=form, headers={"Authorization": f"Bearer {user_token}"}

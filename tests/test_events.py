@@ -28,7 +28,6 @@ from revoker.events.signing import SigningKey
 from revoker.events.streams import (
     PUSH,
     DeliveryRequest,
-    RelyingPartyRequest,
     StreamRequest,
     SubjectRequest,
 )
@@ -39,6 +38,15 @@ from revoker.sessions import start_session_sync
 from revoker.store import SyncRedisTokenRevocationStore
 
 pytestmark = pytest.mark.redis
+
+
+def add_relying_party(t: Transmitter, client_id: str, uri: str) -> None:
+    """Register ``client_id`` as an API client with a back-channel logout URI."""
+    from revoker.clients import ClientRegistry
+
+    ClientRegistry(t.client, t.keys).add(
+        client_id, ["revoker:introspect"], client_id=client_id, backchannel_logout_uri=uri
+    )
 
 
 def write_key(path: Path, kind: str = "ec") -> Path:
@@ -302,9 +310,8 @@ def test_relying_parties_get_logout_tokens_for_their_sessions(tx: Any) -> None:
     """A relying party gets one logout token per revoked session of its client: sid, sub,
     events, typ logout+jwt, no nonce; another client's session is not sent to it."""
     t, store = tx
-    t.registry.put_relying_party(
-        RelyingPartyRequest(client_id="web", backchannel_logout_uri="http://rp.test/bcl")
-    )
+    add_relying_party(t, "web", "http://rp.test/bcl")
+    route(t)  # the router's run that first sees the relying party (as beat does each second)
     mine = start_session_sync("carol", tenant_id=None, client_id="web", store=store)
     other = start_session_sync("carol", tenant_id=None, client_id="mobile", store=store)
     store.revoke_family(mine.family_id, tenant_id=None)
@@ -352,8 +359,7 @@ def test_a_bulk_chunk_emits_its_sessions_through_the_fan_out(tx: Any) -> None:
     t, store = tx
     plain = poll_stream(t)
     detailed = poll_stream(t, per_session_events=True)
-    rp = RelyingPartyRequest(client_id="web", backchannel_logout_uri="http://rp.test/bcl")
-    t.registry.put_relying_party(rp)
+    add_relying_party(t, "web", "http://rp.test/bcl")
     pairs = [
         start_session_sync(
             f"u{n}", tenant_id="acme", client_id="web" if n % 2 else "cli", store=store
@@ -376,8 +382,8 @@ def test_a_bulk_chunk_emits_its_sessions_through_the_fan_out(tx: Any) -> None:
 
 
 def test_cli_streams_relying_parties_and_usage(tx: Any) -> None:
-    """`revoker events` lists streams with what they hold, adds and removes relying parties,
-    and refuses a replay that names nothing or a bad URL, with usage exit codes."""
+    """`revoker events streams` lists streams and relying parties with what they hold; a replay
+    naming nothing or a bad id is a usage error."""
     from click.testing import CliRunner
 
     from revoker.cli import cli
@@ -389,16 +395,13 @@ def test_cli_streams_relying_parties_and_usage(tx: Any) -> None:
     store.revoke_tenant_tokens("acme")
     route(t)
     runner = CliRunner()
-    added = runner.invoke(cli, ["events", "rp-add", "web", "https://rp.test/bcl"])
-    assert added.exit_code == 0, added.output
+    add_relying_party(t, "web", "https://rp.test/bcl")
     listed = runner.invoke(cli, ["events", "streams", "--json"])
     rows = {row["stream_id"]: row for row in json.loads(listed.output)}
     assert rows[stream]["held"] == 1
     assert rows["rp:web"]["kind"] == "logout"
-    assert runner.invoke(cli, ["events", "rp-add", "web", "ftp://x"]).exit_code == 2
     assert runner.invoke(cli, ["events", "dead-letter", "replay"]).exit_code == 2
-    assert runner.invoke(cli, ["events", "rp-remove", "web"]).exit_code == 0
-    assert runner.invoke(cli, ["events", "rp-remove", "web"]).exit_code == 4
+    assert runner.invoke(cli, ["events", "dead-letter", "replay", "x"]).exit_code == 2
     empty = runner.invoke(cli, ["events", "dead-letter", "list"])
     assert empty.output.strip() == "no dead letters"
 

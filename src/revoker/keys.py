@@ -19,10 +19,11 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
     P:stats                        hash    revocation counters
+    P:{clients}:c:<client_id>      hash    one registered API client (revoker.clients; no TTL)
+    P:{clients}:ids                set     every registered client id
     P:{integrity}:id               hash    the denylist's identity: epoch, seq, state (no TTL)
     P:{integrity}:gw               string  "<revoked_at_us>|<reason>" global watermark (cut-off)
     P:{ssf}:streams                hash    SSF stream id -> stream configuration (JSON)
-    P:{ssf}:rp                     hash    back-channel logout client id -> relying party (JSON)
     P:{ssf}:subjects:<dest>        set     subjects added to a stream (canonical JSON)
     P:{ssf}:q:<dest>               stream  events waiting for one destination, in order
     P:{ssf}:qj:<dest>              hash    jti -> entry id in that queue (poll acks, dedup)
@@ -454,6 +455,20 @@ class KeyLayout:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
+    # --- registered API clients (revoker.clients) ---------------------------------------------
+    # Both keys share the {clients} tag so that adding or removing a client (its hash and its id
+    # in the set) is one MULTI/EXEC on Redis Cluster too. No TTL: a client stays until removed.
+
+    def client(self, client_id: str) -> str:
+        """One registered client: name, scopes, created_at, the secret's Argon2 hash, and the
+        optional back-channel logout URI (hash; the fields are revoker.clients')."""
+        return f"{self.prefix}:{{clients}}:c:{escape_id(client_id, 'client id')}"
+
+    @property
+    def clients(self) -> str:
+        """Set of every registered client id (what ``revoker clients list`` walks)."""
+        return f"{self.prefix}:{{clients}}:ids"
+
     @property
     def integrity(self) -> str:
         """The denylist's identity: hash of ``epoch``, ``seq``, ``state`` (module docstring)."""
@@ -467,17 +482,13 @@ class KeyLayout:
     # --- SSF transmitter and back-channel logout (revoker.events) -------------------------------
     # Every key shares the {ssf} hash tag: on a Redis Cluster they live in one slot, so a
     # delivery's "deliver, forget, advance" is one MULTI/EXEC. A destination (``<dest>``) is an SSF
-    # stream id, or ``rp:<client id>`` for a relying party's back-channel logout.
+    # stream id, or ``rp:<client id>`` for a relying party's back-channel logout (a registered
+    # client with a backchannel_logout_uri, revoker.clients).
 
     @property
     def events_streams(self) -> str:
         """Hash: SSF stream id -> its configuration (JSON, revoker.events.streams)."""
         return f"{self.prefix}:{{ssf}}:streams"
-
-    @property
-    def events_relying_parties(self) -> str:
-        """Hash: client id -> back-channel logout relying party (JSON)."""
-        return f"{self.prefix}:{{ssf}}:rp"
 
     def events_subjects(self, dest: str) -> str:
         """Set: the subjects added to one stream (canonical JSON); empty = every subject."""

@@ -376,6 +376,28 @@ class RevokerSettings(BaseSettings):
         description="On refresh reuse revoke the family only, or all of the user's sessions.",
     )
 
+    # --- Admin API discovery (revoker.api.discovery) -------------------------------------------
+    api_public_url: str | None = Field(
+        None,
+        description="The admin API's base URL as its callers reach it (e.g. "
+        "https://revoker.internal), for the endpoint URLs of its RFC 8414 metadata and the "
+        "issuer when REVOKER_ISSUER is unset. Unset: the URL each metadata request was sent to.",
+    )
+
+    @field_validator("api_public_url")
+    @classmethod
+    def _public_url_is_a_base(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit  # here, so this block stays one insertion
+
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL such as https://revoker.internal")
+        if parts.query or parts.fragment:
+            raise ValueError("must have no query or fragment")
+        return value.rstrip("/")
+
     # --- Shared Signals events and back-channel logout (revoker.events) -----------------------
     events_signing_key_file: Path | None = Field(
         None,

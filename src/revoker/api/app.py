@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 
-from revoker.api import jobs, oauth, ops, ssf
+from revoker.api import discovery, jobs, oauth, ops, ssf
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
 from revoker.settings import get_settings
@@ -35,6 +35,7 @@ def create_app(
             *oauth.routes(context),
             *jobs.routes(context),
             *ops.routes(context),
+            *discovery.routes(context),
             *ssf.routes(context),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),

@@ -52,7 +52,11 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": self.error, "error_description": self.description, **self.extra}
-        return JSONResponse(body, status_code=self.status_code, headers=self.headers)
+        # No error is cacheable: each depends on the credentials or the token presented (RFC 6749
+        # §5.2 and RFC 7662 §2.3 answers carry no-store too).
+        return JSONResponse(
+            body, status_code=self.status_code, headers={**NO_STORE, **self.headers}
+        )
 
 
 _HTTP_ERROR_CODES: Final = {

@@ -1,7 +1,8 @@
 """The bulk-job endpoints: enqueue a tenant or user revocation, read one job, list recent ones.
 
-Every endpoint needs an admin token; its subject is the actor recorded on the job. The jobs
-functions are synchronous (redis-py), so they run in the thread pool.
+Every endpoint needs ``revoker:revoke`` (a bearer token or a registered client, see
+:mod:`revoker.api.auth`); who it is (a token's subject, ``client:<id>``) is the job's actor.
+The jobs functions are synchronous (redis-py), so they run in the thread pool.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 from revoker import exceptions as exc
 from revoker import jobs as bulk_jobs
-from revoker.api.auth import require_admin
+from revoker.api.auth import REVOKE_SCOPE, authenticate
 from revoker.api.bodies import PATH_IDS, JobQuery, bulk_revocation
 from revoker.api.requests import path_id, read_json
 
@@ -36,9 +37,9 @@ ENQUEUE_PATHS: Final[dict[Scope, str]] = {
 
 async def enqueue(context: ApiContext, scope: Scope, request: Request) -> Response:
     """Enqueue a revocation of the tenant or user the path names (202 with the job record)."""
-    admin = await require_admin(context, request)
+    principal = await authenticate(context, request, scope=REVOKE_SCOPE)
     target = str(request.path_params[PATH_IDS[scope]])
-    revocation = bulk_revocation(scope, target, await read_json(request), actor=admin.sub)
+    revocation = bulk_revocation(scope, target, await read_json(request), actor=principal.actor)
     job_id = await run_in_threadpool(bulk_jobs.enqueue, revocation, settings=context.settings)
     record = await _get_job(context, job_id)
     return JSONResponse(record.as_dict(), status_code=202, headers={"Location": f"/jobs/{job_id}"})
@@ -50,7 +51,7 @@ async def _get_job(context: ApiContext, job_id: str) -> JobRecord:
 
 async def get_job(context: ApiContext, request: Request) -> Response:
     """One job record (404 when unknown or expired)."""
-    await require_admin(context, request)
+    await authenticate(context, request, scope=REVOKE_SCOPE)
     job_id = path_id(request, "job_id")
     try:
         record = await _get_job(context, job_id)
@@ -61,7 +62,7 @@ async def get_job(context: ApiContext, request: Request) -> Response:
 
 async def list_jobs(context: ApiContext, request: Request) -> Response:
     """Recent jobs, newest first; ``?limit=`` (1..500) and ``?status=``."""
-    await require_admin(context, request)
+    await authenticate(context, request, scope=REVOKE_SCOPE)
     query = JobQuery.model_validate(dict(request.query_params))
     records = await run_in_threadpool(
         bulk_jobs.list_jobs, limit=query.limit, status=query.status, settings=context.settings

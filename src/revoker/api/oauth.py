@@ -1,36 +1,51 @@
 """RFC 7009 revocation and RFC 7662 introspection.
 
-``POST /oauth/revoke`` needs no admin token: holding a token is enough to revoke it.
-``POST /oauth/introspect`` needs one. Introspection reports ``token_type`` as ``access_token`` or
-``refresh_token`` (the vocabulary of ``token_type_hint``): every token revoker issues is a bearer
-token, so "Bearer" would say nothing.
+``POST /oauth/revoke``: holding a token is enough to revoke it (no credentials needed). A request
+that does present client credentials is judged as that client's (RFC 7009 §2.1): they must be
+valid (else ``invalid_client``), and the token must have been issued to that client (its
+``client_id`` claim) unless the client holds ``revoker:revoke``; otherwise ``unauthorized_client``
+and nothing is revoked. A bearer ``Authorization`` header is not client authentication here and is
+ignored, as before: a logout that sends its (perhaps expired) access token along still works.
+
+``POST /oauth/introspect`` needs ``revoker:introspect`` (a bearer token or a client). The answer
+follows RFC 7662 §2.2: integer times; ``token_type`` ``"Bearer"`` (RFC 6749 §5.1) for access
+tokens; refresh tokens have no RFC 6749 §5.1 type (they are never presented to a resource server)
+so they get no ``token_type``; the extension member ``token_use`` says ``access_token`` or
+``refresh_token`` for both (the ``token_type_hint`` vocabulary). ``username`` is the token's
+``preferred_username`` claim, else its subject. A token is active from its ``nbf`` (when it has
+one) until the second of its ``exp``, by this server's clock: the verification leeway is for
+services' local checks of a token against another host's clock, not for the authority.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+import jwt
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from revoker import exceptions as exc
-from revoker.api.auth import require_admin
-from revoker.api.errors import NO_STORE
+from revoker.api.auth import INTROSPECT_SCOPE, REVOKE_SCOPE, authenticate, authenticate_client
+from revoker.api.errors import NO_STORE, ApiError
 from revoker.api.requests import read_form
 from revoker.metrics import REVOCATIONS
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from revoker.api.auth import Principal
     from revoker.api.context import ApiContext
     from revoker.tokens import TokenData, TokenType
 
 __all__ = ["introspect", "revoke", "routes"]
 
-#: RFC 7009 §2.1 / RFC 7662 §2.1 hint values, and the ``token_type`` introspection reports.
+#: RFC 7009 §2.1 / RFC 7662 §2.1 hint values, and the ``token_use`` introspection reports.
 _HINTS: Final[dict[str, TokenType]] = {"access_token": "access", "refresh_token": "refresh"}
-_TYPE_NAMES: Final[dict[TokenType, str]] = {"access": "access_token", "refresh": "refresh_token"}
+_USE_NAMES: Final[dict[TokenType, str]] = {"access": "access_token", "refresh": "refresh_token"}
 
 
 def _decode(context: ApiContext, form: dict[str, str]) -> TokenData | None:
@@ -43,46 +58,84 @@ def _decode(context: ApiContext, form: dict[str, str]) -> TokenData | None:
         return None
 
 
+def _may_revoke(principal: Principal, data: TokenData) -> bool:
+    """RFC 7009 §2.1: a client revokes tokens issued to it; ``revoker:revoke`` revokes any."""
+    return principal.allows(REVOKE_SCOPE) or (
+        principal.client_id is not None and data.client == principal.client_id
+    )
+
+
 async def revoke(context: ApiContext, request: Request) -> Response:
     """RFC 7009: revoke the presented token; refresh tokens take their family with them."""
-    data = _decode(context, await read_form(request))
+    form = await read_form(request)
+    principal = await authenticate_client(context, request, form)
+    data = _decode(context, form)
     # §2.2: invalid, expired and unknown tokens get the same 200 as revoked ones.
     if data is not None:
-        reason = "revoked by its holder (RFC 7009)"
+        if principal is not None and not _may_revoke(principal, data):
+            raise ApiError(
+                400,
+                "unauthorized_client",
+                f"the token was not issued to this client, and the client lacks {REVOKE_SCOPE}",
+            )
+        if principal is None:
+            actor, reason = data.sub, "revoked by its holder (RFC 7009)"
+        else:
+            actor, reason = principal.actor, f"revoked by client {principal.client_id} (RFC 7009)"
         store = context.store
         if data.typ == "refresh" and data.family is not None:
             if await store.revoke_family(
-                data.family, tenant_id=data.tenant, reason=reason, actor=data.sub
+                data.family, tenant_id=data.tenant, reason=reason, actor=actor
             ):
                 REVOCATIONS.labels("family").inc()
-        elif await store.revoke_token(data.jti, expires_at=data.exp, reason=reason, actor=data.sub):
+        elif await store.revoke_token(data.jti, expires_at=data.exp, reason=reason, actor=actor):
             REVOCATIONS.labels("token").inc()
     return Response(status_code=200, headers=NO_STORE)
 
 
+_INACTIVE: Final = {"active": False}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 async def introspect(context: ApiContext, request: Request) -> Response:
     """RFC 7662: what an active token carries; ``{"active": false}`` and nothing else if not."""
-    await require_admin(context, request)
-    data = _decode(context, await read_form(request))
-    if data is None or not await _active(context, data):
-        return JSONResponse({"active": False}, headers=NO_STORE)
-    settings = context.settings
-    claims: dict[str, Any] = {
+    form = await read_form(request)
+    await authenticate(context, request, scope=INTROSPECT_SCOPE, form=form)
+    data = _decode(context, form)
+    now = time.time()
+    if data is None or now >= data.exp:
+        return JSONResponse(_INACTIVE, headers=NO_STORE)
+    # The token verified: its claims set is the one just checked, read again for the claims
+    # TokenData does not keep (nbf, aud, iss, preferred_username).
+    claims: dict[str, Any] = jwt.decode(form["token"], options={"verify_signature": False})
+    nbf = _number(claims.get("nbf"))
+    if (nbf is not None and now < nbf) or not await _active(context, data):
+        return JSONResponse(_INACTIVE, headers=NO_STORE)
+    username = claims.get("preferred_username")
+    answer: dict[str, Any] = {
         "active": True,
-        "sub": data.sub,
-        "jti": data.jti,
-        "exp": data.exp,
-        "iat": data.iat,
-        "token_type": _TYPE_NAMES[data.typ],
-        "scope": " ".join(data.scopes),
+        "scope": " ".join(data.scopes) or None,
         "client_id": data.client,
+        "username": username if isinstance(username, str) and username else data.sub,
+        "token_type": "Bearer" if data.typ == "access" else None,
+        "token_use": _USE_NAMES[data.typ],
+        "exp": data.exp,
+        "iat": math.floor(data.iat),
+        "nbf": math.ceil(nbf) if nbf is not None else None,
+        "sub": data.sub,
+        "aud": claims.get("aud"),
+        "iss": claims.get("iss"),
+        "jti": data.jti,
         "tenant": data.tenant,
         "family": data.family,
-        "iss": settings.issuer,
-        "aud": settings.audience,
     }
     return JSONResponse(
-        {name: value for name, value in claims.items() if value is not None}, headers=NO_STORE
+        {name: value for name, value in answer.items() if value is not None}, headers=NO_STORE
     )
 
 

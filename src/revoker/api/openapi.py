@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, get_args
 
-from revoker.api.auth import ADMIN_SCOPE
+from revoker.api.auth import ADMIN_SCOPE, INTROSPECT_SCOPE, REVOKE_SCOPE
 from revoker.api.bodies import BODIES, PATH_IDS, JobQuery
 from revoker.api.jobs import ENQUEUE_PATHS
 from revoker.api.ssf import OPENAPI_PATHS as SSF_PATHS
@@ -36,10 +36,20 @@ def _json_ref(description: str, schema: str) -> dict[str, Any]:
 
 
 _ADMIN_ERRORS: Final = {
-    "401": _error_ref("No valid, unrevoked bearer token."),
-    "403": _error_ref("The token lacks the revoker:admin scope."),
-    "503": _error_ref("Redis cannot be reached (admin requests fail closed)."),
+    "401": _error_ref(
+        "No valid, unrevoked bearer token (unauthorized, invalid_token), or bad client "
+        "credentials (invalid_client, with a Basic challenge)."
+    ),
+    "403": _error_ref("The token or client lacks the scope (insufficient_scope)."),
+    "503": _error_ref("Redis cannot be reached (authentication fails closed)."),
 }
+
+
+def _security(scope: str) -> list[dict[str, list[str]]]:
+    """Either a bearer token with ``scope`` or a registered client granted it."""
+    return [{"bearer": [scope]}, {"clientSecretBasic": [scope]}]
+
+
 _OAUTH_FORM: Final = {
     "required": True,
     "content": {
@@ -52,6 +62,15 @@ _OAUTH_FORM: Final = {
                     "token_type_hint": {
                         "type": "string",
                         "description": "access_token or refresh_token; other values ignored.",
+                    },
+                    "client_id": {
+                        "type": "string",
+                        "description": "client_secret_post (RFC 6749 §2.3.1): the client id.",
+                    },
+                    "client_secret": {
+                        "type": "string",
+                        "description": "client_secret_post: the client secret. Use this or "
+                        "HTTP Basic, not both.",
                     },
                 },
             }
@@ -77,7 +96,7 @@ def _job_post(kind: Scope) -> dict[str, Any]:
         "post": {
             "summary": f"Enqueue a bulk revocation of a {kind}'s tokens",
             "operationId": f"enqueue_{kind}_revocation",
-            "security": [{"bearer": [ADMIN_SCOPE]}],
+            "security": _security(REVOKE_SCOPE),
             "parameters": [
                 {
                     "name": PATH_IDS[kind],
@@ -124,14 +143,36 @@ def openapi_document() -> dict[str, Any]:
                 "sub": {"type": "string"},
                 "jti": {"type": "string"},
                 "exp": {"type": "integer"},
-                "iat": {"type": "number"},
-                "token_type": {"type": "string", "enum": ["access_token", "refresh_token"]},
+                "iat": {"type": "integer"},
+                "nbf": {"type": "integer"},
+                "token_type": {
+                    "type": "string",
+                    "enum": ["Bearer"],
+                    "description": "RFC 6749 §5.1; access tokens only.",
+                },
+                "token_use": {"type": "string", "enum": ["access_token", "refresh_token"]},
+                "username": {"type": "string"},
                 "scope": {"type": "string"},
                 "client_id": {"type": "string"},
                 "tenant": {"type": "string"},
                 "family": {"type": "string"},
                 "iss": {"type": "string"},
-                "aud": {"type": "string"},
+                "aud": {"oneOf": [{"type": "string"}, {"type": "array"}]},
+            },
+        },
+        "AuthorizationServerMetadata": {
+            "type": "object",
+            "description": "RFC 8414 §2.",
+            "required": ["issuer", "revocation_endpoint", "introspection_endpoint"],
+            "properties": {
+                "issuer": {"type": "string"},
+                "revocation_endpoint": {"type": "string"},
+                "revocation_endpoint_auth_methods_supported": {"type": "array"},
+                "introspection_endpoint": {"type": "string"},
+                "introspection_endpoint_auth_methods_supported": {"type": "array"},
+                "scopes_supported": {"type": "array"},
+                "response_types_supported": {"type": "array"},
+                "jwks_uri": {"type": "string"},
             },
         },
         "JobRecord": _job_schema(),
@@ -166,22 +207,42 @@ def openapi_document() -> dict[str, Any]:
             "title": "revoker admin API",
             "version": _version(),
             "description": "Revoke JWTs (RFC 7009), introspect them (RFC 7662), run bulk "
-            "revocation jobs. Admin endpoints need a bearer token with the "
-            f"{ADMIN_SCOPE} scope issued by revoker.",
+            "revocation jobs. Callers authenticate with a bearer token issued by revoker or "
+            "with the credentials of a registered client (`revoker clients add`): HTTP Basic "
+            "(client_secret_basic) or, on the form endpoints, client_id and client_secret in "
+            f"the form (client_secret_post). Scopes: {INTROSPECT_SCOPE} (introspection), "
+            f"{REVOKE_SCOPE} (revoke any token, enqueue and read jobs), {ADMIN_SCOPE} "
+            "(everything).",
         },
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "clientSecretBasic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "A registered client's id and secret (client_secret_basic); "
+                    "client_secret_post puts them in the form instead.",
+                },
+            },
         },
         "paths": {
             "/oauth/revoke": {
                 "post": {
                     "summary": "Revoke a token (RFC 7009); a refresh token revokes its session",
                     "operationId": "revoke",
+                    "description": "Holding a token is enough to revoke it. A request with "
+                    "client credentials is that client's (RFC 7009 §2.1): the token must have "
+                    f"been issued to it (client_id claim) unless it holds {REVOKE_SCOPE}.",
+                    "security": [{}, {"clientSecretBasic": []}],
                     "requestBody": _OAUTH_FORM,
                     "responses": {
                         "200": {"description": "Revoked, already revoked, expired or unknown."},
-                        "400": _error_ref("The form is malformed or lacks the token."),
+                        "400": _error_ref(
+                            "The form is malformed or lacks the token (invalid_request), or the "
+                            "token was issued to another client (unauthorized_client)."
+                        ),
+                        "401": _error_ref("Bad client credentials (invalid_client)."),
                         "413": _error_ref("The body is too large."),
                         "503": _error_ref("Redis cannot be reached; nothing was revoked."),
                     },
@@ -191,7 +252,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Introspect a token (RFC 7662)",
                     "operationId": "introspect",
-                    "security": [{"bearer": [ADMIN_SCOPE]}],
+                    "security": _security(INTROSPECT_SCOPE),
                     "requestBody": _OAUTH_FORM,
                     "responses": {
                         "200": _json_ref(
@@ -212,7 +273,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "One bulk job: status and progress",
                     "operationId": "get_job",
-                    "security": [{"bearer": [ADMIN_SCOPE]}],
+                    "security": _security(REVOKE_SCOPE),
                     "parameters": [
                         {
                             "name": "job_id",
@@ -233,7 +294,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Recent bulk jobs, newest first",
                     "operationId": "list_jobs",
-                    "security": [{"bearer": [ADMIN_SCOPE]}],
+                    "security": _security(REVOKE_SCOPE),
                     "parameters": [
                         {
                             "name": "limit",
@@ -264,6 +325,28 @@ def openapi_document() -> dict[str, Any]:
                             "lost (until `revoker recover`).",
                             "Health",
                         ),
+                    },
+                }
+            },
+            "/.well-known/oauth-authorization-server": {
+                "get": {
+                    "summary": "Authorization server metadata (RFC 8414)",
+                    "operationId": "authorization_server_metadata",
+                    "responses": {
+                        "200": _json_ref("The metadata.", "AuthorizationServerMetadata"),
+                    },
+                }
+            },
+            "/.well-known/jwks.json": {
+                "get": {
+                    "summary": "The public key tokens are verified with (RFC 7517)",
+                    "operationId": "jwks",
+                    "responses": {
+                        "200": {
+                            "description": "The key set (asymmetric algorithms only).",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "404": _error_ref("Tokens are HMAC-signed, or their keys are remote."),
                     },
                 }
             },

@@ -5,8 +5,8 @@ receivers verify SETs and logout tokens with). Authenticated (:func:`_authorize`
 stream management (``/ssf/streams``: create, read, update, replace, delete), status
 (``/ssf/status``), subjects (``/ssf/subjects/add``, ``/ssf/subjects/remove``), verification
 (``/ssf/verify``), poll delivery (``/ssf/poll/{stream_id}``, RFC 8936), dead letters
-(``/ssf/dead-letters``, ``/ssf/dead-letters/replay``) and back-channel logout relying parties
-(``/ssf/relying-parties``).
+(``/ssf/dead-letters``, ``/ssf/dead-letters/replay``) and the back-channel logout relying parties
+(``/ssf/relying-parties``: the registered clients with a ``backchannel_logout_uri``).
 
 Without REVOKER_EVENTS_SIGNING_KEY_FILE there is no transmitter: every endpoint answers 404 with
 an error naming the setting. The state lives in Redis (:mod:`revoker.events.streams`) and is
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from revoker.api.auth import ADMIN_SCOPE, require_admin
+from revoker.api.auth import ADMIN_SCOPE, authenticate
 from revoker.api.errors import NO_STORE, ApiError
 from revoker.events.claims import verification_claims
 from revoker.events.poll import PollRequest, poll_once
@@ -36,7 +36,6 @@ from revoker.events.streams import (
     POLL,
     PUSH,
     EventsError,
-    RelyingPartyRequest,
     StreamRequest,
     SubjectRequest,
 )
@@ -75,9 +74,9 @@ def _transmitter(context: ApiContext) -> Transmitter:
 
 
 async def _authorize(context: ApiContext, request: Request) -> None:
-    """The one authentication of the SSF endpoints (an admin bearer token today; client
-    credentials with a scope once ``revoker.api.auth.authenticate`` exists)."""
-    await require_admin(context, request)
+    """The one authentication of the SSF endpoints: a bearer token or client credentials
+    (``client_secret_basic``) with the admin scope."""
+    await authenticate(context, request, scope=ADMIN_SCOPE)
 
 
 async def _call(fn: Callable[..., T], *args: Any) -> T:
@@ -299,23 +298,12 @@ async def replay(context: ApiContext, request: Request) -> Response:
 
 
 async def relying_parties(context: ApiContext, request: Request) -> Response:
-    """List (GET) or register (POST) back-channel logout relying parties."""
+    """The back-channel logout relying parties: registered clients with a logout URI."""
     from revoker.events.streams import relying_parties as listed
 
     t = _transmitter(context)
     await _authorize(context, request)
-    if request.method == "GET":
-        return _json({"relying_parties": await _call(listed, t.registry)})
-    body = await _body(request, RelyingPartyRequest)
-    return _json(await _call(t.registry.put_relying_party, body), 201)
-
-
-async def relying_party(context: ApiContext, request: Request) -> Response:
-    """Unregister one relying party (its undelivered logout tokens are dropped)."""
-    t = _transmitter(context)
-    await _authorize(context, request)
-    await _call(t.registry.delete_relying_party, request.path_params["client_id"])
-    return Response(status_code=204)
+    return _json({"relying_parties": await _call(listed, t.registry)})
 
 
 def _handler(fn: Callable[[ApiContext, Request], Awaitable[Response]], context: ApiContext) -> Any:
@@ -339,10 +327,7 @@ def routes(context: ApiContext) -> list[Route]:
         Route("/ssf/poll/{stream_id}", _handler(poll, context), methods=["POST"]),
         Route("/ssf/dead-letters", _handler(dead_letters, context), methods=["GET"]),
         Route("/ssf/dead-letters/replay", _handler(replay, context), methods=["POST"]),
-        Route("/ssf/relying-parties", _handler(relying_parties, context), methods=["GET", "POST"]),
-        Route(
-            "/ssf/relying-parties/{client_id}", _handler(relying_party, context), methods=["DELETE"]
-        ),
+        Route("/ssf/relying-parties", _handler(relying_parties, context), methods=["GET"]),
     ]
 
 
@@ -356,10 +341,11 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
-_SECURED: Final = {"security": [{"bearer": [ADMIN_SCOPE]}]}
+# A bearer token or a registered client (client_secret_basic) with the admin scope.
+_SECURED: Final = {"security": [{"bearer": [ADMIN_SCOPE]}, {"clientSecretBasic": [ADMIN_SCOPE]}]}
 _AUTH_ERRORS: Final = {
-    "401": _error("No valid, unrevoked bearer token."),
-    "403": _error("The token lacks the revoker:admin scope."),
+    "401": _error("No valid, unrevoked bearer token, or bad client credentials."),
+    "403": _error("The token or client lacks the revoker:admin scope."),
     "404": _error("No such stream, or no transmitter (REVOKER_EVENTS_SIGNING_KEY_FILE unset)."),
     "503": _error("Redis cannot be reached."),
 }
@@ -456,16 +442,5 @@ OPENAPI_PATHS: Final[dict[str, Any]] = {
     },
     "/ssf/relying-parties": {
         "get": _op("Back-channel logout relying parties", "ssf_rp_list", _JSON_OK),
-        "post": _op(
-            "Register a relying party",
-            "ssf_rp_put",
-            {"201": {"description": "Registered.", "content": {"application/json": {}}}},
-            body=True,
-        ),
-    },
-    "/ssf/relying-parties/{client_id}": {
-        "delete": _op(
-            "Unregister a relying party", "ssf_rp_delete", _NO_CONTENT, path_param="client_id"
-        )
     },
 }

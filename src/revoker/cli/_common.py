@@ -70,7 +70,7 @@ EXIT_CODES: Final = {
     EXIT_REVOKED_OR_INVALID: "check: the token is revoked or invalid",
     EXIT_USAGE: "usage error: bad option, id, time, token or configuration",
     EXIT_UNAVAILABLE: "Redis or the broker is unavailable",
-    EXIT_NOT_FOUND: "not found (unknown job)",
+    EXIT_NOT_FOUND: "not found (unknown job or client)",
     EXIT_JOB_FAILED: "the job failed (--wait, jobs watch)",
     EXIT_DUPLICATE: "an identical job is already running (its id is printed)",
     EXIT_TIMEOUT: "--timeout passed before the job finished (it keeps running)",

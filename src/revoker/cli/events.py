@@ -1,4 +1,5 @@
-"""``revoker events``: the SSF transmitter's dead letters, streams and relying parties.
+"""``revoker events``: the SSF transmitter's dead letters and streams (relying parties are
+registered clients: ``revoker clients add --backchannel-logout-uri``).
 
 ``revoker events dead-letter list`` shows the events a receiver never accepted (after
 REVOKER_EVENTS_MAX_ATTEMPTS, or at once for a 400); ``replay`` queues them again, at the end of
@@ -9,16 +10,14 @@ from __future__ import annotations
 
 import click
 
-from revoker.cli._common import EPILOG, EXIT_NOT_FOUND, cli, cli_store, emit_json, fail, json_option
-from revoker.events.streams import EventsError, RelyingPartyRequest
+from revoker.cli._common import EPILOG, cli, cli_store, emit_json, json_option
+from revoker.events.streams import EventsError
 from revoker.events.transmitter import Transmitter
 
 __all__ = [
     "dead_letter",
     "events",
     "replay",
-    "rp_add",
-    "rp_remove",
     "show_dead_letters",
     "streams",
 ]
@@ -30,7 +29,7 @@ def _transmitter() -> Transmitter:
 
 @cli.group("events", epilog=EPILOG)
 def events() -> None:
-    """Shared Signals events and back-channel logout: dead letters, streams, relying parties."""
+    """Shared Signals events and back-channel logout: dead letters, streams."""
 
 
 @events.group("dead-letter", epilog=EPILOG)
@@ -105,29 +104,3 @@ def streams(as_json: bool) -> None:
             f"{row['stream_id']}  {row['status']}  {row['method']}  held {row['held']}  "
             f"dropped {row['dropped']}"
         )
-
-
-@events.command("rp-add", epilog=EPILOG)
-@click.argument("client_id")
-@click.argument("backchannel_logout_uri")
-def rp_add(client_id: str, backchannel_logout_uri: str) -> None:
-    """Register a relying party: it receives a logout token for each revoked session of its own."""
-    try:
-        request = RelyingPartyRequest(
-            client_id=client_id, backchannel_logout_uri=backchannel_logout_uri
-        )
-    except ValueError as e:
-        raise click.UsageError(str(e).splitlines()[-1]) from None
-    _transmitter().registry.put_relying_party(request)
-    click.echo(f"relying party {client_id} -> {backchannel_logout_uri}")
-
-
-@events.command("rp-remove", epilog=EPILOG)
-@click.argument("client_id")
-def rp_remove(client_id: str) -> None:
-    """Unregister a relying party."""
-    try:
-        _transmitter().registry.delete_relying_party(client_id)
-    except EventsError as e:
-        fail(e.description, EXIT_NOT_FOUND)
-    click.echo(f"relying party {client_id} removed")

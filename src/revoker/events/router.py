@@ -210,6 +210,9 @@ def route(t: Transmitter, *, budget: float = 5.0) -> int:
     queued = 0
     try:
         dests = t.registry.destinations()
+        # The bulk jobs' hook reads this flag: a stream or relying party added since the last
+        # run starts receiving per-session events within a run (and the hook's 1 s cache).
+        t.registry.refresh_wanted(dests)
         if not dests:
             return 0
         t.registry.ensure_groups()

@@ -12,9 +12,9 @@ plus one revoker extension, ``per_session_events``: a bulk job then produces one
 revoked session, not only the user's or tenant's event. Its status (``enabled``, ``paused``,
 ``disabled``) and reason are stored beside it.
 
-The relying-party registry is this module's own (a hash keyed by client id) until the OAuth client
-registry (``revoker.clients``) carries ``backchannel_logout_uri``; :func:`relying_parties` is the
-one reader to switch then.
+Relying parties are the registered API clients (:mod:`revoker.clients`) that have a
+``backchannel_logout_uri`` (``revoker clients add --backchannel-logout-uri``);
+:func:`relying_parties` is the one reader.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import ResponseError
 
 from revoker import keys as k
+from revoker.clients import ClientRegistry
 from revoker.events.claims import SESSION_REVOKED, VERIFICATION
 from revoker.exceptions import InvalidIdentifier, RevokerError
 
@@ -44,7 +45,6 @@ __all__ = [
     "Destination",
     "EventsError",
     "Registry",
-    "RelyingPartyRequest",
     "StreamRequest",
     "SubjectRequest",
     "canonical_subject",
@@ -143,20 +143,6 @@ class SubjectRequest(BaseModel):
     def _subject(cls, value: dict[str, Any]) -> dict[str, Any]:
         canonical_subject(value)  # raises ValueError for a malformed subject
         return value
-
-
-class RelyingPartyRequest(BaseModel):
-    """A back-channel logout relying party: a client id and its ``backchannel_logout_uri``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    client_id: str = Field(min_length=1, max_length=k.MAX_ID_LENGTH)
-    backchannel_logout_uri: str = Field(max_length=2048)
-
-    @field_validator("backchannel_logout_uri")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _http_url(value, "backchannel_logout_uri")
 
 
 def canonical_subject(subject: Any) -> str:
@@ -375,23 +361,6 @@ class Registry:
             self.keys.events_subjects(request.stream_id), *_subject_entries(request.subject)
         )
 
-    # --- relying parties ---------------------------------------------------------------------
-
-    def put_relying_party(self, request: RelyingPartyRequest) -> dict[str, Any]:
-        entry = request.model_dump()
-        self.ensure_groups()
-        self.client.hset(
-            self.keys.events_relying_parties, request.client_id, json.dumps(entry, sort_keys=True)
-        )
-        self.refresh_wanted()
-        return entry
-
-    def delete_relying_party(self, client_id: str) -> None:
-        if not self.client.hdel(self.keys.events_relying_parties, client_id):
-            raise EventsError(404, "not_found", f"no relying party {client_id!r}")
-        self._forget_queue(RP_PREFIX + client_id)
-        self.refresh_wanted()
-
     # --- what the router and delivery read ---------------------------------------------------
 
     def destinations(self) -> list[Destination]:
@@ -415,20 +384,24 @@ class Registry:
     def destination(self, dest_id: str) -> Destination | None:
         """One destination, or None when it is gone."""
         if dest_id.startswith(RP_PREFIX):
-            raw = self.client.hget(self.keys.events_relying_parties, dest_id[len(RP_PREFIX) :])
-            return None if raw is None else _rp_destination(json.loads(raw))
+            record = ClientRegistry(self.client, self.keys).get(dest_id[len(RP_PREFIX) :])
+            if record is None or record.backchannel_logout_uri is None:
+                return None
+            return _rp_destination(
+                {
+                    "client_id": record.client_id,
+                    "backchannel_logout_uri": record.backchannel_logout_uri,
+                }
+            )
         raw = self.client.hget(self.keys.events_streams, dest_id)
         return None if raw is None else _stream_destination(json.loads(raw))
 
-    def refresh_wanted(self) -> None:
-        """Set the per-session flag while a live stream asks for it or a relying party exists."""
-        wanted = bool(self.client.hlen(self.keys.events_relying_parties)) or any(
-            d.per_session and d.status != "disabled"
-            for d in (
-                _stream_destination(json.loads(v))
-                for v in self.client.hvals(self.keys.events_streams)
-            )
-        )
+    def refresh_wanted(self, dests: list[Destination] | None = None) -> None:
+        """Set the per-session flag while a live stream asks for per-session events or a relying
+        party exists (the router refreshes it every run, with the destinations it read)."""
+        if dests is None:
+            dests = self.destinations()
+        wanted = any(d.per_session and d.status != "disabled" for d in dests)
         if wanted:
             self.client.set(self.keys.events_wanted, str(int(time.time())))
         else:
@@ -445,9 +418,13 @@ class Registry:
 
 
 def relying_parties(registry: Registry) -> list[dict[str, Any]]:
-    """Every registered back-channel logout relying party (client_id, backchannel_logout_uri)."""
-    raw = registry.client.hvals(registry.keys.events_relying_parties)
-    return sorted((json.loads(value) for value in raw), key=lambda rp: str(rp["client_id"]))
+    """Every back-channel logout relying party: the registered clients with a
+    ``backchannel_logout_uri`` (``client_id``, ``backchannel_logout_uri``)."""
+    return [
+        {"client_id": r.client_id, "backchannel_logout_uri": r.backchannel_logout_uri}
+        for r in ClientRegistry(registry.client, registry.keys).list()
+        if r.backchannel_logout_uri
+    ]
 
 
 def _stream_destination(config: dict[str, Any]) -> Destination:
