@@ -418,3 +418,15 @@ def test_a_holders_own_revocation_is_user_initiated(tx: Any) -> None:
     event = claims["events"][SESSION_REVOKED]
     assert event["initiating_entity"] == "user"
     assert event["reason_user"] == {"en": "signed out"}
+
+
+def test_beat_routes_events_only_with_a_signing_key(tmp_path: Path) -> None:
+    """The worker's beat runs revoker.events_route every second only when a key is configured."""
+    from conftest import make_settings
+    from revoker.worker import celery_config
+
+    assert "revoker-events-route" not in celery_config(make_settings())["beat_schedule"]
+    keyed = make_settings(events_signing_key_file=write_key(tmp_path / "k.pem"))
+    entry = celery_config(keyed)["beat_schedule"]["revoker-events-route"]
+    assert entry["task"] == "revoker.events_route"
+    assert entry["schedule"] == 1.0

@@ -56,6 +56,21 @@ def time_limits(settings: RevokerSettings) -> tuple[int, int]:
     return soft, hard
 
 
+def _events_schedule(settings: RevokerSettings) -> dict[str, Any]:
+    """revoker.events' beat entry: route revocations to event queues and start push deliveries,
+    every second; none without a signing key (no transmitter: nothing to route)."""
+    if settings.events_signing_key_file is None:
+        return {}
+    return {
+        "revoker-events-route": {
+            "task": "revoker.events_route",
+            "schedule": BEAT_EVENTS_SECONDS,
+            # A route missed is redone by the next: never let beat's backlog pile up.
+            "options": {"expires": BEAT_EVENTS_SECONDS * 5},
+        }
+    }
+
+
 def celery_config(settings: RevokerSettings) -> dict[str, Any]:
     """The Celery configuration for ``settings``."""
     soft, hard = time_limits(settings)
@@ -115,13 +130,7 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
                 "task": "revoker.publish_pending_jobs",
                 "schedule": BEAT_OUTBOX_SECONDS,
             },
-            # revoker.events: route revocations to event queues, start push deliveries.
-            "revoker-events-route": {
-                "task": "revoker.events_route",
-                "schedule": BEAT_EVENTS_SECONDS,
-                # A route missed is redone by the next: never let beat's backlog pile up.
-                "options": {"expires": BEAT_EVENTS_SECONDS * 5},
-            },
+            **_events_schedule(settings),
         },
     }
 
