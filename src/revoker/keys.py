@@ -24,6 +24,17 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:console:<session>            string  one console sign-in (JSON), TTL = its lifetime
     P:{integrity}:id               hash    the denylist's identity: epoch, seq, state (no TTL)
     P:{integrity}:gw               string  "<revoked_at_us>|<reason>" global watermark (cut-off)
+    P:{ssf}:streams                hash    SSF stream id -> stream configuration (JSON)
+    P:{ssf}:subjects:<dest>        set     subjects added to a stream (canonical JSON)
+    P:{ssf}:q:<dest>               stream  events waiting for one destination, in order
+    P:{ssf}:qj:<dest>              hash    jti -> entry id in that queue (poll acks, dedup)
+    P:{ssf}:try:<dest>             string  "<jti>|<attempts>|<next_at_ms>" of the head event
+    P:{ssf}:lease:<dest>           string  the one delivery task of a destination (token, PX)
+    P:{ssf}:chunks                 stream  per-session revocations of bulk-job chunks
+    P:{ssf}:wanted                 string  present while a destination wants per-session events
+    P:{ssf}:pump                   string  the one router (token, PX)
+    P:{ssf}:dead                   stream  dead letters: events a destination never accepted
+    P:{ssf}:dropped                hash    destination -> events dropped (REVOKER_EVENTS_MAX_HELD)
 
 ``<T>`` is the tenant's hash tag: ``t:<tenant>``, or ``-`` for tokens without a tenant. Everything
 of one tenant shares a Redis Cluster slot, so the check needs at most three slots (the jti's, the
@@ -472,6 +483,63 @@ class KeyLayout:
     def global_watermark(self) -> str:
         """Every token issued at or before the value is revoked: the cut-off after a loss."""
         return f"{self.prefix}:{{integrity}}:gw"
+
+    # --- SSF transmitter and back-channel logout (revoker.events) -------------------------------
+    # Every key shares the {ssf} hash tag: on a Redis Cluster they live in one slot, so a
+    # delivery's "deliver, forget, advance" is one MULTI/EXEC. A destination (``<dest>``) is an SSF
+    # stream id, or ``rp:<client id>`` for a relying party's back-channel logout (a registered
+    # client with a backchannel_logout_uri, revoker.clients).
+
+    @property
+    def events_streams(self) -> str:
+        """Hash: SSF stream id -> its configuration (JSON, revoker.events.streams)."""
+        return f"{self.prefix}:{{ssf}}:streams"
+
+    def events_subjects(self, dest: str) -> str:
+        """Set: the subjects added to one stream (canonical JSON); empty = every subject."""
+        return f"{self.prefix}:{{ssf}}:subjects:{escape_id(dest, 'stream id')}"
+
+    def events_queue(self, dest: str) -> str:
+        """Stream: the events waiting for one destination, oldest first (bounded: MAXLEN)."""
+        return f"{self.prefix}:{{ssf}}:q:{escape_id(dest, 'stream id')}"
+
+    def events_queue_index(self, dest: str) -> str:
+        """Hash: jti -> its entry id in the destination's queue (acks by jti; no jti twice)."""
+        return f"{self.prefix}:{{ssf}}:qj:{escape_id(dest, 'stream id')}"
+
+    def events_attempts(self, dest: str) -> str:
+        """String ``"<jti>|<attempts>|<next_at_ms>"``: the failed attempts of the head event."""
+        return f"{self.prefix}:{{ssf}}:try:{escape_id(dest, 'stream id')}"
+
+    def events_lease(self, dest: str) -> str:
+        """String: the token of the one task delivering to this destination (expires: PX)."""
+        return f"{self.prefix}:{{ssf}}:lease:{escape_id(dest, 'stream id')}"
+
+    @property
+    def events_chunks(self) -> str:
+        """Stream: the sessions of bulk-job chunks, written only while some destination wants
+        per-session events (revoker.events.emit_chunk_events)."""
+        return f"{self.prefix}:{{ssf}}:chunks"
+
+    @property
+    def events_wanted(self) -> str:
+        """String, present while a stream asks for per-session events or a relying party exists."""
+        return f"{self.prefix}:{{ssf}}:wanted"
+
+    @property
+    def events_pump(self) -> str:
+        """String: the token of the one router moving revocations into queues (expires: PX)."""
+        return f"{self.prefix}:{{ssf}}:pump"
+
+    @property
+    def events_dead(self) -> str:
+        """Stream: dead letters (bounded: MAXLEN), listed and replayed by ``revoker events``."""
+        return f"{self.prefix}:{{ssf}}:dead"
+
+    @property
+    def events_dropped(self) -> str:
+        """Hash: destination -> events dropped because it held REVOKER_EVENTS_MAX_HELD already."""
+        return f"{self.prefix}:{{ssf}}:dropped"
 
     def check_keys(
         self, jti: str, tenant_id: str | None, user_id: str | None, family_id: str | None

@@ -57,6 +57,7 @@ __all__ = [
     "CHECKS",
     "CHECK_LATENCY",
     "DENYLIST_LOST",
+    "EVENTS",
     "JOB_CHUNKS_PARKED",
     "JOB_DURATION",
     "JOB_SESSIONS_REVOKED",
@@ -118,6 +119,10 @@ REVOCATIONS: Final = Counter(
 DENYLIST_LOST: Final = Counter(
     "revoker_denylist_lost", "Denylist losses or rollbacks detected.", ["kind", "policy"]
 )
+#: Shared Signals events and logout tokens (revoker.events) by outcome: routed (queued for a
+#: stream), delivered (a push accepted, a poll acknowledged), retried (a push failed, backing
+#: off), dead_lettered. Counted by the process that did it (the worker; the API for polls).
+EVENTS: Final = Counter("revoker_events_total", "Security events, by outcome.", ["outcome"])
 #: Seconds from a job's creation (its enqueue) to its finish, by job kind and final status;
 #: observed once per job by the worker that finished it.
 JOB_DURATION: Final = Histogram(

@@ -480,6 +480,67 @@ class RevokerSettings(BaseSettings):
         """`info` and `INFO` alike, as logging itself accepts."""
         return value.strip().upper() if isinstance(value, str) else value
 
+    # --- Shared Signals events and back-channel logout (revoker.events) -----------------------
+    events_signing_key_file: Path | None = Field(
+        None,
+        description="PEM private key (EC P-256: ES256, or RSA: RS256) that signs Security Event "
+        "Tokens and logout tokens; its public half is served as the transmitter's JWKS. Unset: "
+        "the SSF endpoints answer 404 and no event is produced.",
+    )
+    events_issuer: str | None = Field(
+        None,
+        max_length=512,
+        description="`iss` of SETs and logout tokens and the SSF `issuer` (a URL). Unset: "
+        "REVOKER_ISSUER, else `urn:revoker`.",
+    )
+    events_key_id: str | None = Field(
+        None,
+        max_length=128,
+        description="`kid` of the signing key. Unset: its RFC 7638 thumbprint.",
+    )
+    events_push_timeout: float = Field(
+        5.0, gt=0, le=60, description="Seconds one push (RFC 8935) or logout POST may take."
+    )
+    events_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Push attempts of one event before it goes to the dead-letter list.",
+    )
+    events_retry_base: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="Seconds before the first retry of a failed push; doubled per attempt, with "
+        "jitter, up to REVOKER_EVENTS_RETRY_MAX.",
+    )
+    events_retry_max: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait between two push attempts, seconds."
+    )
+    events_max_held: int = Field(
+        10_000,
+        ge=10,
+        le=10_000_000,
+        description="Events one stream holds undelivered (paused, receiver down, not polled); "
+        "beyond it the oldest are dropped and counted.",
+    )
+    events_dead_letter_max: int = Field(
+        10_000, ge=10, le=10_000_000, description="Dead letters kept (oldest dropped beyond)."
+    )
+    events_poll_wait: float = Field(
+        10.0,
+        ge=0,
+        le=60,
+        description="Longest a poll without returnImmediately waits for events, seconds.",
+    )
+    events_push_budget: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds one delivery task works for one stream before it yields the worker "
+        "(a slow receiver holds at most one worker slot, this long at a time).",
+    )
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:

@@ -29,6 +29,7 @@ with requires_extra("worker", __name__):
     from celery import Celery, signals
 
 __all__ = [
+    "BEAT_EVENTS_SECONDS",
     "BEAT_EXPIRE_SECONDS",
     "BEAT_OUTBOX_SECONDS",
     "EXPIRY_SLICES",
@@ -44,6 +45,8 @@ BEAT_EXPIRE_SECONDS = 60.0
 EXPIRY_SLICES = 10
 #: Beat period of ``publish_pending_jobs`` (the outbox sweep).
 BEAT_OUTBOX_SECONDS = 5.0
+#: Beat period of ``revoker.events_route`` (revoker.events.tasks: the most an event waits).
+BEAT_EVENTS_SECONDS = 1.0
 
 
 def time_limits(settings: RevokerSettings) -> tuple[int, int]:
@@ -51,6 +54,21 @@ def time_limits(settings: RevokerSettings) -> tuple[int, int]:
     hard = max(5, int(settings.visibility_timeout * 0.8))
     soft = max(3, hard - max(2, hard // 10))
     return soft, hard
+
+
+def _events_schedule(settings: RevokerSettings) -> dict[str, Any]:
+    """revoker.events' beat entry: route revocations to event queues and start push deliveries,
+    every second; none without a signing key (no transmitter: nothing to route)."""
+    if settings.events_signing_key_file is None:
+        return {}
+    return {
+        "revoker-events-route": {
+            "task": "revoker.events_route",
+            "schedule": BEAT_EVENTS_SECONDS,
+            # A route missed is redone by the next: never let beat's backlog pile up.
+            "options": {"expires": BEAT_EVENTS_SECONDS * 5},
+        }
+    }
 
 
 def celery_config(settings: RevokerSettings) -> dict[str, Any]:
@@ -112,12 +130,13 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
                 "task": "revoker.publish_pending_jobs",
                 "schedule": BEAT_OUTBOX_SECONDS,
             },
+            **_events_schedule(settings),
         },
     }
 
 
 # ``include``: the worker imports the task package, whose modules register every task on ``app``.
-app = Celery("revoker", include=["revoker.tasks"])
+app = Celery("revoker", include=["revoker.tasks", "revoker.events.tasks"])
 # A promise: the settings are read when Celery first needs its configuration (in the worker, after
 # the REVOKER_* environment is in place), never at import time.
 app.add_defaults(lambda: celery_config(get_settings()))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from revoker.api import audit, console, discovery, jobs, oauth, ops
+from revoker.api import audit, console, discovery, jobs, oauth, ops, ssf
 from revoker.api.context import ApiContext
 from revoker.api.errors import EXCEPTION_HANDLERS
 from revoker.logs import configure_logging
@@ -41,6 +41,7 @@ def create_app(
             *discovery.routes(context),
             *console.routes(context),
             *audit.routes(context),
+            *ssf.routes(context),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         # Revocations written by a request are counted under surface "api" (revoker.metrics).

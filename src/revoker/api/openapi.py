@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, get_args
 from revoker.api.auth import ADMIN_SCOPE, INTROSPECT_SCOPE, REVOKE_SCOPE
 from revoker.api.bodies import BODIES, PATH_IDS, JobQuery
 from revoker.api.jobs import ENQUEUE_PATHS
+from revoker.api.ssf import OPENAPI_PATHS as SSF_PATHS
 from revoker.job_record import JobRecord, JobStatus
 from revoker.keys import MAX_ID_LENGTH
 
@@ -266,6 +267,8 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **{path: _job_post(scope) for scope, path in ENQUEUE_PATHS.items()},
+            # The SSF transmitter and event admin endpoints (revoker.api.ssf).
+            **SSF_PATHS,
             "/jobs/{job_id}": {
                 "get": {
                     "summary": "One bulk job: status and progress",

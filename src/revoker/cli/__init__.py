@@ -10,7 +10,17 @@ One module per command group; importing this package registers them all on :data
 
 from __future__ import annotations
 
-from revoker.cli import audit, clients, inspect, integrity, jobs, revoke, services, tokens
+from revoker.cli import (
+    audit,
+    clients,
+    events,
+    inspect,
+    integrity,
+    jobs,
+    revoke,
+    services,
+    tokens,
+)
 from revoker.cli._common import (
     EXIT_CODES,
     EXIT_DATA_LOST,
@@ -29,7 +39,7 @@ from revoker.cli._common import (
 __all__ = ["EXIT_CODES", "cli", "main"]
 
 # The command modules register themselves on import; the names keep linters from dropping them.
-_COMMAND_MODULES = (audit, clients, inspect, integrity, jobs, revoke, services, tokens)
+_COMMAND_MODULES = (audit, clients, events, inspect, integrity, jobs, revoke, services, tokens)
 _EXIT_NAMES = (
     EXIT_DATA_LOST, EXIT_DUPLICATE, EXIT_JOB_FAILED, EXIT_NOT_FOUND, EXIT_OK,
     EXIT_REVOKED_OR_INVALID, EXIT_TIMEOUT, EXIT_UNAVAILABLE, EXIT_USAGE, default_actor,

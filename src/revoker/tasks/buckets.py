@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from revoker import keys as k
+from revoker.events import emit_chunk_events
 from revoker.job_record import JobRecord
 from revoker.rules import encode_mark, now_us, to_us
 from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
@@ -50,6 +51,8 @@ class Selection:
     """
 
     def __init__(self, record: JobRecord, cutoff_us: int, user_id: str | None = None) -> None:
+        #: The job, for the events of its chunks (revoker.events.emit_chunk_events).
+        self.record = record
         self.cutoff_us = cutoff_us
         self.user = k.escape_part(user_id).encode() if user_id is not None else None
         self.client = (
@@ -151,6 +154,8 @@ def revoke_buckets(
             # ~12% of its sessions/s and a check's p99 during it ~35% (`bench/run.py --quick
             # --only fanout`, same run). On a cluster the bump lives in another slot anyway.
             exchange(batch + core.sequence_bump())
+    # After the marks: the sessions' events (free unless a stream wants per-session events).
+    emit_chunk_events(store, select.record, [fid for ids in selected.values() for fid in ids])
     return selected
 
 
