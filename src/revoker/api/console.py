@@ -14,6 +14,7 @@ no script the page did not bring.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -41,7 +42,6 @@ from revoker.bulk import BulkRevocation
 from revoker.clients import AsyncClientRegistry
 from revoker.console import STATIC_DIR, TEMPLATES_DIR
 from revoker.job_record import JOB_STATUSES
-from revoker.metrics import REVOCATIONS
 from revoker.tokens import MAX_TOKEN_BYTES, TokenData
 
 if TYPE_CHECKING:
@@ -125,9 +125,15 @@ async def authenticate(
         claims={
             "kind": "client",
             "client_id": record.client_id,
-            "secret_rotated_at": record.secret_rotated_at,
+            "secret": _secret_version(record),
         },
     )
+
+
+def _secret_version(record: ClientRecord) -> str:
+    """Which secret the client has now: a digest of its stored hash (a new one on every rotation;
+    ``secret_rotated_at`` is whole seconds, so two rotations in one second would look alike)."""
+    return hashlib.sha256(record.secret_hash.encode()).hexdigest()
 
 
 async def _client_record(context: ApiContext, client_id: str | None) -> ClientRecord | None:
@@ -151,7 +157,7 @@ async def still_valid(context: ApiContext, claims: dict[str, Any]) -> bool:
         return (
             record is not None
             and auth.ADMIN_SCOPE in record.scopes
-            and record.secret_rotated_at == claims.get("secret_rotated_at")
+            and _secret_version(record) == claims.get("secret")
         )
     try:
         token = TokenData.model_validate(claims.get("token"))
@@ -692,8 +698,6 @@ async def revoke_single(
         return _revoke_page(
             console, session, status=422, errors={which: [str(e)]}, form=form, which=which
         )
-    if newly:
-        REVOCATIONS.labels("token" if which == "token" else "family").inc()
     what = "token" if which == "token" else "session"
     done = f"revoked {what} {target}" + ("" if newly else f" (the {what} was already revoked)")
     return _revoke_page(console, session, done=done, which=which)
