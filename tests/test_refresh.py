@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from conftest import REDIS_URL, delete_prefix, make_settings
+from conftest import REDIS_URL, Backend, CheckPath, delete_prefix, make_settings
 from revoker import exceptions as exc
 from revoker.keys import bucket_of_user, encode_record, family_id_prefix
 from revoker.localredis import LocalRedis
@@ -70,20 +70,23 @@ StoreFactory = Callable[..., RedisTokenRevocationStore]
 
 
 @pytest.fixture
-async def make_store(backend: str) -> AsyncIterator[StoreFactory]:
-    """Builds async stores on the backend under test with settings overrides; cleans up."""
+async def make_store(backend_entry: Backend, check_path: CheckPath) -> AsyncIterator[StoreFactory]:
+    """Builds async stores on the backend under test, as the table builds them (on `pipelined`:
+    from settings, the check over the pipelined connection), with settings overrides; each gets
+    a sync client on the same data (``sync_client``); cleans up."""
     made: list[tuple[RedisTokenRevocationStore, Any]] = []
 
     def factory(**overrides: Any) -> RedisTokenRevocationStore:
-        settings = make_settings(**overrides)
-        if backend == "fakeredis":
+        settings = make_settings(**{**backend_entry.timeouts, **overrides})
+        sync: Any
+        if backend_entry.name == "fakeredis":
             server = fakeredis.FakeServer()
-            client: Any = fakeredis.aioredis.FakeRedis(server=server)
-            sync: Any = fakeredis.FakeRedis(server=server)
+            store = backend_entry.async_store(settings, server=server)
+            sync = fakeredis.FakeRedis(server=server)
         else:
-            client = redis.asyncio.Redis.from_url(REDIS_URL)
-            sync = redis.Redis.from_url(REDIS_URL)
-        store = RedisTokenRevocationStore(client, settings=settings)
+            store = backend_entry.async_store(settings)
+            sync = redis.Redis.from_url(settings.redis_url)
+        check_path.watch(store)
         store.sync_client = sync  # type: ignore[attr-defined]
         made.append((store, sync))
         return store
@@ -93,6 +96,7 @@ async def make_store(backend: str) -> AsyncIterator[StoreFactory]:
         await store.aclose()
         delete_prefix(sync, store.settings.key_prefix)
         sync.close()
+    check_path.assert_kept_to(backend_entry)
 
 
 def snapshot(client: Any, prefix: str) -> dict[str, Any]:
@@ -187,13 +191,13 @@ async def test_rotation_keeps_the_session_recorded_until_its_new_expiry(
     assert sync.ttl(bucket) > 3600
 
 
-def test_sync_twin_rotates_and_detects_reuse(backend: str, fake_jobs: JobRecorder) -> None:
+def test_sync_twin_rotates_and_detects_reuse(
+    backend_entry: Backend, fake_jobs: JobRecorder
+) -> None:
     """rotate_refresh_token_sync behaves like the async one on the sync store."""
-    settings = make_settings()
-    client: Any = (
-        fakeredis.FakeRedis() if backend == "fakeredis" else redis.Redis.from_url(REDIS_URL)
-    )
-    store = SyncRedisTokenRevocationStore(client, settings=settings)
+    settings = make_settings(**backend_entry.timeouts)
+    store = backend_entry.sync_store(settings)
+    client = store.client
     try:
         first = start_session_sync("bob", tenant_id=TENANT, store=store)
         second = rotate_refresh_token_sync(first.refresh_token, store=store)
