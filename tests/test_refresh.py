@@ -162,6 +162,7 @@ async def test_rotation_issues_a_new_pair_of_the_same_session(make_store: StoreF
     s = store.settings
     assert claims(second.access_token, s) == claims(first.access_token, s)
     assert claims(second.refresh_token, s, "refresh") == claims(first.refresh_token, s, "refresh")
+    assert not await store.is_revoked(decode_token(second.access_token, settings=s))
     session = await store.get_session(first.family_id, tenant_id=TENANT)
     assert session is not None
     assert session.current_jti == second.refresh_jti
@@ -310,9 +311,11 @@ async def test_a_token_older_than_the_previous_one_is_reuse_even_in_the_grace_wi
     store = make_store(refresh_reuse_grace_seconds=60)
     first = await login(store)
     second = await rotate_refresh_token(first.refresh_token, store=store)
-    await rotate_refresh_token(second.refresh_token, store=store)
+    third = await rotate_refresh_token(second.refresh_token, store=store)
     with pytest.raises(exc.RefreshTokenReused):
         await rotate_refresh_token(first.refresh_token, store=store)
+    status = await store.is_revoked(decode_token(third.access_token, settings=store.settings))
+    assert (status.rule, status.reason) == ("family", REUSE_REASON)
 
 
 # --- grace window ----------------------------------------------------------------------------
@@ -347,6 +350,8 @@ async def test_retry_after_the_grace_window_is_reuse(make_store: StoreFactory) -
         await rotate_refresh_token(first.refresh_token, store=store)
     with pytest.raises(exc.FamilyRevoked):
         await rotate_refresh_token(second.refresh_token, store=store)
+    status = await store.is_revoked(decode_token(second.access_token, settings=store.settings))
+    assert status.rule == "family"
 
 
 async def test_grace_retry_is_still_covered_by_a_later_user_revocation(
@@ -444,6 +449,8 @@ async def test_no_rotation_succeeds_after_logout_returns(make_store: StoreFactor
     pair = await login(store)
     tasks = [asyncio.ensure_future(rotate_refresh_token(pair.refresh_token, store=store))]
     await store.revoke_family(pair.family_id, tenant_id=TENANT, reason="logout")
+    status = await store.is_revoked(decode_token(pair.access_token, settings=store.settings))
+    assert (status.rule, status.reason) == ("family", "logout")
     after = await asyncio.gather(
         *(rotate_refresh_token(pair.refresh_token, store=store) for _ in range(5)),
         return_exceptions=True,
@@ -551,6 +558,9 @@ async def test_revoked_tokens_are_refused_without_writes(
         with pytest.raises(exc.TokenRevoked) as caught:
             await rotate_refresh_token(pair.refresh_token, store=store)
         assert caught.value.status.rule == rule
+        # The check (the middleware's) refuses the same token by the same rule.
+        refresh = decode_token(pair.refresh_token, "refresh", settings=s)
+        assert (await store.is_revoked(refresh)).rule == rule
     assert snapshot(sync, s.key_prefix) == before
     await store.revoke_tenant_tokens(TENANT)
     with pytest.raises(exc.TokenRevoked) as caught:
