@@ -249,6 +249,10 @@ async def test_set_watermark_keeps_the_old_value_exactly_when_python_reads_it_la
         assert after is not None, flavour
         assert reported == decode_mark(after)[0] / 1e6, flavour
         assert (after == value) == (old_at >= before), flavour
+        # The check reads the watermark left behind as rules.decide does.
+        token = _token(_family(store), T_US).model_copy(update={"sub": user})
+        python = decide(token.iat, [None, None, after, None])
+        assert await parity_store.is_revoked(token) == (python, python), flavour
 
 
 @pytest.mark.redis
@@ -413,6 +417,11 @@ async def test_record_is_read_alike_by_rotation_and_python(
 
     for rotated, reply in await parity_store.rotations(_token(family, T_US), record):
         assert reply.outcome == _expected_rotation(record, now)
+        # Reuse revokes the family, in the check too; no other outcome revokes anything.
+        checked = await parity_store.is_revoked(_token(rotated, T_US))
+        assert [status.rule for status in checked] == [
+            "family" if reply.outcome == "reuse" else None
+        ] * 2
         if reply.outcome == "grace":
             assert reply.issued_at_us == read_time(record.split(b"|")[8])
             assert (reply.access_jti, reply.refresh_jti) == (data["successor"], data["current"])
