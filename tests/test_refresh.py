@@ -369,10 +369,12 @@ async def test_grace_retry_is_still_covered_by_a_later_user_revocation(
 
 
 # --- concurrency (real Redis) ----------------------------------------------------------------
+# On both real-Redis entries: `pipelined`'s store is built from settings, so 50 rotations share
+# the bounded pool production runs (REVOKER_REDIS_MAX_CONNECTIONS), not an injected client's.
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "pipelined"])
 async def test_fifty_concurrent_rotations_without_grace(
     make_store: StoreFactory, fake_jobs: JobRecorder
 ) -> None:
@@ -422,7 +424,7 @@ def test_fifty_concurrent_rotations_from_threads(fake_jobs: JobRecorder) -> None
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "pipelined"])
 async def test_fifty_concurrent_retries_within_the_grace_window(make_store: StoreFactory) -> None:
     """With a grace window, all 50 concurrent callers get the same successor; the family lives."""
     store = make_store(refresh_reuse_grace_seconds=30)
