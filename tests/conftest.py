@@ -66,11 +66,21 @@ class Backend:
         """Whether its keys live on the shared test Redis (and are deleted by prefix afterwards)."""
         return self.name != "fakeredis" and not self.cluster
 
-    def async_store(self, settings: RevokerSettings) -> RedisTokenRevocationStore:
-        """The async store on this backend for ``settings`` (whose redis_url picks the server)."""
+    @property
+    def timeouts(self) -> dict[str, Any]:
+        """Settings overrides for a test building its own settings on this backend: the decision
+        timeouts the ``store`` fixture runs with (none for fakeredis, which has no wire)."""
+        return {} if self.name == "fakeredis" else dict(_DECISION_TIMEOUTS)
+
+    def async_store(
+        self, settings: RevokerSettings, *, server: fakeredis.FakeServer | None = None
+    ) -> RedisTokenRevocationStore:
+        """The async store on this backend for ``settings`` (whose redis_url picks the server).
+        On fakeredis, ``server`` is the fake server it talks to (default: fakeredis's shared
+        one), so that a test's other clients see the same data."""
         client: Any = None
         if self.name == "fakeredis":
-            client = fakeredis.aioredis.FakeRedis()
+            client = fakeredis.aioredis.FakeRedis(server=server)
         elif self.injected:
             # As a careful service injects one: the settings' timeouts, no retries (the breaker,
             # not the client, decides when to try again).
@@ -86,12 +96,15 @@ class Backend:
         assert store.is_cluster == self.cluster, f"{self}: cluster client"
         return store
 
-    def sync_store(self, settings: RevokerSettings) -> SyncRedisTokenRevocationStore:
+    def sync_store(
+        self, settings: RevokerSettings, *, server: fakeredis.FakeServer | None = None
+    ) -> SyncRedisTokenRevocationStore:
         """The sync store on this backend (the sync store has no pipelined path: built from
-        settings it uses the client production's tasks and CLI use)."""
+        settings it uses the client production's tasks and CLI use). ``server``: as for
+        ``async_store``."""
         client: Any = None
         if self.name == "fakeredis":
-            client = fakeredis.FakeRedis()
+            client = fakeredis.FakeRedis(server=server)
         elif self.injected:
             client = redis.Redis.from_url(settings.redis_url)
         store = SyncRedisTokenRevocationStore(client, settings=settings)

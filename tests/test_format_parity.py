@@ -3,23 +3,25 @@
 The same valid, edge and corrupt values (revoked marks, watermarks, session records) go through
 the Python decoders (``keys.decode_mark``, ``rules.decide``, ``keys.decode_record``,
 ``keys.record_head``) and through each script that reads them, run on each backend of the table
-(fakeredis with Lua, real Redis): the check (``check.lua``, via the store), ``rotate_refresh.lua``
-and ``set_watermark.lua``. Each test asserts the scripts decide what Python decides; a rule
-changed on one side only makes one of them fail.
+(fakeredis with Lua, real Redis, the pipelined connection): the check (``check.lua``, via the
+store), ``rotate_refresh.lua`` and ``set_watermark.lua``. Each store call goes through both the
+backend's sync store and its async store (the one a service checks with: on the `pipelined`
+entry, its check runs over the pipelined connection). Each test asserts the scripts decide what
+Python decides; a rule changed on one side only makes one of them fail.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
 
-from conftest import REDIS_URL, private_settings
+from conftest import REDIS_URL, Backend, CheckPath, private_settings
 from revoker.keys import (
     MAX_TIME,
     RECORD_FIELDS,
@@ -34,7 +36,7 @@ from revoker.keys import (
     read_time,
     record_head,
 )
-from revoker.rules import decide, now_us
+from revoker.rules import RevocationStatus, decide, now_us
 from revoker.store import (
     RedisTokenRevocationStore,
     RotationReply,
@@ -93,16 +95,64 @@ def _ids(value: bytes) -> str:
     return repr(value[:24]) + (f"..{len(value)}" if len(value) > 24 else "")
 
 
+class Parity:
+    """One data set seen through a backend's two stores, built as the table builds them: ``sync``
+    (seeds keys, as tasks and the CLI do) and ``aio`` (the store a service checks with)."""
+
+    def __init__(
+        self,
+        entry: Backend,
+        sync: SyncRedisTokenRevocationStore,
+        aio: RedisTokenRevocationStore,
+        check_path: CheckPath,
+    ) -> None:
+        self.entry, self.sync, self.aio, self.check_path = entry, sync, aio, check_path
+
+    async def is_revoked(self, token: TokenData) -> tuple[RevocationStatus, RevocationStatus]:
+        """The check's decision through the sync store and through the async one."""
+        ran = self.check_path.pipelined
+        decided = (self.sync.is_revoked(token), await self.aio.is_revoked(token))
+        if self.entry.pipelined:  # the async check ran over the pipelined connection, once
+            assert self.check_path.pipelined == ran + 1, f"{self.entry}: not the pipelined check"
+        return decided
+
+    async def rotations(
+        self,
+        token: TokenData,
+        record: bytes | None = None,
+        setup: Callable[[str], object] | None = None,
+    ) -> list[tuple[str, RotationReply]]:
+        """rotate_refresh.lua on ``token`` through the sync store, then the async one: each on a
+        family of its own, prepared by ``setup(family)`` and seeded with ``record`` (the first
+        rotation rewrites its family's state). Returns each (family, reply)."""
+        replies: list[tuple[str, RotationReply]] = []
+        for rotate in (self._rotate_sync, self._rotate_async):
+            family = _family(self.sync)
+            if setup is not None:
+                setup(family)
+            _seed(self.sync, family, record)
+            replies.append((family, await rotate(token.model_copy(update={"family": family}))))
+        return replies
+
+    async def _rotate_sync(self, token: TokenData) -> RotationReply:
+        return self.sync.rotate_refresh(token, **_rotation_args())
+
+    async def _rotate_async(self, token: TokenData) -> RotationReply:
+        return await self.aio.rotate_refresh(token, **_rotation_args())
+
+
 @pytest.fixture
-def parity_store(backend: str) -> Iterator[SyncRedisTokenRevocationStore]:
-    """A sync store on each backend of the table, with a grace window for retries."""
-    with private_settings(refresh_reuse_grace_seconds=GRACE) as s:
-        client: Any = (
-            fakeredis.FakeRedis() if backend == "fakeredis" else redis.Redis.from_url(REDIS_URL)
-        )
-        store = SyncRedisTokenRevocationStore(client, settings=s)
-        yield store
-        store.close()
+async def parity_store(backend_entry: Backend, check_path: CheckPath) -> AsyncIterator[Parity]:
+    """Both stores on each backend of the table, with a grace window for retries."""
+    with private_settings(refresh_reuse_grace_seconds=GRACE, **backend_entry.timeouts) as s:
+        server = fakeredis.FakeServer() if backend_entry.name == "fakeredis" else None
+        sync = backend_entry.sync_store(s, server=server)
+        aio = backend_entry.async_store(s, server=server)
+        check_path.watch(aio)
+        yield Parity(backend_entry, sync, aio, check_path)
+        sync.close()
+        await aio.aclose()
+        check_path.assert_kept_to(backend_entry)
 
 
 def _family(store: SyncRedisTokenRevocationStore) -> str:
@@ -134,15 +184,14 @@ def _seed(store: SyncRedisTokenRevocationStore, family: str, record: bytes | Non
     store.client.hset(_session_key(store), family, record)
 
 
-def _rotate(store: SyncRedisTokenRevocationStore, token: TokenData) -> RotationReply:
-    return store.rotate_refresh(
-        token,
-        refresh_jti="rt-next",
-        access_jti="at-next",
-        issued_at_us=now_us(),
-        expires_at=int(time.time()) + 3600,
-        reuse_mark=encode_mark(now_us(), "reuse"),
-    )
+def _rotation_args() -> dict[str, Any]:
+    return {
+        "refresh_jti": "rt-next",
+        "access_jti": "at-next",
+        "issued_at_us": now_us(),
+        "expires_at": int(time.time()) + 3600,
+        "reuse_mark": encode_mark(now_us(), "reuse"),
+    }
 
 
 # --- watermarks: read for their time ------------------------------------------------------
@@ -150,36 +199,34 @@ def _rotate(store: SyncRedisTokenRevocationStore, token: TokenData) -> RotationR
 
 @pytest.mark.parametrize("value", VALUES, ids=_ids)
 @pytest.mark.parametrize("level", ["user", "tenant"])
-def test_watermark_decides_alike_in_check_and_rotation(
-    parity_store: SyncRedisTokenRevocationStore, level: str, value: bytes
+async def test_watermark_decides_alike_in_check_and_rotation(
+    parity_store: Parity, level: str, value: bytes
 ) -> None:
     """The check and rotate_refresh.lua revoke exactly the tokens rules.decide revokes."""
-    store = parity_store
+    store = parity_store.sync
     keys = store.keys
     key = keys.user_watermark(TENANT, USER) if level == "user" else keys.tenant_watermark(TENANT)
     store.client.set(key, value, ex=600)
     for iat_us in IATS_US:
-        family = _family(store)
-        token = _token(family, iat_us)
+        token = _token(_family(store), iat_us)
         raw: list[bytes | None] = [None, None, value, None]
         if level == "tenant":
             raw = [None, None, None, value]
         python = decide(token.iat, raw)
-        assert store.is_revoked(token) == python, iat_us
-        _seed(store, family)
-        reply = _rotate(store, token)
-        assert reply.outcome == ("revoked" if python.revoked else "rotated"), iat_us
-        if python.revoked:
-            assert reply.status == python
+        assert await parity_store.is_revoked(token) == (python, python), iat_us
+        for _, reply in await parity_store.rotations(token):
+            assert reply.outcome == ("revoked" if python.revoked else "rotated"), iat_us
+            if python.revoked:
+                assert reply.status == python
 
 
 @pytest.mark.parametrize("value", VALUES, ids=_ids)
-def test_set_watermark_keeps_the_old_value_exactly_when_python_reads_it_later(
-    parity_store: SyncRedisTokenRevocationStore, value: bytes
+async def test_set_watermark_keeps_the_old_value_exactly_when_python_reads_it_later(
+    parity_store: Parity, value: bytes
 ) -> None:
     """set_watermark.lua keeps a stored watermark iff decode_mark reads it at or after the new
-    mark's time; what it returns reads as the store reports it."""
-    store = parity_store
+    mark's time; what it returns reads as the store reports it (sync and async store)."""
+    store = parity_store.sync
     script = store.client.register_script(load_script("set_watermark"))
     key = store.keys.user_watermark(TENANT, "wm-" + uuid.uuid4().hex)
     old_at = decode_mark(value)[0]
@@ -189,14 +236,23 @@ def test_set_watermark_keeps_the_old_value_exactly_when_python_reads_it_later(
         reply = script(keys=[key], args=[new, 600])
         expected = value if old_at >= decode_mark(new)[0] else new
         assert (reply, store.client.get(key)) == (expected, expected), new_at
-    # Through the store: the time it reports is the stored value's, read by decode_mark.
-    store.client.set(key, value, ex=600)
-    before = now_us()
-    reported = store.revoke_user_tokens(key.rpartition(":")[2], tenant_id=TENANT)
-    after = store.client.get(key)
-    assert after is not None
-    assert reported == decode_mark(after)[0] / 1e6
-    assert (after == value) == (old_at >= before)
+    # Through each store: the time it reports is the stored value's, read by decode_mark.
+    user = key.rpartition(":")[2]
+    for flavour in ("sync", "async"):
+        store.client.set(key, value, ex=600)
+        before = now_us()
+        if flavour == "sync":
+            reported = store.revoke_user_tokens(user, tenant_id=TENANT)
+        else:
+            reported = await parity_store.aio.revoke_user_tokens(user, tenant_id=TENANT)
+        after = store.client.get(key)
+        assert after is not None, flavour
+        assert reported == decode_mark(after)[0] / 1e6, flavour
+        assert (after == value) == (old_at >= before), flavour
+        # The check reads the watermark left behind as rules.decide does.
+        token = _token(_family(store), T_US).model_copy(update={"sub": user})
+        python = decide(token.iat, [None, None, after, None])
+        assert await parity_store.is_revoked(token) == (python, python), flavour
 
 
 @pytest.mark.redis
@@ -228,19 +284,23 @@ async def test_pipelined_check_decides_as_python() -> None:
 
 @pytest.mark.parametrize("value", VALUES, ids=_ids)
 @pytest.mark.parametrize("rule", ["jti", "family"])
-def test_mark_revokes_by_presence_in_check_and_rotation(
-    parity_store: SyncRedisTokenRevocationStore, rule: str, value: bytes
+async def test_mark_revokes_by_presence_in_check_and_rotation(
+    parity_store: Parity, rule: str, value: bytes
 ) -> None:
     """Any stored jti or family mark revokes in the check and in rotate_refresh.lua, and both
     report the time and reason decode_mark reads."""
-    store = parity_store
+    store = parity_store.sync
     family = _family(store)
     token = _token(family, T_US)
+
+    def mark_family(family: str) -> None:
+        store.client.hset(store.keys.family_revoked(TENANT, family), family, value)
+
     if rule == "jti":
         store.client.set(store.keys.jti(PRESENTED + family), value, ex=600)
         token = token.model_copy(update={"jti": PRESENTED + family})
     else:
-        store.client.hset(store.keys.family_revoked(TENANT, family), family, value)
+        mark_family(family)
     raw: list[bytes | None] = [value, None, None, None]
     if rule == "family":
         raw = [None, value, None, None]
@@ -248,10 +308,10 @@ def test_mark_revokes_by_presence_in_check_and_rotation(
     at, reason = decode_mark(value)
     assert (python.revoked, python.rule, python.reason) == (True, rule, reason)
     assert python.revoked_at == (at / 1e6 if at else None)
-    assert store.is_revoked(token) == python
-    _seed(store, family)
-    reply = _rotate(store, token)
-    assert (reply.outcome, reply.status) == ("revoked", python)
+    assert await parity_store.is_revoked(token) == (python, python)
+    setup = mark_family if rule == "family" else None
+    for _, reply in await parity_store.rotations(token, setup=setup):
+        assert (reply.outcome, reply.status) == ("revoked", python)
 
 
 # --- session records: read by position ----------------------------------------------------
@@ -323,13 +383,13 @@ def _expected_rotation(record: bytes, now: int) -> str:
 
 
 @pytest.mark.parametrize("index", range(len(_records(0))))
-def test_record_is_read_alike_by_rotation_and_python(
-    parity_store: SyncRedisTokenRevocationStore, index: int
+async def test_record_is_read_alike_by_rotation_and_python(
+    parity_store: Parity, index: int
 ) -> None:
     """rotate_refresh.lua splits a record and reads its times as the Python decoders do: the
     same outcome, the fields it keeps are those decode_record reads, and get_session never
-    raises on it."""
-    store = parity_store
+    raises on it (sync and async store)."""
+    store = parity_store.sync
     now = now_us()
     record = _records(now)[index]
     family = _family(store)
@@ -337,34 +397,43 @@ def test_record_is_read_alike_by_rotation_and_python(
     data = decode_record(record)
     fields = record.split(b"|")
     padded = fields + [b""] * (len(RECORD_FIELDS) - len(fields))
-    session = store.get_session(family, tenant_id=TENANT)
-    if record:
-        assert session is not None
-        assert session.created == (read_time(padded[2]) or 0) / 1e6
-        assert session.expires == (read_time(padded[3]) or 0)
-        assert session.user_id == data["user"]
-    else:
-        assert session is None  # an empty value is no record
+    sessions = [
+        store.get_session(family, tenant_id=TENANT),
+        await parity_store.aio.get_session(family, tenant_id=TENANT),
+    ]
+    for session in sessions:
+        if record:
+            assert session is not None
+            assert session.created == (read_time(padded[2]) or 0) / 1e6
+            assert session.expires == (read_time(padded[3]) or 0)
+            assert session.user_id == data["user"]
+        else:
+            assert session is None  # an empty value is no record
     head = record_head(record)
     if head is not None:
         assert head[:RECORD_HEAD] == fields[:RECORD_HEAD]
     else:
         assert len(fields) < RECORD_HEAD
 
-    reply = _rotate(store, _token(family, T_US))
-    assert reply.outcome == _expected_rotation(record, now)
-    if reply.outcome == "grace":
-        assert reply.issued_at_us == read_time(record.split(b"|")[8])
-        assert (reply.access_jti, reply.refresh_jti) == (data["successor"], data["current"])
-    if reply.outcome == "rotated":
-        written = store.client.hget(_session_key(store), family)
-        assert written is not None
-        assert written.count(b"|") == len(RECORD_FIELDS) - 1
-        new = decode_record(written)
-        assert (new["current"], new["previous"], new["successor"]) == (
-            "rt-next",
-            PRESENTED,
-            "at-next",
-        )
-        kept = ("user", "client", "created", "scopes")
-        assert {name: new[name] for name in kept} == {name: data[name] for name in kept}
+    for rotated, reply in await parity_store.rotations(_token(family, T_US), record):
+        assert reply.outcome == _expected_rotation(record, now)
+        # Reuse revokes the family, in the check too; no other outcome revokes anything.
+        checked = await parity_store.is_revoked(_token(rotated, T_US))
+        assert [status.rule for status in checked] == [
+            "family" if reply.outcome == "reuse" else None
+        ] * 2
+        if reply.outcome == "grace":
+            assert reply.issued_at_us == read_time(record.split(b"|")[8])
+            assert (reply.access_jti, reply.refresh_jti) == (data["successor"], data["current"])
+        if reply.outcome == "rotated":
+            written = store.client.hget(_session_key(store), rotated)
+            assert written is not None
+            assert written.count(b"|") == len(RECORD_FIELDS) - 1
+            new = decode_record(written)
+            assert (new["current"], new["previous"], new["successor"]) == (
+                "rt-next",
+                PRESENTED,
+                "at-next",
+            )
+            kept = ("user", "client", "created", "scopes")
+            assert {name: new[name] for name in kept} == {name: data[name] for name in kept}

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from conftest import REDIS_URL, delete_prefix, make_settings
+from conftest import REDIS_URL, Backend, CheckPath, delete_prefix, make_settings
 from revoker import exceptions as exc
 from revoker.keys import bucket_of_user, encode_record, family_id_prefix
 from revoker.localredis import LocalRedis
@@ -70,20 +70,23 @@ StoreFactory = Callable[..., RedisTokenRevocationStore]
 
 
 @pytest.fixture
-async def make_store(backend: str) -> AsyncIterator[StoreFactory]:
-    """Builds async stores on the backend under test with settings overrides; cleans up."""
+async def make_store(backend_entry: Backend, check_path: CheckPath) -> AsyncIterator[StoreFactory]:
+    """Builds async stores on the backend under test, as the table builds them (on `pipelined`:
+    from settings, the check over the pipelined connection), with settings overrides; each gets
+    a sync client on the same data (``sync_client``); cleans up."""
     made: list[tuple[RedisTokenRevocationStore, Any]] = []
 
     def factory(**overrides: Any) -> RedisTokenRevocationStore:
-        settings = make_settings(**overrides)
-        if backend == "fakeredis":
+        settings = make_settings(**{**backend_entry.timeouts, **overrides})
+        sync: Any
+        if backend_entry.name == "fakeredis":
             server = fakeredis.FakeServer()
-            client: Any = fakeredis.aioredis.FakeRedis(server=server)
-            sync: Any = fakeredis.FakeRedis(server=server)
+            store = backend_entry.async_store(settings, server=server)
+            sync = fakeredis.FakeRedis(server=server)
         else:
-            client = redis.asyncio.Redis.from_url(REDIS_URL)
-            sync = redis.Redis.from_url(REDIS_URL)
-        store = RedisTokenRevocationStore(client, settings=settings)
+            store = backend_entry.async_store(settings)
+            sync = redis.Redis.from_url(settings.redis_url)
+        check_path.watch(store)
         store.sync_client = sync  # type: ignore[attr-defined]
         made.append((store, sync))
         return store
@@ -93,6 +96,7 @@ async def make_store(backend: str) -> AsyncIterator[StoreFactory]:
         await store.aclose()
         delete_prefix(sync, store.settings.key_prefix)
         sync.close()
+    check_path.assert_kept_to(backend_entry)
 
 
 def snapshot(client: Any, prefix: str) -> dict[str, Any]:
@@ -158,6 +162,7 @@ async def test_rotation_issues_a_new_pair_of_the_same_session(make_store: StoreF
     s = store.settings
     assert claims(second.access_token, s) == claims(first.access_token, s)
     assert claims(second.refresh_token, s, "refresh") == claims(first.refresh_token, s, "refresh")
+    assert not await store.is_revoked(decode_token(second.access_token, settings=s))
     session = await store.get_session(first.family_id, tenant_id=TENANT)
     assert session is not None
     assert session.current_jti == second.refresh_jti
@@ -187,13 +192,13 @@ async def test_rotation_keeps_the_session_recorded_until_its_new_expiry(
     assert sync.ttl(bucket) > 3600
 
 
-def test_sync_twin_rotates_and_detects_reuse(backend: str, fake_jobs: JobRecorder) -> None:
+def test_sync_twin_rotates_and_detects_reuse(
+    backend_entry: Backend, fake_jobs: JobRecorder
+) -> None:
     """rotate_refresh_token_sync behaves like the async one on the sync store."""
-    settings = make_settings()
-    client: Any = (
-        fakeredis.FakeRedis() if backend == "fakeredis" else redis.Redis.from_url(REDIS_URL)
-    )
-    store = SyncRedisTokenRevocationStore(client, settings=settings)
+    settings = make_settings(**backend_entry.timeouts)
+    store = backend_entry.sync_store(settings)
+    client = store.client
     try:
         first = start_session_sync("bob", tenant_id=TENANT, store=store)
         second = rotate_refresh_token_sync(first.refresh_token, store=store)
@@ -306,9 +311,11 @@ async def test_a_token_older_than_the_previous_one_is_reuse_even_in_the_grace_wi
     store = make_store(refresh_reuse_grace_seconds=60)
     first = await login(store)
     second = await rotate_refresh_token(first.refresh_token, store=store)
-    await rotate_refresh_token(second.refresh_token, store=store)
+    third = await rotate_refresh_token(second.refresh_token, store=store)
     with pytest.raises(exc.RefreshTokenReused):
         await rotate_refresh_token(first.refresh_token, store=store)
+    status = await store.is_revoked(decode_token(third.access_token, settings=store.settings))
+    assert (status.rule, status.reason) == ("family", REUSE_REASON)
 
 
 # --- grace window ----------------------------------------------------------------------------
@@ -343,6 +350,8 @@ async def test_retry_after_the_grace_window_is_reuse(make_store: StoreFactory) -
         await rotate_refresh_token(first.refresh_token, store=store)
     with pytest.raises(exc.FamilyRevoked):
         await rotate_refresh_token(second.refresh_token, store=store)
+    status = await store.is_revoked(decode_token(second.access_token, settings=store.settings))
+    assert status.rule == "family"
 
 
 async def test_grace_retry_is_still_covered_by_a_later_user_revocation(
@@ -360,10 +369,12 @@ async def test_grace_retry_is_still_covered_by_a_later_user_revocation(
 
 
 # --- concurrency (real Redis) ----------------------------------------------------------------
+# On both real-Redis entries: `pipelined`'s store is built from settings, so 50 rotations share
+# the bounded pool production runs (REVOKER_REDIS_MAX_CONNECTIONS), not an injected client's.
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "pipelined"])
 async def test_fifty_concurrent_rotations_without_grace(
     make_store: StoreFactory, fake_jobs: JobRecorder
 ) -> None:
@@ -413,7 +424,7 @@ def test_fifty_concurrent_rotations_from_threads(fake_jobs: JobRecorder) -> None
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("backend", ["redis"])
+@pytest.mark.parametrize("backend", ["redis", "pipelined"])
 async def test_fifty_concurrent_retries_within_the_grace_window(make_store: StoreFactory) -> None:
     """With a grace window, all 50 concurrent callers get the same successor; the family lives."""
     store = make_store(refresh_reuse_grace_seconds=30)
@@ -440,6 +451,8 @@ async def test_no_rotation_succeeds_after_logout_returns(make_store: StoreFactor
     pair = await login(store)
     tasks = [asyncio.ensure_future(rotate_refresh_token(pair.refresh_token, store=store))]
     await store.revoke_family(pair.family_id, tenant_id=TENANT, reason="logout")
+    status = await store.is_revoked(decode_token(pair.access_token, settings=store.settings))
+    assert (status.rule, status.reason) == ("family", "logout")
     after = await asyncio.gather(
         *(rotate_refresh_token(pair.refresh_token, store=store) for _ in range(5)),
         return_exceptions=True,
@@ -547,6 +560,9 @@ async def test_revoked_tokens_are_refused_without_writes(
         with pytest.raises(exc.TokenRevoked) as caught:
             await rotate_refresh_token(pair.refresh_token, store=store)
         assert caught.value.status.rule == rule
+        # The check (the middleware's) refuses the same token by the same rule.
+        refresh = decode_token(pair.refresh_token, "refresh", settings=s)
+        assert (await store.is_revoked(refresh)).rule == rule
     assert snapshot(sync, s.key_prefix) == before
     await store.revoke_tenant_tokens(TENANT)
     with pytest.raises(exc.TokenRevoked) as caught:

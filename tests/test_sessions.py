@@ -6,11 +6,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import fakeredis
 import pytest
-import redis.asyncio
 
-from conftest import REDIS_URL, private_settings
+from conftest import Backend, CheckPath, private_settings
 from revoker.exceptions import InvalidIdentifier
 from revoker.keys import (
     bucket_of_user,
@@ -200,16 +198,17 @@ async def test_start_session_uses_the_process_store(settings: Any) -> None:
 
 
 @pytest.fixture
-async def small_store(backend: str) -> AsyncIterator[RedisTokenRevocationStore]:
-    """An async store with only 4 session buckets per tenant (users share them)."""
-    with private_settings(session_buckets=4) as settings:
-        if backend == "fakeredis":
-            client: Any = fakeredis.aioredis.FakeRedis()
-        else:
-            client = redis.asyncio.Redis.from_url(REDIS_URL)
-        s = RedisTokenRevocationStore(client, settings=settings)
+async def small_store(
+    backend_entry: Backend, check_path: CheckPath
+) -> AsyncIterator[RedisTokenRevocationStore]:
+    """An async store on the backend under test, as the table builds it, with only 4 session
+    buckets per tenant (users share them)."""
+    with private_settings(session_buckets=4, **backend_entry.timeouts) as settings:
+        s = backend_entry.async_store(settings)
+        check_path.watch(s)
         yield s
         await s.aclose()
+        check_path.assert_kept_to(backend_entry)
 
 
 def users_sharing_a_bucket(buckets: int) -> tuple[str, str]:
