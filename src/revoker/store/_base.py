@@ -53,6 +53,9 @@ logger = logging.getLogger("revoker.integrity")
 
 __all__ = [
     "BACKEND_ERRORS",
+    "FEED_ON_CLUSTER",
+    "SEQUENCED_EVAL",
+    "SEQUENCED_SCRIPTS",
     "Command",
     "Plan",
     "RotationReply",
