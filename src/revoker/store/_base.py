@@ -11,9 +11,9 @@ scripts that write; a job chunk's marks are followed by :meth:`StoreCore.sequenc
 same pipeline instead (``tasks.buckets.revoke_buckets`` says why).
 
 The change feed (``keys.py``, "The change feed") is appended in the same places, so no write can
-reach Redis without its entry: :meth:`StoreCore.sequenced` ends the MULTI/EXEC with one ``EVAL``
-of ``scripts/sequenced.lua`` that bumps the sequence and appends the entry with the sequence it
-gave; the scripts that write call the same Lua (``scripts/_sequence.lua``, prepended to them by
+reach Redis without its entry: :meth:`StoreCore.sequenced` makes the write, the bump and the
+entry one ``EVAL`` of ``scripts/sequenced.lua`` (the entry carries the sequence the bump gave);
+the scripts that write call the same Lua (``scripts/_sequence.lua``, prepended to them by
 :func:`load_script`); a bulk chunk's pipeline starts with :meth:`StoreCore.feed_command`, before
 its marks. On a Redis Cluster no feed is written (the integrity slot, the tenants' slots and the
 feed could share no atomic step): the reads of the feed refuse to run there.
@@ -222,21 +222,35 @@ class StoreCore:
 
     def sequenced(self, writes: Sequence[Command], entry: dict[str, str]) -> list[Command]:
         """A write of revocation state, its sequence bump and its feed ``entry``
-        (:meth:`feed_entry`): the one builder of the three. Run the result in one atomic step
-        (``Plan(..., atomic=True)``); the bump and the entry are its last command (one reply:
-        the sequence after the bump). On a cluster: the bump alone (no feed there)."""
+        (:meth:`feed_entry`): the one builder of the three, as commands that begin an atomic
+        plan (``Plan(..., atomic=True)``); read the writes' replies with :meth:`written`.
+
+        On a single Redis: one EVAL of ``scripts/sequenced.lua``, which runs the writes, then
+        the bump and the entry (a failing write stops it before either). On a cluster, where
+        the integrity hash is in another slot: the writes and the bump (no feed there)."""
         if self.cluster:
             return [*writes, *self.sequence_bump()]
-        bump: Command = (
-            "EVAL",
-            SEQUENCED_EVAL,
-            2,
-            self.keys.integrity,
-            self.keys.feed,
-            new_epoch(),
-            *self.feed_args(entry),
-        )
-        return [*writes, bump]
+        encoded: list[Any] = [len(writes)]
+        for write in writes:
+            encoded += [len(write), *write]
+        return [
+            (
+                "EVAL",
+                SEQUENCED_EVAL,
+                2,
+                self.keys.integrity,
+                self.keys.feed,
+                new_epoch(),
+                *self.feed_args(entry),
+                *encoded,
+            )
+        ]
+
+    def written(self, replies: Sequence[Any], count: int) -> list[Any]:
+        """The replies of the ``count`` writes a :meth:`sequenced` list began with."""
+        if self.cluster:
+            return list(replies[:count])
+        return list(replies[0][:count])
 
     def script_sequence(self, entry: dict[str, str]) -> tuple[list[str], list[str], list[Command]]:
         """For a script that writes revocation state: the keys (integrity hash, feed) and args
@@ -467,7 +481,7 @@ class StoreCore:
                 self.audit_command("token", jti, reason=reason, actor=actor, at_us=at),
                 self.count_command("tokens"),
             ],
-            lambda replies: replies[0] is None,
+            lambda replies: self.written(replies, 1)[0] is None,
             atomic=True,
         )
 
@@ -497,7 +511,7 @@ class StoreCore:
                 ),
                 self.count_command("families"),
             ],
-            lambda replies: bool(replies[0]),
+            lambda replies: bool(self.written(replies, 1)[0]),
             atomic=True,
         )
 
