@@ -185,21 +185,20 @@ def _job_chunk(store: SyncRedisTokenRevocationStore) -> list[Expect]:
     revoke_buckets(store, buckets, tenant_id=TENANT, select=job_selection(record), mark=mark)
     lt = _lifetimes(store)
     at = k.decode_mark(mark)[0]
-    return [
-        Expect(
-            "family",
-            TENANT,
-            tuple(families),
-            at,
-            lambda e: math.ceil(at / 1e6) + lt.family_ttl,
-            sequenced=False,
-        )
-    ]
+    entry = Expect(
+        "family",
+        TENANT,
+        tuple(families),
+        at,
+        lambda e: math.ceil(at / 1e6) + lt.family_ttl,
+        sequenced=False,
+    )
+    return [entry, entry]  # before its first mark and after its last
 
 
 def _reuse_escalation(store: SyncRedisTokenRevocationStore) -> list[Expect]:
     """The family-reuse follow-up with REVOKER_REUSE_ESCALATION=user: the user's watermark,
-    then one chunk entry naming every session of the user."""
+    then the chunk's entry (twice: around its marks) naming every session of the user."""
     pairs = [start_session_sync("mallory", tenant_id=TENANT, store=store) for _ in range(3)]
     record = JobRecord(
         id="reuse-1", kind="family_reuse", tenant_id=TENANT, user_id="mallory",
@@ -210,17 +209,15 @@ def _reuse_escalation(store: SyncRedisTokenRevocationStore) -> list[Expect]:
     t1 = now_us()
     lt = _lifetimes(store)
     ids = tuple(sorted(p.family_id for p in pairs))
-    return [
-        Expect("user", TENANT, ("mallory",), (t0, t1), _watermark_x(store)),
-        Expect(
-            "family",
-            TENANT,
-            ids,
-            (t0, t1),
-            lambda e: math.ceil(e.value_us / 1e6) + lt.family_ttl,
-            sequenced=False,
-        ),
-    ]
+    chunk = Expect(
+        "family",
+        TENANT,
+        ids,
+        (t0, t1),
+        lambda e: math.ceil(e.value_us / 1e6) + lt.family_ttl,
+        sequenced=False,
+    )
+    return [Expect("user", TENANT, ("mallory",), (t0, t1), _watermark_x(store)), chunk, chunk]
 
 
 def _recover_with_cutoff(store: SyncRedisTokenRevocationStore) -> list[Expect]:
@@ -390,8 +387,9 @@ def _chunk_setup(store: SyncRedisTokenRevocationStore, tenant: str) -> tuple[lis
 def test_a_chunk_sends_its_entry_before_any_mark(
     sync_store: SyncRedisTokenRevocationStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In the order a chunk's commands reach Redis (one connection), its one XADD comes before
-    its first mark: a chunk cut anywhere cannot leave marks without their entry."""
+    """In the order a chunk's commands reach Redis (one connection), its entry comes before its
+    first mark (a chunk cut anywhere cannot leave marks without their entry) and again after
+    its last (a snapshot taken in between meets it)."""
     sent: list[Any] = []
     real = sync_store.bulk_exchange
 
@@ -411,9 +409,49 @@ def test_a_chunk_sends_its_entry_before_any_mark(
         sync_store, buckets, tenant_id="t1", select=job_selection(record), mark=job_mark(record)
     )
     names = [c[0] for c in sent]
-    assert names.count("XADD") == 1
-    assert names.index("XADD") < names.index("HSET")
-    assert sent[names.index("XADD")][1] == sync_store.keys.feed
+    xadds = [n for n, name in enumerate(names) if name == "XADD"]
+    marks = [n for n, name in enumerate(names) if name == "HSET"]
+    assert len(xadds) == 2
+    assert xadds[0] < marks[0]
+    assert xadds[1] > marks[-1]
+    assert sent[xadds[0]][1:] == sent[xadds[1]][1:]
+    assert all(sent[n][1] == sync_store.keys.feed for n in xadds)
+    assert len({sent[n][1] for n in marks}) > 2, "the chunk should span several round trips"
+
+
+def test_a_snapshot_taken_mid_chunk_misses_none_of_its_families(
+    sync_store: SyncRedisTokenRevocationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror snapshots while a chunk is between round trips (its first entry already in the
+    feed, some marks not yet written): the snapshot plus the feed after the snapshot's start
+    name every family the chunk revokes."""
+    real = sync_store.bulk_exchange
+    taken: list[tuple[str, set[str]]] = []
+
+    @contextlib.contextmanager
+    def pausing() -> Iterator[Any]:
+        with real() as exchange:
+
+            def send(commands: list[Any]) -> list[Any]:
+                replies = exchange(commands)
+                if not taken and any(c[0] == "HSET" for c in commands):
+                    items = list(sync_store.snapshot())
+                    seen = {i for b in items[1:] if b.kind == "family" for i in b.ids}
+                    taken.append((items[0].feed_id, seen))
+                return replies
+
+            yield send
+
+    monkeypatch.setattr(sync_store, "bulk_exchange", pausing)
+    buckets, record = _chunk_setup(sync_store, "mid")
+    selected = revoke_buckets(
+        sync_store, buckets, tenant_id="mid", select=job_selection(record), mark=job_mark(record)
+    )
+    revoked = {f.decode() for ids in selected.values() for f in ids}
+    ((feed_id, seen),) = taken
+    assert seen < revoked, "the snapshot should fall between the chunk's round trips"
+    followed = {i for _, e in sync_store.read_feed(feed_id).entries for i in e.ids}
+    assert revoked <= seen | followed
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 5, 8])
