@@ -38,6 +38,7 @@ __all__ = [
     "SNAPSHOT_FIELDS",
     "SNAPSHOT_HASHES",
     "SNAPSHOT_SCAN_COUNT",
+    "UNREADABLE_ENTRY",
     "FeedPlans",
     "FeedRead",
     "SnapshotBatch",
