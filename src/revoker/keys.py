@@ -18,6 +18,8 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobs:chunk_begun             string  when any chunk last began (unix s): workers busy
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
     P:audit                        stream  append-only audit of every revocation
+    P:feed                         stream  change feed: one entry per write of revocation state
+                                           (FeedEntry; not on a Redis Cluster), trimmed by age
     P:stats                        hash    revocation counters
     P:{clients}:c:<client_id>      hash    one registered API client (revoker.clients; no TTL)
     P:{clients}:ids                set     every registered client id
@@ -91,6 +93,30 @@ restate line for line (``tests/test_format_parity.py`` holds them to it):
   either as 0, and rotate_refresh.lua honours a grace retry only when ``rotated`` and ``issued``
   are readable (else the presented token is reuse).
 
+**The change feed** (``P:feed``, :meth:`KeyLayout.feed`): every write of revocation state appends
+one entry in the same atomic step as the write (one script with the write and its sequence
+bump, ``StoreCore.sequenced`` or the writing script; a bulk chunk's pipeline sends its entry
+*before* its marks, and again after them, for a snapshot taken in between), so a mirror that
+loads a snapshot and then follows the feed misses nothing. One encoder and one decoder
+(:func:`encode_feed_entry`, :func:`decode_feed_entry`), fields all ASCII:
+
+* ``k``, the kind (:data:`FEED_KINDS`): ``jti``, ``family``, ``user``, ``tenant``, ``global``, or
+  ``epoch`` (data loss, recovery, init: the mirror must load a snapshot again);
+* ``t``, the tenant id escaped as in keys, empty for none;
+* ``i``, the ids (jtis, family ids, a user id), each escaped as in keys and with ``,`` escaped
+  too (:func:`escape_feed_id`), joined by ``,``; a chunk of a bulk job puts its families in one;
+* ``v``, integer µs: the revocation time of a jti or family, the value of a watermark;
+* ``x``, unix seconds after which no token the entry covers can verify (``0``: never), the rule
+  of :meth:`Lifetimes.feed_expiry` (the same bounds as the TTLs);
+* ``s``, the integrity sequence after the write, or empty where the step does not bump it (a bulk
+  chunk's entry precedes its marks, and its bump follows them).
+
+A repeated revocation of a jti or family appends again (with its later time; the stored mark
+keeps the first): presence revokes, so a reader keeps the earliest ``v`` and the latest ``x``.
+The feed is trimmed on every append to :data:`DEFAULT_FEED_RETENTION` seconds (or
+``REVOKER_FEED_RETENTION``) by stream id (``XADD ... MINID ~``): a mirror that falls further
+behind than that starts again from a snapshot.
+
 These are the values Python read before the rule was shared (``int()``) for every value this
 version writes and for most it does not; the scripts read a leading run of digits (``"12abc"`` was
 12 there), so a corrupt watermark could revoke in a rotation and pass the check.
@@ -112,7 +138,9 @@ if TYPE_CHECKING:
     from revoker.settings import RevokerSettings
 
 __all__ = [
+    "DEFAULT_FEED_RETENTION",
     "FAMILY_BUCKET_SEPARATOR",
+    "FEED_KINDS",
     "FOREIGN_BUCKETS",
     "MAX_ID_LENGTH",
     "MAX_TIME",
@@ -123,14 +151,18 @@ __all__ = [
     "RECORD_FIELDS",
     "RECORD_HEAD",
     "RECORD_USER",
+    "FeedEntry",
     "KeyLayout",
     "Lifetimes",
     "bucket_number",
     "bucket_of_user",
+    "decode_feed_entry",
     "decode_mark",
     "decode_record",
+    "encode_feed_entry",
     "encode_mark",
     "encode_record",
+    "escape_feed_id",
     "escape_id",
     "escape_part",
     "family_bucket",
@@ -344,6 +376,104 @@ def decode_mark(raw: bytes | str) -> tuple[int, str | None]:
     return at_us, reason.decode(errors="replace") or None
 
 
+# --- the change feed ---------------------------------------------------------------------------
+
+#: What a feed entry can record (module docstring, "The change feed").
+FEED_KINDS: Final = frozenset({"jti", "family", "user", "tenant", "global", "epoch"})
+#: Seconds the feed keeps an entry (``REVOKER_FEED_RETENTION``'s default): how long a mirror may
+#: be cut off and still catch up from the feed instead of loading a snapshot again. A day covers
+#: a night's outage; the cost is the stream's memory (~100 B per single revocation, one entry
+#: per bulk chunk).
+DEFAULT_FEED_RETENTION: Final = 86400
+#: The feed entry's field names, in the order they are written.
+_FEED_FIELDS: Final = ("k", "t", "i", "v", "x", "s")
+
+
+def escape_feed_id(value: str) -> str:
+    """An id as a feed entry's ``i`` holds it: escaped as in keys, and ``,`` (the separator, which
+    keys leave as it is) escaped too. Injective: ``%`` is always escaped, so ``%2C`` is a comma.
+    An encoding, not a validation: ids stored already (a bulk chunk's) are never refused here."""
+    return escape_part(value).replace(",", "%2C")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One decoded feed entry (module docstring): ids and tenant unescaped."""
+
+    kind: str
+    tenant_id: str | None
+    ids: tuple[str, ...]
+    #: µs: revocation time (jti, family) or the watermark's value (user, tenant, global).
+    value_us: int
+    #: Unix seconds after which the entry covers no token that can verify; 0: never.
+    expires: int
+    #: The integrity sequence after the write, None where the step did not bump it.
+    seq: int | None
+
+
+def encode_feed_entry(
+    kind: str,
+    *,
+    tenant_id: str | None = None,
+    ids: Iterable[str] = (),
+    value_us: int = 0,
+    expires: int = 0,
+    seq: int | None = None,
+    escaped: bool = False,
+) -> dict[str, str]:
+    """A feed entry's fields (``XADD`` them in this order). ``escaped``: the ids are already
+    as :func:`escape_feed_id` makes them (the bulk path escapes each id once)."""
+    if kind not in FEED_KINDS:
+        raise ValueError(f"unknown feed entry kind {kind!r}")
+    joined = ",".join(ids if escaped else (escape_feed_id(i) for i in ids))
+    return {
+        "k": kind,
+        "t": escape_id(tenant_id, "tenant id") if tenant_id is not None else "",
+        "i": joined,
+        "v": str(int(value_us)),
+        "x": str(int(expires)),
+        "s": "" if seq is None else str(int(seq)),
+    }
+
+
+def _feed_text(fields: dict[Any, Any], name: str) -> str:
+    value = fields.get(name, fields.get(name.encode()))
+    if value is None:
+        raise ValueError(f"feed entry has no {name!r} field")
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    if not text.isascii():
+        raise ValueError(f"feed entry field {name!r} is not ASCII")
+    return text
+
+
+def _feed_int(fields: dict[Any, Any], name: str) -> int:
+    text = _feed_text(fields, name)
+    at = read_time(text.encode())
+    if at is None:
+        raise ValueError(f"feed entry field {name!r} is not an integer: {text!r}")
+    return at
+
+
+def decode_feed_entry(fields: dict[Any, Any]) -> FeedEntry:
+    """A feed entry's fields (str or bytes, as redis-py returns them) decoded; ValueError for one
+    this version did not write (an unknown kind, a missing or unreadable field): the reader
+    cannot know what it changed, so it should load a snapshot again."""
+    kind = _feed_text(fields, "k")
+    if kind not in FEED_KINDS:
+        raise ValueError(f"unknown feed entry kind {kind!r}")
+    tenant = _feed_text(fields, "t")
+    ids = _feed_text(fields, "i")
+    seq = _feed_text(fields, "s")
+    return FeedEntry(
+        kind=kind,
+        tenant_id=unquote(tenant) if tenant else None,
+        ids=tuple(unquote(i) for i in ids.split(",")) if ids else (),
+        value_us=_feed_int(fields, "v"),
+        expires=_feed_int(fields, "x"),
+        seq=_feed_int(fields, "s") if seq else None,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     """Builds every key revoker uses, under one prefix."""
@@ -455,6 +585,12 @@ class KeyLayout:
     def console_session(self, session_id: str) -> str:
         """One signed-in console session (JSON); its TTL is the session's lifetime."""
         return f"{self.prefix}:console:{escape_id(session_id, 'session id')}"
+
+    @property
+    def feed(self) -> str:
+        """The change feed (a stream; module docstring). Untagged: refused on a Redis Cluster,
+        where no atomic step could span it and a tenant's slot."""
+        return f"{self.prefix}:feed"
 
     @property
     def stats(self) -> str:
@@ -593,6 +729,7 @@ class Lifetimes:
     leeway: int
     job_retention: int
     audit_retention: int
+    feed_retention: int = DEFAULT_FEED_RETENTION
 
     @classmethod
     def from_settings(cls, settings: RevokerSettings) -> Lifetimes:
@@ -604,6 +741,7 @@ class Lifetimes:
             leeway=settings.leeway,
             job_retention=settings.job_retention,
             audit_retention=settings.audit_retention,
+            feed_retention=settings.feed_retention,
         )
 
     def jti_ttl(self, expires_at: float | None, now: float) -> int:
@@ -636,3 +774,20 @@ class Lifetimes:
     def audit_cutoff_id(self, now: float) -> str:
         """The audit stream id (XTRIM MINID) before which entries are past their retention."""
         return f"{int((now - self.audit_retention) * 1000)}-0"
+
+    def feed_cutoff_id(self, now: float) -> str:
+        """The feed's trim point (``XADD ... MINID ~``): entries older than the retention go."""
+        return f"{int((now - self.feed_retention) * 1000)}-0"
+
+    def feed_expiry(self, kind: str, now: float, expires_at: float | None = None) -> int:
+        """A feed entry's ``x`` (unix s): when the state it records covers no token that can still
+        verify, by the TTL rules above (a jti: its token's exp, or the longest access life, plus
+        leeway; a family: the refresh life plus leeway; a watermark: the longest token life plus
+        leeway); 0 (never) for an epoch, which makes the reader load a snapshot."""
+        if kind == "jti":
+            return math.ceil(now) + self.jti_ttl(expires_at, now)
+        if kind == "family":
+            return math.ceil(now) + self.family_ttl
+        if kind in ("user", "tenant", "global"):
+            return math.ceil(now) + self.watermark_ttl
+        return 0

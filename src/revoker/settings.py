@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from revoker.durability import Durability, parse_durability
 from revoker.exceptions import ConfigurationError
+from revoker.keys import DEFAULT_FEED_RETENTION
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -539,6 +540,16 @@ class RevokerSettings(BaseSettings):
         le=300,
         description="Seconds one delivery task works for one stream before it yields the worker "
         "(a slow receiver holds at most one worker slot, this long at a time).",
+    )
+
+    # --- Change feed (issue 11: what service mirrors follow) -----------------------------------
+    feed_retention: int = Field(
+        DEFAULT_FEED_RETENTION,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="Seconds the change feed (P:feed, a stream every revocation appends to; not "
+        "written on a Redis Cluster) keeps entries: a mirror cut off for longer loads a snapshot "
+        "again.",
     )
 
     @field_validator("redis_url", "broker_url", "result_backend")
