@@ -160,9 +160,9 @@ def test_worker_host_link_drop_mid_job(lab: netns.Lab) -> None:
     redelivered = sorted(c for c, n in deliveries.items() if n > 1)
     print(f"\nlink dropped at {done_at_cut}/{total} chunks; done {took:.1f} s later; "
           f"chunks begun more than once: {redelivered}")  # fmt: skip
-    # The chunk the host had just started was begun again elsewhere (after the visibility
-    # timeout) and still counted once (the exact counts above).
-    assert redelivered, deliveries
+    # Whether the host's chunk was begun there (then begun again elsewhere after the
+    # visibility timeout) or only taken off the queue depends on the instant of the cut; the
+    # counts above are exact either way.
 
 
 def _get(address: str, port: int, token: str, timeout: float = 10.0) -> tuple[int, float]:
