@@ -189,6 +189,38 @@ def test_filtered_job_keeps_per_session_marks(
     assert _fields(r, store, "acme") == set(seeded) - web
 
 
+def test_buckets_past_the_watch_cap_are_cleared_by_hdel(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk with more buckets than WATCH_BUCKETS watches only the first ones (UNLINK) and
+    clears the rest with HDEL: every record goes, counts stay exact."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "cap", 200, users=20)
+    monkeypatch.setattr(buckets, "WATCH_BUCKETS", 2)
+    job_id = jobs.enqueue_tenant_revocation("cap", reason="r", actor="a")
+    sent: list[tuple[str, int]] = []
+    real = store.bulk_exchange
+
+    @contextlib.contextmanager
+    def spied() -> Iterator[Any]:
+        with real() as exchange:
+
+            def send(commands: list[Any]) -> list[Any]:
+                sent.extend((str(c[0]).upper(), len(c) - 1) for c in commands)
+                return exchange(commands)
+
+            yield send
+
+    monkeypatch.setattr(store, "bulk_exchange", spied)
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_revoked == len(seeded)
+    assert _fields(r, store, "cap") == set()
+    chunks = record.chunks_total
+    assert [n for name, n in sent if name == "WATCH"] == [2] * chunks
+    assert sum(n for name, n in sent if name == "UNLINK") <= 2 * chunks
+    assert any(name == "HDEL" for name, _ in sent)
+
+
 def test_a_session_joining_a_covered_bucket_mid_chunk_is_kept(
     s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
