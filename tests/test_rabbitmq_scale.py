@@ -48,12 +48,33 @@ def _delete_queue(name: str) -> None:
         conn.default_channel.queue_delete(name)
 
 
-def test_worker_killed_mid_job_over_rabbitmq(server: LocalRedis) -> None:
-    """A 30,000-session tenant job on two workers over RabbitMQ; one is SIGKILLed mid-chunk:
-    the other finishes, counts exact, every family audited, every record removed."""
+def _queue_type(name: str) -> str:
+    """The type of an existing RabbitMQ queue: redeclaring it as a quorum queue succeeds only if
+    it is one (RabbitMQ refuses an inequivalent x-queue-type with PRECONDITION_FAILED)."""
+    from amqp.exceptions import PreconditionFailed
+    from kombu.connection import Connection as _Connection
+
+    connection: Any = _Connection  # kombu's Connection is unannotated
+    with connection(AMQP_URL, connect_timeout=2) as conn:
+        try:
+            conn.channel().queue_declare(
+                queue=name, durable=True, auto_delete=False,
+                arguments={"x-queue-type": "quorum"},
+            )  # fmt: skip
+        except PreconditionFailed:
+            return "classic"
+    return "quorum"
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_worker_killed_mid_job_over_rabbitmq(server: LocalRedis, queue_type: str) -> None:
+    """A 30,000-session tenant job on two workers over RabbitMQ (a classic and a quorum task
+    queue); one is SIGKILLed mid-chunk: the other finishes, counts exact, every family audited,
+    every record removed."""
     s = configure(make_settings(redis_url=server.url, broker_url=AMQP_URL,
                                 result_backend=server.url, chunk_size=CHUNK,
-                                session_buckets=BUCKETS, visibility_timeout=30))  # fmt: skip
+                                session_buckets=BUCKETS, visibility_timeout=30,
+                                broker_queue_type=queue_type))  # fmt: skip
     r = redis.Redis.from_url(server.url)
     keys = KeyLayout(s.key_prefix)
     ids = seed_sessions(r, s, "rabbit", SESSIONS, users=2_000)
@@ -82,7 +103,9 @@ def test_worker_killed_mid_job_over_rabbitmq(server: LocalRedis) -> None:
     finally:
         first.stop()
         second.stop()
+        declared = _queue_type(s.key_prefix)
         _delete_queue(s.key_prefix)
+    assert declared == queue_type
     assert record.status == "done", record.error
     assert record.chunks_done == record.chunks_total == total
     assert record.families_matched == record.families_revoked == SESSIONS
@@ -101,5 +124,6 @@ def test_worker_killed_mid_job_over_rabbitmq(server: LocalRedis) -> None:
     again = sorted(c for c, n in deliveries.items() if n > 1)
     # Killed before its chunk counted itself, the chunk is begun again by the other worker;
     # killed after, the redelivery only removes its records: the counts are exact either way.
-    print(f"\nkilled at {done_at_kill}/{total} chunks; begun again elsewhere: {again}")
+    print(f"\n{queue_type}: killed at {done_at_kill}/{total} chunks; begun again elsewhere: "
+          f"{again}")  # fmt: skip
     r.close()

@@ -376,6 +376,14 @@ class RevokerSettings(BaseSettings):
         description="On refresh reuse revoke the family only, or all of the user's sessions.",
     )
 
+    # --- Bulk jobs at scale (issue 15) ---------------------------------------------------------
+    broker_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="RabbitMQ queue type of the task queue: quorum replicates it across a "
+        "RabbitMQ cluster (publisher confirms on); RabbitMQ refuses to change an existing "
+        "queue's type, so delete the classic queue first. Ignored with a Redis broker.",
+    )
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:
