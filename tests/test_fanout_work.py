@@ -284,3 +284,18 @@ def test_chunk_rerun_after_a_crash_counts_once(
     assert _marks(r, store, "gap") == 0
     # The audit is at least once (the crashed run wrote its entry); every family is in it.
     assert set(_audited(r, store, job_id)) == set(ids)
+
+
+def test_paced_exchange_pauses_for_its_duty_cycle() -> None:
+    """REVOKER_FANOUT_DUTY_CYCLE=0.5 makes each round trip take at least twice its own time;
+    1 leaves the exchange as it is."""
+    import time
+
+    def slow(commands: list[Any]) -> list[Any]:
+        time.sleep(0.02)
+        return [len(commands)]
+
+    assert buckets.paced(slow, 1.0) is slow
+    started = time.perf_counter()
+    assert buckets.paced(slow, 0.5)([("PING",)]) == [1]
+    assert time.perf_counter() - started >= 0.04

@@ -11,6 +11,7 @@ were selected is dropped whole, with one UNLINK, others lose the selected fields
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "enforced_by_watermark",
     "job_mark",
     "job_selection",
+    "paced",
     "read_chunk",
     "read_selected",
     "revoke_buckets",
@@ -119,6 +121,22 @@ class ChunkRead:
     def family_ids(self) -> list[bytes]:
         """Every selected family id (the chunk's audit entry, its events)."""
         return [fid for ids in self.selected.values() for fid in ids]
+
+
+def paced(exchange: Exchange, duty_cycle: float) -> Exchange:
+    """``exchange``, pausing after each round trip so that round trips take ``duty_cycle`` of
+    the time (REVOKER_FANOUT_DUTY_CYCLE); 1 is ``exchange`` itself."""
+    if duty_cycle >= 1:
+        return exchange
+    rest = 1 / duty_cycle - 1
+
+    def send(commands: list[Any]) -> list[Any]:
+        started = time.perf_counter()
+        replies = exchange(commands)
+        time.sleep((time.perf_counter() - started) * rest)
+        return replies
+
+    return send
 
 
 def can_watch(store: SyncRedisTokenRevocationStore) -> bool:

@@ -57,6 +57,7 @@ from revoker.tasks.buckets import (
     enforced_by_watermark,
     job_mark,
     job_selection,
+    paced,
     read_chunk,
     write_marks,
 )
@@ -174,7 +175,8 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
             raise LookupError(f"the bucket list of chunk {chunk} is gone")
         # One bulk connection for the chunk: its read WATCHes the buckets that its clean-up
         # may drop whole, after the chunk is counted (see tasks.buckets.clear_records).
-        with store.bulk_exchange() as exchange:
+        with store.bulk_exchange() as bulk:
+            exchange = paced(bulk, settings.fanout_duty_cycle)
             read = read_chunk(
                 exchange, store.keys, record.tenant_id, buckets, job_selection(record),
                 watch=not record.dry_run and can_watch(store),
