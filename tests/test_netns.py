@@ -36,9 +36,9 @@ from revoker.store import SyncRedisTokenRevocationStore
 
 pytestmark = [pytest.mark.netns, pytest.mark.chaos, pytest.mark.celery]
 
-SESSIONS = 30_000
+SESSIONS = 15_000
 BUCKETS = 256
-CHUNK = 400
+CHUNK = 250
 VISIBILITY = 10
 
 
@@ -105,7 +105,7 @@ def test_worker_host_link_drop_mid_job(lab: netns.Lab) -> None:
     url = f"redis://{redis_host.address}:6379/0"
     s = configure(make_settings(redis_url=url, chunk_size=CHUNK, session_buckets=BUCKETS,
                                 visibility_timeout=VISIBILITY, max_redeliveries=20))  # fmt: skip
-    ids = seed_sessions(r, s, "acme", SESSIONS, users=2_000, client_ids=("web", "ios"))
+    ids = seed_sessions(r, s, "acme", SESSIONS, users=1_000, client_ids=("web", "ios"))
     web = {fid.encode() for i, fid in enumerate(ids) if i % 2 == 0}
     env = worker_env(s)
     first = lab.start_worker(w1, env)
