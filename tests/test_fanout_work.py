@@ -221,6 +221,21 @@ def test_buckets_past_the_watch_cap_are_cleared_by_hdel(
     assert any(name == "HDEL" for name, _ in sent)
 
 
+def test_a_lost_watermark_makes_the_job_write_marks(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unfiltered job whose watermark Redis no longer holds (a failover that lost it) falls
+    back to per-session marks: its sessions are still refused, by rule "family"."""
+    store = get_sync_revocation_store(s)
+    pairs = [start_session_sync(f"u{i}", tenant_id="lost", store=store) for i in range(5)]
+    job_id = jobs.enqueue_tenant_revocation("lost", reason="r", actor="a")
+    r.delete(store.keys.tenant_watermark("lost"))
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_revoked == len(pairs)
+    assert _marks(r, store, "lost") == len(pairs)
+    assert all(_refused(store, pair.access_token) == "family" for pair in pairs)
+
+
 def test_a_session_joining_a_covered_bucket_mid_chunk_is_kept(
     s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "read_chunk",
     "read_selected",
     "revoke_buckets",
+    "watermark_holds",
     "write_marks",
 ]
 
@@ -329,6 +330,23 @@ def enforced_by_watermark(record: JobRecord) -> bool:
     (``enqueue`` does, before recording the job). Such a job only clears the records, counts and
     audits them; a filtered job's marks are its enforcement."""
     return not record.filtered and record.watermark_at is not None
+
+
+def watermark_holds(exchange: Exchange, keys: k.KeyLayout, record: JobRecord) -> bool:
+    """Whether the watermark of an unfiltered job is still in Redis, at or after the job's
+    cut-off. A Redis that lost it (a cluster failover dropping unreplicated writes, where
+    REVOKER_DURABILITY cannot apply; a restore from an older snapshot) leaves the job to enforce
+    by per-session marks, as a filtered job does, rather than undo the revocation silently. One
+    GET per chunk, in the tenant's slot like its buckets."""
+    if record.watermark_at is None:
+        return False
+    if record.kind == "user":
+        assert record.user_id is not None
+        key = keys.user_watermark(record.tenant_id, record.user_id)
+    else:
+        key = keys.tenant_watermark(record.tenant_id)
+    (raw,) = exchange([("GET", key)])
+    return raw is not None and (k.mark_time(raw) or 0) >= to_us(record.watermark_at)
 
 
 def job_mark(record: JobRecord) -> str:

@@ -59,6 +59,7 @@ from revoker.tasks.buckets import (
     job_selection,
     paced,
     read_chunk,
+    watermark_holds,
     write_marks,
 )
 
@@ -181,7 +182,9 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
                 exchange, store.keys, record.tenant_id, buckets, job_selection(record),
                 watch=not record.dry_run and can_watch(store),
             )  # fmt: skip
-            if not record.dry_run and not enforced_by_watermark(record):
+            if not record.dry_run and not (
+                enforced_by_watermark(record) and watermark_holds(exchange, store.keys, record)
+            ):
                 write_marks(exchange, store, record.tenant_id, read.selected, job_mark(record))
             ids = read.family_ids
             matched = len(ids)
