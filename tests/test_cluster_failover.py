@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from celery_helpers import seed_sessions, start_beat, start_worker, worker_env
 from conftest import make_settings
 from revoker import jobs
+from revoker.exceptions import StoreUnavailable
 from revoker.keys import KeyLayout
 from revoker.localredis import LocalRedis, free_ports
 from revoker.sessions import start_session_sync
@@ -115,6 +116,19 @@ def _primary_of(key: str) -> int:
     return min(2, slot // per)
 
 
+def _wait_through_failover(job_id: str, timeout: float) -> Any:
+    """``wait_for_job``, tolerating the failover: the job record may live on the killed primary
+    (its slot is the job id's), unreadable until its replica is promoted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return jobs.wait_for_job(job_id, timeout=max(1.0, deadline - time.monotonic()))
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_primary_killed_mid_job_and_mid_traffic(
     cluster6: tuple[list[LocalRedis], list[LocalRedis]],
 ) -> None:
@@ -177,7 +191,7 @@ def test_primary_killed_mid_job_and_mid_traffic(
                 time.sleep(0.01)
             killed_at = time.monotonic()
             victim.kill()
-            record = jobs.wait_for_job(job_id, timeout=180)
+            record = _wait_through_failover(job_id, timeout=180)
         finally:
             stop.set()
             thread.join(10)
