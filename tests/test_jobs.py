@@ -264,16 +264,16 @@ def test_chunk_killed_between_counting_and_deleting_deletes_on_redelivery(
     def lost(*_args: Any, **_kwargs: Any) -> None:
         raise redis.ConnectionError("lost during HDEL")
 
-    monkeypatch.setattr(fanout, "delete_records", lost)
+    monkeypatch.setattr(fanout, "clear_records", lost)
     with pytest.raises(Exception, match="lost during HDEL"):
         tasks.revoke_chunk(job_id, 0)
-    assert _fields(r, store, "gap") == set(ids)  # counted, marked, not yet deleted
+    assert _fields(r, store, "gap") == set(ids)  # counted, not yet deleted
     monkeypatch.undo()
     assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
     assert _fields(r, store, "gap") == set()
     record = jobs.get_job(job_id)
     assert (record.status, record.families_revoked) == ("done", 20)
-    assert _marked(r, store, "gap") == set(ids)
+    assert _marked(r, store, "gap") == set()  # the tenant watermark is the enforcement
 
 
 def test_rerun_chunk_counts_once(s: RevokerSettings, r: redis.Redis) -> None:
@@ -291,18 +291,18 @@ def test_rerun_chunk_counts_once(s: RevokerSettings, r: redis.Redis) -> None:
     assert tasks.revoke_chunk(job_id, 0)["revoked"] == len(ids) - len(in_second)
     # Redelivered after it recorded itself done: nothing runs again.
     assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
-    # Chunk 1 killed after writing its marks but before recording itself done: it reruns.
+    # Chunk 1 killed after reading its buckets but before recording itself done: it reruns.
     record = jobs.get_job(job_id)
     cutoff = to_us(record.watermark_at or 0.0)
     tasks.revoke_buckets(store, second, tenant_id="rerun", select=tasks.Selection(record, cutoff),
-                         mark="1|killed run")  # fmt: skip
+                         mark=None)  # fmt: skip
     r.hincrby(keys.job_deliveries(job_id), "1", 1)
     assert _fields(r, store, "rerun") == set(in_second)  # not deleted before being counted
     assert tasks.revoke_chunk(job_id, 1)["revoked"] == len(in_second)
     record = jobs.get_job(job_id)
     assert (record.status, record.chunks_done, record.families_revoked) == ("done", 2, 30)
     assert record.families_matched == 30
-    assert _marked(r, store, "rerun") == set(ids)
+    assert _marked(r, store, "rerun") == set()
     assert _fields(r, store, "rerun") == set()
 
 
@@ -687,8 +687,7 @@ def test_tenant_job_revokes_every_session_before_its_cutoff(
     sizes = Counter(bucket_of_user(f"u{i % 40}", BUCKETS) for i in range(600))
     assert record.chunks_total >= 600 // (s.chunk_size + max(sizes.values()))
     assert all(_check(store, pair.access_token) for pair in live)
-    revoked = {*seeded, *(pair.family_id for pair in live)}
-    assert _marked(r, store, "acme") == revoked
+    assert _marked(r, store, "acme") == set()  # the tenant watermark refuses them
     assert _fields(r, store, "acme") == {later.family_id}
     assert not _check(store, later.access_token)
     assert store.get_session(later.family_id, tenant_id="acme") is not None
@@ -710,7 +709,7 @@ def test_user_job_revokes_only_that_user(
     record = _run_inline(monkeypatch, job_id)
     assert (record.status, record.chunks_total, record.families_revoked) == ("done", 1, 4)
     assert all(_check(store, pair.access_token) for pair in mine)
-    assert _marked(r, store, "acme") == {pair.family_id for pair in mine}
+    assert _marked(r, store, "acme") == set()  # the user watermark refuses them
     assert _fields(r, store, "acme") == {theirs.family_id, later.family_id}
     for pair in (theirs, later, elsewhere):
         assert not _check(store, pair.access_token)

@@ -133,7 +133,7 @@ def neighbour_of(user: str, buckets: int) -> str:
 def test_tenant_revocation_end_to_end(
     s: RevokerSettings, r: redis.Redis, sstore: SyncRedisTokenRevocationStore
 ) -> None:
-    """A tenant of 1,000 sessions: watermark at once, every family marked, records deleted."""
+    """A tenant of 1,000 sessions: watermark at once, records deleted, no per-session marks."""
     ids = seed_sessions(r, s, "acme", 1000, users=20)
     other = seed_sessions(r, s, "bystander", 30, users=3)
     pair = start_session_sync("alice", tenant_id="acme", store=sstore)
@@ -152,7 +152,9 @@ def test_tenant_revocation_end_to_end(
     assert record.chunks_done == record.chunks_total
     assert record.families_revoked == record.families_matched == len(ids)
     assert record.watermark_at is not None
-    assert revoked_count(r, sstore, "acme", ids) == len(ids)
+    # The watermark is the enforcement: no per-session marks (issue 15).
+    assert revoked_count(r, sstore, "acme", ids) == 0
+    assert sstore.is_revoked(token).rule == "tenant"
     # Every record was deleted from its bucket, so no bucket of the tenant is left.
     assert not any(present(r, sstore, "acme", ids))
     assert bucket_keys(r, sstore, "acme") == []
@@ -211,8 +213,9 @@ def test_user_revocation(
     assert record.status == "done", record.error
     assert record.chunks_total == 1  # a user job reads one bucket, its user's
     assert record.families_revoked == record.families_matched == len(mine)
-    assert revoked_count(r, sstore, "userco", mine) == len(mine)
-    assert revoked_count(r, sstore, "userco", theirs) == 0
+    # The user watermark is the enforcement: no per-session marks (issue 15).
+    assert revoked_count(r, sstore, "userco", [*mine, *theirs]) == 0
+    assert sstore.is_revoked(token).rule == "user"
     assert not any(present(r, sstore, "userco", mine))
     assert all(present(r, sstore, "userco", theirs))
     assert r.get(sstore.keys.tenant_watermark("userco")) is None

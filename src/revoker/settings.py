@@ -552,6 +552,23 @@ class RevokerSettings(BaseSettings):
         "again.",
     )
 
+    # --- Bulk jobs at scale (issue 15) ---------------------------------------------------------
+    broker_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="RabbitMQ queue type of the task queue: quorum replicates it across a "
+        "RabbitMQ cluster (publisher confirms on); RabbitMQ refuses to change an existing "
+        "queue's type, so delete the classic queue first. Ignored with a Redis broker.",
+    )
+    fanout_duty_cycle: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of a fan-out chunk's time spent in round trips to Redis: below 1 the "
+        "chunk pauses after each round trip (0.5: as long as it took), leaving Redis and the "
+        "workers' cores idle time, so per-request checks queue less behind a job that takes "
+        "longer.",
+    )
+
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod
     def _url_has_scheme(cls, value: str | None) -> str | None:

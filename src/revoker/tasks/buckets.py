@@ -1,12 +1,22 @@
 """The fan-out's bulk primitives: which records a job covers, and revoking and deleting them by
 bucket. Shared by the fan-out chunks and the family-reuse escalation; their Redis traffic goes
 through the store's bulk exchange (``store.bulk_exchange()``), the one fast path.
+
+A chunk is three steps on one bulk connection: :func:`read_chunk` (HSCAN: which records the job
+covers), :func:`write_marks` (the chunk's write pipeline: revoked marks and the sequence bump;
+only where the marks are the enforcement, see :func:`enforced_by_watermark`) and, once the chunk
+is counted, :func:`clear_records` (the records the job made dead: a bucket all of whose records
+were selected is dropped whole, with one UNLINK, others lose the selected fields, one HDEL each).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+import redis
 
 from revoker import keys as k
 from revoker.events import emit_chunk_events
@@ -17,14 +27,23 @@ from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
 __all__ = [
     "READ_BUCKETS",
     "SCAN_FIELDS",
+    "WATCH_BUCKETS",
     "WRITE_BUCKETS",
     "WRITE_COMMANDS",
+    "ChunkRead",
     "Selection",
+    "can_watch",
+    "clear_records",
     "delete_records",
+    "enforced_by_watermark",
     "job_mark",
     "job_selection",
+    "paced",
+    "read_chunk",
     "read_selected",
     "revoke_buckets",
+    "watermark_holds",
+    "write_marks",
 ]
 
 #: Buckets read per round trip by a chunk. Redis runs every command of one read (up to 16 KB)
@@ -38,9 +57,15 @@ READ_BUCKETS = 2
 SCAN_FIELDS = 500
 #: Write commands per round trip (an HSET of one bucket's marks, ~120 fields, and two EXPIREs).
 WRITE_COMMANDS = 6
-#: Buckets written per round trip: each one MULTI/EXEC block of its HSET, two EXPIREs and the
+#: Buckets written per round trip: each its HSET and two EXPIREs, the round trip ending with the
 #: sequence bump (``WRITE_COMMANDS`` writes).
 WRITE_BUCKETS = 2
+#: Buckets of a chunk its read WATCHes (the first ones), so that its clean-up may drop them whole
+#: (UNLINK); any further bucket loses its records by HDEL. Redis checks each key a WATCH adds
+#: against every key the connection already watches: one WATCH of 1,024 keys held it ~47 ms,
+#: 208 ~0.8 ms, 64 ~0.1 ms (`INFO commandstats`, a loaded 2-core host), about one bucket's HSCAN;
+#: a chunk of 5,000 sessions at ~120 per bucket has ~42.
+WATCH_BUCKETS = 64
 
 
 class Selection:
@@ -84,6 +109,89 @@ class Selection:
         return out
 
 
+@dataclass(slots=True)
+class ChunkRead:
+    """What :func:`read_chunk` found in a chunk's buckets."""
+
+    #: The selected family ids of each bucket (buckets with none left out).
+    selected: dict[int, list[bytes]]
+    #: Watched buckets every record of which was selected: once dead the key can go whole.
+    whole: set[int] = field(default_factory=set)
+    #: Whether the read WATCHed the buckets (a later change makes :func:`clear_records` fall
+    #: back from UNLINK to HDEL, so a session started meanwhile is never dropped).
+    watched: bool = False
+
+    @property
+    def family_ids(self) -> list[bytes]:
+        """Every selected family id (the chunk's audit entry, its events)."""
+        return [fid for ids in self.selected.values() for fid in ids]
+
+
+def paced(exchange: Exchange, duty_cycle: float) -> Exchange:
+    """``exchange``, pausing after each round trip so that round trips take ``duty_cycle`` of
+    the time (REVOKER_FANOUT_DUTY_CYCLE); 1 is ``exchange`` itself."""
+    if duty_cycle >= 1:
+        return exchange
+    rest = 1 / duty_cycle - 1
+
+    def send(commands: list[Any]) -> list[Any]:
+        started = time.perf_counter()
+        replies = exchange(commands)
+        time.sleep((time.perf_counter() - started) * rest)
+        return replies
+
+    return send
+
+
+def can_watch(store: SyncRedisTokenRevocationStore) -> bool:
+    """Whether the store's bulk exchange keeps one connection across its batches (a plain
+    redis-py client: the raw path of ``store._bulk``), so a WATCH sent in one batch still holds
+    in a later one. A cluster client or fakeredis gets a fresh pipeline per batch."""
+    return type(store.client) is redis.Redis
+
+
+def read_chunk(
+    exchange: Exchange,
+    keys: k.KeyLayout,
+    tenant_id: str | None,
+    buckets: Sequence[int],
+    select: Selection,
+    *,
+    watch: bool = False,
+) -> ChunkRead:
+    """The selected family ids of each of the tenant's ``buckets``, read with pipelined HSCANs.
+
+    ``watch`` (only where :func:`can_watch`): WATCH the buckets in the first batch, before any
+    read, for :func:`clear_records`.
+    """
+    selected: dict[int, list[bytes]] = {}
+    unselected: dict[int, int] = dict.fromkeys(buckets, 0)
+    names = dict(zip(buckets, keys.session_buckets(tenant_id, buckets), strict=True))
+    pending: list[tuple[int, bytes]] = [(b, b"0") for b in buckets]
+    watched = list(names.values())[:WATCH_BUCKETS] if watch else []
+    prefix: list[Any] = [("WATCH", *watched)] if watched else []
+    while pending:
+        batch, pending = pending[:READ_BUCKETS], pending[READ_BUCKETS:]
+        replies = exchange(
+            prefix + [("HSCAN", names[b], cursor, "COUNT", SCAN_FIELDS) for b, cursor in batch]
+        )
+        replies, prefix = replies[len(prefix) :], []
+        for (bucket, _), (cursor, flat) in zip(batch, replies, strict=True):
+            if isinstance(flat, dict):  # a redis-py pipeline (cluster, fakeredis) parses HSCAN
+                flat = [item for pair in flat.items() for item in pair]
+            chosen = select(flat)
+            unselected[bucket] += len(flat) // 2 - len(chosen)
+            if chosen:
+                selected.setdefault(bucket, []).extend(chosen)
+            if cursor not in (b"0", 0, "0"):
+                pending.append((bucket, cursor))
+    # HSCAN may return a field twice while a big (hashtable) bucket is rehashed.
+    deduped = {b: list(dict.fromkeys(ids)) for b, ids in selected.items()}
+    first = set(list(names)[:WATCH_BUCKETS]) if watched else set()
+    whole = {b for b in deduped if not unselected[b] and b in first}
+    return ChunkRead(deduped, whole, watched=bool(watched))
+
+
 def read_selected(
     exchange: Exchange,
     keys: k.KeyLayout,
@@ -91,25 +199,89 @@ def read_selected(
     buckets: Sequence[int],
     select: Selection,
 ) -> dict[int, list[bytes]]:
-    """The selected family ids of each of the tenant's ``buckets``, read with pipelined HSCANs."""
-    selected: dict[int, list[bytes]] = {}
-    names = dict(zip(buckets, keys.session_buckets(tenant_id, buckets), strict=True))
-    pending: list[tuple[int, bytes]] = [(b, b"0") for b in buckets]
-    while pending:
-        batch, pending = pending[:READ_BUCKETS], pending[READ_BUCKETS:]
-        replies = exchange(
-            [("HSCAN", names[b], cursor, "COUNT", SCAN_FIELDS) for b, cursor in batch]
-        )
-        for (bucket, _), (cursor, flat) in zip(batch, replies, strict=True):
-            if isinstance(flat, dict):  # a redis-py pipeline (cluster, fakeredis) parses HSCAN
-                flat = [item for pair in flat.items() for item in pair]
-            chosen = select(flat)
-            if chosen:
-                selected.setdefault(bucket, []).extend(chosen)
-            if cursor not in (b"0", 0, "0"):
-                pending.append((bucket, cursor))
-    # HSCAN may return a field twice while a big (hashtable) bucket is rehashed.
-    return {b: list(dict.fromkeys(ids)) for b, ids in selected.items()}
+    """The selected family ids of each of the tenant's ``buckets`` (:func:`read_chunk`)."""
+    return read_chunk(exchange, keys, tenant_id, buckets, select).selected
+
+
+def write_marks(
+    exchange: Exchange,
+    store: SyncRedisTokenRevocationStore,
+    tenant_id: str | None,
+    selected: dict[int, list[bytes]],
+    mark: str,
+) -> None:
+    """The chunk's write pipeline: the selected families' revoked marks, one HSET per bucket
+    (and its TTL), ``WRITE_BUCKETS`` buckets per round trip, each round trip ending with the
+    sequence bump. Idempotent: a rerun rewrites the same marks."""
+    keys = store.keys
+    core = store.core
+    ttl = core.lifetimes.family_ttl
+    mark_b = mark.encode()
+    blocks: list[list[Any]] = []
+    for bucket, ids in selected.items():
+        marks = keys.revoked_bucket(tenant_id, bucket)
+        writes: list[Any] = []
+        for start in range(0, len(ids), SCAN_FIELDS):
+            part = ids[start : start + SCAN_FIELDS]
+            # field, value, field, value...: slice assignment, ~2x a nested generator.
+            pairs: list[bytes] = [mark_b] * (2 * len(part))
+            pairs[0::2] = part
+            writes.append(("HSET", marks, *pairs))
+        writes += StoreCore.bucket_ttl_commands(marks, ttl)
+        blocks.append(writes)
+    # The chunk's feed entry, sent before any of its marks on this same connection: Redis
+    # applies a connection's commands in order, so a chunk cut anywhere can leave an entry
+    # without (some of) its marks, which a rerun writes, never marks without an entry. The
+    # same entry again after its last mark: a mirror's snapshot started between the two
+    # (its feed position past the first, its reads before some marks) still meets the
+    # second. Their "s" is empty: the bumps follow the marks (below).
+    lead = core.feed_command(_feed_entry(core, tenant_id, selected, mark)) if blocks else []
+    close = lead
+    for start in range(0, len(blocks), WRITE_BUCKETS):
+        batch = [c for block in blocks[start : start + WRITE_BUCKETS] for c in block]
+        batch, lead = lead + batch, []
+        if start + WRITE_BUCKETS >= len(blocks):
+            batch += close
+        # The bump follows the marks in the same pipeline, not in a MULTI/EXEC: Redis (and
+        # its AOF and replicas) apply them in that order, so any state a check can meet
+        # holds the marks of every bump it shows, and a state with marks but not yet their
+        # bump only makes a rollback seen sooner. A MULTI/EXEC per bucket cost the fan-out
+        # ~12% of its sessions/s and a check's p99 during it ~35% (`bench/run.py --quick
+        # --only fanout`, same run). On a cluster the bump lives in another slot anyway.
+        exchange(batch + core.sequence_bump())
+
+
+def clear_records(
+    exchange: Exchange,
+    keys: k.KeyLayout,
+    tenant_id: str | None,
+    read: ChunkRead,
+) -> None:
+    """Delete the records a counted chunk made dead (its selected ones).
+
+    A bucket every record of which was selected goes whole (UNLINK: O(1) for Redis's main
+    thread, which frees a big hash in the background), in one MULTI/EXEC guarded by the read's
+    WATCH: if any of the buckets changed since the read (a session started after the cut-off
+    may have joined it), EXEC does nothing and they lose only their selected fields like the
+    others (HDEL, a few hundred per command). Unwatched reads only HDEL.
+    """
+    names = dict(zip(read.selected, keys.session_buckets(tenant_id, read.selected), strict=True))
+    rest = dict(read.selected)
+    if read.watched:
+        whole = [b for b in read.selected if b in read.whole]
+        if whole:
+            replies = exchange([("MULTI",), ("UNLINK", *(names[b] for b in whole)), ("EXEC",)])
+            if replies[-1] is not None:  # nil: a watched bucket changed, nothing was unlinked
+                for b in whole:
+                    del rest[b]
+        else:
+            exchange([("UNWATCH",)])
+    commands: list[Any] = []
+    for bucket, ids in rest.items():
+        for start in range(0, len(ids), SCAN_FIELDS):
+            commands.append(("HDEL", names[bucket], *ids[start : start + SCAN_FIELDS]))
+    for start in range(0, len(commands), READ_BUCKETS):
+        exchange(commands[start : start + READ_BUCKETS])
 
 
 def revoke_buckets(
@@ -129,45 +301,13 @@ def revoke_buckets(
     The records stay: the caller deletes them (:func:`delete_records`) once it has counted them.
     Idempotent: a rerun selects the same families and rewrites the same marks.
     """
-    keys = store.keys
-    ttl = store.core.lifetimes.family_ttl
     with store.bulk_exchange() as exchange:
-        selected = read_selected(exchange, keys, tenant_id, buckets, select)
-        if mark is None:
-            return selected
-        mark_b = mark.encode()
-        core = store.core
-        blocks: list[list[Any]] = []
-        for bucket, ids in selected.items():
-            marks = keys.revoked_bucket(tenant_id, bucket)
-            writes: list[Any] = []
-            for start in range(0, len(ids), SCAN_FIELDS):
-                part = ids[start : start + SCAN_FIELDS]
-                writes.append(("HSET", marks, *(x for fid in part for x in (fid, mark_b))))
-            writes += StoreCore.bucket_ttl_commands(marks, ttl)
-            blocks.append(writes)
-        # The chunk's feed entry, sent before any of its marks on this same connection: Redis
-        # applies a connection's commands in order, so a chunk cut anywhere can leave an entry
-        # without (some of) its marks, which a rerun writes, never marks without an entry. The
-        # same entry again after its last mark: a mirror's snapshot started between the two
-        # (its feed position past the first, its reads before some marks) still meets the
-        # second. Their "s" is empty: the bumps follow the marks (below).
-        lead = core.feed_command(_feed_entry(core, tenant_id, selected, mark)) if blocks else []
-        close = lead
-        for start in range(0, len(blocks), WRITE_BUCKETS):
-            batch = [c for block in blocks[start : start + WRITE_BUCKETS] for c in block]
-            batch, lead = lead + batch, []
-            if start + WRITE_BUCKETS >= len(blocks):
-                batch += close
-            # The bump follows the marks in the same pipeline, not in a MULTI/EXEC: Redis (and
-            # its AOF and replicas) apply them in that order, so any state a check can meet
-            # holds the marks of every bump it shows, and a state with marks but not yet their
-            # bump only makes a rollback seen sooner. A MULTI/EXEC per bucket cost the fan-out
-            # ~12% of its sessions/s and a check's p99 during it ~35% (`bench/run.py --quick
-            # --only fanout`, same run). On a cluster the bump lives in another slot anyway.
-            exchange(batch + core.sequence_bump())
-    # After the marks: the sessions' events (free unless a stream wants per-session events).
-    emit_chunk_events(store, select.record, [fid for ids in selected.values() for fid in ids])
+        selected = read_selected(exchange, store.keys, tenant_id, buckets, select)
+        if mark is not None:
+            write_marks(exchange, store, tenant_id, selected, mark)
+    if mark is not None:
+        # After the marks: the sessions' events (free unless a stream wants per-session events).
+        emit_chunk_events(store, select.record, [fid for ids in selected.values() for fid in ids])
     return selected
 
 
@@ -210,6 +350,32 @@ def job_selection(record: JobRecord, cutoff_us: int | None = None) -> Selection:
     its watermark, or without one its enqueue time)."""
     cutoff = _cutoff_us(record) if cutoff_us is None else cutoff_us
     return Selection(record, cutoff, record.user_id if record.kind == "user" else None)
+
+
+def enforced_by_watermark(record: JobRecord) -> bool:
+    """Whether a job's own watermark already refuses every token of the sessions it covers, so
+    per-session marks would be redundant for every check (the check and refresh rotation read
+    the watermark, and it outlives every token it covers): an unfiltered job that wrote one
+    (``enqueue`` does, before recording the job). Such a job only clears the records, counts and
+    audits them; a filtered job's marks are its enforcement."""
+    return not record.filtered and record.watermark_at is not None
+
+
+def watermark_holds(exchange: Exchange, keys: k.KeyLayout, record: JobRecord) -> bool:
+    """Whether the watermark of an unfiltered job is still in Redis, at or after the job's
+    cut-off. A Redis that lost it (a cluster failover dropping unreplicated writes, where
+    REVOKER_DURABILITY cannot apply; a restore from an older snapshot) leaves the job to enforce
+    by per-session marks, as a filtered job does, rather than undo the revocation silently. One
+    GET per chunk, in the tenant's slot like its buckets."""
+    if record.watermark_at is None:
+        return False
+    if record.kind == "user":
+        assert record.user_id is not None
+        key = keys.user_watermark(record.tenant_id, record.user_id)
+    else:
+        key = keys.tenant_watermark(record.tenant_id)
+    (raw,) = exchange([("GET", key)])
+    return raw is not None and (k.mark_time(raw) or 0) >= to_us(record.watermark_at)
 
 
 def job_mark(record: JobRecord) -> str:

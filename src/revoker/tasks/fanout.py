@@ -11,12 +11,16 @@ Every kind of job (tenant, user, filtered, dry run) walks session buckets (see `
   only the missing chunks. Only the message that started the job runs it: copies published
   again by the outbox sweep do nothing (``JobPlans.start_job``).
 * ``revoke_chunk`` reads its buckets (HSCAN, a page of several buckets per round trip), selects
-  the records the job covers, writes their revoked marks (one HSET per bucket), records
-  itself done with ``job_chunk_done.lua`` (a set of done chunk numbers makes the counts exact even
-  when a chunk is rerun after a crash), and only then deletes the selected records from their
-  buckets (HDEL, one per bucket). Plain pipelined commands through the store's bulk exchange, no
-  Lua: Redis serves the per-request checks between them. The last chunk finishes the job (the
-  script decides, see ``JobPlans.plan_finish``).
+  the records the job covers, writes their revoked marks (one HSET per bucket) where the marks
+  are the enforcement (a filtered job, or one without a watermark: see
+  ``buckets.enforced_by_watermark``; an unfiltered job's watermark, written before the job was
+  recorded, already refuses every token and rotation of its sessions), records itself done with
+  ``job_chunk_done.lua`` (a set of done chunk numbers makes the counts exact even when a chunk is
+  rerun after a crash), and only then removes the selected records: a bucket all of whose
+  records were selected with one UNLINK (guarded by a WATCH from before the read, so a session
+  started meanwhile is never dropped), others with one HDEL each. Plain pipelined commands
+  through the store's bulk exchange, no Lua: Redis serves the per-request checks between them.
+  The last chunk finishes the job (the script decides, see ``JobPlans.plan_finish``).
 
 A job covers the sessions created at or before its cut-off: the watermark it wrote (unfiltered
 jobs), or its enqueue time (filtered ones), and matching its filters (user, client, issue
@@ -42,6 +46,7 @@ from typing import Any
 
 from revoker import keys as k
 from revoker._extras import requires_extra
+from revoker.events import emit_chunk_events
 from revoker.exceptions import JobNotFound
 from revoker.job_record import JobRecord
 from revoker.metrics import JOB_CHUNKS_PARKED
@@ -56,7 +61,17 @@ from revoker.tasks._state import (
     retry_or_fail,
     task,
 )
-from revoker.tasks.buckets import delete_records, job_mark, job_selection, revoke_buckets
+from revoker.tasks.buckets import (
+    can_watch,
+    clear_records,
+    enforced_by_watermark,
+    job_mark,
+    job_selection,
+    paced,
+    read_chunk,
+    watermark_holds,
+    write_marks,
+)
 
 with requires_extra("worker", __name__):
     from celery import Task
@@ -173,37 +188,57 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         return {"job_id": job_id, "chunk": chunk, "parked": True}
     try:
         record = store.get_job(job_id)
-        selected = _revoke_chunk(
-            store, record, chunk, mark=None if record.dry_run else job_mark(record)
-        )
-        if selected is None:
+        buckets = store.execute(store.jobs.plan_chunk_buckets(job_id, chunk))
+        if buckets is None:
             raise LookupError(f"the bucket list of chunk {chunk} is gone")
-        ids = [fid for fids in selected.values() for fid in fids]
-        matched = len(ids)
-        revoked = 0 if record.dry_run else matched
-        listed = b" ".join(ids).decode()
-        if revoked:
-            store.execute(
-                store.jobs.plan_audit(
-                    "job_chunk",
-                    job_id,
-                    tenant_id=record.tenant_id,
-                    reason=record.reason,
-                    actor=record.actor,
-                    at_us=now_us(),
-                    extra={"chunk": str(chunk), "count": str(revoked), "families": listed},
-                    count=revoked,
-                ),
-                # REVOKER_DURABILITY's wait, after the marks (written before this entry, so it
-                # covers them) and before the chunk counts itself: else it raises and is retried.
-                durable=True,
+        # One bulk connection for the chunk: its read WATCHes the buckets that its clean-up
+        # may drop whole, after the chunk is counted (see tasks.buckets.clear_records).
+        with store.bulk_exchange() as bulk:
+            exchange = paced(bulk, settings.fanout_duty_cycle)
+            read = read_chunk(
+                exchange, store.keys, record.tenant_id, buckets, job_selection(record),
+                watch=not record.dry_run and can_watch(store),
+            )  # fmt: skip
+            if not record.dry_run and not (
+                enforced_by_watermark(record) and watermark_holds(exchange, store.keys, record)
+            ):
+                write_marks(exchange, store, record.tenant_id, read.selected, job_mark(record))
+            ids = read.family_ids
+            matched = len(ids)
+            revoked = 0 if record.dry_run else matched
+            if revoked:
+                store.execute(
+                    store.jobs.plan_audit(
+                        "job_chunk",
+                        job_id,
+                        tenant_id=record.tenant_id,
+                        reason=record.reason,
+                        actor=record.actor,
+                        at_us=now_us(),
+                        extra={"chunk": str(chunk), "count": str(revoked),
+                               "families": b" ".join(ids).decode()},
+                        count=revoked,
+                    ),
+                    # REVOKER_DURABILITY's wait, after the marks (written before this entry, so
+                    # it covers them) and before the chunk counts itself: else it raises and is
+                    # retried.
+                    durable=True,
+                )  # fmt: skip
+                # The sessions' events (free unless a stream wants per-session events), before
+                # the chunk counts itself: a chunk killed in between reruns and sends them again
+                # (the same jtis: receivers deduplicate), never none.
+                emit_chunk_events(store, record, ids)
+            finished = store.execute(
+                store.jobs.plan_finish(
+                    job_id, "done", chunk=chunk, matched=matched, revoked=revoked
+                )
             )
-        finished = store.execute(
-            store.jobs.plan_finish(job_id, "done", chunk=chunk, matched=matched, revoked=revoked)
-        )
-        if revoked:
-            # Only now: a rerun before this point must find the records it selected the first time.
-            delete_records(store, record.tenant_id, selected)
+            if revoked:
+                # Only now: a rerun before this point must find the records it selected the
+                # first time.
+                clear_records(exchange, store.keys, record.tenant_id, read)
+            elif read.watched:
+                exchange([("UNWATCH",)])
         count_chunk(record, revoked)  # metrics and the log line, once the chunk is counted
     except JobNotFound:
         return {"job_id": job_id, "chunk": chunk, "missing_job": True}
@@ -243,19 +278,12 @@ def _delete_revoked(store: SyncRedisTokenRevocationStore, job_id: str, chunk: in
         return
     if record.dry_run:
         return
-    selected = _revoke_chunk(store, record, chunk, mark=None)
-    if selected is not None:
-        delete_records(store, record.tenant_id, selected)
-
-
-def _revoke_chunk(
-    store: SyncRedisTokenRevocationStore, record: JobRecord, chunk: int, *, mark: str | None
-) -> dict[int, list[bytes]] | None:
-    """:func:`revoke_buckets` on the buckets of one chunk of ``record``, with the job's
-    selection; None when the chunk's bucket list is gone."""
-    buckets = store.execute(store.jobs.plan_chunk_buckets(record.id, chunk))
+    buckets = store.execute(store.jobs.plan_chunk_buckets(job_id, chunk))
     if buckets is None:
-        return None
-    return revoke_buckets(
-        store, buckets, tenant_id=record.tenant_id, select=job_selection(record), mark=mark
-    )
+        return
+    with store.bulk_exchange() as exchange:
+        read = read_chunk(
+            exchange, store.keys, record.tenant_id, buckets, job_selection(record),
+            watch=can_watch(store),
+        )  # fmt: skip
+        clear_records(exchange, store.keys, record.tenant_id, read)

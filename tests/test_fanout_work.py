@@ -1,0 +1,316 @@
+"""Each bulk job does only the work it needs (issue 15).
+
+An unfiltered tenant or user job is enforced by the watermark ``enqueue`` wrote before the job was
+recorded: its chunks write no per-session marks, count and audit exactly, and remove the records
+(a bucket wholly covered with one UNLINK, guarded by a WATCH so a session started meanwhile
+stays). A filtered job's marks are its enforcement and stay. Jobs run in this process, as in
+``tests/test_jobs.py``, on the real Redis under the test's own prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from celery_helpers import seed_sessions
+from conftest import REDIS_URL, delete_prefix, make_settings
+from revoker import jobs, tasks
+from revoker.exceptions import TokenRevoked
+from revoker.keys import bucket_of_user, family_bucket
+from revoker.localredis import free_port
+from revoker.refresh import rotate_refresh_token_sync
+from revoker.sessions import start_session_sync
+from revoker.settings import RevokerSettings, configure
+from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
+from revoker.tasks import buckets, fanout
+from revoker.tokens import decode_token
+from revoker.worker import app
+
+pytestmark = [pytest.mark.redis]
+
+BUCKETS = 64
+
+
+@pytest.fixture
+def s() -> Iterator[RevokerSettings]:
+    """Settings with a closed broker port (jobs run inline), 64 buckets and small chunks."""
+    settings = configure(
+        make_settings(
+            broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=BUCKETS,
+            chunk_size=100, max_redeliveries=3,
+        )
+    )  # fmt: skip
+    yield settings
+    client = redis.Redis.from_url(REDIS_URL)
+    delete_prefix(client, settings.key_prefix)
+    client.close()
+
+
+@pytest.fixture
+def r() -> Iterator[redis.Redis]:
+    """A client of the test Redis."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+def _run_inline(monkeypatch: pytest.MonkeyPatch, job_id: str) -> jobs.JobRecord:
+    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(
+        tasks.revoke_chunk, "apply_async", lambda args, **kw: tasks.revoke_chunk(*args)
+    )
+    tasks.revoke_job(job_id)
+    return jobs.get_job(job_id)
+
+
+def _fields(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> set[str]:
+    pipe = r.pipeline(transaction=False)
+    for b in range(BUCKETS):
+        pipe.hkeys(store.keys.session_bucket(tenant, b))
+    return {fid.decode() for ids in pipe.execute() for fid in ids}
+
+
+def _marks(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> int:
+    base = store.keys.revoked_bucket_base(tenant)
+    return sum(int(r.hlen(key)) for key in r.scan_iter(match=f"{base}*", count=1000))
+
+
+def _audited(r: redis.Redis, store: SyncRedisTokenRevocationStore, job_id: str) -> list[str]:
+    """Every family id the job's chunk audit entries list (with repeats, if any)."""
+    out: list[str] = []
+    for _, entry in r.xrange(store.keys.audit):
+        fields = {a.decode(): b.decode() for a, b in entry.items()}
+        if fields.get("kind") == "job_chunk" and fields.get("target") == job_id:
+            out += fields["families"].split()
+    return out
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, store: SyncRedisTokenRevocationStore) -> list[str]:
+    """The names of the commands the store's bulk exchange sends from now on."""
+    sent: list[str] = []
+    real = store.bulk_exchange
+
+    @contextlib.contextmanager
+    def spied() -> Iterator[Any]:
+        with real() as exchange:
+
+            def send(commands: list[Any]) -> list[Any]:
+                sent.extend(str(c[0]).upper() for c in commands)
+                return exchange(commands)
+
+            yield send
+
+    monkeypatch.setattr(store, "bulk_exchange", spied)
+    return sent
+
+
+def _refused(store: SyncRedisTokenRevocationStore, access_token: str) -> str | None:
+    status = store.is_revoked(decode_token(access_token, "access", settings=store.settings))
+    return status.rule if status.revoked else None
+
+
+def test_unfiltered_tenant_job_writes_no_marks_and_counts_exactly(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant job: exact counts and audit, no per-session marks, its tokens and rotations
+    refused by the watermark, covered buckets gone, a later session in a covered bucket kept."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "acme", 500, users=30)
+    pairs = [start_session_sync(f"u{i}", tenant_id="acme", store=store) for i in range(3)]
+    job_id = jobs.enqueue_tenant_revocation("acme", reason="breach", actor="ops")
+    later = start_session_sync("u1", tenant_id="acme", store=store)  # after the watermark
+    sent = _spy(monkeypatch, store)
+    record = _run_inline(monkeypatch, job_id)
+    assert record.status == "done", record.error
+    covered = {*seeded, *(p.family_id for p in pairs)}
+    assert record.families_matched == record.families_revoked == len(covered)
+    assert sorted(_audited(r, store, job_id)) == sorted(covered)
+    assert _marks(r, store, "acme") == 0
+    assert _fields(r, store, "acme") == {later.family_id}
+    for pair in pairs:
+        assert _refused(store, pair.access_token) == "tenant"
+        with pytest.raises(TokenRevoked):
+            rotate_refresh_token_sync(pair.refresh_token, store=store)
+    assert _refused(store, later.access_token) is None
+    assert rotate_refresh_token_sync(later.refresh_token, store=store).family_id == later.family_id
+    # Buckets with no later session are gone whole (UNLINK), not left as empty shells.
+    later_bucket = bucket_of_user("u1", BUCKETS)
+    assert r.exists(store.keys.session_bucket("acme", later_bucket)) == 1
+    assert sum(r.exists(store.keys.session_bucket("acme", b)) for b in range(BUCKETS)) == 1
+    assert "HSET" not in sent
+    assert "UNLINK" in sent
+    # Per bucket: one UNLINK (in a MULTI/EXEC per chunk), an HDEL only where a session stays.
+    assert sent.count("HDEL") == 1
+
+
+def test_unfiltered_user_job_spares_bucket_neighbours(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user job: the user's sessions removed and refused by the user watermark, no marks, a
+    neighbour in the same bucket untouched."""
+    store = get_sync_revocation_store(s)
+    target = bucket_of_user("alice", BUCKETS)
+    neighbour = next(
+        u for u in (f"n{i}" for i in range(100_000)) if bucket_of_user(u, BUCKETS) == target
+    )
+    mine = [start_session_sync("alice", tenant_id="acme", store=store) for _ in range(4)]
+    theirs = start_session_sync(neighbour, tenant_id="acme", store=store)
+    job_id = jobs.enqueue_user_revocation("alice", tenant_id="acme", reason="r", actor="a")
+    record = _run_inline(monkeypatch, job_id)
+    assert (record.status, record.families_matched, record.families_revoked) == ("done", 4, 4)
+    assert _marks(r, store, "acme") == 0
+    assert _fields(r, store, "acme") == {theirs.family_id}
+    for pair in mine:
+        assert _refused(store, pair.access_token) == "user"
+        with pytest.raises(TokenRevoked):
+            rotate_refresh_token_sync(pair.refresh_token, store=store)
+    assert _refused(store, theirs.access_token) is None
+
+
+def test_filtered_job_keeps_per_session_marks(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client-filtered job (no watermark) writes a mark per selected session: the marks refuse
+    them (rule "family"), the other client's sessions stay."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "acme", 300, users=20, client_ids=("web", "ios"))
+    web = {fid for i, fid in enumerate(seeded) if i % 2 == 0}
+    pair = start_session_sync("u1", tenant_id="acme", client_id="web", store=store)
+    job_id = jobs.enqueue_tenant_revocation("acme", client_id="web", reason="r", actor="a")
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_matched == record.families_revoked == len(web) + 1
+    assert _marks(r, store, "acme") == len(web) + 1
+    assert _refused(store, pair.access_token) == "family"
+    assert _fields(r, store, "acme") == set(seeded) - web
+
+
+def test_buckets_past_the_watch_cap_are_cleared_by_hdel(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk with more buckets than WATCH_BUCKETS watches only the first ones (UNLINK) and
+    clears the rest with HDEL: every record goes, counts stay exact."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "cap", 200, users=20)
+    monkeypatch.setattr(buckets, "WATCH_BUCKETS", 2)
+    job_id = jobs.enqueue_tenant_revocation("cap", reason="r", actor="a")
+    sent: list[tuple[str, int]] = []
+    real = store.bulk_exchange
+
+    @contextlib.contextmanager
+    def spied() -> Iterator[Any]:
+        with real() as exchange:
+
+            def send(commands: list[Any]) -> list[Any]:
+                sent.extend((str(c[0]).upper(), len(c) - 1) for c in commands)
+                return exchange(commands)
+
+            yield send
+
+    monkeypatch.setattr(store, "bulk_exchange", spied)
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_revoked == len(seeded)
+    assert _fields(r, store, "cap") == set()
+    chunks = record.chunks_total
+    assert [n for name, n in sent if name == "WATCH"] == [2] * chunks
+    assert sum(n for name, n in sent if name == "UNLINK") <= 2 * chunks
+    assert any(name == "HDEL" for name, _ in sent)
+
+
+def test_a_lost_watermark_makes_the_job_write_marks(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unfiltered job whose watermark Redis no longer holds (a failover that lost it) falls
+    back to per-session marks: its sessions are still refused, by rule "family"."""
+    store = get_sync_revocation_store(s)
+    pairs = [start_session_sync(f"u{i}", tenant_id="lost", store=store) for i in range(5)]
+    job_id = jobs.enqueue_tenant_revocation("lost", reason="r", actor="a")
+    r.delete(store.keys.tenant_watermark("lost"))
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_revoked == len(pairs)
+    assert _marks(r, store, "lost") == len(pairs)
+    assert all(_refused(store, pair.access_token) == "family" for pair in pairs)
+
+
+def test_a_session_joining_a_covered_bucket_mid_chunk_is_kept(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session recorded into a bucket between the chunk's read and its clean-up survives: the
+    WATCH turns the UNLINK of that bucket into an HDEL of the selected records only."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "acme", 40, users=4)
+    job_id = jobs.enqueue_tenant_revocation("acme", reason="r", actor="a")
+    joined: list[str] = []
+    real = buckets.clear_records
+
+    def racing(*args: Any, **kwargs: Any) -> None:
+        other = get_sync_revocation_store(s)
+        joined.append(start_session_sync("u0", tenant_id="acme", store=other).family_id)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(fanout, "clear_records", racing)
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_revoked == len(seeded)
+    assert joined
+    assert _fields(r, store, "acme") == {joined[0]}
+
+
+def test_chunk_rerun_after_a_crash_counts_once(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk killed after counting but before its clean-up: the redelivery only cleans up;
+    one killed before counting reruns whole; counts and audit stay exact, no marks appear."""
+    store = get_sync_revocation_store(s)
+    ids = seed_sessions(r, s, "gap", 60, users=12)
+    groups = sorted({family_bucket(f) or 0 for f in ids})
+    first, second = groups[: len(groups) // 2], groups[len(groups) // 2 :]
+    job_id = jobs.enqueue_tenant_revocation("gap", reason="r", actor="a")
+    keys = store.keys
+    r.hset(keys.job(job_id), mapping={"status": "running", "chunks_total": 2, "snapshot": 1})
+    r.set(keys.job_chunk(job_id, 0), json.dumps(first))
+    r.set(keys.job_chunk(job_id, 1), json.dumps(second))
+
+    def lost(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.ConnectionError("lost during the clean-up")
+
+    monkeypatch.setattr(fanout, "clear_records", lost)
+    with pytest.raises(Exception, match="lost during the clean-up"):
+        tasks.revoke_chunk(job_id, 0)
+    monkeypatch.undo()
+    assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise redis.ConnectionError("lost before counting")
+
+    with monkeypatch.context() as m:
+        m.setattr(store.jobs, "plan_finish", crash)
+        m.setattr(fanout, "context", lambda: (s, store))
+        with pytest.raises(Exception, match="lost before counting"):
+            tasks.revoke_chunk(job_id, 1)
+    result = tasks.revoke_chunk(job_id, 1)
+    assert result["revoked"] > 0
+    record = jobs.get_job(job_id)
+    assert (record.status, record.families_matched, record.families_revoked) == ("done", 60, 60)
+    assert _fields(r, store, "gap") == set()
+    assert _marks(r, store, "gap") == 0
+    # The audit is at least once (the crashed run wrote its entry); every family is in it.
+    assert set(_audited(r, store, job_id)) == set(ids)
+
+
+def test_paced_exchange_pauses_for_its_duty_cycle() -> None:
+    """REVOKER_FANOUT_DUTY_CYCLE=0.5 makes each round trip take at least twice its own time;
+    1 leaves the exchange as it is."""
+    import time
+
+    def slow(commands: list[Any]) -> list[Any]:
+        time.sleep(0.02)
+        return [len(commands)]
+
+    assert buckets.paced(slow, 1.0) is slow
+    started = time.perf_counter()
+    assert buckets.paced(slow, 0.5)([("PING",)]) == [1]
+    assert time.perf_counter() - started >= 0.04
