@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install lint test test-fast demo bench clean browser
 
-# Everything: every extra (all), the suite (test) and the linters (lint).
+# Everything: every extra (all), the suite (test), the linters (lint), the plots (bench).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,test,lint]'
+	$(PY) -m pip install --quiet -e '.[all,test,lint,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,7 +42,6 @@ demo: $(STAMP)
 # wrk is the load generator of the HTTP benchmarks; a fresh Debian/Ubuntu machine lacks it.
 # BENCH_ARGS: e.g. --quick, or --only middleware.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
 	@command -v wrk >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }

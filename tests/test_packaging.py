@@ -117,9 +117,9 @@ def test_all_and_test_install_every_runtime_extra() -> None:
 
 
 def test_make_installs_everything() -> None:
-    """The Makefile installs every extra with the suite and the linters (make test, make demo)."""
+    """The Makefile installs every extra with the suite, the linters and the plots (make test)."""
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet -e '.[all,test,lint]'" in makefile
+    assert "pip install --quiet -e '.[all,test,lint,bench]'" in makefile
 
 
 def test_missing_extra_is_a_configuration_and_an_import_error() -> None:
