@@ -374,10 +374,11 @@ DEFAULT_FEED_RETENTION: Final = 86400
 _FEED_FIELDS: Final = ("k", "t", "i", "v", "x", "s")
 
 
-def escape_feed_id(value: str, what: str = "id") -> str:
+def escape_feed_id(value: str) -> str:
     """An id as a feed entry's ``i`` holds it: escaped as in keys, and ``,`` (the separator, which
-    keys leave as it is) escaped too. Injective: ``%`` is always escaped, so ``%2C`` is a comma."""
-    return escape_id(value, what).replace(",", "%2C")
+    keys leave as it is) escaped too. Injective: ``%`` is always escaped, so ``%2C`` is a comma.
+    An encoding, not a validation: ids stored already (a bulk chunk's) are never refused here."""
+    return escape_part(value).replace(",", "%2C")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,9 @@
 -- ARGV[3]: the new state (cutoff, fail-closed, accepted, recovered); ARGV[4]: the new epoch.
 -- ARGV[5]: the global cut-off "<at_us>|<reason>" to write, "" for none; ARGV[6]: its TTL (s).
 -- ARGV[7]: (loss) the epoch the detecting process had seen, "" for none; ARGV[8]: now (µs).
+-- KEYS[3], if given: the change feed, which gets an "epoch" entry (every reader must load a
+-- snapshot again) with the new sequence; ARGV[9..]: the new epoch again and StoreCore.feed_args
+-- (see _sequence.lua).
 -- Returns the integrity fields (revoker.integrity.INTEGRITY_FIELDS) afterwards, then the global
 -- watermark.
 local id, gw = KEYS[1], KEYS[2]
@@ -32,7 +35,7 @@ if ARGV[1] == "recover" or current == ARGV[2] then
     redis.call("HSET", id, "recovered_at", ARGV[8])
   end
   redis.call("HSET", id, "from", current, "epoch", ARGV[4], "state", ARGV[3])
-  redis.call("HINCRBY", id, "seq", 1)
+  revoker_sequenced(id, KEYS[3], 9)
 end
 local out = redis.call("HMGET", id, "epoch", "seq", "state", "lost", "from")
 out[6] = redis.call("GET", gw)

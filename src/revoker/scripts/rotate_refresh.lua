@@ -6,8 +6,9 @@
 -- KEYS[1] the user's session bucket   KEYS[2] the family's revoked-mark bucket
 -- KEYS[3] user watermark
 -- KEYS[4..] the tenant watermark if ARGV[12] == "1", then if ARGV[13] == "1" the jti key, the
--- global watermark and the integrity hash (a reuse mark bumps its seq, creating its epoch
--- ARGV[14] if absent: keys' "identity of the data")
+-- global watermark, the integrity hash (a reuse mark bumps its seq, creating its epoch
+-- ARGV[14] if absent: keys' "identity of the data") and the change feed (a reuse mark appends
+-- its "family" entry, ARGV[15..]: see _sequence.lua)
 -- ARGV[1] presented refresh jti         ARGV[2] presented iat (integer µs)
 -- ARGV[3] the token's user id           ARGV[4] new refresh jti
 -- ARGV[5] new access jti                ARGV[6] new pair's iat (integer µs)
@@ -33,7 +34,11 @@ local grace, ttl, family = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[11]
 local n = 4
 local tenant_wm_key, jti_key, global_wm_key, integrity_key
 if ARGV[12] == "1" then tenant_wm_key = KEYS[n]; n = n + 1 end
-if ARGV[13] == "1" then jti_key, global_wm_key, integrity_key = KEYS[n], KEYS[n + 1], KEYS[n + 2] end
+local feed_key
+if ARGV[13] == "1" then
+  jti_key, global_wm_key, integrity_key = KEYS[n], KEYS[n + 1], KEYS[n + 2]
+  feed_key = KEYS[n + 3]
+end
 
 -- keys.read_time, the one rule for a stored time: one or more ASCII digits and nothing else
 -- (a mark's or watermark's part before its first "|"), capped at keys.MAX_TIME; anything else is
@@ -103,8 +108,5 @@ redis.call("HSET", revoked_key, family, ARGV[10])
 -- As StoreCore.bucket_ttl_commands: a new bucket gets the TTL, an older one is never shortened.
 redis.call("EXPIRE", revoked_key, ttl, "NX")
 redis.call("EXPIRE", revoked_key, ttl, "GT")
-if integrity_key then
-  redis.call("HSETNX", integrity_key, "epoch", ARGV[14])
-  redis.call("HINCRBY", integrity_key, "seq", 1)
-end
+if integrity_key then revoker_sequenced(integrity_key, feed_key, 14) end
 return {"reuse"}

@@ -1,6 +1,8 @@
 -- Move a user or tenant watermark forward, never back.
--- KEYS[1]: the watermark key; KEYS[2], if given: the integrity hash (keys.KeyLayout.integrity),
--- whose seq a write bumps in this same step (and whose epoch it creates, ARGV[3], if absent).
+-- KEYS[1]: the watermark key; KEYS[2], KEYS[3], if given: the integrity hash
+-- (keys.KeyLayout.integrity), whose seq a write bumps in this same step (and whose epoch it
+-- creates, ARGV[3], if absent), and the change feed, which gets the write's entry (ARGV[4..],
+-- see _sequence.lua). A watermark left in place writes neither.
 -- ARGV[1]: the new mark "<revoked_at_us>|<reason>"; ARGV[2]: TTL in seconds.
 -- Two revocations racing must leave the later cut-off in place, and the TTL must cover the
 -- newest mark, so compare and write in one atomic step.
@@ -24,8 +26,5 @@ if old then
   end
 end
 redis.call("SET", KEYS[1], new, "EX", ARGV[2])
-if KEYS[2] then
-  redis.call("HSETNX", KEYS[2], "epoch", ARGV[3])
-  redis.call("HINCRBY", KEYS[2], "seq", 1)
-end
+if KEYS[2] then revoker_sequenced(KEYS[2], KEYS[3], 3) end
 return new

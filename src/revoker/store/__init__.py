@@ -10,11 +10,14 @@ from revoker.settings import RevokerSettings, get_settings
 from revoker.store._async import RedisTokenRevocationStore
 from revoker.store._base import RotationReply, SessionRecord, StoreCore
 from revoker.store._bulk import Exchange
+from revoker.store._feed import FeedPlans, FeedRead, SnapshotBatch, SnapshotStart
 from revoker.store._jobs import Flow, JobPlans, JobProgress, JobStart
 from revoker.store._sync import SyncRedisTokenRevocationStore
 
 __all__ = [
     "Exchange",
+    "FeedPlans",
+    "FeedRead",
     "Flow",
     "JobPlans",
     "JobProgress",
@@ -22,6 +25,8 @@ __all__ = [
     "RedisTokenRevocationStore",
     "RotationReply",
     "SessionRecord",
+    "SnapshotBatch",
+    "SnapshotStart",
     "StoreCore",
     "SyncRedisTokenRevocationStore",
     "get_revocation_store",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
@@ -27,6 +27,7 @@ from revoker.store._base import (
 )
 from revoker.store._clients import make_async_client
 from revoker.store._durable import PROBE, judge, unavailable, with_durability
+from revoker.store._feed import FeedPlans, FeedRead, SnapshotBatch, SnapshotStart
 from revoker.store._jobs import Flow, JobPlans
 from revoker.store._pipelined import PipelinedConnection
 from revoker.tokens import TokenData
@@ -59,6 +60,8 @@ class RedisTokenRevocationStore:
         self.is_cluster = isinstance(self.client, RedisCluster)
         self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
+        #: The change feed's and the snapshot's plans (what a mirror reads; not on a cluster).
+        self.feed = FeedPlans(self.core)
         self.durability = self.settings.durability_policy
         self._scripts = {
             name: self.client.register_script(load_script(name))
@@ -337,6 +340,35 @@ class RedisTokenRevocationStore:
         return await self._execute(self.core.plan_get_session(family_id, tenant_id=tenant_id))
 
     # --- jobs ----------------------------------------------------------------------------------
+
+    # --- the change feed (store._feed) --------------------------------------------------------
+
+    async def feed_tail(self) -> str:
+        """The feed's last id ("0-0" when empty); ConfigurationError on a cluster."""
+        return await self._execute(self.feed.plan_feed_tail())
+
+    async def read_feed(
+        self, after_id: str, *, count: int = 1000, block_ms: int | None = None
+    ) -> FeedRead:
+        """The feed's entries after ``after_id`` (see ``FeedPlans.plan_read_feed``); with
+        ``block_ms``, the client's socket timeout must be longer than the wait."""
+        return await self._execute(self.feed.plan_read_feed(after_id, count, block_ms))
+
+    async def snapshot(self) -> AsyncIterator[SnapshotStart | SnapshotBatch]:
+        """A snapshot of what a check reads (see ``FeedPlans.plan_snapshot``): the start, then
+        the batches, each read in a bounded round trip as it is iterated."""
+        flow = self.feed.plan_snapshot()
+        sent: Any = None
+        while True:
+            try:
+                item = flow.send(sent)
+            except StopIteration:
+                return
+            if isinstance(item, Plan):
+                sent = await self._execute(item)
+            else:
+                sent = None
+                yield item
 
     async def get_job(self, job_id: str) -> JobRecord:
         """A bulk job's record; JobNotFound if there is none."""

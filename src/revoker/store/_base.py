@@ -8,13 +8,21 @@ Every write of revocation state goes with a bump of the denylist's sequence in t
 step (see :mod:`revoker.integrity`), built in one place: :meth:`StoreCore.sequenced` for plain
 commands (run as one MULTI/EXEC: ``Plan.atomic``), :meth:`StoreCore.script_sequence` for the
 scripts that write; a job chunk's marks are followed by :meth:`StoreCore.sequence_bump` in the
-same pipeline instead (``tasks.buckets.revoke_buckets`` says why). A change feed appended with
-every revocation goes there too.
+same pipeline instead (``tasks.buckets.revoke_buckets`` says why).
+
+The change feed (``keys.py``, "The change feed") is appended in the same places, so no write can
+reach Redis without its entry: :meth:`StoreCore.sequenced` makes the write, the bump and the
+entry one ``EVAL`` of ``scripts/sequenced.lua`` (the entry carries the sequence the bump gave);
+the scripts that write call the same Lua (``scripts/_sequence.lua``, prepended to them by
+:func:`load_script`); a bulk chunk's pipeline starts with :meth:`StoreCore.feed_command`, before
+its marks. On a Redis Cluster no feed is written (the integrity slot, the tenants' slots and the
+feed could share no atomic step): the reads of the feed refuse to run there.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,6 +53,9 @@ logger = logging.getLogger("revoker.integrity")
 
 __all__ = [
     "BACKEND_ERRORS",
+    "FEED_ON_CLUSTER",
+    "SEQUENCED_EVAL",
+    "SEQUENCED_SCRIPTS",
     "Command",
     "Plan",
     "RotationReply",
@@ -62,9 +73,40 @@ Command = tuple[Any, ...]
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
-def load_script(name: str) -> str:
-    """The source of ``revoker/scripts/<name>.lua``."""
+#: The scripts that write revocation state: :func:`load_script` prepends ``_sequence.lua`` (the
+#: sequence bump and the feed entry) to each.
+SEQUENCED_SCRIPTS = frozenset({"set_watermark", "rotate_refresh", "data_loss", "sequenced", "init"})
+
+
+def _script_file(name: str) -> str:
     return resources.files("revoker.scripts").joinpath(f"{name}.lua").read_text()
+
+
+def load_script(name: str) -> str:
+    """The source of ``revoker/scripts/<name>.lua`` (after ``_sequence.lua`` for the scripts that
+    write revocation state)."""
+    if name in SEQUENCED_SCRIPTS:
+        return _script_file("_sequence") + _script_file(name)
+    return _script_file(name)
+
+
+def _minified(source: str) -> str:
+    """A script without its comment lines and indentation: what StoreCore.sequenced sends with
+    every write (EVAL sends the source each time; Redis hashes what it is sent)."""
+    lines = (line.strip() for line in source.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--"))
+
+
+#: The EVAL body of :meth:`StoreCore.sequenced` (``scripts/sequenced.lua`` and its prelude).
+SEQUENCED_EVAL = _minified(load_script("sequenced"))
+
+#: Why the feed cannot be read (or written) on a Redis Cluster; the configuration error of
+#: whatever needs it there (the mirror check mode refuses a cluster with it).
+FEED_ON_CLUSTER = (
+    "the change feed is not written on a Redis Cluster (REVOKER_REDIS_CLUSTER): no atomic step "
+    "can span a tenant's slot, the integrity slot and the feed; use a single Redis (with "
+    "replicas or Sentinel) for the mirror"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +200,7 @@ class RotationReply:
 class StoreCore:
     """Key layout, TTL arithmetic and reply parsing for both stores."""
 
-    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh", "check", "data_loss")
+    SCRIPTS: tuple[str, ...] = ("set_watermark", "rotate_refresh", "check", "data_loss", "init")
 
     def __init__(self, settings: RevokerSettings) -> None:
         self.settings = settings
@@ -178,19 +220,90 @@ class StoreCore:
         integrity = self.keys.integrity
         return [("HSETNX", integrity, "epoch", new_epoch()), ("HINCRBY", integrity, "seq", count)]
 
-    def sequenced(self, writes: Sequence[Command], count: int = 1) -> list[Command]:
-        """A write of revocation state and its sequence bump: the one builder of both. Run the
-        result in one atomic step (``Plan(..., atomic=True)``). Whatever else must share that
-        step (a change feed's XADD) is added here."""
-        return [*writes, *self.sequence_bump(count)]
+    def sequenced(self, writes: Sequence[Command], entry: dict[str, str]) -> list[Command]:
+        """A write of revocation state, its sequence bump and its feed ``entry``
+        (:meth:`feed_entry`): the one builder of the three, as commands that begin an atomic
+        plan (``Plan(..., atomic=True)``); read the writes' replies with :meth:`written`.
 
-    def script_sequence(self) -> tuple[list[str], list[str], list[Command]]:
-        """For a script that writes revocation state: the keys and args that let it bump the
-        sequence in its own step, or on a cluster (the integrity hash lives in another slot)
-        none, and the bump as plain commands sent beside it instead (not atomic there)."""
+        On a single Redis: one EVAL of ``scripts/sequenced.lua``, which runs the writes, then
+        the bump and the entry (a failing write stops it before either). On a cluster, where
+        the integrity hash is in another slot: the writes and the bump (no feed there)."""
+        if self.cluster:
+            return [*writes, *self.sequence_bump()]
+        encoded: list[Any] = [len(writes)]
+        for write in writes:
+            encoded += [len(write), *write]
+        return [
+            (
+                "EVAL",
+                SEQUENCED_EVAL,
+                2,
+                self.keys.integrity,
+                self.keys.feed,
+                new_epoch(),
+                *self.feed_args(entry),
+                *encoded,
+            )
+        ]
+
+    def written(self, replies: Sequence[Any], count: int) -> list[Any]:
+        """The replies of the ``count`` writes a :meth:`sequenced` list began with."""
+        if self.cluster:
+            return list(replies[:count])
+        return list(replies[0][:count])
+
+    def script_sequence(self, entry: dict[str, str]) -> tuple[list[str], list[str], list[Command]]:
+        """For a script that writes revocation state: the keys (integrity hash, feed) and args
+        (epoch, :meth:`feed_args` of ``entry``) that let it bump the sequence and append its
+        feed entry in its own step (``scripts/_sequence.lua``), or on a cluster (the integrity
+        hash lives in another slot) none, and the bump as plain commands sent beside it instead
+        (not atomic there; no feed)."""
         if self.cluster:
             return [], [], self.sequence_bump()
-        return [self.keys.integrity], [new_epoch()], []
+        return [self.keys.integrity, self.keys.feed], [new_epoch(), *self.feed_args(entry)], []
+
+    # --- the change feed (keys.py, "The change feed") -------------------------------------------
+
+    def feed_entry(
+        self,
+        kind: str,
+        *,
+        at_us: int,
+        tenant_id: str | None = None,
+        ids: Iterable[str] = (),
+        expires_at: float | None = None,
+        escaped: bool = False,
+    ) -> dict[str, str]:
+        """The feed entry of a write made at ``at_us`` (its ``v``, and the base of its ``x`` by
+        ``Lifetimes.feed_expiry``); ``s`` is filled in by the step that bumps the sequence."""
+        return k.encode_feed_entry(
+            kind,
+            tenant_id=tenant_id,
+            ids=ids,
+            value_us=at_us,
+            expires=self.lifetimes.feed_expiry(kind, at_us / 1e6, expires_at),
+            escaped=escaped,
+        )
+
+    def feed_args(self, entry: dict[str, str]) -> list[str]:
+        """What ``scripts/_sequence.lua`` reads after the epoch: the trim point and the entry."""
+        return [
+            self.lifetimes.feed_cutoff_id(time.time()),
+            entry["k"],
+            entry["t"],
+            entry["i"],
+            entry["v"],
+            entry["x"],
+        ]
+
+    def feed_command(self, entry: dict[str, str]) -> list[Command]:
+        """The plain XADD of ``entry`` (a step that bumps no sequence in it: ``s`` as given), or
+        nothing on a cluster. A bulk chunk sends it before its marks (tasks.buckets)."""
+        if self.cluster:
+            return []
+        fields = [x for pair in entry.items() for x in pair]
+        cutoff = self.lifetimes.feed_cutoff_id(time.time())
+        return [("XADD", self.keys.feed, "MINID", "~", cutoff, "*", *fields)]
 
     def integrity_values(self, raw: Any, snapshot: tuple[str | None, int]) -> Loss | Observation:
         """The check's reply for the integrity hash, judged against ``snapshot`` (what this store
@@ -222,19 +335,28 @@ class StoreCore:
                 ": every token issued before now is revoked" if policy == "cutoff" else "",
                 extra={"loss": loss.kind, "policy": policy},
             )
+        epoch = new_epoch()
         args = [
             "loss",
             loss.observed.epoch or "",
             state,
-            new_epoch(),
+            epoch,
             cutoff,
             self.lifetimes.watermark_ttl,
             loss.seen_epoch or "",
             at,
         ]
+        return self._identity_change(args, epoch, at if cutoff else 0)
+
+    def _identity_change(self, args: list[Any], epoch: str, cutoff_us: int) -> Plan[Any]:
+        """data_loss.lua with ``args``, and the "epoch" feed entry it appends (every reader loads
+        a snapshot again; ``v`` the global cut-off written, 0 for none)."""
+        keys = [self.keys.integrity, self.keys.global_watermark]
+        if not self.cluster:
+            keys.append(self.keys.feed)
+        entry = k.encode_feed_entry("epoch", value_us=cutoff_us)
         return Plan(
-            [ScriptCall("data_loss", [self.keys.integrity, self.keys.global_watermark], args)],
-            self._adopt,
+            [ScriptCall("data_loss", keys, [*args, epoch, *self.feed_args(entry)])], self._adopt
         )
 
     def plan_recover(self, *, cutoff: bool, actor: str | None) -> Plan[tuple[Observation, Any]]:
@@ -242,24 +364,17 @@ class StoreCore:
         recovered), writing a global cut-off first if ``cutoff``."""
         at = now_us()
         mark = k.encode_mark(at, f"recovery by {actor or 'operator'}") if cutoff else ""
-        args = ["recover", "", "recovered", new_epoch(), mark, self.lifetimes.watermark_ttl, "", at]
-        return Plan(
-            [ScriptCall("data_loss", [self.keys.integrity, self.keys.global_watermark], args)],
-            self._adopt,
-        )
+        epoch = new_epoch()
+        args = ["recover", "", "recovered", epoch, mark, self.lifetimes.watermark_ttl, "", at]
+        return self._identity_change(args, epoch, at if cutoff else 0)
 
     def plan_init(self) -> Plan[tuple[bool, str]]:
         """``revoker init``: create the epoch if there is none. (created?, the epoch)."""
-        integrity = self.keys.integrity
+        keys = [self.keys.integrity] if self.cluster else [self.keys.integrity, self.keys.feed]
+        args = [new_epoch(), now_us(), *self.feed_args(k.encode_feed_entry("epoch"))]
         return Plan(
-            [
-                ("HSETNX", integrity, "epoch", new_epoch()),
-                ("HSETNX", integrity, "seq", 0),
-                ("HSETNX", integrity, "initialized_at", now_us()),
-                ("HGET", integrity, "epoch"),
-            ],
-            lambda replies: (bool(replies[0]), _text(replies[3])),
-            atomic=True,
+            [ScriptCall("init", keys, args)],
+            lambda replies: (bool(replies[0][0]), _text(replies[0][1])),
         )
 
     def plan_integrity(self) -> Plan[dict[str, Any]]:
@@ -360,12 +475,13 @@ class StoreCore:
                         # still lets it extend the entry (a later call may know a later exp).
                         ("SET", key, k.encode_mark(at, reason), "EX", ttl, "NX", "GET"),
                         ("EXPIRE", key, ttl, "GT"),
-                    ]
+                    ],
+                    self.feed_entry("jti", at_us=at, ids=[jti], expires_at=expires_at),
                 ),
                 self.audit_command("token", jti, reason=reason, actor=actor, at_us=at),
                 self.count_command("tokens"),
             ],
-            lambda replies: replies[0] is None,
+            lambda replies: self.written(replies, 1)[0] is None,
             atomic=True,
         )
 
@@ -387,14 +503,15 @@ class StoreCore:
                         # As for a jti: the first revocation's time and reason stay (see above).
                         ("HSETNX", bucket, family_id, k.encode_mark(at, reason)),
                         *self.bucket_ttl_commands(bucket, ttl),
-                    ]
+                    ],
+                    self.feed_entry("family", at_us=at, tenant_id=tenant_id, ids=[family_id]),
                 ),
                 self.audit_command(
                     "family", family_id, tenant_id=tenant_id, reason=reason, actor=actor, at_us=at
                 ),
                 self.count_command("families"),
             ],
-            lambda replies: bool(replies[0]),
+            lambda replies: bool(self.written(replies, 1)[0]),
             atomic=True,
         )
 
@@ -416,7 +533,11 @@ class StoreCore:
     ) -> Plan[float]:
         at = now_us()
         ttl = self.lifetimes.watermark_ttl
-        seq_keys, seq_args, seq_commands = self.script_sequence()
+        # A user's entry names the user; a tenant's names nobody (its tenant is the entry's t).
+        ids = [target] if kind == "user" else []
+        seq_keys, seq_args, seq_commands = self.script_sequence(
+            self.feed_entry(kind, at_us=at, tenant_id=tenant_id, ids=ids)
+        )
         return Plan(
             [
                 ScriptCall(
@@ -577,7 +698,12 @@ class StoreCore:
         if tenant is not None:
             keys.append(self.keys.tenant_watermark(tenant))
         if check_jti:
-            keys += [self.keys.jti(token.jti), self.keys.global_watermark, self.keys.integrity]
+            keys += [
+                self.keys.jti(token.jti),
+                self.keys.global_watermark,
+                self.keys.integrity,
+                self.keys.feed,
+            ]
         args = [
             k.escape_part(token.jti),
             to_us(token.iat),
@@ -594,6 +720,12 @@ class StoreCore:
             "1" if check_jti else "0",
             new_epoch() if check_jti else "",
         ]
+        if check_jti:
+            # The "family" entry a reuse mark appends (at the mark's time); on a cluster, none.
+            entry = self.feed_entry(
+                "family", at_us=k.decode_mark(reuse_mark)[0], tenant_id=tenant, ids=[family]
+            )
+            args += self.feed_args(entry)
 
         def finish(replies: list[Any]) -> RotationReply:
             reply = replies[0]

@@ -31,6 +31,7 @@ from revoker.store._base import (
 from revoker.store._bulk import Exchange, bulk_exchange
 from revoker.store._clients import make_sync_client
 from revoker.store._durable import PROBE, judge, unavailable, with_durability
+from revoker.store._feed import FeedPlans, FeedRead, SnapshotBatch, SnapshotStart
 from revoker.store._jobs import Flow, JobPlans
 from revoker.tokens import TokenData
 
@@ -50,6 +51,8 @@ class SyncRedisTokenRevocationStore:
         self.is_cluster = isinstance(self.client, RedisCluster)
         self.core.cluster = self.is_cluster
         self.jobs = JobPlans(self.core)
+        #: The change feed's and the snapshot's plans (what a mirror reads; not on a cluster).
+        self.feed = FeedPlans(self.core)
         self.durability = self.settings.durability_policy
         self._scripts = {
             name: self.client.register_script(load_script(name))
@@ -133,6 +136,35 @@ class SyncRedisTokenRevocationStore:
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         return int(next_cursor), page
+
+    # --- the change feed (store._feed) --------------------------------------------------------
+
+    def feed_tail(self) -> str:
+        """The feed's last id ("0-0" when empty); ConfigurationError on a cluster."""
+        return self._execute(self.feed.plan_feed_tail())
+
+    def read_feed(
+        self, after_id: str, *, count: int = 1000, block_ms: int | None = None
+    ) -> FeedRead:
+        """The feed's entries after ``after_id`` (see ``FeedPlans.plan_read_feed``); with
+        ``block_ms``, the client's socket timeout must be longer than the wait."""
+        return self._execute(self.feed.plan_read_feed(after_id, count, block_ms))
+
+    def snapshot(self) -> Iterator[SnapshotStart | SnapshotBatch]:
+        """A snapshot of what a check reads (see ``FeedPlans.plan_snapshot``): the start, then
+        the batches, each read in a bounded round trip as it is iterated."""
+        flow = self.feed.plan_snapshot()
+        sent: Any = None
+        while True:
+            try:
+                item = flow.send(sent)
+            except StopIteration:
+                return
+            if isinstance(item, Plan):
+                sent = self._execute(item)
+            else:
+                sent = None
+                yield item
 
     # --- jobs ----------------------------------------------------------------------------------
 

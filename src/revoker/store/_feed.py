@@ -1,0 +1,335 @@
+"""Reading the change feed and the state it changes, as store plans (no I/O), for mirrors.
+
+The writers are :meth:`StoreCore.sequenced <revoker.store._base.StoreCore.sequenced>` and the
+scripts (see :mod:`revoker.store._base`); the format is ``keys.py``'s ("The change feed"). A
+mirror loads a snapshot and then follows the feed from the id the snapshot started at:
+
+1. :meth:`FeedPlans.plan_snapshot`, a generator run by ``store.snapshot()``: first a
+   :class:`SnapshotStart` (the feed's last id, the epoch and sequence, read in one atomic step),
+   then :class:`SnapshotBatch` items: every revoked jti of a live token, every revoked family
+   (per tenant), every user, tenant and global watermark, each with its value and when it stops
+   mattering. Keys are found with SCAN and marks read with HSCAN in bounded pages, so a
+   million revoked families arrive as a few thousand small replies, never one giant one.
+2. :meth:`FeedPlans.plan_read_feed` from that id on: the entries after it, and whether some
+   after it may have been trimmed (then: snapshot again).
+
+A write that lands between the snapshot's start and its read of some key shows twice (in the
+snapshot and in the feed): every entry is idempotent for a reader (a revoked id, a watermark
+that only moves forward), so twice is harmless and nothing is missed.
+
+No feed is written on a Redis Cluster: every plan here raises ConfigurationError there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote
+
+from revoker import keys as k
+from revoker.exceptions import ConfigurationError
+from revoker.store._base import FEED_ON_CLUSTER, Command, Plan, ScriptCall, StoreCore, _text
+
+__all__ = [
+    "SNAPSHOT_FIELDS",
+    "SNAPSHOT_HASHES",
+    "SNAPSHOT_SCAN_COUNT",
+    "FeedPlans",
+    "FeedRead",
+    "SnapshotBatch",
+    "SnapshotFlow",
+    "SnapshotStart",
+]
+
+#: Keys examined per SCAN call of a snapshot.
+SNAPSHOT_SCAN_COUNT: Final = 1000
+#: Revoked-mark buckets read (HSCAN) per round trip of a snapshot.
+SNAPSHOT_HASHES: Final = 16
+#: Fields per HSCAN call: a listpack bucket (~120 marks) comes whole; a bigger one is paged.
+SNAPSHOT_FIELDS: Final = 1000
+#: A snapshot's start: the feed's last entry and the identity, in one atomic step (a MULTI
+#: would do, but redis-py parses a queued XREVRANGE's "QUEUED" as a stream and fails).
+_START: Final = (
+    'return {redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1),'
+    ' redis.call("HMGET", KEYS[2], "epoch", "seq", "state")}'
+)
+#: What an entry this version cannot read stands for: an epoch change, so the reader loads a
+#: snapshot again instead of guessing what it changed.
+UNREADABLE_ENTRY: Final = k.FeedEntry("epoch", None, (), 0, 0, None)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRead:
+    """What :meth:`FeedPlans.plan_read_feed` read."""
+
+    #: (stream id, entry), oldest first.
+    entries: list[tuple[str, k.FeedEntry]]
+    #: The id to read after next time (the last entry's, or the id given when none came).
+    last_id: str
+    #: Entries after the id given may have been trimmed (or the feed was deleted): the reader
+    #: has missed what they said and must load a snapshot again.
+    trimmed: bool
+    #: The feed's oldest id when it was read (None: no feed).
+    first_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStart:
+    """The first item of a snapshot: where to follow the feed from afterwards, and the identity
+    of the data the snapshot reads (``revoker.integrity``), read together in one atomic step."""
+
+    feed_id: str
+    epoch: str | None
+    seq: int
+    state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotBatch:
+    """Part of a snapshot: state of one kind (a feed kind: ``jti``, ``family``, ``user``,
+    ``tenant``, ``global``) and one tenant. ``ids`` are raw (as tokens carry them; empty for a
+    tenant's or the global watermark, which is one value), with ``values_us`` (revocation time
+    or watermark, µs) and ``expires`` (unix s, 0 for never) at the same positions; a
+    watermark's batch has one value and no id but a user's."""
+
+    kind: str
+    tenant_id: str | None
+    ids: tuple[str, ...]
+    values_us: tuple[int, ...]
+    expires: tuple[int, ...]
+
+
+#: A snapshot run: yields plans (the store executes each and sends back its result) and the
+#: start and batches (the store hands them out and sends back None).
+SnapshotFlow = Generator[Plan[Any] | SnapshotStart | SnapshotBatch, Any, None]
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _decode(fields: Any) -> k.FeedEntry:
+    try:
+        return k.decode_feed_entry(fields if isinstance(fields, dict) else dict(_pairs(fields)))
+    except ValueError:
+        return UNREADABLE_ENTRY
+
+
+def _pairs(flat: Sequence[Any]) -> Iterable[tuple[Any, Any]]:
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, Any]]:
+    """XRANGE-shaped entries ([(id, fields)...]) as (id text, fields)."""
+    return [(_text(entry[0]), entry[1]) for entry in reply or ()]
+
+
+def _xread_entries(reply: Any) -> list[tuple[str, Any]]:
+    """The one stream's entries of an XREAD reply (RESP2 list or RESP3 dict; None: nothing)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [e for entries in reply.values() for e in _stream_entries(_resp3(entries))]
+    return [e for stream in reply for e in _stream_entries(stream[1])]
+
+
+def _resp3(entries: Any) -> Any:
+    # redis-py's RESP3 XREAD parser wraps each stream's entries in one more list.
+    return entries[0] if entries and isinstance(entries[0], list) else entries
+
+
+def _hscan_items(page: Any) -> Iterable[tuple[Any, Any]]:
+    if isinstance(page, dict):
+        return page.items()
+    return _pairs(page)
+
+
+def _tenant_of(tag: str) -> str | None:
+    return None if tag == k.NO_TENANT_TAG else unquote(tag[2:])
+
+
+class FeedPlans:
+    """The feed's and the snapshot's plans, over one :class:`StoreCore`."""
+
+    def __init__(self, core: StoreCore) -> None:
+        self.core = core
+        self.keys = core.keys
+
+    def _refuse_cluster(self) -> None:
+        if self.core.cluster:
+            raise ConfigurationError(FEED_ON_CLUSTER)
+
+    # --- following ---------------------------------------------------------------------------
+
+    def plan_feed_tail(self) -> Plan[str]:
+        """The feed's last id (``"0-0"`` for an empty feed): where a reader starting now follows
+        from."""
+        self._refuse_cluster()
+        return Plan([("XREVRANGE", self.keys.feed, "+", "-", "COUNT", 1)], self._tail)
+
+    @staticmethod
+    def _tail(replies: list[Any]) -> str:
+        entries = _stream_entries(replies[0])
+        return entries[0][0] if entries else "0-0"
+
+    def plan_read_feed(
+        self, after_id: str, count: int = 1000, block_ms: int | None = None
+    ) -> Plan[FeedRead]:
+        """The entries after ``after_id`` (at most ``count``), waiting up to ``block_ms`` for one
+        if none is there (None: do not wait; the connection's socket timeout must exceed it).
+
+        Trimming is judged from the feed's first id read *after* the XREAD in the same round
+        trip: the feed is trimmed only from its old end, so a first id at or before ``after_id``
+        then means nothing after ``after_id`` was gone when the XREAD read."""
+        self._refuse_cluster()
+        _id_key(after_id)  # a malformed id fails here, by name, not as a Redis error
+        read: Command = ("XREAD", "COUNT", int(count))
+        if block_ms is not None:
+            read += ("BLOCK", int(block_ms))
+        read += ("STREAMS", self.keys.feed, after_id)
+
+        def finish(replies: list[Any]) -> FeedRead:
+            entries = [(i, _decode(fields)) for i, fields in _xread_entries(replies[0])]
+            first = _stream_entries(replies[1])
+            first_id = first[0][0] if first else None
+            # No first entry: the feed is gone (an append never empties it); unless none was
+            # ever read. From "0-0" (the feed was empty when the reader began) any entry counts
+            # as possibly trimmed: on the safe side, at the cost of one more snapshot.
+            trimmed = (
+                _id_key(first_id) > _id_key(after_id)
+                if first_id is not None
+                else after_id not in ("0-0", "0")
+            )
+            last = entries[-1][0] if entries else after_id
+            return FeedRead(entries, last, trimmed, first_id)
+
+        return Plan([read, ("XRANGE", self.keys.feed, "-", "+", "COUNT", 1)], finish)
+
+    # --- the snapshot ------------------------------------------------------------------------
+
+    def plan_snapshot(self) -> SnapshotFlow:
+        """Everything a check needs, in bounded batches (module docstring); run with
+        ``store.snapshot()``."""
+        self._refuse_cluster()
+        integrity = self.keys.integrity
+
+        def start(replies: list[Any]) -> SnapshotStart:
+            tail, (epoch, seq, state) = replies[0]
+            return SnapshotStart(
+                feed_id=self._tail([tail]),
+                epoch=_text(epoch) if epoch is not None else None,
+                seq=(k.read_time(seq) or 0) if isinstance(seq, bytes) else int(seq or 0),
+                state=_text(state) if state is not None else None,
+            )
+
+        began = yield Plan([("EVAL", _START, 2, self.keys.feed, integrity)], start)
+        yield began
+        pattern = f"{self.keys.prefix}:*"
+        cursor: Any = 0
+        while True:
+            cursor, found = yield Plan(
+                [("SCAN", cursor, "MATCH", pattern, "COUNT", SNAPSHOT_SCAN_COUNT)],
+                lambda replies: (int(replies[0][0]), replies[0][1]),
+            )
+            strings: list[tuple[str, str | None, str | None, bytes]] = []
+            buckets: list[tuple[str | None, bytes]] = []
+            for key in found:
+                shape = self._classify(key if isinstance(key, bytes) else key.encode())
+                if shape is None:
+                    continue
+                kind, tenant, ident = shape
+                if kind == "family":
+                    buckets.append((tenant, key))
+                else:
+                    strings.append((kind, tenant, ident, key))
+            if strings:
+                yield from self._strings(strings)
+            for start_at in range(0, len(buckets), SNAPSHOT_HASHES):
+                yield from self._marks(buckets[start_at : start_at + SNAPSHOT_HASHES])
+            if cursor == 0:
+                return
+
+    def _classify(self, key: bytes) -> tuple[str, str | None, str | None] | None:
+        """(kind, tenant, id) of a key the check reads, or None for any other key."""
+        text = key.decode(errors="replace")
+        rest = text[len(self.keys.prefix) + 1 :]
+        if rest.startswith("jti:{") and rest.endswith("}"):
+            return "jti", None, unquote(rest[5:-1])
+        if not rest.startswith("{"):
+            return None
+        tag, _, tail = rest[1:].partition("}")
+        if tag == "integrity":
+            return ("global", None, None) if tail == ":gw" else None
+        if tag != k.NO_TENANT_TAG and not tag.startswith("t:"):
+            return None
+        tenant = _tenant_of(tag)
+        if tail.startswith(":fr:"):
+            return "family", tenant, None
+        if tail.startswith(":uw:"):
+            return "user", tenant, unquote(tail[4:])
+        if tail == ":tw":
+            return "tenant", tenant, None
+        return None
+
+    def _strings(
+        self, found: list[tuple[str, str | None, str | None, bytes]]
+    ) -> Generator[Plan[Any] | SnapshotBatch, Any, None]:
+        """The jtis' and watermarks' values and remaining lives: GET and PTTL of each."""
+        commands: list[Command | ScriptCall] = []
+        for *_, key in found:
+            commands += [("GET", key), ("PTTL", key)]
+        replies = yield Plan(commands, lambda replies: replies)
+        now = time.time()
+        groups: dict[tuple[str, str | None], list[tuple[str, int, int]]] = {}
+        for n, (kind, tenant, ident, _key) in enumerate(found):
+            value, pttl = replies[2 * n], replies[2 * n + 1]
+            if value is None or pttl == -2:
+                continue  # gone since the SCAN
+            expires = 0 if pttl < 0 else math.ceil(now + pttl / 1000)
+            groups.setdefault((kind, tenant), []).append(
+                (ident or "", k.decode_mark(value)[0], expires)
+            )
+        for (kind, tenant), items in groups.items():
+            if kind in ("tenant", "global"):
+                for _, value_us, expires in items:
+                    yield SnapshotBatch(kind, tenant, (), (value_us,), (expires,))
+                continue
+            ids, values, expires_at = zip(*items, strict=True)
+            yield SnapshotBatch(kind, tenant, ids, values, expires_at)
+
+    def _marks(
+        self, buckets: list[tuple[str | None, bytes]]
+    ) -> Generator[Plan[Any] | SnapshotBatch, Any, None]:
+        """The revoked families of some mark buckets, HSCAN page by page (a big bucket takes
+        several round trips, each reply bounded by SNAPSHOT_FIELDS)."""
+        life = self.core.lifetimes.family_ttl
+        pending: list[tuple[str | None, bytes, Any]] = [(t, key, 0) for t, key in buckets]
+        while pending:
+            replies = yield Plan(
+                [("HSCAN", key, cursor, "COUNT", SNAPSHOT_FIELDS) for _, key, cursor in pending],
+                lambda replies: replies,
+            )
+            now = time.time()
+            oldest = self.core.lifetimes.marks_older_than(now)
+            groups: dict[str | None, tuple[list[str], list[int], list[int]]] = {}
+            following: list[tuple[str | None, bytes, Any]] = []
+            for (tenant, key, _), (cursor, page) in zip(pending, replies, strict=True):
+                ids, values, expires = groups.setdefault(tenant, ([], [], []))
+                for field, raw in _hscan_items(page):
+                    at = k.mark_time(raw if isinstance(raw, bytes) else str(raw).encode())
+                    if at is not None and at < oldest:
+                        continue  # covers no token that can verify: the expiry deletes it
+                    ids.append(_text(field))
+                    values.append(at or 0)
+                    # An unreadable time revokes by presence: kept for the longest a mark is.
+                    expires.append(math.ceil((at / 1e6 if at else now) + life))
+                if int(cursor) != 0:
+                    following.append((tenant, key, cursor))
+            for tenant, (ids, values, expires) in groups.items():
+                if ids:
+                    yield SnapshotBatch("family", tenant, tuple(ids), tuple(values), tuple(expires))
+            pending = following
