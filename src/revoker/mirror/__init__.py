@@ -8,8 +8,8 @@ command. The check (:mod:`revoker.check`) chooses the mode; this package is the 
 ==================  ===========================================================================
 ``_digests``        the compact set of revoked families (fixed-width digests, grouped buffer)
 ``_state``          what one mirror holds and its decision (``rules.decide`` on the same values)
-``_reads``          the Redis reads and what their replies mean (feed position, gaps, key kinds)
-``_mirror``         one mirror: the snapshot, the follower task, freshness, loss handling
+``_mirror``         one mirror: snapshot and follower task (the store's feed plans), freshness,
+                    loss handling
 ==================  ===========================================================================
 
 One mirror per event loop and configuration (:func:`get_mirror`), started lazily by the first

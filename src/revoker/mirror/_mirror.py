@@ -1,9 +1,11 @@
 """One process's mirror: a snapshot, then the feed followed on a connection and task of its own.
 
-The follower loop (:meth:`Mirror._run`): load a snapshot (:meth:`Mirror._snapshot`), then read the
-feed (:meth:`Mirror._follow`): one MULTI of ``XINFO STREAM``, the integrity hash and ``XREAD``
-from the last id applied, then, when nothing more is waiting, one ``XREAD BLOCK`` that returns as
-soon as an entry is appended (or after the heartbeat). A read that returned everything there was
+The reads are the store's feed plans (:class:`revoker.store.FeedPlans`: the snapshot, and the
+feed from an id with trimming detected), run here on a connection of the mirror's own (its
+socket timeout is past the blocking read's wait), each pipelined with a read of the integrity
+hash. The follower loop (:meth:`Mirror._run`): load a snapshot (:meth:`Mirror._snapshot`), then
+read the feed (:meth:`Mirror._follow`) from the last id applied, blocking up to the heartbeat when
+nothing is waiting (a revocation wakes it at once). A read that returned everything there was
 makes the mirror *fresh as of the moment it was sent*: every revocation whose call had returned
 by then is in the mirror. The check asks :meth:`Mirror.status` (fresh within
 REVOKER_MIRROR_MAX_LAG, else None: ask Redis) and, when Redis cannot answer,
@@ -26,14 +28,14 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from revoker.integrity import IntegrityWatch, Loss, read_observation
-from revoker.keys import KeyLayout, decode_feed_entry, decode_mark
+from revoker.integrity import INTEGRITY_FIELDS, IntegrityWatch, Loss, read_observation
+from revoker.keys import KeyLayout, tenant_tag
 from revoker.metrics import MIRROR_RESYNCS
-from revoker.mirror import _reads as reads
 from revoker.mirror._state import MirrorState, StateBuilder
 from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings
-from revoker.store._base import BACKEND_ERRORS
+from revoker.store._base import BACKEND_ERRORS, Command, Plan, StoreCore
+from revoker.store._feed import FeedPlans, SnapshotBatch, SnapshotStart
 from revoker.tokens import TokenData
 
 if TYPE_CHECKING:
@@ -43,9 +45,8 @@ __all__ = ["Mirror"]
 
 logger = logging.getLogger("revoker.mirror")
 
-#: Keys per SCAN call of a snapshot: small enough that the hashing of one batch's families does
-#: not hold the event loop for long (a bucket holds ~120 families).
-_SCAN_COUNT: Final = 200
+#: Entries read per round trip while catching up.
+_BATCH: Final = 1000
 #: Seconds between sweeps of expired jtis and watermarks.
 _SWEEP_EVERY: Final = 10.0
 #: Seconds to wait before retrying after a failed read (doubling up to the cap).
@@ -65,6 +66,7 @@ class Mirror:
         self.settings = settings
         self.keys = KeyLayout(settings.key_prefix)
         self._store = store
+        self._plans = FeedPlans(StoreCore(settings))
         self.max_lag = settings.mirror_max_lag
         self.max_staleness = settings.mirror_max_staleness
         #: The heartbeat: an idle feed is read at least this often (a quarter of the lag bound).
@@ -75,8 +77,6 @@ class Mirror:
         self.synced = False
         #: time.monotonic() when the last complete read was sent (-inf: never).
         self.fresh_at = -math.inf
-        #: The feed's entries-added when the last applied entry was appended.
-        self._added = 0
         self.integrity_state: str | None = None
         self._watch = IntegrityWatch(require_init=settings.require_init)
         self.error: str | None = None
@@ -88,6 +88,7 @@ class Mirror:
         #: Set (and replaced) after each complete read of the feed.
         self._read_done = asyncio.Event()
         self._next_sweep = 0.0
+        self._stopping = False
 
     # --- what checks ask -----------------------------------------------------------------------
 
@@ -149,12 +150,16 @@ class Mirror:
     async def stop(self) -> None:
         """Stop following and close the connection."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # Stopping: the loop logged its own errors already.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         client, self._client = self._client, None
+        if task is not None:
+            # The flag ends the loop; the read in flight ends within the heartbeat (a cancelled
+            # redis-py pipeline read can wait for its reply regardless), then the task is done.
+            self._stopping = True
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), self.block_ms / 1000 + 2.0)
+            if not task.done():
+                task.cancel()
+            self._stopping = False
         if client is not None:
             # A connection already gone closes as it can.
             with contextlib.suppress(Exception):
@@ -175,8 +180,8 @@ class Mirror:
 
     async def _run(self) -> None:
         delay = _RETRY_FIRST
-        reason = "start"
-        while True:
+        reason = "start" if self.state is None else "restart"
+        while not self._stopping:
             try:
                 client = self._connect()
                 if not self.synced:
@@ -209,15 +214,25 @@ class Mirror:
             )
         self.error = message
 
-    async def _multi(self, client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pipe = client.pipeline(transaction=True)
+    async def _run_plan(
+        self,
+        client: Any,
+        plan: Plan[Any],
+        also: list[Command] = (),  # type: ignore[assignment]
+    ) -> tuple[Any, list[Any]]:
+        """A store plan executed on the mirror's connection, with ``also`` in the same pipeline:
+        (the plan's result, the replies of ``also``)."""
+        pipe = client.pipeline(transaction=False)
+        commands = [*plan.commands, *also]
         for command in commands:
+            assert isinstance(command, tuple)  # the feed's plans call no registered script
             pipe.execute_command(*command)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for reply in replies[1:]:
-            if isinstance(reply, BaseException):
-                raise reply
-        return replies
+        replies: list[Any] = await pipe.execute()
+        count = len(plan.commands)
+        return plan.finish(replies[:count]), replies[count:]
+
+    def _integrity_read(self) -> Command:
+        return ("HMGET", self.keys.integrity, *INTEGRITY_FIELDS)
 
     async def _judge(self, raw: Any, seen: tuple[str | None, int]) -> None:
         """The integrity hash as read: a loss is handled by REVOKER_ON_DATA_LOSS, then resync."""
@@ -243,25 +258,34 @@ class Mirror:
         started = time.perf_counter()
         sent = time.monotonic()
         seen = self._watch.snapshot()
-        info, ident, cutoff = await self._multi(client, reads.start_commands(self.keys))
-        feed = reads.position(info)
-        await self._judge(ident, seen)
         builder = StateBuilder(self._key)
         state = builder.state
-        if cutoff is not None:
-            state.add_global(decode_mark(cutoff)[0])
-        cursor: Any = 0
-        match = f"{self.keys.prefix}:*"
-        while True:
-            cursor, found = await client.scan(cursor, match=match, count=_SCAN_COUNT)
-            await self._read_keys(client, builder, found)
-            if not cursor or cursor == b"0":
-                break
+        flow = self._plans.plan_snapshot()
+        item = next(flow)
+        feed_id = "0-0"
+        try:
+            while True:
+                if isinstance(item, Plan):
+                    if not isinstance(item.commands[0], tuple) or item.commands[0][0] != "EVAL":
+                        result, _ = await self._run_plan(client, item)
+                    else:  # the start: the identity in full beside it (what a loss is judged by)
+                        result, (ident,) = await self._run_plan(
+                            client, item, [self._integrity_read()]
+                        )
+                        await self._judge(ident, seen)
+                    item = flow.send(result)
+                    continue
+                if isinstance(item, SnapshotStart):
+                    feed_id = item.feed_id
+                elif isinstance(item, SnapshotBatch):
+                    self._take(builder, item)
+                item = flow.send(None)
+        except StopIteration:
+            pass
         # Grouping a million digests is CPU work of a second or so: in a thread, so the event
         # loop keeps serving (checks go to Redis until the mirror is ready).
         state = await asyncio.to_thread(builder.build)
-        state.last_id = feed.last_raw
-        self._added = feed.added
+        state.last_id = feed_id
         self.state = state
         self.synced = True
         self.fresh_at = sent
@@ -279,69 +303,48 @@ class Mirror:
             extra={"reason": reason},
         )
 
-    async def _read_keys(self, client: Any, builder: StateBuilder, found: list[bytes]) -> None:
-        kinds = [(key, reads.classify(self.keys, key)) for key in found]
-        wanted = [(key, kind) for key, kind in kinds if kind is not None]
-        if not wanted:
-            return
-        pipe = client.pipeline(transaction=False)
-        for key, (kind, _tag, _name) in wanted:
-            if kind == "family":
-                pipe.execute_command("HKEYS", key)
-            else:
-                pipe.execute_command("GET", key)
-                pipe.execute_command("EXPIRETIME", key)
-        replies = await pipe.execute()
-        at = 0
-        state = builder.state
-        for _key, (kind, tag, name) in wanted:
-            if kind == "family":
-                builder.add_families(tag, replies[at])
-                at += 1
-                continue
-            value, expires = replies[at], replies[at + 1]
-            at += 2
-            if value is None:
-                continue  # expired between SCAN and GET
-            when = decode_mark(value)[0]
-            expiry = int(expires) if expires is not None and int(expires) > 0 else 0
-            if kind == "jti":
-                state.add_jti(name, when, expiry)
-            elif kind == "user":
-                state.add_user(tag, name, when, expiry)
-            else:
-                state.add_tenant(tag, when, expiry)
+    @staticmethod
+    def _take(builder: StateBuilder, batch: SnapshotBatch) -> None:
+        state, kind = builder.state, batch.kind
+        tag = tenant_tag(batch.tenant_id)
+        if kind == "family":
+            builder.add_families(tag, batch.ids)
+        elif kind == "jti":
+            for one, at, expires in zip(batch.ids, batch.values_us, batch.expires, strict=True):
+                state.add_jti(one, at, expires)
+        elif kind == "user":
+            for one, at, expires in zip(batch.ids, batch.values_us, batch.expires, strict=True):
+                state.add_user(tag, one, at, expires)
+        elif kind == "tenant":
+            for at, expires in zip(batch.values_us, batch.expires, strict=True):
+                state.add_tenant(tag, at, expires)
+        elif kind == "global":
+            for at in batch.values_us:
+                state.add_global(at)
 
     async def _follow(self, client: Any) -> None:
         """Read the feed until a resync is due (raises _Resync) or Redis fails."""
         state = self.state
         assert state is not None
-        while True:
+        block: int | None = None  # the first read after a snapshot does not wait
+        while not self._stopping:
             sent = time.monotonic()
             seen = self._watch.snapshot()
-            info, ident, read = await self._multi(
-                client, reads.follow_commands(self.keys, state.last_id)
+            read, (ident,) = await self._run_plan(
+                client,
+                self._plans.plan_read_feed(state.last_id, _BATCH, block),
+                [self._integrity_read()],
             )
             await self._judge(ident, seen)
-            feed = reads.position(info)
-            after = reads.parse_id(state.last_id)
-            if feed.rolled_back(after, self._added):
-                raise _Resync("rolled_back")
-            if feed.gap(after, self._added):
+            if read.trimmed:
                 raise _Resync("trimmed")
-            entries = read[0][1] if read else []
             now = time.time()
-            for entry_id, fields in entries:
-                try:
-                    entry = decode_feed_entry(fields)
-                except ValueError as e:
-                    logger.warning("unreadable feed entry %r: %s; resyncing", entry_id, e)
-                    raise _Resync("unreadable") from None
+            for entry_id, entry in read.entries:
                 if not state.apply(entry, now):
                     raise _Resync("epoch")
                 state.last_id = entry_id
-            complete = len(entries) < reads.BATCH
-            self._added = feed.added if complete else self._added + len(entries)
+            complete = len(read.entries) < _BATCH
+            block = self.block_ms if complete else None
             if complete:
                 self.fresh_at = sent
                 self.error = None
@@ -350,10 +353,6 @@ class Mirror:
             if sent >= self._next_sweep:
                 self._next_sweep = sent + _SWEEP_EVERY
                 state.sweep(now)
-            if complete:
-                await client.execute_command(
-                    *reads.wake_command(self.keys, state.last_id, self.block_ms)
-                )
 
     # --- reports -------------------------------------------------------------------------------
 
@@ -372,7 +371,7 @@ class Mirror:
             "serving_stale": state is not None and self.max_lag < lag <= self.max_staleness,
             "entries": state.entries() if state is not None else {},
             "bytes": state.nbytes if state is not None else 0,
-            "last_id": state.last_id.decode() if state is not None else None,
+            "last_id": state.last_id if state is not None else None,
             "resyncs": dict(self.resyncs),
             "snapshot_seconds": (
                 round(self.snapshot_seconds, 3) if self.snapshot_seconds is not None else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from typing import Final
 
 from revoker.keys import FeedEntry, encode_mark, tenant_tag
@@ -82,8 +83,8 @@ class MirrorState:
         self.users: dict[str, int] = {}
         self.tenants: dict[str, int] = {}
         self.global_cutoff: int | None = None
-        #: The last feed entry id reflected (b"0-0": none), the epoch and sequence seen.
-        self.last_id = b"0-0"
+        #: The last feed entry id reflected ("0-0": none), the epoch and sequence seen.
+        self.last_id = "0-0"
         self.epoch: str | None = None
         self.seq = 0
 
@@ -216,14 +217,14 @@ class StateBuilder:
         self.state = MirrorState(key)
         self._families = DigestSetBuilder()
 
-    def add_families(self, tag: str, family_ids: list[bytes]) -> None:
-        """The field names (raw family ids) of one revoked-mark bucket of the tenant ``tag``."""
+    def add_families(self, tag: str, family_ids: Iterable[str]) -> None:
+        """Revoked families (raw ids) of the tenant ``tag``."""
         base = self.state._hasher.copy()
         base.update(f"{tag}\0".encode())
         add = self._families.add
         for family_id in family_ids:
             hasher = base.copy()
-            hasher.update(family_id)
+            hasher.update(family_id.encode("utf-8", "surrogatepass"))
             add(hasher.digest())
 
     def build(self) -> MirrorState:
