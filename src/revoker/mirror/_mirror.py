@@ -53,6 +53,12 @@ _SWEEP_EVERY: Final = 10.0
 _RETRY_FIRST, _RETRY_CAP = 0.05, 1.0
 
 
+def _id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id as a pair that orders as Redis orders ids."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
 class _Resync(Exception):
     """The mirror must load a snapshot again (the reason is the message)."""
 
@@ -139,12 +145,14 @@ class Mirror:
         await self._ready.wait()
 
     async def caught_up(self) -> None:
-        """Wait until a complete read sent after this call has been applied: every revocation
-        that returned before the call is then in the mirror (bound it with ``asyncio.timeout``).
-        """
-        called = time.monotonic()
+        """Wait until every feed entry appended before this call is applied (every revocation
+        that returned before it is then in the mirror); bound it with ``asyncio.timeout``."""
         self.start()
-        while not (self.synced and self.fresh_at >= called):
+        tail, _ = await self._run_plan(self._connect(), self._plans.plan_feed_tail())
+        wanted = _id_key(tail)
+        while not (
+            self.synced and self.state is not None and _id_key(self.state.last_id) >= wanted
+        ):
             await self._read_done.wait()
 
     async def stop(self) -> None:
@@ -294,6 +302,8 @@ class Mirror:
         self.resyncs[reason] = self.resyncs.get(reason, 0) + 1
         MIRROR_RESYNCS.labels(reason).inc()
         self._ready.set()
+        self._read_done.set()
+        self._read_done = asyncio.Event()
         log = logger.info if reason == "start" else logger.warning
         log(
             "mirror loaded from a snapshot (%s) in %.3f s: %s",
@@ -344,7 +354,9 @@ class Mirror:
                     raise _Resync("epoch")
                 state.last_id = entry_id
             complete = len(read.entries) < _BATCH
-            block = self.block_ms if complete else None
+            # Wait for the next entry only after a read that found none: after one that found
+            # some, read again at once (a read sent now is fresh as of now).
+            block = self.block_ms if not read.entries else None
             if complete:
                 self.fresh_at = sent
                 self.error = None
