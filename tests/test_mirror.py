@@ -269,3 +269,25 @@ def test_staleness_below_the_lag_bound_is_refused() -> None:
 
 
 _ = delete_prefix  # the shared Redis's keys are deleted by private_settings
+
+
+async def test_health_shows_the_mode_and_this_processs_mirror(
+    mirror_settings: RevokerSettings, stopped: None
+) -> None:
+    """The health report (behind `revoker health` and GET /health) names the check mode and
+    this process's mirror: loaded, fresh, its entries and resyncs."""
+    from revoker.health import check_async
+
+    settings = mirror_settings
+    store = RedisTokenRevocationStore(settings=settings)
+    await store.revoke_token("gone")
+    checker = RevocationChecker(store, settings=settings)
+    await ready(checker)
+    report = await check_async(store, settings)
+    assert report.mirror["mode"] == "mirror"
+    [mine] = [m for m in report.mirror["mirrors"] if m["key_prefix"] == settings.key_prefix]
+    assert mine["ready"]
+    assert mine["fresh"]
+    assert mine["entries"]["jti"] == 1
+    assert mine["resyncs"]["start"] == 1
+    await store.aclose()
