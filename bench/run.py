@@ -24,7 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-ORDER = ("middleware", "rotation", "fanout", "durability")
+ORDER = ("middleware", "rotation", "fanout", "durability", "mirror")
 DEFAULT_OUTPUT = BENCH_DIR.parent / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 
