@@ -80,10 +80,11 @@ restate line for line (``tests/test_format_parity.py`` holds them to it):
   are readable (else the presented token is reuse).
 
 **The change feed** (``P:feed``, :meth:`KeyLayout.feed`): every write of revocation state appends
-one entry in the same atomic step as the write (in its MULTI/EXEC or its script; a bulk chunk's
-pipeline sends the entry *before* its marks), so a mirror that loads a snapshot and then follows
-the feed misses nothing. One encoder and one decoder (:func:`encode_feed_entry`,
-:func:`decode_feed_entry`), fields all ASCII:
+one entry in the same atomic step as the write (one script with the write and its sequence
+bump, ``StoreCore.sequenced`` or the writing script; a bulk chunk's pipeline sends its entry
+*before* its marks, and again after them, for a snapshot taken in between), so a mirror that
+loads a snapshot and then follows the feed misses nothing. One encoder and one decoder
+(:func:`encode_feed_entry`, :func:`decode_feed_entry`), fields all ASCII:
 
 * ``k``, the kind (:data:`FEED_KINDS`): ``jti``, ``family``, ``user``, ``tenant``, ``global``, or
   ``epoch`` (data loss, recovery, init: the mirror must load a snapshot again);

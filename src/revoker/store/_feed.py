@@ -22,6 +22,7 @@ No feed is written on a Redis Cluster: every plan here raises ConfigurationError
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Generator, Iterable, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "SNAPSHOT_FIELDS",
     "SNAPSHOT_HASHES",
     "SNAPSHOT_SCAN_COUNT",
+    "UNREADABLE_ENTRY",
     "FeedPlans",
     "FeedRead",
     "SnapshotBatch",
@@ -46,10 +48,14 @@ __all__ = [
 
 #: Keys examined per SCAN call of a snapshot.
 SNAPSHOT_SCAN_COUNT: Final = 1000
-#: Revoked-mark buckets read (HSCAN) per round trip of a snapshot.
-SNAPSHOT_HASHES: Final = 16
+#: Revoked-mark buckets read (HSCAN) per round trip of a snapshot: ~120 marks each, so a reply
+#: of ~8,000 fields (~400 KB); fewer round trips were the most of a snapshot's time.
+SNAPSHOT_HASHES: Final = 64
 #: Fields per HSCAN call: a listpack bucket (~120 marks) comes whole; a bigger one is paged.
 SNAPSHOT_FIELDS: Final = 1000
+#: Distinct marks remembered while reading (each read once: a chunk's families share one).
+_MARK_CACHE: Final = 10_000
+_UNSEEN: Final[Any] = object()
 #: A snapshot's start: the feed's last entry and the identity, in one atomic step (a MULTI
 #: would do, but redis-py parses a queued XREVRANGE's "QUEUED" as a stream and fails).
 _START: Final = (
@@ -142,10 +148,17 @@ def _resp3(entries: Any) -> Any:
     return entries[0] if entries and isinstance(entries[0], list) else entries
 
 
-def _hscan_items(page: Any) -> Iterable[tuple[Any, Any]]:
+def _hscan_columns(page: Any) -> tuple[list[Any], list[Any]]:
+    """An HSCAN page's fields and values (redis-py parses it into a dict; a raw one is flat)."""
     if isinstance(page, dict):
-        return page.items()
-    return _pairs(page)
+        return list(page.keys()), list(page.values())
+    return list(page[::2]), list(page[1::2])
+
+
+def _decoded(fields: list[Any]) -> Iterable[str]:
+    if fields and type(fields[0]) is bytes:
+        return map(bytes.decode, fields)
+    return map(str, fields)
 
 
 def _tenant_of(tag: str) -> str | None:
@@ -306,30 +319,53 @@ class FeedPlans:
     ) -> Generator[Plan[Any] | SnapshotBatch, Any, None]:
         """The revoked families of some mark buckets, HSCAN page by page (a big bucket takes
         several round trips, each reply bounded by SNAPSHOT_FIELDS)."""
-        life = self.core.lifetimes.family_ttl
         pending: list[tuple[str | None, bytes, Any]] = [(t, key, 0) for t, key in buckets]
+        # A chunk writes one mark for all its families: read each distinct mark once.
+        lives: dict[Any, tuple[int, int] | None] = {}
         while pending:
             replies = yield Plan(
                 [("HSCAN", key, cursor, "COUNT", SNAPSHOT_FIELDS) for _, key, cursor in pending],
                 lambda replies: replies,
             )
             now = time.time()
-            oldest = self.core.lifetimes.marks_older_than(now)
+            if len(lives) > _MARK_CACHE:
+                lives.clear()
             groups: dict[str | None, tuple[list[str], list[int], list[int]]] = {}
             following: list[tuple[str | None, bytes, Any]] = []
             for (tenant, key, _), (cursor, page) in zip(pending, replies, strict=True):
                 ids, values, expires = groups.setdefault(tenant, ([], [], []))
-                for field, raw in _hscan_items(page):
-                    at = k.mark_time(raw if isinstance(raw, bytes) else str(raw).encode())
-                    if at is not None and at < oldest:
-                        continue  # covers no token that can verify: the expiry deletes it
-                    ids.append(_text(field))
-                    values.append(at or 0)
-                    # An unreadable time revokes by presence: kept for the longest a mark is.
-                    expires.append(math.ceil((at / 1e6 if at else now) + life))
                 if int(cursor) != 0:
                     following.append((tenant, key, cursor))
+                fields, raws = _hscan_columns(page)
+                if raws and raws.count(raws[0]) == len(raws):
+                    # One mark for the whole page (a chunk's): no loop in Python.
+                    life = lives.get(raws[0], _UNSEEN)
+                    if life is _UNSEEN:
+                        life = lives[raws[0]] = self._mark_life(raws[0], now)
+                    if life is not None:
+                        ids.extend(_decoded(fields))
+                        values.extend(itertools.repeat(life[0], len(raws)))
+                        expires.extend(itertools.repeat(life[1], len(raws)))
+                    continue
+                for field, raw in zip(fields, raws, strict=True):
+                    life = lives.get(raw, _UNSEEN)
+                    if life is _UNSEEN:
+                        life = lives[raw] = self._mark_life(raw, now)
+                    if life is None:
+                        continue  # covers no token that can verify: the expiry deletes it
+                    ids.append(field.decode() if type(field) is bytes else str(field))
+                    values.append(life[0])
+                    expires.append(life[1])
             for tenant, (ids, values, expires) in groups.items():
                 if ids:
                     yield SnapshotBatch("family", tenant, tuple(ids), tuple(values), tuple(expires))
             pending = following
+
+    def _mark_life(self, raw: Any, now: float) -> tuple[int, int] | None:
+        """A revoked mark's (time µs, expiry unix s), or None for a mark too old to matter.
+        An unreadable time revokes by presence: kept for the longest a mark is."""
+        lifetimes = self.core.lifetimes
+        at = k.mark_time(raw if isinstance(raw, bytes) else str(raw).encode())
+        if at is not None and at < lifetimes.marks_older_than(now):
+            return None
+        return at or 0, math.ceil((at / 1e6 if at else now) + lifetimes.family_ttl)

@@ -120,9 +120,9 @@ def revoke_buckets(
     """Revoke the selected sessions of some buckets of a tenant; returns them by bucket.
 
     Per bucket, one HSET of the selected families' marks into its revoked-mark bucket (and its
-    TTL), ``WRITE_BUCKETS`` buckets per round trip followed by one sequence bump, the first round
-    trip led by the change-feed entry naming every selected family; ``mark`` None (a dry run)
-    writes nothing.
+    TTL), ``WRITE_BUCKETS`` buckets per round trip followed by one sequence bump; the change-feed
+    entry naming every selected family goes before the first mark and again after the last;
+    ``mark`` None (a dry run) writes nothing.
     The records stay: the caller deletes them (:func:`delete_records`) once it has counted them.
     Idempotent: a rerun selects the same families and rewrites the same marks.
     """
@@ -143,14 +143,19 @@ def revoke_buckets(
                 writes.append(("HSET", marks, *(x for fid in part for x in (fid, mark_b))))
             writes += StoreCore.bucket_ttl_commands(marks, ttl)
             blocks.append(writes)
-        # One feed entry for the chunk, sent before any of its marks on this same connection:
-        # Redis applies a connection's commands in order, so a chunk cut anywhere can leave an
-        # entry without (some of) its marks, which a rerun writes, never marks without an entry.
-        # Its "s" is empty: the bumps follow the marks (below).
+        # The chunk's feed entry, sent before any of its marks on this same connection: Redis
+        # applies a connection's commands in order, so a chunk cut anywhere can leave an entry
+        # without (some of) its marks, which a rerun writes, never marks without an entry. The
+        # same entry again after its last mark: a mirror's snapshot started between the two
+        # (its feed position past the first, its reads before some marks) still meets the
+        # second. Their "s" is empty: the bumps follow the marks (below).
         lead = core.feed_command(_feed_entry(core, tenant_id, selected, mark)) if blocks else []
+        close = lead
         for start in range(0, len(blocks), WRITE_BUCKETS):
             batch = [c for block in blocks[start : start + WRITE_BUCKETS] for c in block]
             batch, lead = lead + batch, []
+            if start + WRITE_BUCKETS >= len(blocks):
+                batch += close
             # The bump follows the marks in the same pipeline, not in a MULTI/EXEC: Redis (and
             # its AOF and replicas) apply them in that order, so any state a check can meet
             # holds the marks of every bump it shows, and a state with marks but not yet their

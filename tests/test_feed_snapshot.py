@@ -1,0 +1,141 @@
+"""The snapshot a mirror loads before following the feed: everything a check reads, in bounded
+batches (SCAN and HSCAN pages), however many revoked families there are."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from revoker import keys as k
+from revoker.rules import now_us
+from revoker.store import SnapshotBatch, SnapshotStart, SyncRedisTokenRevocationStore
+from revoker.store._feed import SNAPSHOT_FIELDS, SNAPSHOT_HASHES, SNAPSHOT_SCAN_COUNT
+
+TENANT = "big:co"
+
+
+def _seed_families(
+    store: SyncRedisTokenRevocationStore, tenant: str | None, count: int, *, big: int = 0
+) -> set[str]:
+    """``count`` revoked families spread over the session buckets' mark buckets (as a chunk
+    writes them, ~120 a bucket), plus ``big`` in one bucket (paged by HSCAN)."""
+    buckets = store.settings.session_buckets
+    mark = k.encode_mark(now_us(), "seed").encode()
+    ids: set[str] = set()
+    pipe = store.client.pipeline(transaction=False)
+    per_bucket: dict[int, list[str]] = {}
+    for n in range(count):
+        bucket = n % buckets
+        per_bucket.setdefault(bucket, []).append(f"{k.family_id_prefix(bucket)}{n:x}")
+    per_bucket.setdefault(7, []).extend(f"{k.family_id_prefix(7)}big{n}" for n in range(big))
+    for bucket, fids in per_bucket.items():
+        key = store.keys.revoked_bucket(tenant, bucket)
+        for start in range(0, len(fids), 1000):
+            part = fids[start : start + 1000]
+            pipe.hset(key, mapping=dict.fromkeys(part, mark))
+        pipe.expire(key, 3600)
+        ids.update(fids)
+        if len(pipe) > 2000:
+            pipe.execute()
+    pipe.execute()
+    return ids
+
+
+def _run(
+    store: SyncRedisTokenRevocationStore, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SnapshotStart, list[SnapshotBatch], list[list[Any]]]:
+    """The snapshot's items, and every plan's commands as sent."""
+    plans: list[list[Any]] = []
+    execute = store._execute
+
+    def recording(plan: Any, **options: Any) -> Any:
+        plans.append(list(plan.commands))
+        return execute(plan, **options)
+
+    monkeypatch.setattr(store, "_execute", recording)
+    items = list(store.snapshot())
+    start, batches = items[0], items[1:]
+    assert isinstance(start, SnapshotStart)
+    assert all(isinstance(b, SnapshotBatch) for b in batches)
+    return start, batches, plans  # type: ignore[return-value]
+
+
+def _families(batches: list[SnapshotBatch], tenant: str | None) -> list[str]:
+    return [i for b in batches if b.kind == "family" and b.tenant_id == tenant for i in b.ids]
+
+
+def test_a_snapshot_holds_every_kind_of_state(
+    sync_store: SyncRedisTokenRevocationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoked jtis (with their exp), families per tenant, user, tenant and global watermarks,
+    the identity and the feed's last id; session records, jobs and stale marks are left out."""
+    s = sync_store
+    s.revoke_token("j,1", expires_at=time.time() + 100)
+    s.revoke_family("1f.a", tenant_id=TENANT)
+    s.revoke_family("foreign", tenant_id=None)
+    s.revoke_user_tokens("u:1", tenant_id=TENANT)
+    s.revoke_tenant_tokens(TENANT)
+    s.recover(cutoff=True)
+    stale = k.encode_mark(s.core.lifetimes.marks_older_than(time.time()) - 1, "old")
+    s.client.hset(s.keys.family_revoked(TENANT, "1f.old"), "1f.old", stale)
+    s.client.hset(s.keys.session_bucket(TENANT, 1), "1.x", "record")
+    s.client.hset(s.keys.job("job-1"), "id", "job-1")
+    start, batches, _ = _run(s, monkeypatch)
+    assert start.feed_id == s.feed_tail()
+    assert start.seq == int(s.client.hget(s.keys.integrity, "seq"))
+    assert start.epoch == s.client.hget(s.keys.integrity, "epoch").decode()
+    assert start.state == "recovered"
+    got = {(b.kind, b.tenant_id, i) for b in batches for i in (b.ids or ("",))}
+    assert got == {
+        ("jti", None, "j,1"),
+        ("family", TENANT, "1f.a"),
+        ("family", None, "foreign"),
+        ("user", TENANT, "u:1"),
+        ("tenant", TENANT, ""),
+        ("global", None, ""),
+    }
+    (jti,) = [b for b in batches if b.kind == "jti"]
+    ttl = s.client.ttl(s.keys.jti("j,1"))
+    assert abs(jti.expires[0] - (time.time() + ttl)) <= 2
+    (family,) = [b for b in batches if b.kind == "family" and b.tenant_id == TENANT]
+    at = family.values_us[0]
+    assert family.expires[0] == -(-at // 10**6) + s.core.lifetimes.family_ttl
+
+
+@pytest.mark.parametrize(
+    "count",
+    [pytest.param(20_000, id="20k"), pytest.param(1_000_000, id="1M", marks=pytest.mark.slow)],
+)
+def test_many_families_come_in_bounded_batches(
+    sync_store: SyncRedisTokenRevocationStore, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """Every revoked family of two tenants comes exactly once (a big bucket paged), and no
+    round trip asks for more than SNAPSHOT_HASHES buckets of SNAPSHOT_FIELDS fields or one
+    SCAN page: a million families are many small replies, never one giant one."""
+    s = sync_store
+    if count > 100_000:
+        if s.client.__class__.__module__.startswith("fakeredis"):
+            pytest.skip("a million fields in fakeredis tests fakeredis, not the snapshot")
+        if os.environ.get("FEED_TEST_FULL_SIZE") != "1":
+            pytest.skip("full size (~40 s a backend) only with FEED_TEST_FULL_SIZE=1")
+    wanted = _seed_families(s, TENANT, count, big=3 * SNAPSHOT_FIELDS)
+    other = _seed_families(s, None, 500)
+    started = time.perf_counter()
+    _start, batches, plans = _run(s, monkeypatch)
+    elapsed = time.perf_counter() - started
+    got = _families(batches, TENANT)
+    assert len(got) == len(set(got))
+    assert set(got) == wanted
+    assert set(_families(batches, None)) == other
+    for commands in plans:
+        hscans = [c for c in commands if c[0] == "HSCAN"]
+        assert len(hscans) <= SNAPSHOT_HASHES
+        assert all(c[-1] == SNAPSHOT_FIELDS for c in hscans)
+        assert all(c[-1] == SNAPSHOT_SCAN_COUNT for c in commands if c[0] == "SCAN")
+    # HSCAN's COUNT is a hint: a page may exceed it a little, never hold a whole big bucket.
+    assert max(len(b.ids) for b in batches) <= SNAPSHOT_HASHES * 2 * SNAPSHOT_FIELDS
+    assert len(plans) > count / (SNAPSHOT_HASHES * 200)
+    print(f"snapshot of {count + 3 * SNAPSHOT_FIELDS + 500} families: {elapsed:.2f} s")
