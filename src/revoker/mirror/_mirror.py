@@ -202,6 +202,11 @@ class Mirror:
                 self.synced = False
                 continue
             except Exception as e:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py can turn a cancelled read into a connection error: the loop's
+                    # shutdown (asyncio.run, uvicorn) still ends this task.
+                    raise asyncio.CancelledError from e
                 if self.error is None:
                     delay = _RETRY_FIRST  # the first failure after reads succeeded
                 if not isinstance(e, BACKEND_ERRORS):
