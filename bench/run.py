@@ -77,7 +77,7 @@ def save_results(name: str, data: dict[str, Any], *, quick: bool = False) -> Pat
     return path
 
 
-ORDER = ("middleware", "rotation", "fanout", "durability", "events")
+ORDER = ("middleware", "mirror", "rotation", "fanout", "durability", "events")
 DEFAULT_OUTPUT = BENCH_DIR.parent / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 

@@ -1,8 +1,16 @@
-"""The per-request check, shared by the middleware and the dependency.
+"""The per-request check, shared by the middleware, the dependency and the admin API.
 
-Parse the bearer token, verify it (cached by exact token string), then ask the store in one
-round trip whether any rule revokes it. The failure policy (fail-open or fail-closed) is the
-caller's: a Redis failure is reported, not decided, here.
+Parse the bearer token, verify it (cached by exact token string), then learn whether any rule
+revokes it. The failure policy (fail-open or fail-closed) is the caller's: a Redis failure is
+reported, not decided, here.
+
+The check mode (``REVOKER_CHECK_MODE``) is chosen here, once, for every caller:
+
+* ``redis``: ask the store in one round trip;
+* ``mirror``: ask the process's mirror (:mod:`revoker.mirror`, started by the first check): no
+  Redis command while it is fresh (within REVOKER_MIRROR_MAX_LAG); otherwise the round trip, and
+  when Redis cannot answer, the mirror's state within REVOKER_MIRROR_MAX_STALENESS before the
+  failure policy. Both decide with ``rules.decide`` on the same values.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from typing import TYPE_CHECKING, Final
 
 from revoker import exceptions as exc
 from revoker.breaker import CircuitBreaker, Transition
-from revoker.metrics import BREAKER_OPEN, CHECK_LATENCY, CHECKS
+from revoker.metrics import BREAKER_OPEN, CHECK_LATENCY, CHECKS, MIRROR_FALLBACKS
+from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.tokens import MAX_TOKEN_BYTES, TokenData, TokenVerifier, get_verifier
 
 if TYPE_CHECKING:
+    from revoker.mirror import Mirror
     from revoker.store import RedisTokenRevocationStore
 
 __all__ = ["CheckResult", "RevocationChecker", "bearer_token"]
@@ -101,6 +111,30 @@ class RevocationChecker:
         self._invalid = CHECKS.labels("invalid")
         self._error_open = CHECKS.labels("error_open")
         self._error_closed = CHECKS.labels("error_closed")
+        self.mode = self.settings.check_mode
+        # The running loop's mirror, looked up once per loop (mirror mode only).
+        self._mirror: Mirror | None = None
+        self._mirror_loop: asyncio.AbstractEventLoop | None = None
+        self._to_redis = MIRROR_FALLBACKS.labels("redis")
+        self._to_stale = MIRROR_FALLBACKS.labels("stale")
+
+    def mirror(self) -> Mirror | None:
+        """The running loop's mirror in mirror mode (started on first use), else None."""
+        if self.mode != "mirror":
+            return None
+        loop = asyncio.get_running_loop()
+        if self._mirror_loop is not loop or self._mirror is None:
+            from revoker.mirror import get_mirror
+
+            self._mirror = get_mirror(self.settings, self._store)
+            self._mirror_loop = loop
+        return self._mirror
+
+    async def aclose(self) -> None:
+        """Stop this checker's mirror, if it started one (a lifespan's shutdown)."""
+        mirror, self._mirror = self._mirror, None
+        if mirror is not None:
+            await mirror.stop()
 
     @property
     def store(self) -> RedisTokenRevocationStore:
@@ -136,6 +170,34 @@ class RevocationChecker:
             self._invalid.inc()
             logger.exception("token verification failed unexpectedly")
             raise exc.TokenError("token could not be verified") from e
+        mirror = self.mirror() if self.mode == "mirror" else None
+        if mirror is not None:
+            try:
+                found = mirror.status(data, time.monotonic())
+            except exc.InvalidIdentifier:
+                found = None  # the round trip refuses it the same way, through the policy
+            if found is not None:
+                return self._decided(data, found)
+            self._to_redis.inc()
+        result = await self._round_trip(data)
+        if isinstance(result, CheckResult):
+            if mirror is not None and not isinstance(result.store_error, exc.DenylistLost):
+                stale = mirror.stale_status(data, time.monotonic())
+                if stale is not None:
+                    self._to_stale.inc()
+                    return self._decided(data, stale)
+            return result
+        return self._decided(data, result)
+
+    def _decided(self, data: TokenData, status: RevocationStatus) -> CheckResult:
+        if status.revoked:
+            self._revoked.inc()
+            raise exc.TokenRevoked(status, data)
+        self._ok.inc()
+        return CheckResult(data)
+
+    async def _round_trip(self, data: TokenData) -> RevocationStatus | CheckResult:
+        """The store's one-round-trip lookup: its status, or the failure to report."""
         if not self.breaker.allow():
             return CheckResult(data, _BREAKER_OPEN)
         started = time.perf_counter()
@@ -158,11 +220,7 @@ class RevocationChecker:
             self._transition(self.breaker.record_success(), None)
         else:
             self.breaker.record_success()
-        if status.revoked:
-            self._revoked.inc()
-            raise exc.TokenRevoked(status, data)
-        self._ok.inc()
-        return CheckResult(data)
+        return status
 
     def admit_unchecked(self, fail_open: bool, error: exc.StoreUnavailable | None = None) -> bool:
         """Apply the failure policy to a token whose revocation is unknown; count the outcome.

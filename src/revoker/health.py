@@ -16,6 +16,7 @@ replicas connected. A recorded loss makes the report unhealthy (exit 3, 503) unt
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -33,6 +34,7 @@ __all__ = [
     "check",
     "check_async",
     "integrity_report",
+    "mirror_report",
     "probe_result",
     "server_report",
 ]
@@ -115,6 +117,8 @@ class HealthReport:
     durability: dict[str, Any] | None = None
     integrity: dict[str, Any] = field(default_factory=lambda: {"healthy": True})
     server: dict[str, Any] = field(default_factory=dict)
+    #: The check mode and this process's mirrors (:func:`mirror_report`); reported, not failed.
+    mirror: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reachable(self) -> bool:
@@ -170,6 +174,21 @@ def integrity_report(
         "recovered_at": _seconds(stored.get("recovered_at")),
         "global_cutoff": stored.get("global_cutoff"),
         "error": None,
+    }
+
+
+def mirror_report(settings: RevokerSettings) -> dict[str, Any]:
+    """The check mode (REVOKER_CHECK_MODE) and the state of this process's mirrors (ready, lag,
+    entries, bytes, resyncs: :meth:`revoker.mirror.Mirror.report`). A service's ``/health`` shows
+    its own; a process that checks nothing (the CLI) has none."""
+    mirrors: list[dict[str, Any]] = []
+    if "revoker.mirror" in sys.modules:  # a process that never started one has none to show
+        mirrors = sys.modules["revoker.mirror"].mirror_report()
+    return {
+        "mode": settings.check_mode,
+        "max_lag_seconds": settings.mirror_max_lag,
+        "max_staleness_seconds": settings.mirror_max_staleness,
+        "mirrors": mirrors,
     }
 
 
@@ -239,8 +258,9 @@ def check(store: SyncRedisTokenRevocationStore, settings: RevokerSettings) -> He
     redis_health = store.health_check()
     broker = broker_health(settings, redis_health)
     durability = store.durability_check()
+    mirror = mirror_report(settings)
     if not redis_health["healthy"]:
-        return HealthReport(redis_health, broker, durability)
+        return HealthReport(redis_health, broker, durability, mirror=mirror)
     try:
         integrity = _integrity(store, store.integrity(), None)
     except StoreUnavailable as e:
@@ -253,7 +273,7 @@ def check(store: SyncRedisTokenRevocationStore, settings: RevokerSettings) -> He
             answers[name] = None  # CONFIG or INFO refused (a managed Redis): unknown
     replicas = answers.pop("replicas")
     server = server_report(answers, replicas)
-    return HealthReport(redis_health, broker, durability, integrity, server)
+    return HealthReport(redis_health, broker, durability, integrity, server, mirror)
 
 
 async def check_async(store: RedisTokenRevocationStore, settings: RevokerSettings) -> HealthReport:
@@ -265,8 +285,9 @@ async def check_async(store: RedisTokenRevocationStore, settings: RevokerSetting
     redis_health = await store.health_check()
     broker = await anyio.to_thread.run_sync(broker_health, settings, redis_health)
     durability = await store.durability_check()
+    mirror = mirror_report(settings)
     if not redis_health["healthy"]:
-        return HealthReport(redis_health, broker, durability)
+        return HealthReport(redis_health, broker, durability, mirror=mirror)
     try:
         integrity = _integrity(store, await store.integrity(), None)
     except StoreUnavailable as e:
@@ -279,4 +300,4 @@ async def check_async(store: RedisTokenRevocationStore, settings: RevokerSetting
             answers[name] = None
     replicas = answers.pop("replicas")
     server = server_report(answers, replicas)
-    return HealthReport(redis_health, broker, durability, integrity, server)
+    return HealthReport(redis_health, broker, durability, integrity, server, mirror)

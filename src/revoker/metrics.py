@@ -61,6 +61,12 @@ __all__ = [
     "JOB_CHUNKS_PARKED",
     "JOB_DURATION",
     "JOB_SESSIONS_REVOKED",
+    "MIRROR_BYTES",
+    "MIRROR_ENTRIES",
+    "MIRROR_FALLBACKS",
+    "MIRROR_LAG",
+    "MIRROR_RESYNCS",
+    "MIRROR_STALENESS",
     "REVOCATIONS",
     "REVOCATION_KINDS",
     "SURFACES",
@@ -408,3 +414,34 @@ class SurfaceMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with revocation_surface(self.surface):
             await self.app(scope, receive, send)
+
+
+# --- the mirror (revoker.mirror; REVOKER_CHECK_MODE=mirror) ----------------------------------
+# The gauges are read from the process's mirrors when scraped (revoker.mirror registers the
+# functions): nothing is updated per request.
+#: Seconds since the mirror's last complete read of the change feed (the largest of the
+#: process's mirrors; 0 when there is none).
+MIRROR_LAG: Final = Gauge(
+    "revoker_mirror_lag_seconds", "Seconds since the mirror's last complete read of the feed."
+)
+#: While the mirror cannot read the feed (Redis unreachable): its lag; 0 while it reads.
+MIRROR_STALENESS: Final = Gauge(
+    "revoker_mirror_staleness_seconds",
+    "Age of the mirror's state while it cannot read the feed (0 while it can).",
+)
+MIRROR_ENTRIES: Final = Gauge(
+    "revoker_mirror_entries", "Revocation entries the mirror holds, by kind.", ["kind"]
+)
+MIRROR_BYTES: Final = Gauge("revoker_mirror_bytes", "Bytes of revocation state the mirror holds.")
+#: Snapshots loaded, by reason: start, trimmed (the feed was trimmed past the mirror), epoch (an
+#: epoch entry: data loss, recovery or init), loss (this mirror detected one), rolled_back (the
+#: feed is behind the mirror), unreadable (an entry this version cannot read).
+MIRROR_RESYNCS: Final = Counter(
+    "revoker_mirror_resyncs", "Snapshots the mirror loaded, by reason.", ["reason"]
+)
+#: Checks in mirror mode not answered from a fresh mirror: `redis` (asked Redis: the mirror was
+#: loading or past REVOKER_MIRROR_MAX_LAG), `stale` (Redis failed; answered from the mirror within
+#: REVOKER_MIRROR_MAX_STALENESS).
+MIRROR_FALLBACKS: Final = Counter(
+    "revoker_mirror_fallbacks", "Mirror-mode checks not answered by a fresh mirror.", ["to"]
+)

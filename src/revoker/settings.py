@@ -365,6 +365,47 @@ class RevokerSettings(BaseSettings):
         "empty Redis for a new deployment.",
     )
 
+    # --- Check mode and the mirror (revoker.mirror) ---------------------------------------------
+    check_mode: Literal["redis", "mirror"] = Field(
+        "redis",
+        description="How a checked request learns whether its token is revoked. `redis`: one "
+        "round trip per check. `mirror`: each process keeps a copy of the revocation state, "
+        "loaded from a snapshot and kept current by the change feed (0 Redis commands per check; "
+        "not with REVOKER_REDIS_CLUSTER).",
+    )
+    mirror_max_lag: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Seconds since the mirror's last successful feed read past which a check "
+        "asks Redis instead (the mirror enforces a revocation within this bound of its call "
+        "returning).",
+    )
+    mirror_max_staleness: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="While Redis cannot answer, seconds since the mirror's last successful feed "
+        "read during which checks are still answered from it; after that the failure policy "
+        "(REVOKER_FAIL_OPEN) applies. At least REVOKER_MIRROR_MAX_LAG.",
+    )
+
+    @model_validator(mode="after")
+    def _mirror_fits(self) -> Self:
+        if self.check_mode != "mirror":
+            return self
+        if self.redis_cluster:
+            raise ValueError(
+                f"{ENV_PREFIX}CHECK_MODE=mirror is not supported with {ENV_PREFIX}REDIS_CLUSTER "
+                "(the change feed is one stream on one node)"
+            )
+        if self.mirror_max_staleness < self.mirror_max_lag:
+            raise ValueError(
+                f"{ENV_PREFIX}MIRROR_MAX_STALENESS ({self.mirror_max_staleness:g} s) must be at "
+                f"least {ENV_PREFIX}MIRROR_MAX_LAG ({self.mirror_max_lag:g} s)"
+            )
+        return self
+
     # --- Refresh rotation ----------------------------------------------------------------------
     refresh_reuse_grace_seconds: int = Field(
         0,

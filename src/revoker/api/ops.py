@@ -41,6 +41,7 @@ async def health(context: ApiContext, _request: Request) -> Response:
             "integrity": report.integrity,
             "server": report.server,
             "durability": report.durability,
+            "mirror": report.mirror,
         },
         status_code=200 if report.healthy else 503,
         headers=NO_STORE,

@@ -133,6 +133,7 @@ def health(as_json: bool) -> None:
                 "durability": durability,
                 "integrity": report.integrity,
                 "server": report.server,
+                "mirror": report.mirror,
             }
         )
     else:
@@ -162,6 +163,17 @@ def health(as_json: bool) -> None:
             )
             for problem in server.get("unsafe", []):
                 click.echo(f"  unsafe: {problem}")
+        mirror = report.mirror
+        click.echo(
+            f"{'checks:':<8}{mirror.get('mode')}"
+            + (
+                f" (max lag {mirror.get('max_lag_seconds')} s, max staleness "
+                f"{mirror.get('max_staleness_seconds')} s; "
+                f"{len(mirror.get('mirrors', []))} mirror(s) in this process)"
+                if mirror.get("mode") == "mirror"
+                else ""
+            )
+        )
     if not report.reachable:
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
     if not report.integrity["healthy"]:

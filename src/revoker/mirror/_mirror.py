@@ -1,0 +1,398 @@
+"""One process's mirror: a snapshot, then the feed followed on a connection and task of its own.
+
+The reads are the store's feed plans (:class:`revoker.store.FeedPlans`: the snapshot, and the
+feed from an id with trimming detected), run here on a connection of the mirror's own (its
+socket timeout is past the blocking read's wait), each pipelined with a read of the integrity
+hash. The follower loop (:meth:`Mirror._run`): load a snapshot (:meth:`Mirror._snapshot`), then
+read the feed (:meth:`Mirror._follow`) from the last id applied, blocking up to the heartbeat when
+nothing is waiting (a revocation wakes it at once). A read that returned everything there was
+makes the mirror *fresh as of the moment it was sent*: every revocation whose call had returned
+by then is in the mirror. The check asks :meth:`Mirror.status` (fresh within
+REVOKER_MIRROR_MAX_LAG, else None: ask Redis) and, when Redis cannot answer,
+:meth:`Mirror.stale_status` (within REVOKER_MIRROR_MAX_STALENESS).
+
+A resync (a new snapshot) follows a gap (feed trimmed past the mirror), an ``epoch`` entry
+(data loss, recovery, init), a feed behind the mirror, an entry this version cannot read, or a
+loss the integrity hash shows (handled first by REVOKER_ON_DATA_LOSS, through the store's one
+plan for it). While it loads, checks go to Redis; the previous state still answers within the
+staleness bound if Redis fails meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from revoker.integrity import INTEGRITY_FIELDS, IntegrityWatch, Loss, read_observation
+from revoker.keys import KeyLayout, tenant_tag
+from revoker.metrics import MIRROR_RESYNCS
+from revoker.mirror._state import MirrorState, StateBuilder
+from revoker.rules import RevocationStatus
+from revoker.settings import RevokerSettings
+from revoker.store._base import BACKEND_ERRORS, Command, Plan, StoreCore
+from revoker.store._feed import FeedPlans, SnapshotBatch, SnapshotStart
+from revoker.tokens import TokenData
+
+if TYPE_CHECKING:
+    from revoker.store import RedisTokenRevocationStore
+
+__all__ = ["Mirror"]
+
+logger = logging.getLogger("revoker.mirror")
+
+#: Entries read per round trip while catching up.
+_BATCH: Final = 1000
+#: Seconds between sweeps of expired jtis and watermarks.
+_SWEEP_EVERY: Final = 10.0
+#: Seconds to wait before retrying after a failed read (doubling up to the cap).
+_RETRY_FIRST, _RETRY_CAP = 0.05, 1.0
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    """A stream id as a pair that orders as Redis orders ids."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+class _Resync(Exception):
+    """The mirror must load a snapshot again (the reason is the message)."""
+
+
+class Mirror:
+    """The revocation state of one process (one event loop), kept current from the feed."""
+
+    def __init__(
+        self, settings: RevokerSettings, store: RedisTokenRevocationStore | None = None
+    ) -> None:
+        self.settings = settings
+        self.keys = KeyLayout(settings.key_prefix)
+        self._store = store
+        self._plans = FeedPlans(StoreCore(settings))
+        self.max_lag = settings.mirror_max_lag
+        self.max_staleness = settings.mirror_max_staleness
+        #: The heartbeat: an idle feed is read at least this often (a quarter of the lag bound).
+        self.block_ms = max(10, min(1000, int(self.max_lag * 250)))
+        self._key = secrets.token_bytes(16)
+        self.state: MirrorState | None = None
+        #: The state reflects the feed from its snapshot on (False while a resync is due).
+        self.synced = False
+        #: time.monotonic() when the last complete read was sent (-inf: never).
+        self.fresh_at = -math.inf
+        self.integrity_state: str | None = None
+        self._watch = IntegrityWatch(require_init=settings.require_init)
+        self.error: str | None = None
+        self.resyncs: dict[str, int] = {}
+        self.snapshot_seconds: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: Any = None
+        self._ready = asyncio.Event()
+        #: Set (and replaced) after each complete read of the feed.
+        self._read_done = asyncio.Event()
+        self._next_sweep = 0.0
+        self._stopping = False
+
+    # --- what checks ask -----------------------------------------------------------------------
+
+    def status(self, token: TokenData, now: float) -> RevocationStatus | None:
+        """The decision for ``token`` if the mirror is fresh (lag within the bound), else None."""
+        state = self.state
+        if (
+            state is None
+            or not self.synced
+            or now - self.fresh_at > self.max_lag
+            or self.integrity_state == "fail-closed"
+        ):
+            return None
+        return state.status(token)
+
+    def stale_status(self, token: TokenData, now: float) -> RevocationStatus | None:
+        """While Redis cannot answer: the decision from the last state read, if it is no older
+        than the staleness bound, else None (the failure policy applies)."""
+        state = self.state
+        if (
+            state is None
+            or now - self.fresh_at > self.max_staleness
+            or self.integrity_state == "fail-closed"
+        ):
+            return None
+        return state.status(token)
+
+    def lag(self, now: float | None = None) -> float:
+        """Seconds since the last complete read of the feed (inf: none yet)."""
+        return (time.monotonic() if now is None else now) - self.fresh_at
+
+    # --- life ----------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start following (on the running loop); idempotent."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"revoker-mirror:{self.settings.key_prefix}"
+            )
+
+    async def wait_ready(self) -> None:
+        """Wait until a snapshot is loaded (bound it with ``asyncio.timeout``)."""
+        self.start()
+        await self._ready.wait()
+
+    async def caught_up(self) -> None:
+        """Wait until every feed entry appended before this call is applied (every revocation
+        that returned before it is then in the mirror); bound it with ``asyncio.timeout``."""
+        self.start()
+        tail, _ = await self._run_plan(self._connect(), self._plans.plan_feed_tail())
+        wanted = _id_key(tail)
+        while not (
+            self.synced and self.state is not None and _id_key(self.state.last_id) >= wanted
+        ):
+            await self._read_done.wait()
+
+    async def stop(self) -> None:
+        """Stop following and close the connection."""
+        task, self._task = self._task, None
+        client, self._client = self._client, None
+        if task is not None:
+            # The flag ends the loop; the read in flight ends within the heartbeat (a cancelled
+            # redis-py pipeline read can wait for its reply regardless), then the task is done.
+            self._stopping = True
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), self.block_ms / 1000 + 2.0)
+            if not task.done():
+                task.cancel()
+            self._stopping = False
+        if client is not None:
+            # A connection already gone closes as it can.
+            with contextlib.suppress(Exception):
+                await client.aclose(close_connection_pool=True)
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            from revoker.store._clients import make_async_client
+
+            # Its own pool, with a socket timeout past the blocking read's wait.
+            timeout = self.block_ms / 1000 + max(5.0, self.settings.redis_timeout)
+            self._client = make_async_client(
+                self.settings.model_copy(update={"redis_timeout": timeout})
+            )
+        return self._client
+
+    # --- the follower --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = _RETRY_FIRST
+        reason = "start" if self.state is None else "restart"
+        while not self._stopping:
+            try:
+                client = self._connect()
+                if not self.synced:
+                    await self._snapshot(client, reason)
+                await self._follow(client)
+            except asyncio.CancelledError:
+                raise
+            except _Resync as e:
+                reason = str(e)
+                self.synced = False
+                continue
+            except Exception as e:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py can turn a cancelled read into a connection error: the loop's
+                    # shutdown (asyncio.run, uvicorn) still ends this task.
+                    raise asyncio.CancelledError from e
+                if self.error is None:
+                    delay = _RETRY_FIRST  # the first failure after reads succeeded
+                if not isinstance(e, BACKEND_ERRORS):
+                    logger.exception("the mirror's feed reader failed unexpectedly")
+                self._failed(e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_CAP)
+
+    def _failed(self, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"
+        if self.error is None:
+            logger.warning(
+                "the mirror cannot read the feed; checks ask Redis past %.3g s of lag and answer "
+                "from the mirror for %.3g s while Redis is unreachable",
+                self.max_lag,
+                self.max_staleness,
+                extra={"error": message},
+            )
+        self.error = message
+
+    async def _run_plan(
+        self,
+        client: Any,
+        plan: Plan[Any],
+        also: list[Command] = (),  # type: ignore[assignment]
+    ) -> tuple[Any, list[Any]]:
+        """A store plan executed on the mirror's connection, with ``also`` in the same pipeline:
+        (the plan's result, the replies of ``also``)."""
+        pipe = client.pipeline(transaction=False)
+        commands = [*plan.commands, *also]
+        for command in commands:
+            assert isinstance(command, tuple)  # the feed's plans call no registered script
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute()
+        count = len(plan.commands)
+        return plan.finish(replies[:count]), replies[count:]
+
+    def _integrity_read(self) -> Command:
+        return ("HMGET", self.keys.integrity, *INTEGRITY_FIELDS)
+
+    async def _judge(self, raw: Any, seen: tuple[str | None, int]) -> None:
+        """The integrity hash as read: a loss is handled by REVOKER_ON_DATA_LOSS, then resync."""
+        observed = read_observation(raw)
+        loss = self._watch.observe(observed, seen)
+        if loss is not None:
+            await self._handle_loss(loss)
+            raise _Resync("loss")
+        self.integrity_state = observed.state
+
+    async def _handle_loss(self, loss: Loss) -> None:
+        store = self._store
+        if store is None:
+            from revoker.store import get_revocation_store
+
+            store = get_revocation_store(self.settings)
+        observed, _ = await store.execute(store.core.plan_data_loss(loss))
+        self._watch.adopt(observed)
+        self.integrity_state = observed.state
+
+    async def _snapshot(self, client: Any, reason: str) -> None:
+        """Load the state: the feed's position first, then every key the check reads."""
+        started = time.perf_counter()
+        sent = time.monotonic()
+        seen = self._watch.snapshot()
+        builder = StateBuilder(self._key)
+        state = builder.state
+        flow = self._plans.plan_snapshot()
+        item = next(flow)
+        feed_id = "0-0"
+        try:
+            while True:
+                if isinstance(item, Plan):
+                    if not isinstance(item.commands[0], tuple) or item.commands[0][0] != "EVAL":
+                        result, _ = await self._run_plan(client, item)
+                    else:  # the start: the identity in full beside it (what a loss is judged by)
+                        result, (ident,) = await self._run_plan(
+                            client, item, [self._integrity_read()]
+                        )
+                        await self._judge(ident, seen)
+                    item = flow.send(result)
+                    continue
+                if isinstance(item, SnapshotStart):
+                    feed_id = item.feed_id
+                elif isinstance(item, SnapshotBatch):
+                    self._take(builder, item)
+                item = flow.send(None)
+        except StopIteration:
+            pass
+        # Grouping a million digests is CPU work of a second or so: in a thread, so the event
+        # loop keeps serving (checks go to Redis until the mirror is ready).
+        state = await asyncio.to_thread(builder.build)
+        state.last_id = feed_id
+        self.state = state
+        self.synced = True
+        self.fresh_at = sent
+        self.error = None
+        self.snapshot_seconds = time.perf_counter() - started
+        self.resyncs[reason] = self.resyncs.get(reason, 0) + 1
+        MIRROR_RESYNCS.labels(reason).inc()
+        self._ready.set()
+        self._read_done.set()
+        self._read_done = asyncio.Event()
+        log = logger.info if reason == "start" else logger.warning
+        log(
+            "mirror loaded from a snapshot (%s) in %.3f s: %s",
+            reason,
+            self.snapshot_seconds,
+            state.entries(),
+            extra={"reason": reason},
+        )
+
+    @staticmethod
+    def _take(builder: StateBuilder, batch: SnapshotBatch) -> None:
+        state, kind = builder.state, batch.kind
+        tag = tenant_tag(batch.tenant_id)
+        if kind == "family":
+            builder.add_families(tag, batch.ids)
+        elif kind == "jti":
+            for one, at, expires in zip(batch.ids, batch.values_us, batch.expires, strict=True):
+                state.add_jti(one, at, expires)
+        elif kind == "user":
+            for one, at, expires in zip(batch.ids, batch.values_us, batch.expires, strict=True):
+                state.add_user(tag, one, at, expires)
+        elif kind == "tenant":
+            for at, expires in zip(batch.values_us, batch.expires, strict=True):
+                state.add_tenant(tag, at, expires)
+        elif kind == "global":
+            for at in batch.values_us:
+                state.add_global(at)
+
+    async def _follow(self, client: Any) -> None:
+        """Read the feed until a resync is due (raises _Resync) or Redis fails."""
+        state = self.state
+        assert state is not None
+        block: int | None = None  # the first read after a snapshot does not wait
+        while not self._stopping:
+            sent = time.monotonic()
+            seen = self._watch.snapshot()
+            read, (ident,) = await self._run_plan(
+                client,
+                self._plans.plan_read_feed(state.last_id, _BATCH, block),
+                [self._integrity_read()],
+            )
+            await self._judge(ident, seen)
+            if read.trimmed:
+                raise _Resync("trimmed")
+            now = time.time()
+            for entry_id, entry in read.entries:
+                if not state.apply(entry, now):
+                    raise _Resync("epoch")
+                state.last_id = entry_id
+            complete = len(read.entries) < _BATCH
+            # Wait for the next entry only after a read that found none: after one that found
+            # some, read again at once (a read sent now is fresh as of now).
+            block = self.block_ms if not read.entries else None
+            if complete:
+                self.fresh_at = sent
+                self.error = None
+                self._read_done.set()
+                self._read_done = asyncio.Event()
+            if sent >= self._next_sweep:
+                self._next_sweep = sent + _SWEEP_EVERY
+                state.sweep(now)
+
+    # --- reports -------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """What ``revoker health`` and ``GET /health`` show of this mirror."""
+        state = self.state
+        lag = self.lag()
+        return {
+            "key_prefix": self.settings.key_prefix,
+            "ready": state is not None,
+            "synced": self.synced,
+            "lag_seconds": round(lag, 3) if math.isfinite(lag) else None,
+            "max_lag_seconds": self.max_lag,
+            "max_staleness_seconds": self.max_staleness,
+            "fresh": state is not None and self.synced and lag <= self.max_lag,
+            "serving_stale": state is not None and self.max_lag < lag <= self.max_staleness,
+            "entries": state.entries() if state is not None else {},
+            "bytes": state.nbytes if state is not None else 0,
+            "last_id": state.last_id if state is not None else None,
+            "resyncs": dict(self.resyncs),
+            "snapshot_seconds": (
+                round(self.snapshot_seconds, 3) if self.snapshot_seconds is not None else None
+            ),
+            "integrity_state": self.integrity_state or "ok",
+            "error": self.error,
+        }

@@ -1,0 +1,232 @@
+"""What one mirror holds, and the check's decision from it. Pure: no I/O.
+
+A :class:`MirrorState` is built by a snapshot (:mod:`revoker.mirror._snapshot`) and kept current
+by applying feed entries (:meth:`MirrorState.apply`). The decision is :func:`revoker.rules.decide`
+itself, given the values the round-trip check would have read: the mirror only answers "which
+keys exist and with what time", never "what that means".
+
+Memory (the process's RSS, measured by ``bench/mirror.py``):
+
+* a revoked family is a 16-byte keyed digest of its tenant tag and id in a
+  :class:`~revoker.mirror._digests.DigestSet` (~14.3 B each at a million). Its revocation time and
+  reason are not kept (a token of a revoked family is revoked whatever they are): a family
+  decision reports no ``revoked_at``;
+* a revoked jti is a dict entry from its digest to one int packing the revocation time (µs) and
+  the expiry (unix s), forgotten once the expiry passed (:meth:`MirrorState.sweep`);
+* user and tenant watermarks and the global cut-off: a dict entry each (they are few).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from typing import Final
+
+from revoker.keys import FeedEntry, encode_mark, tenant_tag
+from revoker.mirror._digests import DIGEST_SIZE, DigestSet, DigestSetBuilder
+from revoker.rules import RevocationStatus, decide
+from revoker.tokens import TokenData
+
+__all__ = ["MirrorState", "StateBuilder", "family_key", "user_key"]
+
+#: The revocation time of a packed value (µs, < 2**53: keys.MAX_TIME); the expiry sits above it.
+_TIME_BITS: Final = 53
+_TIME_MASK: Final = (1 << _TIME_BITS) - 1
+#: A revoked family's value for rules.decide: present, time unknown (decide reports None).
+_FAMILY_MARK: Final = b"|"
+#: Bytes per dict entry beyond its key and value objects (table slot and index; CPython 3.11).
+_DICT_ENTRY: Final = 40
+
+
+def family_key(tag: str, family_id: str) -> bytes:
+    """What a revoked family's digest is taken of: its tenant's tag and its id (the tag holds no
+    NUL, so no two pairs give the same bytes)."""
+    return f"{tag}\0{family_id}".encode("utf-8", "surrogatepass")
+
+
+def user_key(tag: str, user_id: str) -> str:
+    """The key of a user watermark: the tenant's tag and the user id."""
+    return f"{tag}\0{user_id}"
+
+
+def _pack(at_us: int, expires: int) -> int:
+    return (expires << _TIME_BITS) | (at_us & _TIME_MASK)
+
+
+def _mark(packed: int | None) -> str | None:
+    return None if packed is None else encode_mark(packed & _TIME_MASK)
+
+
+class MirrorState:
+    """Revoked jtis and families, watermarks, and the feed position they reflect."""
+
+    __slots__ = (
+        "_hasher",
+        "epoch",
+        "families",
+        "global_cutoff",
+        "jtis",
+        "last_id",
+        "seq",
+        "tenants",
+        "users",
+    )
+
+    def __init__(self, key: bytes | None = None) -> None:
+        # Keyed per process: nobody can craft ids whose digests collide here.
+        self._hasher = hashlib.blake2b(digest_size=DIGEST_SIZE, key=key or secrets.token_bytes(16))
+        self.families = DigestSet()
+        #: digest of the jti -> packed (expiry, revocation time).
+        self.jtis: dict[bytes, int] = {}
+        #: user_key -> packed (expiry, watermark); tenant tag -> the same.
+        self.users: dict[str, int] = {}
+        self.tenants: dict[str, int] = {}
+        self.global_cutoff: int | None = None
+        #: The last feed entry id reflected ("0-0": none), the epoch and sequence seen.
+        self.last_id = "0-0"
+        self.epoch: str | None = None
+        self.seq = 0
+
+    def digest(self, data: bytes) -> bytes:
+        """The keyed digest of ``data``."""
+        hasher = self._hasher.copy()
+        hasher.update(data)
+        return hasher.digest()
+
+    # --- the decision ------------------------------------------------------------------------
+
+    def status(self, token: TokenData) -> RevocationStatus:
+        """The round-trip check's decision for ``token`` (rules.decide on the same values)."""
+        tag = tenant_tag(token.tenant)
+        jti = self.jtis.get(self.digest(token.jti.encode("utf-8", "surrogatepass")))
+        family = token.family is not None and (
+            self.digest(family_key(tag, token.family)) in self.families
+        )
+        user = self.users.get(user_key(tag, token.sub))
+        tenant = self.tenants.get(tag) if token.tenant is not None else None
+        cutoff = self.global_cutoff
+        return decide(
+            token.iat,
+            (
+                _mark(jti),
+                _FAMILY_MARK if family else None,
+                _mark(user),
+                _mark(tenant),
+                None if cutoff is None else encode_mark(cutoff),
+            ),
+        )
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def add_jti(self, jti: str, at_us: int, expires: int) -> None:
+        """A revoked jti: the earliest time and the latest expiry stay (as Redis keeps them)."""
+        digest = self.digest(jti.encode("utf-8", "surrogatepass"))
+        old = self.jtis.get(digest)
+        if old is not None:
+            at_us = min(at_us, old & _TIME_MASK) if at_us else old & _TIME_MASK
+            expires = max(expires, old >> _TIME_BITS)
+        self.jtis[digest] = _pack(at_us, expires)
+
+    def add_family(self, tag: str, family_id: str) -> None:
+        self.families.add(self.digest(family_key(tag, family_id)))
+
+    @staticmethod
+    def _raise(table: dict[str, int], key: str, at_us: int, expires: int) -> None:
+        """A watermark only moves forward (set_watermark.lua keeps the later one)."""
+        old = table.get(key)
+        if old is not None:
+            at_us = max(at_us, old & _TIME_MASK)
+            expires = max(expires, old >> _TIME_BITS)
+        table[key] = _pack(at_us, expires)
+
+    def add_user(self, tag: str, user_id: str, at_us: int, expires: int) -> None:
+        self._raise(self.users, user_key(tag, user_id), at_us, expires)
+
+    def add_tenant(self, tag: str, at_us: int, expires: int) -> None:
+        self._raise(self.tenants, tag, at_us, expires)
+
+    def add_global(self, at_us: int) -> None:
+        self.global_cutoff = at_us if self.global_cutoff is None else max(at_us, self.global_cutoff)
+
+    def apply(self, entry: FeedEntry, now: float) -> bool:
+        """Apply one feed entry; False for an ``epoch`` entry (the mirror must resync instead).
+        An entry whose expiry has passed changes nothing a check could see: skipped."""
+        kind = entry.kind
+        if kind == "epoch":
+            return False
+        if entry.seq is not None and entry.seq > self.seq:
+            self.seq = entry.seq
+        expires = entry.expires
+        if expires and expires < now:
+            return True
+        if kind == "global":
+            self.add_global(entry.value_us)
+            return True
+        tag = tenant_tag(entry.tenant_id)
+        if kind == "tenant":
+            self.add_tenant(tag, entry.value_us, expires)
+            return True
+        for one in entry.ids:
+            if kind == "jti":
+                self.add_jti(one, entry.value_us, expires)
+            elif kind == "family":
+                self.add_family(tag, one)
+            elif kind == "user":
+                self.add_user(tag, one, entry.value_us, expires)
+        return True
+
+    def sweep(self, now: float) -> int:
+        """Forget jtis and watermarks whose expiry passed (0: never); how many went."""
+        jtis = [key for key, packed in self.jtis.items() if 0 < (packed >> _TIME_BITS) < now]
+        for digest in jtis:
+            del self.jtis[digest]
+        gone = len(jtis)
+        for table in (self.users, self.tenants):
+            expired = [key for key, packed in table.items() if 0 < (packed >> _TIME_BITS) < now]
+            for key in expired:
+                del table[key]
+            gone += len(expired)
+        return gone
+
+    # --- size --------------------------------------------------------------------------------
+
+    def entries(self) -> dict[str, int]:
+        """Entries held, by kind."""
+        return {
+            "jti": len(self.jtis),
+            "family": len(self.families),
+            "user": len(self.users),
+            "tenant": len(self.tenants),
+            "global": int(self.global_cutoff is not None),
+        }
+
+    @property
+    def nbytes(self) -> int:
+        """An estimate of the bytes held (the families exactly; dict entries by their parts)."""
+        jti = len(self.jtis) * (_DICT_ENTRY + DIGEST_SIZE + 33 + 36)
+        users = sum(len(k) + 49 + 36 + _DICT_ENTRY for k in self.users)
+        tenants = sum(len(k) + 49 + 36 + _DICT_ENTRY for k in self.tenants)
+        return self.families.nbytes + jti + users + tenants
+
+
+class StateBuilder:
+    """Builds a state from a snapshot's rows without an object per revoked family."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.state = MirrorState(key)
+        self._families = DigestSetBuilder()
+
+    def add_families(self, tag: str, family_ids: Iterable[str]) -> None:
+        """Revoked families (raw ids) of the tenant ``tag``."""
+        base = self.state._hasher.copy()
+        base.update(f"{tag}\0".encode())
+        add = self._families.add
+        for family_id in family_ids:
+            hasher = base.copy()
+            hasher.update(family_id.encode("utf-8", "surrogatepass"))
+            add(hasher.digest())
+
+    def build(self) -> MirrorState:
+        self._families.finish_into(self.state.families)
+        return self.state
