@@ -135,7 +135,8 @@ class Round:
 
     @property
     def label(self) -> str:
-        return self.kind if self.duty >= 1 else f"{self.kind}, duty cycle {self.duty:g}"
+        label = self.kind if self.duty >= 1 else f"{self.kind}, duty cycle {self.duty:g}"
+        return label if self.workers == WORKERS else f"{label}, {self.workers} worker"
 
     @property
     def sessions_per_s(self) -> float:
@@ -610,15 +611,18 @@ def run(quick: bool = False) -> str:
             client.flushall()
             marker_rate, marker_command = redis_benchmark_markers(data.port, n, settings)
             print(f"  {marker_command}: {fmt(marker_rate)} SET/s", file=sys.stderr)
-            plan = [(kind, 1.0) for _ in range(repeats) for kind in (UNFILTERED, FILTERED)]
-            plan += [(UNFILTERED, PACED), (FILTERED, PACED)]
-            for r, (kind, duty) in enumerate(plan):
+            plan = [(kind, 1.0, WORKERS) for _ in range(repeats) for kind in (UNFILTERED, FILTERED)]
+            plan += [(UNFILTERED, PACED, WORKERS), (FILTERED, PACED, WORKERS)]
+            # One unfiltered round with a single worker process: the figure of sessions/s
+            # against worker processes (bench/plots.py) needs a second point.
+            plan += [(UNFILTERED, 1.0, 1)]
+            for r, (kind, duty, workers) in enumerate(plan):
                 client.flushall()
                 rate, bench_command = redis_benchmark(data.port, bench_requests)
                 print(f"  {bench_command}: {fmt(rate)} SET/s", file=sys.stderr)
                 paced = settings.model_copy(update={"fanout_duty_cycle": duty})
                 result = one_round(
-                    kind=kind, workers=WORKERS, n=n, settings=paced, data=data,
+                    kind=kind, workers=workers, n=n, settings=paced, data=data,
                     server=server, workdir=workdir, writes=writes, index=len(rounds),
                 )  # fmt: skip
                 result.benchmark_rate = rate
@@ -698,9 +702,10 @@ def report(
         ],
         rows,
     )  # fmt: skip
-    unfiltered = [r for r in rounds if r.kind == UNFILTERED and r.duty >= 1]
-    filtered = [r for r in rounds if r.kind == FILTERED and r.duty >= 1]
-    paced = [r for r in rounds if r.duty < 1]
+    main = [r for r in rounds if r.workers == WORKERS]
+    unfiltered = [r for r in main if r.kind == UNFILTERED and r.duty >= 1]
+    filtered = [r for r in main if r.kind == FILTERED and r.duty >= 1]
+    paced = [r for r in main if r.duty < 1]
     paced_ratio = max(r.p99_ratio for r in paced)
     unfiltered_s = median([r.wall_s for r in unfiltered])
     unfiltered_rate = median([r.sessions_per_s for r in unfiltered])
@@ -854,7 +859,8 @@ def save_raw(rounds: list[Round], *, quick: bool) -> None:
 
     data = {
         "rounds": [
-            {"workers": r.workers, "sessions": r.sessions, "sessions_per_s": r.sessions_per_s,
+            {"workers": r.workers, "kind": r.kind, "duty": r.duty, "sessions": r.sessions,
+             "sessions_per_s": r.sessions_per_s,
              "enforcement_ms": {"10": r.enforcement_small_ms,
                                 str(r.sessions): r.enforcement_big_ms}}
             for r in rounds

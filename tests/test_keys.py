@@ -512,10 +512,11 @@ def test_ttls_set_in_redis(sync_store: SyncRedisTokenRevocationStore) -> None:
     assert_ttl(sync_store, keys.user_watermark("acme", "alice"), s.longest_token_ttl + s.leeway)
     sync_store.revoke_tenant_tokens("acme")
     assert_ttl(sync_store, keys.tenant_watermark("acme"), s.longest_token_ttl + s.leeway)
-    # Audit, counters and the denylist's identity are the only keys without a TTL.
+    # Audit, counters, the denylist's identity and the change feed (trimmed by age on each
+    # append instead) are the only keys without a TTL.
     for key in sync_store.client.scan_iter(match=f"{s.key_prefix}:*"):
         name = key.decode()
-        if name not in (keys.audit, keys.stats, keys.integrity):
+        if name not in (keys.audit, keys.stats, keys.integrity, keys.feed):
             assert sync_store.client.ttl(key) > 0, name
 
 

@@ -203,7 +203,8 @@ def test_the_bench_modules_save_what_the_figures_read(
     for workers in (1, 2):
         rounds.append(
             fanout.Round(
-                workers=workers, sessions=1001, wall_s=1.0 / workers, job_span_s=0.9,
+                kind=fanout.UNFILTERED, workers=workers, sessions=1001, wall_s=1.0 / workers,
+                job_span_s=0.9,
                 revoked=1001, writes=10, by_command={}, usec_by_command={},
                 enforcement_big_ms=1.5, enforcement_small_ms=1.1,
             )
