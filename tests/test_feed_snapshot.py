@@ -119,8 +119,8 @@ def test_many_families_come_in_bounded_batches(
     if count > 100_000:
         if s.client.__class__.__module__.startswith("fakeredis"):
             pytest.skip("a million fields in fakeredis tests fakeredis, not the snapshot")
-        if os.environ.get("FEED_TEST_FULL_SIZE") != "1":
-            pytest.skip("full size (~40 s a backend) only with FEED_TEST_FULL_SIZE=1")
+        if os.environ.get("REVOKER_TEST_FULL_SIZE") != "1":
+            pytest.skip("full size (~40 s a backend) only with REVOKER_TEST_FULL_SIZE=1")
     wanted = _seed_families(s, TENANT, count, big=3 * SNAPSHOT_FIELDS)
     other = _seed_families(s, None, 500)
     started = time.perf_counter()

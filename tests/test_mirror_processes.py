@@ -155,5 +155,7 @@ async def test_a_burst_of_revocations_under_four_service_processes(
 async def test_a_burst_of_100000_revocations_under_four_service_processes(
     own: LocalRedis, tmp_path: Path
 ) -> None:
-    """The same with 100,000 revoked sessions."""
+    """The same with 100,000 revoked sessions (~6 min here: the 2,000 form is CI's bound)."""
+    if os.environ.get("REVOKER_TEST_FULL_SIZE") != "1":
+        pytest.skip("full size only with REVOKER_TEST_FULL_SIZE=1 (the 2,000 form runs always)")
     await burst(own, tmp_path, 100_000)
