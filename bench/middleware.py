@@ -561,6 +561,9 @@ def report(
   requests the app counted. Redis commands per request: `INFO commandstats` after `CONFIG
   RESETSTAT` before each round, over the same count; the first figure counts top-level commands
   (round trips' commands), the list also the reads the check script makes inside its EVALSHA.
+  `INFO commandstats` is server-wide and every server runs through every round: the mirror-mode
+  servers' feed followers (XREAD, XRANGE, HMGET of the identity, on their own connections and
+  clocks) add a few thousandths of a command per request to every row, (a) included.
 - Requests not answered 200: {failures}. Requests (c) let through unchecked because Redis did not
   answer within `REVOKER_REDIS_TIMEOUT` (fail-open): {unchecked}.
 
