@@ -780,81 +780,24 @@ def routes(context: ApiContext) -> list[Route]:
     (which describes the JSON API; ``include_in_schema=False``)."""
     console = Console(context)
     guard = console.guard
+    # path, endpoint, methods: every page but the sign-in ones is behind a session (guard).
+    table: list[tuple[str, Callable[[Request], Any], list[str]]] = [
+        ("", home, ["GET"]),
+        ("/login", partial(login_form, console), ["GET"]),
+        ("/login", partial(login, console), ["POST"]),
+        ("/logout", guard(partial(logout, console)), ["POST"]),
+        ("/jobs", guard(partial(jobs_page, console)), ["GET"]),
+        ("/jobs/{job_id}", guard(partial(job_page, console)), ["GET"]),
+        ("/jobs/{job_id}/confirm", guard(partial(confirm_bulk, console)), ["POST"]),
+        ("/revoke", guard(partial(revoke_page, console)), ["GET"]),
+        ("/revoke/{which}", guard(partial(revoke, console)), ["POST"]),
+        ("/check", guard(partial(check_page, console)), ["GET", "POST"]),
+        ("/audit", guard(partial(audit_page, console)), ["GET"]),
+        ("/health", guard(partial(health_page, console)), ["GET"]),
+        ("/api/jobs", guard(partial(jobs_json, console), api=True), ["GET"]),
+        ("/api/jobs/{job_id}", guard(partial(job_json, console), api=True), ["GET"]),
+    ]
     return [
-        Route(PREFIX, home, methods=["GET"], include_in_schema=False),
-        Route(
-            f"{PREFIX}/login",
-            partial(login_form, console),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/login", partial(login, console), methods=["POST"], include_in_schema=False
-        ),
-        Route(
-            f"{PREFIX}/logout",
-            guard(partial(logout, console)),
-            methods=["POST"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/jobs",
-            guard(partial(jobs_page, console)),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/jobs/{{job_id}}",
-            guard(partial(job_page, console)),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/jobs/{{job_id}}/confirm",
-            guard(partial(confirm_bulk, console)),
-            methods=["POST"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/revoke",
-            guard(partial(revoke_page, console)),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/revoke/{{which}}",
-            guard(partial(revoke, console)),
-            methods=["POST"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/check",
-            guard(partial(check_page, console)),
-            methods=["GET", "POST"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/audit",
-            guard(partial(audit_page, console)),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/health",
-            guard(partial(health_page, console)),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/api/jobs",
-            guard(partial(jobs_json, console), api=True),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
-        Route(
-            f"{PREFIX}/api/jobs/{{job_id}}",
-            guard(partial(job_json, console), api=True),
-            methods=["GET"],
-            include_in_schema=False,
-        ),
+        Route(PREFIX + path, endpoint, methods=methods, include_in_schema=False)
+        for path, endpoint, methods in table
     ]
