@@ -8,14 +8,11 @@ settings pick the real Redis), the store closed at shutdown; revocations come fr
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,11 +22,11 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from revoker.localredis import free_port
 from revoker.middleware import TokenRevocationMiddleware
 from revoker.settings import RevokerSettings
 from revoker.store import SyncRedisTokenRevocationStore, get_revocation_store
 from revoker.tokens import create_access_token
+from uvicorn_thread import serve_in_thread
 
 pytestmark = pytest.mark.redis
 
@@ -64,27 +61,8 @@ def service() -> Starlette:
 @pytest.fixture
 def server(settings: RevokerSettings) -> Iterator[str]:
     """uvicorn serving the service in a thread; yields its base URL, stops it afterwards."""
-    port = free_port()
-    config = uvicorn.Config(
-        service(),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        ws="websockets-sansio",
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.01)
-    yield f"127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    assert not thread.is_alive()
+    with serve_in_thread(service(), lifespan="on") as address:
+        yield address
 
 
 @pytest.fixture

@@ -9,13 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import WebSocketRoute
@@ -25,7 +22,6 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from revoker import exceptions as exc
-from revoker.localredis import free_port
 from revoker.middleware import (
     WEBSOCKET_BEARER_SUBPROTOCOL,
     TokenRevocationMiddleware,
@@ -34,6 +30,7 @@ from revoker.middleware import (
 from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore, get_revocation_store
 from revoker.tokens import create_access_token
+from uvicorn_thread import serve_in_thread
 
 pytestmark = pytest.mark.redis
 
@@ -70,22 +67,8 @@ def service() -> Starlette:
 def serve(settings: RevokerSettings) -> Iterator[str]:
     """uvicorn serving the service in a thread with ``settings``; yields host:port."""
     configure(settings)
-    port = free_port()
-    config = uvicorn.Config(
-        service(), host="127.0.0.1", port=port, log_level="info", ws="websockets-sansio"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, name="uvicorn-ws", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.01)
-    yield f"127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    assert not thread.is_alive()
+    with serve_in_thread(service(), log_level="info") as address:
+        yield address
 
 
 @pytest.fixture
