@@ -12,7 +12,13 @@ import pytest
 from revoker import keys as k
 from revoker.rules import now_us
 from revoker.store import SnapshotBatch, SnapshotStart, SyncRedisTokenRevocationStore
-from revoker.store._feed import SNAPSHOT_FIELDS, SNAPSHOT_HASHES, SNAPSHOT_SCAN_COUNT
+from revoker.store._base import Plan
+from revoker.store._feed import (
+    SNAPSHOT_FIELDS,
+    SNAPSHOT_HASHES,
+    SNAPSHOT_SCAN_COUNT,
+    SnapshotFamilies,
+)
 
 TENANT = "big:co"
 
@@ -139,3 +145,41 @@ def test_many_families_come_in_bounded_batches(
     assert max(len(b.ids) for b in batches) <= SNAPSHOT_HASHES * 2 * SNAPSHOT_FIELDS
     assert len(plans) > count / (SNAPSHOT_HASHES * 200)
     print(f"snapshot of {count + 3 * SNAPSHOT_FIELDS + 500} families: {elapsed:.2f} s")
+
+
+def test_raw_families_are_the_families_of_the_decoded_snapshot(
+    sync_store: SyncRedisTokenRevocationStore,
+) -> None:
+    """What a mirror reads (``raw_families``: each family's field bytes, no value) is exactly the
+    families the decoded snapshot gives, marks judged by the same rule: a corrupt or future mark
+    kept (it revokes by presence), a mark too old to matter left out, in a page of one mark and
+    in a page of many."""
+    s = sync_store
+    old = k.encode_mark(s.core.lifetimes.marks_older_than(time.time()) - 1, "old").encode()
+    marks = [b"12abc|x", b"", b"9" * 400, b"|", old, k.encode_mark(now_us(), "ok").encode()]
+    mixed = s.keys.revoked_bucket(TENANT, 3)
+    for n, mark in enumerate(marks * 5):
+        s.client.hset(mixed, f"{k.family_id_prefix(3)}m{n}", mark)
+    same = s.keys.revoked_bucket(None, 4)
+    s.client.hset(same, mapping={f"{k.family_id_prefix(4)}s{n}": old for n in range(5)})
+    s.client.hset(s.keys.revoked_bucket(None, 5), "5.é", marks[0])
+    decoded = {
+        (b.tenant_id, i) for b in s.snapshot() if isinstance(b, SnapshotBatch) for i in b.ids
+    }
+    flow = s.feed.plan_snapshot(raw_families=True)
+    raw: list[tuple[str | None, bytes]] = []
+    sent: Any = None
+    while True:
+        try:
+            item = flow.send(sent)
+        except StopIteration:
+            break
+        sent = s._execute(item) if isinstance(item, Plan) else None
+        if isinstance(item, SnapshotFamilies):
+            raw += [(item.tenant_id, field) for field in item.fields]
+            assert all(type(field) is bytes for field in item.fields)
+        assert not isinstance(item, SnapshotBatch) or item.kind != "family"
+    assert len(raw) == len(set(raw)) == len(decoded) == 5 * 5 + 1
+    assert {(tenant, field.decode()) for tenant, field in raw} == decoded
+    assert (None, "5.é".encode()) in raw
+    assert not any(b"s" in field for _, field in raw)  # the stale page: left out whole

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from revoker.keys import decode_feed_entry, encode_feed_entry, encode_mark
 from revoker.mirror._digests import MERGE_AT, DigestSet, DigestSetBuilder
-from revoker.mirror._state import MirrorState
+from revoker.mirror._state import MirrorState, StateBuilder
 from revoker.rules import decide
 from revoker.tokens import TokenData
 
@@ -168,3 +169,26 @@ def test_decisions_equal_rules_decide_on_the_same_data(
     assert (got.revoked, got.rule) == (expected.revoked, expected.rule)
     if got.rule != "family":
         assert got.revoked_at == expected.revoked_at
+
+
+def test_families_hashed_from_their_fields_are_found_by_their_ids() -> None:
+    """The snapshot's path (a bucket's raw fields, hashed and grouped in bulk, ~4 per group) and
+    the check's (the id's digest) agree: every family is found, in its own tenant only, and a
+    non-ASCII id by its UTF-8 bytes; spread over every group and first byte."""
+    family_ids = [f"{n % 97:x}.f{n}" for n in range(300_000)] + ["1.é", "1.\U0001f600"]
+    builder = StateBuilder()
+    for at in range(0, len(family_ids), 20_000):
+        part = family_ids[at : at + 20_000]
+        builder.add_family_fields("t:acme", [one.encode() for one in part])
+    builder.add_families("t:other", ["9.only-other"])
+    state = builder.build()
+    assert len(state.families) == len(family_ids) + 1
+    assert all(state.status(token(family=one)).rule == "family" for one in family_ids)
+    assert not state.status(token(family="9.only-other"))
+    assert state.status(token(family="9.only-other", tenant="other")).rule == "family"
+    assert not any(state.status(token(family=f"0.absent{n}")) for n in range(20_000))
+    index = state.families._index
+    assert index is not None
+    assert index[0] == 0
+    assert index[-1] == len(family_ids) + 1
+    assert all(a <= b for a, b in pairwise(index))

@@ -219,13 +219,16 @@ class StateBuilder:
 
     def add_families(self, tag: str, family_ids: Iterable[str]) -> None:
         """Revoked families (raw ids) of the tenant ``tag``."""
+        self.add_family_fields(
+            tag, (family_id.encode("utf-8", "surrogatepass") for family_id in family_ids)
+        )
+
+    def add_family_fields(self, tag: str, fields: Iterable[bytes]) -> None:
+        """Revoked families of the tenant ``tag`` as their mark buckets name them (each field is
+        the id's UTF-8 bytes: the digest is :func:`family_key`'s, without a string per id)."""
         base = self.state._hasher.copy()
         base.update(f"{tag}\0".encode())
-        add = self._families.add
-        for family_id in family_ids:
-            hasher = base.copy()
-            hasher.update(family_id.encode("utf-8", "surrogatepass"))
-            add(hasher.digest())
+        self._families.add_hashed(base, fields)
 
     def build(self) -> MirrorState:
         self._families.finish_into(self.state.families)

@@ -28,7 +28,13 @@ from revoker.store._base import (
 )
 from revoker.store._clients import make_async_client
 from revoker.store._durable import PROBE, judge, unavailable, with_durability
-from revoker.store._feed import FeedPlans, FeedRead, SnapshotBatch, SnapshotStart
+from revoker.store._feed import (
+    FeedPlans,
+    FeedRead,
+    SnapshotBatch,
+    SnapshotFamilies,
+    SnapshotStart,
+)
 from revoker.store._jobs import Flow, JobPlans
 from revoker.store._pipelined import PipelinedConnection
 from revoker.tokens import TokenData
@@ -374,6 +380,7 @@ class RedisTokenRevocationStore:
                 sent = await self._execute(item)
             else:
                 sent = None
+                assert not isinstance(item, SnapshotFamilies)  # only with raw_families
                 yield item
 
     async def get_job(self, job_id: str) -> JobRecord:

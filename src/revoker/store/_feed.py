@@ -42,15 +42,17 @@ __all__ = [
     "FeedPlans",
     "FeedRead",
     "SnapshotBatch",
+    "SnapshotFamilies",
     "SnapshotFlow",
     "SnapshotStart",
 ]
 
 #: Keys examined per SCAN call of a snapshot.
-SNAPSHOT_SCAN_COUNT: Final = 1000
+SNAPSHOT_SCAN_COUNT: Final = 4000
 #: Revoked-mark buckets read (HSCAN) per round trip of a snapshot: ~120 marks each, so a reply
-#: of ~8,000 fields (~400 KB); fewer round trips were the most of a snapshot's time.
-SNAPSHOT_HASHES: Final = 64
+#: of ~16,000 fields (~800 KB). A mirror sends the next round trip before it hashes this one's
+#: families (``Mirror._snapshot``), so Redis works while the mirror does.
+SNAPSHOT_HASHES: Final = 128
 #: Fields per HSCAN call: a listpack bucket (~120 marks) comes whole; a bigger one is paged.
 SNAPSHOT_FIELDS: Final = 1000
 #: Distinct marks remembered while reading (each read once: a chunk's families share one).
@@ -108,9 +110,20 @@ class SnapshotBatch:
     expires: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotFamilies:
+    """Part of a snapshot read with ``raw_families``: revoked families of one tenant as stored,
+    the raw field of each (the family id's UTF-8 bytes, as the check's HGET names it), their
+    marks already judged (a mark too old to matter is left out, as from a :class:`SnapshotBatch`)
+    but not decoded one by one: what a mirror hashes without a Python string per family."""
+
+    tenant_id: str | None
+    fields: list[bytes]
+
+
 #: A snapshot run: yields plans (the store executes each and sends back its result) and the
 #: start and batches (the store hands them out and sends back None).
-SnapshotFlow = Generator[Plan[Any] | SnapshotStart | SnapshotBatch, Any, None]
+SnapshotFlow = Generator[Plan[Any] | SnapshotStart | SnapshotBatch | SnapshotFamilies, Any, None]
 
 
 def _id_key(stream_id: str) -> tuple[int, int]:
@@ -152,6 +165,8 @@ def _hscan_columns(page: Any) -> tuple[list[Any], list[Any]]:
     """An HSCAN page's fields and values (redis-py parses it into a dict; a raw one is flat)."""
     if isinstance(page, dict):
         return list(page.keys()), list(page.values())
+    if isinstance(page, list):
+        return page[::2], page[1::2]
     return list(page[::2]), list(page[1::2])
 
 
@@ -159,6 +174,12 @@ def _decoded(fields: list[Any]) -> Iterable[str]:
     if fields and type(fields[0]) is bytes:
         return map(bytes.decode, fields)
     return map(str, fields)
+
+
+def _raw(fields: list[Any]) -> list[bytes]:
+    if not fields or type(fields[0]) is bytes:
+        return fields
+    return [f if isinstance(f, bytes) else str(f).encode() for f in fields]
 
 
 def _tenant_of(tag: str) -> str | None:
@@ -224,9 +245,10 @@ class FeedPlans:
 
     # --- the snapshot ------------------------------------------------------------------------
 
-    def plan_snapshot(self) -> SnapshotFlow:
+    def plan_snapshot(self, *, raw_families: bool = False) -> SnapshotFlow:
         """Everything a check needs, in bounded batches (module docstring); run with
-        ``store.snapshot()``."""
+        ``store.snapshot()``. With ``raw_families``, revoked families come as
+        :class:`SnapshotFamilies` (raw fields, no values) instead of :class:`SnapshotBatch`."""
         self._refuse_cluster()
         integrity = self.keys.integrity
 
@@ -262,7 +284,9 @@ class FeedPlans:
             if strings:
                 yield from self._strings(strings)
             for start_at in range(0, len(buckets), SNAPSHOT_HASHES):
-                yield from self._marks(buckets[start_at : start_at + SNAPSHOT_HASHES])
+                yield from self._marks(
+                    buckets[start_at : start_at + SNAPSHOT_HASHES], raw=raw_families
+                )
             if cursor == 0:
                 return
 
@@ -315,10 +339,11 @@ class FeedPlans:
             yield SnapshotBatch(kind, tenant, ids, values, expires_at)
 
     def _marks(
-        self, buckets: list[tuple[str | None, bytes]]
-    ) -> Generator[Plan[Any] | SnapshotBatch, Any, None]:
+        self, buckets: list[tuple[str | None, bytes]], *, raw: bool = False
+    ) -> Generator[Plan[Any] | SnapshotBatch | SnapshotFamilies, Any, None]:
         """The revoked families of some mark buckets, HSCAN page by page (a big bucket takes
-        several round trips, each reply bounded by SNAPSHOT_FIELDS)."""
+        several round trips, each reply bounded by SNAPSHOT_FIELDS). With ``raw``, the families
+        come as :class:`SnapshotFamilies`."""
         pending: list[tuple[str | None, bytes, Any]] = [(t, key, 0) for t, key in buckets]
         # A chunk writes one mark for all its families: read each distinct mark once.
         lives: dict[Any, tuple[int, int] | None] = {}
@@ -330,7 +355,7 @@ class FeedPlans:
             now = time.time()
             if len(lives) > _MARK_CACHE:
                 lives.clear()
-            groups: dict[str | None, tuple[list[str], list[int], list[int]]] = {}
+            groups: dict[str | None, tuple[list[Any], list[int], list[int]]] = {}
             following: list[tuple[str | None, bytes, Any]] = []
             for (tenant, key, _), (cursor, page) in zip(pending, replies, strict=True):
                 ids, values, expires = groups.setdefault(tenant, ([], [], []))
@@ -343,22 +368,30 @@ class FeedPlans:
                     if life is _UNSEEN:
                         life = lives[raws[0]] = self._mark_life(raws[0], now)
                     if life is not None:
-                        ids.extend(_decoded(fields))
-                        values.extend(itertools.repeat(life[0], len(raws)))
-                        expires.extend(itertools.repeat(life[1], len(raws)))
+                        ids.extend(fields)
+                        if not raw:
+                            values.extend(itertools.repeat(life[0], len(raws)))
+                            expires.extend(itertools.repeat(life[1], len(raws)))
                     continue
-                for field, raw in zip(fields, raws, strict=True):
-                    life = lives.get(raw, _UNSEEN)
+                for field, mark in zip(fields, raws, strict=True):
+                    life = lives.get(mark, _UNSEEN)
                     if life is _UNSEEN:
-                        life = lives[raw] = self._mark_life(raw, now)
+                        life = lives[mark] = self._mark_life(mark, now)
                     if life is None:
                         continue  # covers no token that can verify: the expiry deletes it
-                    ids.append(field.decode() if type(field) is bytes else str(field))
-                    values.append(life[0])
-                    expires.append(life[1])
+                    ids.append(field)
+                    if not raw:
+                        values.append(life[0])
+                        expires.append(life[1])
             for tenant, (ids, values, expires) in groups.items():
-                if ids:
-                    yield SnapshotBatch("family", tenant, tuple(ids), tuple(values), tuple(expires))
+                if not ids:
+                    continue
+                if raw:
+                    yield SnapshotFamilies(tenant, _raw(ids))
+                else:
+                    yield SnapshotBatch(
+                        "family", tenant, tuple(_decoded(ids)), tuple(values), tuple(expires)
+                    )
             pending = following
 
     def _mark_life(self, raw: Any, now: float) -> tuple[int, int] | None:

@@ -32,7 +32,13 @@ from revoker.store._base import (
 from revoker.store._bulk import Exchange, bulk_exchange
 from revoker.store._clients import make_sync_client
 from revoker.store._durable import PROBE, judge, unavailable, with_durability
-from revoker.store._feed import FeedPlans, FeedRead, SnapshotBatch, SnapshotStart
+from revoker.store._feed import (
+    FeedPlans,
+    FeedRead,
+    SnapshotBatch,
+    SnapshotFamilies,
+    SnapshotStart,
+)
 from revoker.store._jobs import Flow, JobPlans
 from revoker.tokens import TokenData
 
@@ -165,6 +171,7 @@ class SyncRedisTokenRevocationStore:
                 sent = self._execute(item)
             else:
                 sent = None
+                assert not isinstance(item, SnapshotFamilies)  # only with raw_families
                 yield item
 
     # --- jobs ----------------------------------------------------------------------------------
