@@ -23,7 +23,7 @@ from revoker.localredis import LocalRedis
 from revoker.mirror import Mirror, stop_mirrors
 from revoker.settings import RevokerSettings
 from revoker.store import RedisTokenRevocationStore
-from revoker.tokens import create_access_token
+from revoker.tokens import create_access_token, decode_token
 
 pytestmark = pytest.mark.redis
 
@@ -124,6 +124,54 @@ async def test_snapshot_and_feed_decide_as_the_round_trip(
         assert got == expected, name
         assert got[0] == (name != "untouched"), name
     await store.aclose()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_the_raw_reads_load_and_follow_in_either_protocol(
+    mirror_settings: RevokerSettings, stopped: None, protocol: int
+) -> None:
+    """The mirror reads its snapshot and the feed as raw replies (hiredis, no redis-py
+    callbacks): over RESP2 and RESP3 (maps where RESP2 has flat lists) it loads families,
+    jtis, watermarks and follows the feed alike."""
+    settings = mirror_settings
+    store = RedisTokenRevocationStore(settings=settings)
+    family = family_id_prefix(3) + "raw"
+
+    async def revoke(phase: str) -> dict[str, str]:
+        """Tokens of each kind, then their revocations."""
+        tokens = {
+            "family": issue(settings, "u", tenant_id="acme", family_id=f"{family}-{phase}"),
+            "jti": issue(settings, "u", jti=f"jti-{phase}"),
+            "tenant": issue(settings, "u", tenant_id=f"t-{phase}"),
+        }
+        await store.revoke_family(f"{family}-{phase}", tenant_id="acme")
+        await store.revoke_token(f"jti-{phase}")
+        await store.revoke_tenant_tokens(f"t-{phase}")
+        return tokens
+
+    before = await revoke("before")
+    url = f"{settings.redis_url}{'&' if '?' in settings.redis_url else '?'}protocol={protocol}"
+    mirror = Mirror(settings.model_copy(update={"redis_url": url}))
+    try:
+        async with asyncio.timeout(WAIT):
+            await mirror.wait_ready()
+        after = await revoke("after")
+        async with asyncio.timeout(WAIT):
+            await mirror.caught_up()
+        now = time.monotonic()
+
+        def rule(token: str) -> str | None:
+            status = mirror.status(decode_token(token, settings=settings), now)
+            assert status is not None, "the mirror is not fresh"
+            return status.rule
+
+        for name, token in [*before.items(), *after.items()]:
+            assert rule(token) == name, name
+        assert rule(issue(settings, "u", tenant_id="acme", family_id=family)) is None
+        assert mirror.resyncs == {"start": 1}
+    finally:
+        await mirror.stop()
+        await store.aclose()
 
 
 async def test_a_checked_request_sends_no_redis_command(stopped: None) -> None:

@@ -157,8 +157,13 @@ def _xread_entries(reply: Any) -> list[tuple[str, Any]]:
 
 
 def _resp3(entries: Any) -> Any:
-    # redis-py's RESP3 XREAD parser wraps each stream's entries in one more list.
-    return entries[0] if entries and isinstance(entries[0], list) else entries
+    # redis-py's RESP3 XREAD parser wraps each stream's entries in one more list; a raw reply
+    # (hiredis, no callback: a mirror's) is the entries themselves, each [id, fields].
+    if entries and isinstance(entries[0], list):
+        first = entries[0]
+        if not (first and isinstance(first[0], bytes | str)):
+            return first
+    return entries
 
 
 def _hscan_columns(page: Any) -> tuple[list[Any], list[Any]]:
