@@ -40,6 +40,7 @@ __all__ = [
     "SCRIPT_BUCKETS",
     "SCRIPT_FIELDS",
     "SCRIPT_SCAN_COUNT",
+    "UNLINK_COST",
     "WATCH_BUCKETS",
     "WRITE_BUCKETS",
     "WRITE_COMMANDS",
@@ -83,6 +84,14 @@ WRITE_BUCKETS = 2
 #: 208 ~0.8 ms, 64 ~0.1 ms (`INFO commandstats`, a loaded 2-core host), about one bucket's HSCAN;
 #: a chunk of 5,000 sessions at ~120 per bucket has ~42.
 WATCH_BUCKETS = 64
+#: What one MULTI/EXEC of a chunk's UNLINKs may cost Redis's main thread, in fields freed: a
+#: hash table of more than 64 fields (Redis's LAZYFREE_THRESHOLD) is freed in the background
+#: (cost 1), a smaller one field by field, there and then. Whole buckets past it lose their
+#: records by HDEL instead, a command each: an EXEC of 42 small buckets held Redis ~1.1 ms
+#: (`bench/run.py --quick --only fanout`, 24 fields per bucket), where a check waits for it.
+UNLINK_COST = 256
+#: Hash fields Redis frees in the background when their hash is unlinked (LAZYFREE_THRESHOLD).
+LAZY_FREE_FIELDS = 64
 #: Sessions one call of ``chunk_buckets.lua`` examines at most (a bucket bigger than that alone
 #: is read in HSCAN pages, the call stopping past the page that reaches it; a bucket that would
 #: take a call past it is left to the next call): Redis runs a script call whole, and a check
@@ -311,12 +320,22 @@ def clear_records(
     thread, which frees a big hash in the background), in one MULTI/EXEC guarded by the read's
     WATCH: if any of the buckets changed since the read (a session started after the cut-off
     may have joined it), EXEC does nothing and they lose only their selected fields like the
-    others (HDEL, a few hundred per command). Unwatched reads only HDEL.
+    others (HDEL, a few hundred per command). Unwatched reads only HDEL. The EXEC frees at most
+    ``UNLINK_COST`` fields there and then (small buckets are freed at once, not in the
+    background): further whole buckets are HDEL'd, a command each (empty, the key goes).
     """
     names = dict(zip(read.selected, keys.session_buckets(tenant_id, read.selected), strict=True))
     rest = dict(read.selected)
     if read.watched:
-        whole = [b for b in read.selected if b in read.whole]
+        whole: list[int] = []
+        cost = 0
+        for b in read.selected:
+            if b in read.whole:
+                fields = len(read.selected[b])
+                cost += fields if fields <= LAZY_FREE_FIELDS else 1
+                if whole and cost > UNLINK_COST:
+                    break
+                whole.append(b)
         if whole:
             replies = exchange([("MULTI",), ("UNLINK", *(names[b] for b in whole)), ("EXEC",)])
             if replies[-1] is not None:  # nil: a watched bucket changed, nothing was unlinked
