@@ -446,6 +446,7 @@ def test_a_bucket_bigger_than_a_call_is_paged_and_resumed_at_its_cursor(
     assert r.object("encoding", store.keys.session_bucket("big", bucket)) == b"hashtable"
     job_id = jobs.enqueue_tenant_revocation("big", client_id="web", reason="r", actor="a")
     monkeypatch.setattr(buckets, "SCRIPT_FIELDS", 60)
+    monkeypatch.setattr(buckets, "SCRIPT_WHOLE_BUCKET", 100)
     monkeypatch.setattr(buckets, "SCRIPT_SCAN_COUNT", 20)
     keys = store.keys
     r.hset(keys.job(job_id), mapping={"status": "running", "chunks_total": 1, "snapshot": 1})

@@ -18,10 +18,12 @@
 -- ARGV[2] the user (escaped as in the record; "" for any); ARGV[3] the client (same).
 -- ARGV[4], ARGV[5] the issue window's first and last µs, inclusive ("" for none).
 -- ARGV[6] the mark to write; ARGV[7] the marks buckets' TTL (s); ARGV[8] the progress keys' TTL.
--- ARGV[9] the fields (sessions) to examine in this call before it stops (it stops between
--- HSCAN pages: a bucket bigger than that is resumed by the next call); ARGV[10] HSCAN's COUNT.
--- ARGV[11] nb, the number of buckets; ARGV[12 .. 11 + nb] their numbers.
--- ARGV[12 + nb ..] the epoch and StoreCore.feed_args of the chunk's feed entry (its ids empty:
+-- ARGV[9] the fields (sessions) to examine in this call before it stops: a bucket not begun that
+-- would take the call past it is left to the next call, unless it is the call's first.
+-- ARGV[10] HSCAN's COUNT; ARGV[11] the largest bucket read whole (HGETALL): a bigger one is read
+-- in HSCAN pages, the call stopping past the page that reaches ARGV[9], the next call resuming.
+-- ARGV[12] nb, the number of buckets; ARGV[13 .. 12 + nb] their numbers.
+-- ARGV[13 + nb ..] the epoch and StoreCore.feed_args of the chunk's feed entry (its ids empty:
 -- this step fills in the families it marked), as _sequence.lua reads them.
 -- Returns {buckets finished (a prefix of the list), sessions revoked by this call, sessions
 -- examined by this call}.
@@ -37,8 +39,8 @@ local cutoff = tonumber(ARGV[1])
 local after = ARGV[4] ~= "" and tonumber(ARGV[4]) or nil
 local before = ARGV[5] ~= "" and tonumber(ARGV[5]) or nil
 local mark, mark_ttl, progress_ttl = ARGV[6], ARGV[7], ARGV[8]
-local budget, count = tonumber(ARGV[9]), ARGV[10]
-local nb = tonumber(ARGV[11])
+local budget, count, whole = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
+local nb = tonumber(ARGV[12])
 local integrity, feed = KEYS[3 + 2 * nb], KEYS[4 + 2 * nb]
 
 -- One pattern for the whole selection but the times: the record's first three parts, the user
@@ -67,7 +69,7 @@ local function call_in_parts(command, key, values)
   end
 end
 
-local numbers = {unpack(ARGV, 12, 11 + nb)}
+local numbers = {unpack(ARGV, 13, 12 + nb)}
 numbers[nb + 1] = "n"
 local states = redis.call("HMGET", progress, unpack(numbers))
 numbers[nb + 1] = nil
@@ -76,13 +78,13 @@ local pages, reached = {}, {}
 for j = 1, nb do
   local sessions, marks = KEYS[1 + 2 * j], KEYS[2 + 2 * j]
   local cursor = states[j] or "0"
-  local size = cursor == "0" and redis.call("HLEN", sessions) or budget + 1
+  local size = cursor == "0" and redis.call("HLEN", sessions) or whole + 1
   -- A bucket not begun that would take this call past its budget is the next call's.
   if cursor == "0" and seen > 0 and seen + size > budget then break end
   if cursor ~= "d" then
     repeat
       local flat
-      if size <= budget then
+      if size <= whole then
         flat = redis.call("HGETALL", sessions)  -- all of it, read once: cheaper than HSCAN
       else
         local page = redis.call("HSCAN", sessions, cursor, "COUNT", count)
@@ -149,7 +151,7 @@ if revoked > 0 then
     else
       joined = string.gsub(string.sub(appended, 1, -2), " ", ",")
     end
-    revoker_sequenced(integrity, feed, 12 + nb, joined)
+    revoker_sequenced(integrity, feed, 13 + nb, joined)
   end
 end
 return {finished, revoked, seen}

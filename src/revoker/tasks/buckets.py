@@ -40,6 +40,7 @@ __all__ = [
     "SCRIPT_BUCKETS",
     "SCRIPT_FIELDS",
     "SCRIPT_SCAN_COUNT",
+    "SCRIPT_WHOLE_BUCKET",
     "UNLINK_COST",
     "WATCH_BUCKETS",
     "WRITE_BUCKETS",
@@ -92,14 +93,20 @@ WATCH_BUCKETS = 64
 UNLINK_COST = 256
 #: Hash fields Redis frees in the background when their hash is unlinked (LAZYFREE_THRESHOLD).
 LAZY_FREE_FIELDS = 64
-#: Sessions one call of ``chunk_buckets.lua`` examines at most (a bucket bigger than that alone
-#: is read in HSCAN pages, the call stopping past the page that reaches it; a bucket that would
-#: take a call past it is left to the next call): Redis runs a script call whole, and a check
-#: arriving meanwhile waits for it. About one full bucket of a 1,000,000-session tenant (~122),
-#: ~2 µs of Redis CPU per session examined (half of them selected: marked and deleted), so
-#: ~250 µs per call.
-SCRIPT_FIELDS = 128
-#: HSCAN's COUNT inside the script, for a bucket bigger than ``SCRIPT_FIELDS``.
+#: Sessions one call of ``chunk_buckets.lua`` examines, about: a bucket not begun that would take
+#: a call past it is left to the next call, unless it is the call's first (a bucket is read
+#: whole, up to ``SCRIPT_WHOLE_BUCKET``). Redis runs a script call whole and a check arriving
+#: meanwhile waits for it, ~2-3 µs of Redis CPU per session examined (half of them selected:
+#: marked and deleted): a call is one bucket of a 1,000,000-session tenant (~122 sessions,
+#: ~150-300 µs), two of a 200,000-session one (~120-160 µs; at 128, ~200-280 µs, for ~20% more
+#: marks/s: interleaved rounds of the filtered job, a loaded 2-core host). Cutting a bucket into
+#: HSCAN pages costs more than it saves: paged at 64 sessions per call, a 1,000,000-session job
+#: took twice the Redis CPU per session.
+SCRIPT_FIELDS = 64
+#: The largest bucket read whole (HGETALL, cheaper than HSCAN pages); a bigger one (a user with
+#: hundreds of sessions) is read in pages of ``SCRIPT_SCAN_COUNT`` over as many calls as needed.
+SCRIPT_WHOLE_BUCKET = 256
+#: HSCAN's COUNT inside the script, for a bucket bigger than ``SCRIPT_WHOLE_BUCKET``.
 SCRIPT_SCAN_COUNT = 100
 #: Buckets named per script call at most (two keys each). Each call names about twice as many
 #: as the last one finished (one more for a margin): naming buckets a call does not reach costs
@@ -482,7 +489,7 @@ def revoke_server_side(
     duty_cycle: float = 1.0,
 ) -> ServerRevocation:
     """Revoke a chunk's covered sessions in Redis: ``chunk_buckets.lua`` over its buckets, at
-    most ``SCRIPT_BUCKETS`` named and ``SCRIPT_FIELDS`` sessions examined per call.
+    most ``SCRIPT_BUCKETS`` named and about ``SCRIPT_FIELDS`` sessions examined per call.
 
     Each call, in one atomic step: the covered records of its buckets get ``mark`` (one HSET per
     bucket into its marks bucket, the TTL as :meth:`StoreCore.bucket_ttl_commands`) and are
@@ -517,6 +524,7 @@ def revoke_server_side(
         store.settings.job_retention,
         SCRIPT_FIELDS,
         SCRIPT_SCAN_COUNT,
+        SCRIPT_WHOLE_BUCKET,
     ]
     pending = list(buckets)
     width = 4
