@@ -325,9 +325,10 @@ def test_outbox_sweep_leaves_fresh_and_started_jobs_alone(
     assert jobs.get_job(fresh).status == "pending"
 
 
-def test_beat_runs_the_expiry_in_slices() -> None:
+def test_beat_runs_the_expiry_in_slices(s: RevokerSettings) -> None:
     """The beat schedule runs expire_entries every minute on one of EXPIRY_SLICES slices."""
-    schedule = celery_config(make_settings())["beat_schedule"]["revoker-expire-entries"]
+    # Configured settings: naming a task finalizes the Celery app, which reads them.
+    schedule = celery_config(s)["beat_schedule"]["revoker-expire-entries"]
     assert schedule["task"] == tasks.expire_entries.name
     assert (schedule["schedule"], schedule["args"]) == (BEAT_EXPIRE_SECONDS, (EXPIRY_SLICES,))
     assert EXPIRY_SLICES * BEAT_EXPIRE_SECONDS <= 15 * 60  # an expired entry waits minutes

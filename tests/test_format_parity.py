@@ -4,12 +4,13 @@ The same valid, edge and corrupt values (revoked marks, watermarks, session reco
 the Python decoders (``keys.decode_mark``, ``rules.decide``, ``keys.decode_record``,
 ``keys.record_head``) and through each script that reads them, run on each backend of the table
 (fakeredis with Lua, real Redis, the pipelined connection): the check (``check.lua``, via the
-store), ``rotate_refresh.lua``, ``set_watermark.lua`` and a bulk job's ``chunk_buckets.lua``
-(which records it selects, against ``tasks.buckets.Selection``, and the feed ids it writes,
-against ``keys.escape_feed_id``). Each store call goes through both the
-backend's sync store and its async store (the one a service checks with: on the `pipelined`
-entry, its check runs over the pipelined connection). Each test asserts the scripts decide what
-Python decides; a rule changed on one side only makes one of them fail.
+store), ``rotate_refresh.lua``, ``set_watermark.lua``, ``data_loss.lua`` (a global cut-off
+kept or replaced) and a bulk job's ``chunk_buckets.lua`` (which records it selects, against
+``tasks.buckets.Selection``, and the feed ids it writes, against ``keys.escape_feed_id``). Each
+store call goes through both the backend's sync store and its async store (the one a service
+checks with: on the `pipelined` entry, its check runs over the pipelined connection). Each test
+asserts the scripts decide what Python decides; a rule changed on one side only makes one of
+them fail.
 """
 
 from __future__ import annotations
@@ -254,6 +255,37 @@ async def test_set_watermark_keeps_the_old_value_exactly_when_python_reads_it_la
         # The check reads the watermark left behind as rules.decide does.
         token = _token(_family(store), T_US).model_copy(update={"sub": user})
         python = decide(token.iat, [None, None, after, None])
+        assert await parity_store.is_revoked(token) == (python, python), flavour
+
+
+@pytest.mark.parametrize("value", VALUES, ids=_ids)
+async def test_a_cut_off_keeps_the_old_global_watermark_exactly_when_python_reads_it_later(
+    parity_store: Parity, value: bytes
+) -> None:
+    """data_loss.lua (here through ``recover --cutoff``, the path a detected loss shares) keeps
+    a stored global watermark iff decode_mark reads it at or after the new cut-off's time, else
+    writes the cut-off; then the check decides on what is left as rules.decide does (sync and
+    async store)."""
+    store = parity_store.sync
+    key = store.keys.global_watermark
+    old_at = decode_mark(value)[0]
+    for flavour in ("sync", "async"):
+        store.client.set(key, value, ex=600)
+        before = now_us()
+        if flavour == "sync":
+            store.recover(cutoff=True, actor="parity")
+        else:
+            await parity_store.aio.recover(cutoff=True, actor="parity")
+        after_us = now_us()
+        left = store.client.get(key)
+        assert left is not None, flavour
+        if old_at >= after_us:
+            assert left == value, flavour
+        else:
+            assert old_at < before, "a value between the two reads: the test cannot tell"
+            assert before <= decode_mark(left)[0] <= after_us, (flavour, left)
+        token = _token(_family(store), T_US)
+        python = decide(token.iat, [None, None, None, None, left])
         assert await parity_store.is_revoked(token) == (python, python), flavour
 
 

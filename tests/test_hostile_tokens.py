@@ -37,7 +37,7 @@ from revoker import dependencies
 from revoker import exceptions as exc
 from revoker.api import ADMIN_SCOPE, create_app
 from revoker.check import RevocationChecker
-from revoker.cli import EXIT_REVOKED_OR_INVALID, cli
+from revoker.cli import EXIT_REVOKED_OR_INVALID, EXIT_USAGE, cli
 from revoker.dependencies import require_valid_token
 from revoker.middleware import TokenRevocationMiddleware
 from revoker.settings import RevokerSettings, configure
@@ -394,6 +394,32 @@ def test_cli_check_calls_it_invalid(hs: RevokerSettings, token: str) -> None:
     body = json.loads(as_json.output)
     assert body["valid"] is False
     assert body["error"] in ("MalformedToken", "InvalidClaim")
+
+
+#: The cases the bounded reader refuses (the others read fine and fail a claim rule later).
+UNREADABLE = [case for case in HOSTILE if case[3] is exc.MalformedToken]
+
+
+@pytest.mark.parametrize("command", ["token", "family"])
+@pytest.mark.parametrize(
+    "token", [sign(*c[1:3]) for c in UNREADABLE], ids=[c[0] for c in UNREADABLE]
+)
+def test_cli_revoke_refuses_it_in_one_line(
+    hs: RevokerSettings, monkeypatch: pytest.MonkeyPatch, command: str, token: str
+) -> None:
+    """`revoker revoke token|family` given a token it cannot read: the usage exit, one line
+    saying why, no traceback, and nothing is revoked (the store is never reached)."""
+    configure(hs)
+
+    def no_store() -> None:
+        raise AssertionError("a token that cannot be read reached the store")
+
+    monkeypatch.setattr("revoker.cli.revoke.cli_store", no_store)
+    result = CliRunner().invoke(cli, ["revoke", command, token, "--reason", "hostile"])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.output.startswith("Error: refusing to revoke: token "), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # click's exit, no error
 
 
 def test_cli_check_of_the_issues_token_in_a_real_process(hs: RevokerSettings) -> None:

@@ -28,21 +28,24 @@ SEED_NAMES = {
     "TokenRevocationMiddleware",
 }
 
-#: Modules of the per-request foundation: their __all__ must list every public name they define.
-#: (Other modules are held only to "every __all__ entry exists"; see the test below.)
-FOUNDATION = {
-    "revoker.exceptions",
-    "revoker.keys",
-    "revoker.rules",
-    "revoker.scripts",
-    "revoker.sessions",
-    "revoker.settings",
-    "revoker.store",
-    "revoker.store._async",
-    "revoker.store._base",
-    "revoker.store._clients",
-    "revoker.store._sync",
-    "revoker.tokens",
+#: Modules whose __all__ leaves out public names they define (constants and type aliases of their
+#: own). Every other module, new ones included, must list in __all__ every public name it defines.
+NOT_EXHAUSTIVE = {
+    "revoker.api.console",
+    "revoker.api.errors",
+    "revoker.api.ssf",
+    "revoker.bulk",
+    "revoker.demo",
+    "revoker.demo_service",
+    "revoker.durability",
+    "revoker.events.claims",
+    "revoker.events.delivery",
+    "revoker.events.router",
+    "revoker.events.signing",
+    "revoker.events.tasks",
+    "revoker.integrity",
+    "revoker.metrics",
+    "revoker.middleware",
 }
 
 MODULES = sorted(
@@ -76,7 +79,9 @@ def defined_public_names(module: ModuleType) -> set[str]:
         if name.startswith("_"):
             continue
         value = getattr(module, name, None)
-        if isinstance(value, logging.Logger | TypeVar | ParamSpec):
+        # type(), not isinstance(): a Celery task is a proxy whose __class__ would finalize the
+        # Celery app, reading the process settings, when this test runs alone.
+        if issubclass(type(value), logging.Logger | TypeVar | ParamSpec):
             continue
         public.add(name)
     return public
@@ -105,14 +110,15 @@ def test_package_all_is_importable_and_sorted() -> None:
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_all_names_exactly_its_public_names(name: str) -> None:
-    """Each __all__ exists and every entry is importable; foundation ones omit nothing public."""
+    """Each __all__ exists and every entry is importable; it omits nothing public (but in the
+    modules of NOT_EXHAUSTIVE)."""
     module = importlib.import_module(name)
     exported = getattr(module, "__all__", None)
     assert exported is not None, f"{name} has no __all__"
     missing = [item for item in exported if not hasattr(module, item)]
     assert not missing, f"{name}.__all__ names what does not exist: {missing}"
     assert len(set(exported)) == len(exported), f"{name}.__all__ has duplicates"
-    if name not in FOUNDATION:
+    if name in NOT_EXHAUSTIVE:
         return
     unlisted = defined_public_names(module) - set(exported)
     assert not unlisted, f"{name} defines public names missing from __all__: {sorted(unlisted)}"
