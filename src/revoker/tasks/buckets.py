@@ -35,6 +35,7 @@ from revoker.store._bulk import BulkScript, bulk_script
 
 __all__ = [
     "CHUNK_SCRIPT",
+    "LAZY_FREE_FIELDS",
     "READ_BUCKETS",
     "SCAN_FIELDS",
     "SCRIPT_BUCKETS",
