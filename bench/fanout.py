@@ -89,6 +89,9 @@ CHECKED_SESSIONS = 200
 CHECK_RATE = 500
 #: Sessions written per pipelined batch while populating.
 POPULATE_BATCH = 2_000
+#: Sessions whose records carry a rotation's fields, for their memory per session (written
+#: through redis-py: a full-size tenant would take minutes).
+ROTATED_SESSIONS = 200_000
 
 Sample = tuple[float, float]  # (unix time the check started, latency in seconds)
 
@@ -132,6 +135,12 @@ class Round:
     benchmark_rate: float = 0.0
     #: REVOKER_FANOUT_DUTY_CYCLE of the round's worker.
     duty: float = 1.0
+    #: The job's fixed costs: enqueue -> its task started (Celery delivering it), started ->
+    #: its chunks dispatched (counting the buckets, HLEN each; storing the chunk lists; one
+    #: message per chunk), and the chunks it planned.
+    queued_s: float = 0.0
+    planned_s: float = 0.0
+    chunks: int = 0
 
     @property
     def label(self) -> str:
@@ -177,17 +186,53 @@ def bench_settings(data_url: str, broker_url: str) -> RevokerSettings:
     )
 
 
-def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float:
-    """Write ``n`` sessions of ``tenant`` with start_session's record commands; returns sessions/s.
+#: The packed commands of each tenant populated so far, by (tenant, sessions, buckets): every
+#: round writes the same sessions again (after its FLUSHALL) instead of encoding them again.
+_POPULATED: dict[tuple[str, int, int], list[tuple[bytes, int]]] = {}
 
-    The commands are exactly ``plan_record_session``'s; only their transport is raw (hiredis
-    packs, one socket, one batch always in flight) so that a million sessions take a minute, not
-    the ~15 minutes of signing two JWTs and a round trip per session.
-    """
+
+def session_batches(settings: RevokerSettings, tenant: str, n: int) -> list[tuple[bytes, int]]:
+    """``n`` sessions of ``tenant`` as start_session's record commands, packed in batches of
+    ``POPULATE_BATCH`` sessions: (the batch, its command count). Built once per run."""
+    cached = _POPULATED.get((tenant, n, settings.session_buckets))
+    if cached is not None:
+        return cached
     core = StoreCore(settings)
     users = max(1, n // SESSIONS_PER_USER)
     now = time.time()
     expires = int(now + settings.refresh_token_ttl)
+    batches: list[tuple[bytes, int]] = []
+    for start in range(0, n, POPULATE_BATCH):
+        out: list[bytes] = []
+        for i in range(start, min(n, start + POPULATE_BATCH)):
+            user = f"user-{i % users}"
+            bucket = bucket_of_user(user, settings.session_buckets)
+            plan = core.plan_record_session(
+                family_id_prefix(bucket) + generate_jti(),
+                user_id=user,
+                tenant_id=tenant,
+                # Half of them "web": the filtered round selects exactly those.
+                client_id="web" if i % 2 else "mobile",
+                scopes=(),
+                current_jti=generate_jti(),
+                created=now,
+                expires=expires,
+            )
+            out.extend(hiredis.pack_command(command) for command in plan.commands)
+        batches.append((b"".join(out), len(out)))
+    _POPULATED[(tenant, n, settings.session_buckets)] = batches
+    return batches
+
+
+def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float:
+    """Write ``n`` sessions of ``tenant`` with start_session's record commands; returns sessions/s.
+
+    The commands are exactly ``plan_record_session``'s (:func:`session_batches`, encoded once per
+    run: every round writes the same sessions); only their transport is raw (one socket, one
+    batch always in flight) so that a million sessions take seconds, not the ~15 minutes of
+    signing two JWTs and a round trip per session. The rate is Redis writing them.
+    """
+    batches = session_batches(settings, tenant, n)
     reader = hiredis.Reader()
     started = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -204,27 +249,11 @@ def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float
                     raise RuntimeError(f"populate: Redis replied {reply}")
                 got += 1
 
-        for start in range(0, n, POPULATE_BATCH):
-            out: list[bytes] = []
-            for i in range(start, min(n, start + POPULATE_BATCH)):
-                user = f"user-{i % users}"
-                bucket = bucket_of_user(user, settings.session_buckets)
-                plan = core.plan_record_session(
-                    family_id_prefix(bucket) + generate_jti(),
-                    user_id=user,
-                    tenant_id=tenant,
-                    # Half of them "web": the filtered round selects exactly those.
-                    client_id="web" if i % 2 else "mobile",
-                    scopes=(),
-                    current_jti=generate_jti(),
-                    created=now,
-                    expires=expires,
-                )
-                out.extend(hiredis.pack_command(command) for command in plan.commands)
-            sock.sendall(b"".join(out))
-            # One batch stays in flight: Redis works on it while the next one is packed.
+        for batch, commands in batches:
+            sock.sendall(batch)
+            # One batch stays in flight: Redis works on it while the next one is sent.
             drain(pending)
-            pending = len(out)
+            pending = commands
         drain(pending)
     return n / (time.perf_counter() - started)
 
@@ -536,6 +565,8 @@ def one_round(
         if record.status != "done":
             raise RuntimeError(f"fan-out job ended {record.status}: {record.error}")
         record = get_job(job_id, settings=settings)
+        dispatched = client.hget(store.keys.job(job_id), "dispatched_at")
+        started_at = record.started_at or record.created_at
         per_revoked = (used_memory(client) - before) / n
         delta = {
             name: (
@@ -570,6 +601,9 @@ def one_round(
             encodings=encodings,
             memory_parts=parts,
             populate_rate=rate,
+            queued_s=started_at - record.created_at,
+            planned_s=(float(dispatched) - started_at) if dispatched else float("nan"),
+            chunks=record.chunks_total or 0,
         )
     finally:
         store.close()
@@ -588,7 +622,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(quick: bool = False) -> str:
     n = 200_000 if quick else 1_000_000
-    repeats = 1 if quick else 2
+    # One round of each kind: a full run (1,000,000 sessions) takes ~4 minutes this way.
+    repeats = 1
     bench_requests = 400_000 if quick else 2_000_000
     workdir = Path(tempfile.mkdtemp(prefix="revoker-bench-fanout-"))
     rounds: list[Round] = []
@@ -606,7 +641,7 @@ def run(quick: bool = False) -> str:
         server = start_uvicorn("apps:revoker", name="fanout-service", env=env, cpu=None,
                                log_dir=workdir, ready_path="/bench/count")  # fmt: skip
         try:
-            rotated_bytes = rotated_bytes_per_session(client, settings, n)
+            rotated_bytes = rotated_bytes_per_session(client, settings, ROTATED_SESSIONS)
             print(f"  rotated sessions: {rotated_bytes:.0f} B/session", file=sys.stderr)
             client.flushall()
             marker_rate, marker_command = redis_benchmark_markers(data.port, n, settings)
@@ -636,7 +671,9 @@ def run(quick: bool = False) -> str:
                     f"{percentile(result.idle, 0.99) * 1000:.2f} ms before, "
                     f"{percentile(result.during, 0.99) * 1000:.2f} ms during "
                     f"({result.p99_ratio:.2f}x), enforcement "
-                    f"{result.enforcement_small_ms:.2f} / {result.enforcement_big_ms:.2f} ms",
+                    f"{result.enforcement_small_ms:.2f} / {result.enforcement_big_ms:.2f} ms, "
+                    f"queued {result.queued_s * 1000:.0f} ms, planned and dispatched "
+                    f"{result.chunks} chunks in {result.planned_s * 1000:.0f} ms",
                     file=sys.stderr,
                 )
             env_line = environment_line(client)
@@ -650,6 +687,26 @@ def run(quick: bool = False) -> str:
         marker_rate=marker_rate, marker_command=marker_command, rotated_bytes=rotated_bytes,
         redis_niced=redis_niced,
     )  # fmt: skip
+
+
+#: Both kinds of job, in the order each round plan runs them.
+KINDS = (UNFILTERED, FILTERED)
+
+
+def command_breakdown(r: Round) -> str:
+    """The round's commands per session walked, then the Redis time of the costly ones."""
+    per_session = sorted(
+        ((name, calls / r.sessions) for name, calls in r.by_command.items()),
+        key=lambda item: -item[1],
+    )
+    calls = ", ".join(f"{name.upper()} {v:.3f}" for name, v in per_session if v >= 0.001)
+    usec = sorted(r.usec_by_command.items(), key=lambda item: -item[1])
+    spent = ", ".join(
+        f"{name.upper()} {u / r.sessions:.2f} µs/session ({u / r.by_command[name]:,.1f} µs/call)"
+        for name, u in usec
+        if u / r.sessions >= 0.05
+    )
+    return f"{calls}; time: {spent}"
 
 
 def _verdict(ok: bool) -> str:
@@ -743,24 +800,28 @@ def report(
              _verdict(memory < 300)],
         ],
     )  # fmt: skip
-    per_session = sorted(
-        ((name, calls / rounds[-1].sessions) for name, calls in rounds[-1].by_command.items()),
-        key=lambda item: -item[1],
-    )
-    breakdown = ", ".join(f"{name.upper()} {v:.3f}" for name, v in per_session if v >= 0.001)
+    fixed = markdown_table(
+        ["job", "chunks", "enqueue → task started ms", "started → chunks dispatched ms",
+         "the two, of enqueue → done"],
+        [
+            [r.label, fmt(r.chunks), f"{r.queued_s * 1000:.0f}", f"{r.planned_s * 1000:.0f}",
+             f"{(r.queued_s + r.planned_s) / r.wall_s * 100:.0f}%"]
+            for r in rounds
+        ],
+    )  # fmt: skip
     last = rounds[-1]
     parts = ", ".join(f"{name} {v:.0f} B" for name, v in last.memory_parts.items())
     unaccounted = last.bytes_per_session - sum(last.memory_parts.values())
-    usec = sorted(last.usec_by_command.items(), key=lambda item: -item[1])
-    redis_time = ", ".join(
-        f"{name.upper()} {u / last.sessions:.2f} µs/session "
-        f"({u / last.by_command[name]:,.1f} µs/call)"
-        for name, u in usec
-        if u / last.sessions >= 0.05
+    # The commands of the last round of each kind, unpaced: one reads its records (unfiltered),
+    # the other runs chunk_buckets.lua (filtered).
+    shown = [r for r in main if r.duty >= 1]
+    commands = "\n".join(
+        f"- {r.label}: {command_breakdown(r)}"
+        for r in [next(x for x in reversed(shown) if x.kind == kind) for kind in KINDS]
     )
     mode = " (--quick: figures are indicative only)" if quick else ""
     settings_buckets = settings.session_buckets
-    read_buckets, write_commands = tasks.READ_BUCKETS, tasks.WRITE_COMMANDS
+    read_buckets, script_fields = tasks.READ_BUCKETS, tasks.SCRIPT_FIELDS
     chunk_size = settings.chunk_size
     niced = "it did" if redis_niced else "not permitted here: it did not"
     return f"""## Fan-out: revoking a whole tenant with Celery workers (issues 3 and 15){mode}
@@ -796,11 +857,20 @@ Targets (two worker processes; worst round where a latency bound is stated):
 
 {targets}
 
-Redis commands per session walked in the last round (`INFO commandstats`, script-internal
-commands included): {breakdown}. Time Redis spent in them (`usec`; a script's time includes the
-commands it runs, which are also listed on their own): {redis_time}. One command holds Redis
-for its whole duration, so a check arriving meanwhile waits for it: compare its µs per call with
-the check's p99.
+A job's fixed costs, before its first chunk can run: Celery delivering its task, then the task
+counting the tenant's {settings.session_buckets:,} buckets (HLEN each, {tasks.COUNT_BATCH:,} per
+round trip), storing the chunk lists and publishing one message per chunk:
+
+{fixed}
+
+Redis commands per session walked (`INFO commandstats`, script-internal commands included) and
+the time Redis spent in them (`usec`; a script's time includes the commands it runs, which are
+also listed on their own), in the last unpaced round of each kind:
+
+{commands}
+
+One command holds Redis for its whole duration, so a check arriving meanwhile waits for it:
+compare its µs per call with the check's p99.
 Worker CPU per session is the worker's main process plus pool children (utime+stime); Redis CPU
 is `used_cpu_user+used_cpu_sys` over the same span: when the workers' CPU per session times the
 rate approaches the cores they have, the client side bounds the fan-out, not Redis.
@@ -809,14 +879,18 @@ How the fan-out spends that (src/revoker/tasks/): sessions live as fields of the
 {settings_buckets:,} bucket hashes (`P:{{T}}:s:<n>`, a user's sessions all in one bucket), and
 revoked families as fields of bucket hashes of their own (`P:{{T}}:fr:<n>`). The job task counts
 the buckets (HLEN each, pipelined) and groups consecutive non-empty ones into chunks of
-~{chunk_size:,} sessions; each chunk reads its buckets with pipelined HSCANs ({read_buckets}
-buckets per round trip, WATCHed), keeps the records created at or before the job's cut-off
-(and of its client, filtered), writes their marks only when filtered (one HSET per bucket plus
-EXPIRE NX and GT: {write_commands} commands per round trip), records itself done, then removes
-the records: a bucket all of whose records were selected with one UNLINK (a MULTI/EXEC per
-chunk; a bucket changed since the read falls back to HDEL), others with one HDEL each. Plain
-pipelined commands on a raw connection, no Lua, and little in flight per worker: a check
-queues behind at most a few bucket-sized commands per worker.
+~{chunk_size:,} sessions. An *unfiltered* chunk reads its buckets with pipelined HSCANs
+({read_buckets} buckets per round trip, WATCHed), keeps the records created at or before the
+job's cut-off, records itself done, then removes the records: a bucket all of whose records were
+selected with one UNLINK (a MULTI/EXEC per chunk; a bucket changed since the read falls back to
+HDEL), others with one HDEL each; plain pipelined commands on a raw connection. A *filtered*
+chunk reads no record over the wire: `scripts/chunk_buckets.lua` (EVALSHA, at most
+{script_fields} sessions examined per call, about one full bucket here) selects the covered
+records in Redis (cut-off, client, window), writes their marks (one HSET per bucket, EXPIRE NX
+and GT), deletes them, bumps the sequence, appends the feed entry naming them and records the
+bucket as done in the chunk's progress with its count, all in one atomic step per call, so a
+rerun skips what is done and counts exactly; the chunk then audits the families the progress
+lists and counts itself.
 
 Marks written / redis-benchmark: the issue's baseline, `{bench_command}`, writes one key per SET
 and overwrites the same key every time (`key:__rand_int__` without `-r`): no allocation, no
@@ -834,7 +908,7 @@ Its record here is ~70 bytes (user, client, created µs, expires, current refres
 Redis's `hash-max-listpack-value` (64), so the buckets are hash tables: a session costs a table
 entry plus its family id and its record as two strings. After a first rotation a record also
 holds the previous and successor jtis and two times (~146 bytes): {rotated_bytes:.0f} B per
-session, measured the same way on {fmt(n)} such sessions. After the last round's job
+session, measured the same way on {fmt(ROTATED_SESSIONS)} such sessions. After the last round's job
 ({last.kind}) Redis holds {last.bytes_per_revoked:.0f} B per session more than before the sessions
 were written (`used_memory`): a filtered job leaves a revoked mark (a field of its bucket's marks
 hash) per revoked session and the unselected records; an unfiltered one leaves nothing per

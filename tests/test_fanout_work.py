@@ -314,3 +314,172 @@ def test_paced_exchange_pauses_for_its_duty_cycle() -> None:
     started = time.perf_counter()
     assert buckets.paced(slow, 0.5)([("PING",)]) == [1]
     assert time.perf_counter() - started >= 0.04
+
+
+# --- filtered chunks, selected, marked and deleted in Redis (chunk_buckets.lua) --------------
+
+
+def _feed_families(r: redis.Redis, store: SyncRedisTokenRevocationStore) -> list[Any]:
+    """The family entries of the feed, decoded, in order."""
+    from revoker.keys import decode_feed_entry
+
+    entries = [decode_feed_entry(fields) for _, fields in r.xrange(store.keys.feed)]
+    return [e for e in entries if e.kind == "family"]
+
+
+def _progress_keys(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> list[Any]:
+    base = store.keys.job_chunk_progress(tenant, "x", 0).rsplit(":", 2)[0]
+    return list(r.scan_iter(match=f"{base}:*", count=1000))
+
+
+def test_filtered_job_selects_marks_and_deletes_in_redis(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client-filtered job reads no record over the wire (EVALSHA of chunk_buckets.lua, no
+    HSCAN, HSET or HDEL from the worker): exact counts, one audit listing each revoked family
+    once, every mark where the check reads it with its bucket's TTL, a feed entry naming each
+    mark with its sequence, the other client's and later sessions kept, no progress left."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "srv", 400, users=25, client_ids=("web", "ios"))
+    web = {fid for i, fid in enumerate(seeded) if i % 2 == 0}
+    job_id = jobs.enqueue_tenant_revocation("srv", client_id="web", reason="r", actor="a")
+    later = start_session_sync("u1", tenant_id="srv", client_id="web", store=store)
+    sent = _spy(monkeypatch, store)
+    record = _run_inline(monkeypatch, job_id)
+    assert record.status == "done", record.error
+    assert record.families_matched == record.families_revoked == len(web)
+    assert record.chunks_total > 1
+    assert "EVALSHA" in sent
+    assert not {"HSCAN", "HSET", "HDEL", "WATCH"} & set(sent)
+    assert sorted(_audited(r, store, job_id)) == sorted(web)
+    assert _fields(r, store, "srv") == set(seeded) - web | {later.family_id}
+    assert _marks(r, store, "srv") == len(web)
+    full = s.refresh_token_ttl + s.leeway
+    for fid in web:
+        key = store.keys.family_revoked("srv", fid)
+        assert r.hget(key, fid) is not None
+        assert 0 < r.ttl(key) <= full
+    entries = _feed_families(r, store)
+    assert {i for e in entries for i in e.ids} == web
+    assert all(e.tenant_id == "srv" and e.seq is not None for e in entries)
+    seqs = [e.seq for e in entries]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert int(r.hget(store.keys.integrity, "seq") or 0) >= seqs[-1]
+    assert _refused(store, later.access_token) is None
+    assert _progress_keys(r, store, "srv") == []
+
+
+def _crashing_script(monkeypatch: pytest.MonkeyPatch, after: int) -> list[int]:
+    """Make the chunk script's calls fail (the connection lost) once ``after`` calls have run
+    in Redis: each run of a chunk gets ``after`` calls. Returns the calls made, per run."""
+    real = buckets.bulk_script
+    runs: list[int] = []
+
+    def crashing(client: Any, exchange: Any, source: str) -> Any:
+        call = real(client, exchange, source)
+        runs.append(0)
+
+        def counted(keys: Any, args: Any) -> Any:
+            if runs[-1] == after:
+                raise redis.ConnectionError("lost between two script calls")
+            runs[-1] += 1
+            return call(keys, args)
+
+        return counted
+
+    monkeypatch.setattr(buckets, "bulk_script", crashing)
+    return runs
+
+
+@pytest.mark.parametrize("after", [1, 3])
+def test_a_filtered_chunk_cut_between_script_calls_reruns_exactly(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch, after: int
+) -> None:
+    """A chunk killed after some of its atomic steps (records already marked and deleted): the
+    rerun skips the buckets done, counts the chunk exactly once, and its audit entry lists every
+    family the chunk revoked, those of the run that died included."""
+    store = get_sync_revocation_store(s)
+    # Every user (bucket) has sessions of both clients.
+    ids = seed_sessions(r, s, "cut", 120, users=10, client_ids=("web", "ios", "ios"))
+    web = {fid for i, fid in enumerate(ids) if i % 3 == 0}
+    groups = sorted({family_bucket(f) or 0 for f in ids})
+    job_id = jobs.enqueue_tenant_revocation("cut", client_id="web", reason="r", actor="a")
+    keys = store.keys
+    r.hset(keys.job(job_id), mapping={"status": "running", "chunks_total": 1, "snapshot": 1})
+    r.set(keys.job_chunk(job_id, 0), json.dumps(groups))
+    monkeypatch.setattr(buckets, "SCRIPT_FIELDS", 5)  # ~one bucket per call
+    with monkeypatch.context() as m:
+        runs = _crashing_script(m, after)
+        with pytest.raises(Exception, match="lost between two script calls"):
+            tasks.revoke_chunk(job_id, 0)
+        assert runs == [after]
+    gone = web - _fields(r, store, "cut")
+    assert 0 < len(gone) < len(web), "the first run must have revoked some, not all"
+    assert _audited(r, store, job_id) == []
+    result = tasks.revoke_chunk(job_id, 0)
+    assert result["revoked"] == len(web)
+    record = jobs.get_job(job_id)
+    assert (record.status, record.families_matched, record.families_revoked) == (
+        "done",
+        len(web),
+        len(web),
+    )
+    assert sorted(_audited(r, store, job_id)) == sorted(web)
+    assert _fields(r, store, "cut") == set(ids) - web
+    assert _marks(r, store, "cut") == len(web)
+    assert {i for e in _feed_families(r, store) for i in e.ids} == web
+    assert tasks.revoke_chunk(job_id, 0)["already_done"] is True
+    assert jobs.get_job(job_id).families_revoked == len(web)
+
+
+def test_a_bucket_bigger_than_a_call_is_paged_and_resumed_at_its_cursor(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One user's 400 sessions (a hash table bucket, bigger than a call may examine) are read in
+    HSCAN pages over several calls; a run cut mid-bucket resumes at the saved cursor: every
+    covered session revoked once, the rest kept."""
+    store = get_sync_revocation_store(s)
+    ids = seed_sessions(r, s, "big", 400, users=1, client_ids=("web", "ios"))
+    web = {fid for i, fid in enumerate(ids) if i % 2 == 0}
+    bucket = bucket_of_user("u0", BUCKETS)
+    assert r.object("encoding", store.keys.session_bucket("big", bucket)) == b"hashtable"
+    job_id = jobs.enqueue_tenant_revocation("big", client_id="web", reason="r", actor="a")
+    monkeypatch.setattr(buckets, "SCRIPT_FIELDS", 60)
+    monkeypatch.setattr(buckets, "SCRIPT_WHOLE_BUCKET", 100)
+    monkeypatch.setattr(buckets, "SCRIPT_SCAN_COUNT", 20)
+    keys = store.keys
+    r.hset(keys.job(job_id), mapping={"status": "running", "chunks_total": 1, "snapshot": 1})
+    r.set(keys.job_chunk(job_id, 0), json.dumps([bucket]))
+    with monkeypatch.context() as m:
+        _crashing_script(m, 2)
+        with pytest.raises(Exception, match="lost between two script calls"):
+            tasks.revoke_chunk(job_id, 0)
+    progress = r.hgetall(keys.job_chunk_progress("big", job_id, 0))
+    assert progress[str(bucket).encode()] not in (b"0", b"d"), "cut mid-bucket, at a cursor"
+    assert 0 < int(progress[b"n"]) < len(web)
+    assert tasks.revoke_chunk(job_id, 0)["revoked"] == len(web)
+    assert _fields(r, store, "big") == set(ids) - web
+    assert sorted(_audited(r, store, job_id)) == sorted(web)
+    assert _marks(r, store, "big") == len(web)
+
+
+def test_a_filtered_job_with_per_session_events_wanted_reads_its_records(
+    s: RevokerSettings, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a destination wants per-session events, a filtered chunk takes the Python path
+    (the events are read from the records before they go): same counts, marks and deletions."""
+    store = get_sync_revocation_store(s)
+    seeded = seed_sessions(r, s, "ev", 100, users=10, client_ids=("web", "ios"))
+    web = {fid for i, fid in enumerate(seeded) if i % 2 == 0}
+    job_id = jobs.enqueue_tenant_revocation("ev", client_id="web", reason="r", actor="a")
+    r.set(store.keys.events_wanted, "1")
+    emitted: list[bytes] = []
+    monkeypatch.setattr(fanout, "emit_chunk_events", lambda _s, _r, ids: emitted.extend(ids))
+    sent = _spy(monkeypatch, store)
+    record = _run_inline(monkeypatch, job_id)
+    assert record.families_revoked == len(web)
+    assert "EVALSHA" not in sent
+    assert {fid.decode() for fid in emitted} == web
+    assert _marks(r, store, "ev") == len(web)
+    assert _fields(r, store, "ev") == set(seeded) - web

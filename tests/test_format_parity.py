@@ -4,11 +4,13 @@ The same valid, edge and corrupt values (revoked marks, watermarks, session reco
 the Python decoders (``keys.decode_mark``, ``rules.decide``, ``keys.decode_record``,
 ``keys.record_head``) and through each script that reads them, run on each backend of the table
 (fakeredis with Lua, real Redis, the pipelined connection): the check (``check.lua``, via the
-store), ``rotate_refresh.lua``, ``set_watermark.lua`` and ``data_loss.lua`` (a global cut-off
-kept or replaced). Each store call goes through both the backend's sync store and its async
-store (the one a service checks with: on the `pipelined` entry, its check runs over the
-pipelined connection). Each test asserts the scripts decide what Python decides; a rule changed
-on one side only makes one of them fail.
+store), ``rotate_refresh.lua``, ``set_watermark.lua``, ``data_loss.lua`` (a global cut-off
+kept or replaced) and a bulk job's ``chunk_buckets.lua`` (which records it selects, against
+``tasks.buckets.Selection``, and the feed ids it writes, against ``keys.escape_feed_id``). Each
+store call goes through both the backend's sync store and its async store (the one a service
+checks with: on the `pipelined` entry, its check runs over the pipelined connection). Each test
+asserts the scripts decide what Python decides; a rule changed on one side only makes one of
+them fail.
 """
 
 from __future__ import annotations
@@ -469,3 +471,78 @@ async def test_record_is_read_alike_by_rotation_and_python(
             )
             kept = ("user", "client", "created", "scopes")
             assert {name: new[name] for name in kept} == {name: data[name] for name in kept}
+
+
+# --- bulk jobs: the chunk script selects what tasks.buckets.Selection selects ---------------
+
+#: Clients of the records a chunk reads: the job's, others, and ones a pattern could confuse.
+CHUNK_CLIENTS = [b"web", b"w.b", b"wxb", b"", b"web2", b"(w)", b"%28w%29", b"we"]
+#: Family ids needing every kind of feed escape (comma, percent, space, non-ASCII, reserved).
+ODD_IDS = ["f,1", "f%2C", "f 1", "f\u00e9", "f~(x)*;!", "f/x?", "f:{t}", "f\u2603|"]
+
+
+def _chunk_records(now: int) -> list[bytes]:
+    """Session records for a chunk: the rotation cases, every stored time as the creation time,
+    and every client and user."""
+    records = list(_records(now))
+    records += [_record(created=value) for value in VALUES]
+    records += [_record(client=client) for client in CHUNK_CLIENTS]
+    records += [_record(client=client, created=b"12") for client in CHUNK_CLIENTS]
+    records += [_record(user=b"bob"), _record(user=b"alic"), _record(user=b"alice2")]
+    records += [_record(created=str(t).encode()) for t in (11, 12, 13, 999, 1000, 1001)]
+    return records
+
+
+#: (job fields, the user a user job names): the selections a chunk can make.
+CHUNK_JOBS: list[tuple[dict[str, Any], str | None]] = [
+    ({"kind": "tenant", "client_id": "web"}, None),
+    ({"kind": "tenant", "client_id": "w.b"}, None),
+    ({"kind": "tenant", "client_id": "(w)"}, None),
+    ({"kind": "tenant", "issued_after": 12e-6, "issued_before": 1000e-6}, None),
+    ({"kind": "user", "user_id": USER, "client_id": "web"}, USER),
+    ({"kind": "user", "user_id": USER, "issued_after": 1e-6}, USER),
+    ({"kind": "tenant"}, None),
+]
+
+
+@pytest.mark.parametrize("index", range(len(CHUNK_JOBS)))
+async def test_chunk_script_selects_as_python(parity_store: Parity, index: int) -> None:
+    """chunk_buckets.lua marks and deletes exactly the records Selection selects (a record by
+    keys.record_head, its created time by keys.read_time, the client and user compared as
+    stored), and names each in the feed as keys.escape_feed_id escapes it."""
+    from revoker import keys as k
+    from revoker.job_record import JobRecord
+    from revoker.tasks.buckets import Selection, revoke_server_side
+
+    store = parity_store.sync
+    fields, user = CHUNK_JOBS[index]
+    tenant = "chunk-" + uuid.uuid4().hex[:8]
+    record = JobRecord(id="job-" + uuid.uuid4().hex[:8], tenant_id=tenant, created_at=0, **fields)
+    select = Selection(record, T_US, user)
+    bucket = bucket_of_user(USER, store.settings.session_buckets)
+    key = store.keys.session_bucket(tenant, bucket)
+    records = _chunk_records(now_us())
+    ids = [f"{family_id_prefix(bucket)}{n}" for n in range(len(records))]
+    ids[: len(ODD_IDS)] = [family_id_prefix(bucket) + odd for odd in ODD_IDS]
+    mapping = dict(zip(ids, records, strict=True))
+    store.client.hset(key, mapping=mapping)  # type: ignore[arg-type]
+    flat = [x for fid, raw in mapping.items() for x in (fid.encode(), raw)]
+    expected = {fid.decode() for fid in select(flat)}
+    assert expected, "each selection should cover some record"
+    assert len(expected) < len(records), "and leave some"
+    feed_before = len(store.client.xrange(store.keys.feed))
+
+    mark = encode_mark(now_us(), "parity")
+    with store.bulk_exchange() as bulk:
+        done = revoke_server_side(bulk, store, record, 0, [bucket], select, mark)
+    assert done.revoked == len(expected)
+    left = {f.decode() for f in store.client.hkeys(key)}
+    assert left == set(ids) - expected
+    marks_key = store.keys.revoked_bucket(tenant, bucket)
+    marked = {f.decode(): v for f, v in store.client.hgetall(marks_key).items()}
+    assert marked == dict.fromkeys(expected, mark.encode())
+    entries = [fields for _, fields in store.client.xrange(store.keys.feed)][feed_before:]
+    assert entries, "the marks' feed entry"
+    named = [i for e in entries for i in e[b"i"].decode().split(",")]
+    assert sorted(named) == sorted(k.escape_feed_id(fid) for fid in expected)
+    assert {i for e in entries for i in k.decode_feed_entry(e).ids} == expected

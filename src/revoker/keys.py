@@ -17,6 +17,8 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
     P:jobs:running                 zset    jobs running, by when their progress last moved (s)
     P:jobs:chunk_begun             string  when any chunk last began (unix s): workers busy
     P:jobkey:<digest>              string  idempotency key -> job id while the job is active
+    P:{<T>}:jc:<job_id>:<n>        hash    progress of chunk n of a job revoked server-side
+    P:{<T>}:jc:<job_id>:<n>:ids    string  the family ids that chunk revoked (its audit entry)
     P:audit                        stream  append-only audit of every revocation
     P:feed                         stream  change feed: one entry per write of revocation state
                                            (FeedEntry; not on a Redis Cluster), trimmed by age
@@ -577,6 +579,17 @@ class KeyLayout:
 
     def job_idempotency(self, digest: str) -> str:
         return f"{self.prefix}:jobkey:{escape_id(digest, 'idempotency key')}"
+
+    def job_chunk_progress(self, tenant_id: str | None, job_id: str, chunk: int) -> str:
+        """Hash: a chunk's buckets revoked server-side (``scripts/chunk_buckets.lua``), bucket
+        number -> ``d`` (done) or the HSCAN cursor to resume at, and ``n`` -> sessions revoked.
+        In the tenant's slot, as the buckets it is written with."""
+        job = escape_id(job_id, "job id")
+        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:jc:{job}:{int(chunk)}"
+
+    def job_chunk_revoked(self, tenant_id: str | None, job_id: str, chunk: int) -> str:
+        """String: the family ids that chunk revoked so far, space-separated (its audit entry)."""
+        return f"{self.job_chunk_progress(tenant_id, job_id, chunk)}:ids"
 
     @property
     def audit(self) -> str:

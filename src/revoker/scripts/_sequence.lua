@@ -5,13 +5,15 @@
 -- StoreCore.feed_args: the trim point (XADD MINID ~), the entry's k, t, i, v and x as
 -- keys.encode_feed_entry writes them (strings: a Lua number past 1e14 would print as 1.7e+15).
 -- feed is nil on a Redis Cluster, where the script cannot reach the feed: no entry there.
-local function revoker_feed(feed, a, seq)
+-- ids, if given, is the entry's i instead of the argument's (a bulk chunk's script names the
+-- families it marked in the step itself, scripts/chunk_buckets.lua).
+local function revoker_feed(feed, a, seq, ids)
   redis.call("XADD", feed, "MINID", "~", ARGV[a], "*", "k", ARGV[a + 1], "t", ARGV[a + 2],
-    "i", ARGV[a + 3], "v", ARGV[a + 4], "x", ARGV[a + 5], "s", seq)
+    "i", ids or ARGV[a + 3], "v", ARGV[a + 4], "x", ARGV[a + 5], "s", seq)
 end
-local function revoker_sequenced(integrity, feed, a)
+local function revoker_sequenced(integrity, feed, a, ids)
   redis.call("HSETNX", integrity, "epoch", ARGV[a])
   local seq = redis.call("HINCRBY", integrity, "seq", 1)
-  if feed then revoker_feed(feed, a + 1, string.format("%d", seq)) end
+  if feed then revoker_feed(feed, a + 1, string.format("%d", seq), ids) end
   return seq
 end

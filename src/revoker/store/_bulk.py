@@ -8,13 +8,18 @@ between the commands of a batch, so the per-request check never waits behind a w
 only MULTI/EXEC blocks are the fan-out's one per bucket (its marks and the sequence bump, see
 ``tasks.buckets.revoke_buckets``), each as long as the bucket's one HSET was before.
 
+A bulk job's filtered chunks run a Lua script instead (``scripts/chunk_buckets.lua``, a few
+buckets per call, each call short: :func:`bulk_script`), so that the selection, the marks and the
+deletions happen in Redis rather than over the wire.
+
 Backend failures raise :class:`~revoker.exceptions.StoreUnavailable`, as every store method does.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -23,11 +28,13 @@ import redis
 from revoker.exceptions import StoreUnavailable
 from revoker.store._base import BACKEND_ERRORS
 
-__all__ = ["Exchange", "bulk_exchange"]
+__all__ = ["BulkScript", "Exchange", "bulk_exchange", "bulk_script"]
 
 #: Sends a batch of commands in one round trip and returns their replies (raw: an HSCAN's
 #: page may be a flat list or, through a redis-py pipeline, a dict).
 Exchange = Callable[[list[Any]], list[Any]]
+#: Calls one Lua script with (keys, args) and returns its reply.
+BulkScript = Callable[[Sequence[Any], Sequence[Any]], Any]
 
 
 def _unavailable(e: BaseException) -> StoreUnavailable:
@@ -93,3 +100,36 @@ def bulk_exchange(client: Any) -> Iterator[Exchange]:
         raise
     finally:
         pool.release(conn)
+
+
+def bulk_script(client: Any, exchange: Exchange, source: str) -> BulkScript:
+    """Calls of the Lua script ``source`` (package data, ``store._base.load_script``).
+
+    On the raw path (a plain redis-py client) each call is one EVALSHA through ``exchange`` (so
+    it is paced as the exchange is), after one ``SCRIPT LOAD`` on the same connection, sent with
+    the first call. Elsewhere (a cluster client, fakeredis) a redis-py Script on ``client``: it
+    routes each call by its keys (all in one slot) and loads the script where it is missing.
+    """
+    if type(client) is not redis.Redis:
+        script = client.register_script(source)
+
+        def scripted(keys: Sequence[Any], args: Sequence[Any]) -> Any:
+            try:
+                return script(keys=list(keys), args=list(args))
+            except BACKEND_ERRORS as e:
+                raise _unavailable(e) from e
+
+        return scripted
+    sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    loaded = False
+
+    def call(keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        nonlocal loaded
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        if loaded:
+            return exchange([command])[0]
+        replies = exchange([("SCRIPT", "LOAD", source), command])
+        loaded = True
+        return replies[1]
+
+    return call

@@ -13,6 +13,7 @@ from __future__ import annotations
 from revoker.tasks.buckets import (
     READ_BUCKETS,
     SCAN_FIELDS,
+    SCRIPT_FIELDS,
     WRITE_COMMANDS,
     Selection,
     delete_records,
@@ -33,6 +34,7 @@ __all__ = [
     "READ_BUCKETS",
     "SCAN_COUNT",
     "SCAN_FIELDS",
+    "SCRIPT_FIELDS",
     "WRITE_COMMANDS",
     "Selection",
     "_republish_stalled",

@@ -7,6 +7,12 @@ covers), :func:`write_marks` (the chunk's write pipeline: revoked marks and the 
 only where the marks are the enforcement, see :func:`enforced_by_watermark`) and, once the chunk
 is counted, :func:`clear_records` (the records the job made dead: a bucket all of whose records
 were selected is dropped whole, with one UNLINK, others lose the selected fields, one HDEL each).
+
+A chunk whose marks are its enforcement (a filtered job) does all three in Redis instead:
+:func:`revoke_server_side` runs ``scripts/chunk_buckets.lua`` over its buckets, a few per call,
+which selects, marks and deletes each bucket's covered records, bumps the sequence and appends
+the feed entry, and records the bucket's progress and count, in one atomic step per call. No
+record crosses the wire; a rerun skips what an earlier run finished, and counts exactly.
 """
 
 from __future__ import annotations
@@ -20,28 +26,42 @@ import redis
 
 from revoker import keys as k
 from revoker.events import emit_chunk_events
+from revoker.exceptions import StoreUnavailable
 from revoker.job_record import JobRecord
 from revoker.rules import encode_mark, now_us, to_us
 from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
+from revoker.store._base import BACKEND_ERRORS, load_script
+from revoker.store._bulk import BulkScript, bulk_script
 
 __all__ = [
+    "CHUNK_SCRIPT",
+    "LAZY_FREE_FIELDS",
     "READ_BUCKETS",
     "SCAN_FIELDS",
+    "SCRIPT_BUCKETS",
+    "SCRIPT_FIELDS",
+    "SCRIPT_SCAN_COUNT",
+    "SCRIPT_WHOLE_BUCKET",
+    "UNLINK_COST",
     "WATCH_BUCKETS",
     "WRITE_BUCKETS",
     "WRITE_COMMANDS",
     "ChunkRead",
     "Selection",
+    "ServerRevocation",
     "can_watch",
     "clear_records",
     "delete_records",
     "enforced_by_watermark",
+    "forget_progress",
     "job_mark",
     "job_selection",
     "paced",
+    "per_session_events_wanted",
     "read_chunk",
     "read_selected",
     "revoke_buckets",
+    "revoke_server_side",
     "watermark_holds",
     "write_marks",
 ]
@@ -66,6 +86,36 @@ WRITE_BUCKETS = 2
 #: 208 ~0.8 ms, 64 ~0.1 ms (`INFO commandstats`, a loaded 2-core host), about one bucket's HSCAN;
 #: a chunk of 5,000 sessions at ~120 per bucket has ~42.
 WATCH_BUCKETS = 64
+#: What one MULTI/EXEC of a chunk's UNLINKs may cost Redis's main thread, in fields freed: a
+#: hash table of more than 64 fields (Redis's LAZYFREE_THRESHOLD) is freed in the background
+#: (cost 1), a smaller one field by field, there and then. Whole buckets past it lose their
+#: records by HDEL instead, a command each: an EXEC of 42 small buckets held Redis ~1.1 ms
+#: (`bench/run.py --quick --only fanout`, 24 fields per bucket), where a check waits for it.
+UNLINK_COST = 256
+#: Hash fields Redis frees in the background when their hash is unlinked (LAZYFREE_THRESHOLD).
+LAZY_FREE_FIELDS = 64
+#: Sessions one call of ``chunk_buckets.lua`` examines, about: a bucket not begun that would take
+#: a call past it is left to the next call, unless it is the call's first (a bucket is read
+#: whole, up to ``SCRIPT_WHOLE_BUCKET``). Redis runs a script call whole and a check arriving
+#: meanwhile waits for it, ~2-3 µs of Redis CPU per session examined (half of them selected:
+#: marked and deleted): a call is one bucket of a 1,000,000-session tenant (~122 sessions,
+#: ~150-300 µs), two of a 200,000-session one (~120-160 µs; at 128, ~200-280 µs, for ~20% more
+#: marks/s: interleaved rounds of the filtered job, a loaded 2-core host). Cutting a bucket into
+#: HSCAN pages costs more than it saves: paged at 64 sessions per call, a 1,000,000-session job
+#: took twice the Redis CPU per session.
+SCRIPT_FIELDS = 64
+#: The largest bucket read whole (HGETALL, cheaper than HSCAN pages); a bigger one (a user with
+#: hundreds of sessions) is read in pages of ``SCRIPT_SCAN_COUNT`` over as many calls as needed.
+SCRIPT_WHOLE_BUCKET = 256
+#: HSCAN's COUNT inside the script, for a bucket bigger than ``SCRIPT_WHOLE_BUCKET``.
+SCRIPT_SCAN_COUNT = 100
+#: Buckets named per script call at most (two keys each). Each call names about twice as many
+#: as the last one finished (one more for a margin): naming buckets a call does not reach costs
+#: it their keys' arguments.
+SCRIPT_BUCKETS = 32
+#: ``_sequence.lua`` then ``chunk_buckets.lua``: the chunk's script, sequence bump and feed entry
+#: included (its source is what ``SCRIPT LOAD`` and EVALSHA name).
+CHUNK_SCRIPT = load_script("_sequence") + load_script("chunk_buckets")
 
 
 class Selection:
@@ -141,6 +191,21 @@ def paced(exchange: Exchange, duty_cycle: float) -> Exchange:
         return replies
 
     return send
+
+
+def _paced_script(script: BulkScript, duty_cycle: float) -> BulkScript:
+    """``script`` paced as :func:`paced` paces an exchange."""
+    if duty_cycle >= 1:
+        return script
+    rest = 1 / duty_cycle - 1
+
+    def call(keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        started = time.perf_counter()
+        reply = script(keys, args)
+        time.sleep((time.perf_counter() - started) * rest)
+        return reply
+
+    return call
 
 
 def can_watch(store: SyncRedisTokenRevocationStore) -> bool:
@@ -263,12 +328,22 @@ def clear_records(
     thread, which frees a big hash in the background), in one MULTI/EXEC guarded by the read's
     WATCH: if any of the buckets changed since the read (a session started after the cut-off
     may have joined it), EXEC does nothing and they lose only their selected fields like the
-    others (HDEL, a few hundred per command). Unwatched reads only HDEL.
+    others (HDEL, a few hundred per command). Unwatched reads only HDEL. The EXEC frees at most
+    ``UNLINK_COST`` fields there and then (small buckets are freed at once, not in the
+    background): further whole buckets are HDEL'd, a command each (empty, the key goes).
     """
     names = dict(zip(read.selected, keys.session_buckets(tenant_id, read.selected), strict=True))
     rest = dict(read.selected)
     if read.watched:
-        whole = [b for b in read.selected if b in read.whole]
+        whole: list[int] = []
+        cost = 0
+        for b in read.selected:
+            if b in read.whole:
+                fields = len(read.selected[b])
+                cost += fields if fields <= LAZY_FREE_FIELDS else 1
+                if whole and cost > UNLINK_COST:
+                    break
+                whole.append(b)
         if whole:
             replies = exchange([("MULTI",), ("UNLINK", *(names[b] for b in whole)), ("EXEC",)])
             if replies[-1] is not None:  # nil: a watched bucket changed, nothing was unlinked
@@ -381,3 +456,106 @@ def watermark_holds(exchange: Exchange, keys: k.KeyLayout, record: JobRecord) ->
 def job_mark(record: JobRecord) -> str:
     """The revoked mark a job writes: now, and a reason naming the job."""
     return encode_mark(now_us(), f"{record.reason or 'bulk revocation'} (job {record.id})")
+
+
+def per_session_events_wanted(store: SyncRedisTokenRevocationStore) -> bool:
+    """Whether some destination wants per-session events now (``events_wanted``): their chunks
+    keep the records until the events are read from them (revoker.events.emit_chunk_events),
+    so they take the Python path, not :func:`revoke_server_side`."""
+    try:
+        return bool(store.client.exists(store.keys.events_wanted))
+    except BACKEND_ERRORS as e:
+        raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRevocation:
+    """What :func:`revoke_server_side` did for a chunk, over every run of it."""
+
+    #: Sessions the chunk revoked (marked and deleted), each counted once.
+    revoked: int
+    #: Their family ids, space-separated (the chunk's audit entry).
+    family_ids: bytes
+
+
+def revoke_server_side(
+    bulk: Exchange,
+    store: SyncRedisTokenRevocationStore,
+    record: JobRecord,
+    chunk: int,
+    buckets: Sequence[int],
+    select: Selection,
+    mark: str,
+    *,
+    duty_cycle: float = 1.0,
+) -> ServerRevocation:
+    """Revoke a chunk's covered sessions in Redis: ``chunk_buckets.lua`` over its buckets, at
+    most ``SCRIPT_BUCKETS`` named and about ``SCRIPT_FIELDS`` sessions examined per call.
+
+    Each call, in one atomic step: the covered records of its buckets get ``mark`` (one HSET per
+    bucket into its marks bucket, the TTL as :meth:`StoreCore.bucket_ttl_commands`) and are
+    deleted (HDEL), the sequence is bumped and the feed entry naming the families marked is
+    appended (a single Redis; on a Redis Cluster the bump follows the call, in its own slot, and
+    there is no feed), and the chunk's progress (``KeyLayout.job_chunk_progress``) records each
+    bucket finished (or the cursor of one cut short) and the sessions revoked. A rerun (a chunk
+    killed, redelivered) skips the buckets finished, resumes a cut one at its cursor and adds
+    only what it deletes: ``revoked`` is exact, and ``family_ids`` lists every family the chunk
+    revoked, in any run. ``bulk`` is the chunk's bulk exchange, unpaced (``duty_cycle`` paces
+    the calls). The caller drops the progress once the chunk is counted (:func:`forget_progress`).
+    """
+    keys, core = store.keys, store.core
+    tenant = record.tenant_id
+    progress = keys.job_chunk_progress(tenant, record.id, chunk)
+    revoked_ids = keys.job_chunk_revoked(tenant, record.id, chunk)
+    entry = core.feed_entry("family", at_us=k.decode_mark(mark)[0], tenant_id=tenant)
+    sequence_keys, sequence_args, bump = core.script_sequence(entry)
+    exchange = paced(bulk, duty_cycle)
+    call = _paced_script(bulk_script(store.client, bulk, CHUNK_SCRIPT), duty_cycle)
+    window = [
+        "" if select.after_us is None else select.after_us,
+        "" if select.before_us is None else select.before_us,
+    ]
+    head = [
+        select.cutoff_us,
+        select.user or b"",
+        select.client or b"",
+        *window,
+        mark,
+        core.lifetimes.family_ttl,
+        store.settings.job_retention,
+        SCRIPT_FIELDS,
+        SCRIPT_SCAN_COUNT,
+        SCRIPT_WHOLE_BUCKET,
+    ]
+    pending = list(buckets)
+    width = 4
+    while pending:
+        part = pending[:width]
+        names: list[str] = []
+        for session, marks in zip(
+            keys.session_buckets(tenant, part), keys.revoked_buckets(tenant, part), strict=True
+        ):
+            names += (session, marks)
+        finished, revoked, _seen = call(
+            [progress, revoked_ids, *names, *sequence_keys],
+            [*head, len(part), *part, *sequence_args],
+        )
+        if int(revoked) and bump:
+            exchange(bump)  # a Redis Cluster: the bump after the marks, in the integrity slot
+        pending = pending[int(finished) :]
+        width = min(SCRIPT_BUCKETS, 2 * int(finished) + 1)
+    total, ids = exchange([("HGET", progress, "n"), ("GET", revoked_ids)])
+    return ServerRevocation(int(total or 0), (ids or b"").rstrip(b" "))
+
+
+def forget_progress(
+    exchange: Exchange, store: SyncRedisTokenRevocationStore, record: JobRecord, chunk: int
+) -> None:
+    """Drop a counted chunk's progress (:func:`revoke_server_side`); else its TTL would."""
+    keys = store.keys
+    exchange(
+        [
+            ("UNLINK", keys.job_chunk_progress(record.tenant_id, record.id, chunk)),
+            ("UNLINK", keys.job_chunk_revoked(record.tenant_id, record.id, chunk)),
+        ]
+    )

@@ -19,7 +19,13 @@ Every kind of job (tenant, user, filtered, dry run) walks session buckets (see `
   rerun after a crash), and only then removes the selected records: a bucket all of whose
   records were selected with one UNLINK (guarded by a WATCH from before the read, so a session
   started meanwhile is never dropped), others with one HDEL each. Plain pipelined commands
-  through the store's bulk exchange, no Lua: Redis serves the per-request checks between them.
+  through the store's bulk exchange: Redis serves the per-request checks between them.
+  A chunk whose marks are its enforcement (and no destination wants per-session events, which
+  are read from the records) does not read its records at all: ``scripts/chunk_buckets.lua``
+  selects, marks and deletes them in Redis, a bucket or a few per call (each call one atomic
+  step that also bumps the sequence, appends the feed entry and records the chunk's progress:
+  ``buckets.revoke_server_side``); then the chunk audits, waits for REVOKER_DURABILITY and
+  counts itself, as above.
   The last chunk finishes the job (the script decides, see ``JobPlans.plan_finish``).
 
 A job covers the sessions created at or before its cut-off: the watermark it wrote (unfiltered
@@ -27,6 +33,9 @@ jobs), or its enqueue time (filtered ones), and matching its filters (user, clie
 window). Creation times never change, so a rerun selects exactly what the first run did, until
 the records are deleted, which happens only after the chunk is counted. A session created
 after the cut-off is never touched (nothing it issued is covered by the watermark either).
+(Server-side, a record is deleted in the very step that marks and counts it, in the chunk's
+progress: a rerun skips the buckets finished and counts only what it deletes, so the counts are
+exact there too, and its audit entry lists every family of the chunk, from the progress.)
 
 Audit: one stream entry per chunk listing its family ids (about 25 bytes per session rather than
 a stream entry of ~100 bytes each), and every revoked mark's reason names the job. The audit
@@ -65,10 +74,13 @@ from revoker.tasks.buckets import (
     can_watch,
     clear_records,
     enforced_by_watermark,
+    forget_progress,
     job_mark,
     job_selection,
     paced,
+    per_session_events_wanted,
     read_chunk,
+    revoke_server_side,
     watermark_holds,
     write_marks,
 )
@@ -195,50 +207,52 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         # may drop whole, after the chunk is counted (see tasks.buckets.clear_records).
         with store.bulk_exchange() as bulk:
             exchange = paced(bulk, settings.fanout_duty_cycle)
-            read = read_chunk(
-                exchange, store.keys, record.tenant_id, buckets, job_selection(record),
-                watch=not record.dry_run and can_watch(store),
-            )  # fmt: skip
-            if not record.dry_run and not (
+            marks = not record.dry_run and not (
                 enforced_by_watermark(record) and watermark_holds(exchange, store.keys, record)
-            ):
-                write_marks(exchange, store, record.tenant_id, read.selected, job_mark(record))
-            ids = read.family_ids
-            matched = len(ids)
-            revoked = 0 if record.dry_run else matched
-            if revoked:
-                store.execute(
-                    store.jobs.plan_audit(
-                        "job_chunk",
-                        job_id,
-                        tenant_id=record.tenant_id,
-                        reason=record.reason,
-                        actor=record.actor,
-                        at_us=now_us(),
-                        extra={"chunk": str(chunk), "count": str(revoked),
-                               "families": b" ".join(ids).decode()},
-                        count=revoked,
-                    ),
-                    # REVOKER_DURABILITY's wait, after the marks (written before this entry, so
-                    # it covers them) and before the chunk counts itself: else it raises and is
-                    # retried.
-                    durable=True,
-                )  # fmt: skip
-                # The sessions' events (free unless a stream wants per-session events), before
-                # the chunk counts itself: a chunk killed in between reruns and sends them again
-                # (the same jtis: receivers deduplicate), never none.
-                emit_chunk_events(store, record, ids)
-            finished = store.execute(
-                store.jobs.plan_finish(
-                    job_id, "done", chunk=chunk, matched=matched, revoked=revoked
-                )
             )
-            if revoked:
-                # Only now: a rerun before this point must find the records it selected the
-                # first time.
-                clear_records(exchange, store.keys, record.tenant_id, read)
-            elif read.watched:
-                exchange([("UNWATCH",)])
+            if marks and not per_session_events_wanted(store):
+                # The marks are the enforcement (a filtered job): selected, marked and deleted
+                # in Redis, a few buckets per atomic step (tasks.buckets.revoke_server_side).
+                done = revoke_server_side(
+                    bulk, store, record, chunk, buckets, job_selection(record), job_mark(record),
+                    duty_cycle=settings.fanout_duty_cycle,
+                )  # fmt: skip
+                matched = revoked = done.revoked
+                if revoked:
+                    _audit_chunk(store, record, chunk, revoked, done.family_ids)
+                finished = store.execute(
+                    store.jobs.plan_finish(
+                        job_id, "done", chunk=chunk, matched=matched, revoked=revoked
+                    )
+                )
+                forget_progress(exchange, store, record, chunk)
+            else:
+                read = read_chunk(
+                    exchange, store.keys, record.tenant_id, buckets, job_selection(record),
+                    watch=not record.dry_run and can_watch(store),
+                )  # fmt: skip
+                if marks:
+                    write_marks(exchange, store, record.tenant_id, read.selected, job_mark(record))
+                ids = read.family_ids
+                matched = len(ids)
+                revoked = 0 if record.dry_run else matched
+                if revoked:
+                    _audit_chunk(store, record, chunk, revoked, b" ".join(ids))
+                    # The sessions' events (free unless a stream wants per-session events),
+                    # before the chunk counts itself: a chunk killed in between reruns and sends
+                    # them again (the same jtis: receivers deduplicate), never none.
+                    emit_chunk_events(store, record, ids)
+                finished = store.execute(
+                    store.jobs.plan_finish(
+                        job_id, "done", chunk=chunk, matched=matched, revoked=revoked
+                    )
+                )
+                if revoked:
+                    # Only now: a rerun before this point must find the records it selected the
+                    # first time.
+                    clear_records(exchange, store.keys, record.tenant_id, read)
+                elif read.watched:
+                    exchange([("UNWATCH",)])
         count_chunk(record, revoked)  # metrics and the log line, once the chunk is counted
     except JobNotFound:
         return {"job_id": job_id, "chunk": chunk, "missing_job": True}
@@ -254,6 +268,31 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         release_job(store, job_id)
     meta = report(self, store, job_id)
     return {"job_id": job_id, "chunk": chunk, "matched": matched, "revoked": revoked, **meta}
+
+
+def _audit_chunk(
+    store: SyncRedisTokenRevocationStore,
+    record: JobRecord,
+    chunk: int,
+    revoked: int,
+    families: bytes,
+) -> None:
+    """The chunk's audit entry (its ``revoked`` families, space-separated) and job counter."""
+    store.execute(
+        store.jobs.plan_audit(
+            "job_chunk",
+            record.id,
+            tenant_id=record.tenant_id,
+            reason=record.reason,
+            actor=record.actor,
+            at_us=now_us(),
+            extra={"chunk": str(chunk), "count": str(revoked), "families": families.decode()},
+            count=revoked,
+        ),
+        # REVOKER_DURABILITY's wait, after the marks (written before this entry, so it covers
+        # them) and before the chunk counts itself: else it raises and is retried.
+        durable=True,
+    )
 
 
 def _park_chunk(
