@@ -68,6 +68,18 @@ revocation write and its bump". ``state`` records a handled loss (``cutoff``, ``
 the watermarks. Both share the ``{integrity}`` tag, which no tenant tag can equal (those are
 ``t:...`` or ``-``); on a Redis Cluster they live in that one slot.
 
+**Reading the sequence** follows one rule, :func:`read_seq` (:func:`decode_seq` for the value a
+check compares), which ``scripts/_sequence.lua`` restates for the bump every script makes
+(``tests/test_format_parity.py`` holds them to it): ``seq`` is readable only if it is one or more
+ASCII digits and nothing else (as a time, above) with a value at most :data:`MAX_TIME` (no
+clamping: a clamped sequence would stop growing). A missing ``seq`` reads 0; an unreadable one
+(``"abc"``, ``"-5"``, ``"1.5"``, a non-ASCII digit such as ``"²"``, 17 digits) is **corrupt and
+reads 0 too**: never an error, so a check never takes the failure policy over it (with
+fail-open that admitted revoked tokens). Reading 0 makes a corrupt sequence a rollback signal:
+a process that had seen a higher one handles it as a loss (``REVOKER_ON_DATA_LOSS``), ``revoker
+health`` reports it, and the next bump of any script writes 1 (a script reads it by the same
+rule, so a revocation is still written).
+
 Ids are percent-escaped so that no id can contain ``{``, ``}`` or ``:``: no user, tenant or jti
 string can forge another key or move a key to another slot.
 
@@ -159,6 +171,7 @@ __all__ = [
     "decode_feed_entry",
     "decode_mark",
     "decode_record",
+    "decode_seq",
     "encode_feed_entry",
     "encode_mark",
     "encode_record",
@@ -170,6 +183,7 @@ __all__ = [
     "family_ttl",
     "jti_ttl",
     "mark_time",
+    "read_seq",
     "read_time",
     "record_head",
     "tenant_tag",
@@ -358,6 +372,28 @@ def read_time(part: bytes) -> int | None:
 def mark_time(raw: bytes) -> int | None:
     """The time of a raw mark or watermark (its part before "|"), or None if it is unreadable."""
     return read_time(raw.partition(b"|")[0])
+
+
+def read_seq(raw: bytes | str | None) -> int | None:
+    """The integrity sequence ``raw`` holds (the rule of the module docstring, "Reading the
+    sequence"): 0 for None (no ``seq``), None if it is corrupt (unreadable)."""
+    if raw is None:
+        return 0
+    data = raw.encode(errors="replace") if isinstance(raw, str) else raw
+    if not data.isdigit():  # ASCII-only: "²" or a full-width digit is not a digit here
+        return None
+    if len(data) > _MAX_TIME_DIGITS:
+        data = data.lstrip(b"0") or b"0"
+        if len(data) > _MAX_TIME_DIGITS:
+            return None  # never int() thousands of digits (it raises past 4300)
+    seq = int(data)
+    return seq if seq <= MAX_TIME else None
+
+
+def decode_seq(raw: bytes | str | None) -> int:
+    """The sequence a check compares: :func:`read_seq`, with a corrupt value read as 0 (a
+    rollback signal to a process that saw more; never an error). Never raises."""
+    return read_seq(raw) or 0
 
 
 def encode_mark(at_us: int, reason: str | None = None) -> str:
