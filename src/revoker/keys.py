@@ -156,6 +156,7 @@ __all__ = [
     "FOREIGN_BUCKETS",
     "MAX_ID_LENGTH",
     "MAX_TIME",
+    "MAX_TTL",
     "NO_TENANT_TAG",
     "RECORD_CLIENT",
     "RECORD_CREATED",
@@ -225,6 +226,10 @@ RECORD_HEAD: Final = RECORD_EXPIRES + 1
 #: The largest time a stored value can hold (see "Reading a time" above): 2**53 - 1, the largest
 #: integer the Lua scripts' doubles hold exactly. In µs it is the year 2255.
 MAX_TIME: Final = 2**53 - 1
+#: The longest TTL any entry gets, in seconds (~285 years: MAX_TIME read as µs, i.e. the year
+#: 2255 counted from 1970, and far inside what Redis' ``EX`` holds). A TTL rule that would give
+#: more (a token whose ``exp`` is 1e300) gives this: no token outlives it in any useful sense.
+MAX_TTL: Final = MAX_TIME // 1_000_000
 #: Digits of MAX_TIME (16): a time with more, once leading zeros are gone, is above it.
 _MAX_TIME_DIGITS: Final = len(str(MAX_TIME))
 #: Buckets of the revoked marks of family ids that do not name their bucket (foreign ids).
@@ -735,13 +740,21 @@ class KeyLayout:
 
 
 def jti_ttl(expires_at: float | None, now: float, access_ttl: int, leeway: int) -> int:
-    """TTL of a revoked-jti entry: the token's remaining life plus leeway.
+    """TTL of a revoked-jti entry: the token's remaining life plus leeway, at most
+    :data:`MAX_TTL`.
 
     Without ``expires_at`` the longest an access token can live is assumed, so a jti revoked
-    without its token (the seed's ``revoke_token(jti=...)``) is covered for its whole life.
+    without its token (the seed's ``revoke_token(jti=...)``) is covered for its whole life. A
+    validly signed token may carry any ``exp`` (``1e300``, 20 digits, ``inf`` from ``1e400``):
+    its entry is written with :data:`MAX_TTL`, which covers it for as long as it can be presented
+    (Redis refuses an ``EX`` past its own range, which failed the revocation); ``nan`` is read as
+    the longest too. Never raises.
     """
     remaining = (expires_at - now) if expires_at is not None else access_ttl
-    return max(1, math.ceil(remaining + leeway))
+    ttl = remaining + leeway
+    if not ttl < MAX_TTL:  # also inf and nan
+        return MAX_TTL
+    return max(1, math.ceil(ttl))
 
 
 def watermark_ttl(longest_token_ttl: int, leeway: int) -> int:
