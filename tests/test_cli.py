@@ -193,6 +193,19 @@ def test_expired_genuine_token_is_revocable_but_forged_one_is_not(
     assert not sync.is_token_revoked("forged-1")
 
 
+@pytest.mark.parametrize("exp", [1e300, 10**19 + 7])
+def test_a_genuine_token_with_a_huge_exp_is_revoked(
+    env: dict[str, str], sync: SyncRedisTokenRevocationStore, exp: float
+) -> None:
+    """A validly signed token whose exp is 1e300 or 20 digits is revoked (exit 0), not
+    "Redis is unavailable: ResponseError" (exit 3): its entry's TTL is bounded by keys.MAX_TTL."""
+    now = time.time()
+    claims = {"sub": "bob", "typ": "access", "iat": now - 60, "exp": exp, "jti": "huge-exp-1"}
+    genuine = jwt.encode(claims, TEST_SECRET, algorithm="HS256")
+    assert_exit(run_cli(env, "revoke", "token", genuine), 0)
+    assert sync.is_token_revoked("huge-exp-1")
+
+
 # --- revoke family ------------------------------------------------------------------------------
 
 

@@ -546,3 +546,107 @@ async def test_chunk_script_selects_as_python(parity_store: Parity, index: int) 
     named = [i for e in entries for i in e[b"i"].decode().split(",")]
     assert sorted(named) == sorted(k.escape_feed_id(fid) for fid in expected)
     assert {i for e in entries for i in k.decode_feed_entry(e).ids} == expected
+
+
+# --- the integrity sequence: read by keys.read_seq, bumped by _sequence.lua --------------------
+
+#: Stored ``seq`` values: valid, edge and corrupt (scripts/_sequence.lua, keys.read_seq).
+SEQ_VALUES: list[bytes] = [
+    b"0",
+    b"1",
+    b"4",
+    b"5",
+    b"6",
+    b"00012",
+    b"0" * 30 + b"12",
+    b"000",
+    str(10**15 - 1).encode(),
+    str(MAX_TIME - 1).encode(),
+    str(MAX_TIME).encode(),
+    str(MAX_TIME + 1).encode(),
+    b"9" * 16,
+    b"9" * 17,
+    b"9" * 5000,
+    b"",
+    b"abc",
+    b"12abc",
+    b"-5",
+    b"+12",
+    b" 12",
+    b"12 ",
+    b"1.5",
+    b"1e3",
+    b"0x10",
+    b"12\x00",
+    b"\xff",
+    "²".encode(),  # a Unicode digit: str.isdigit() says yes, int() raises
+    "١٢".encode(),  # Arabic-Indic digits
+    "\uff11\uff12".encode(),  # full-width digits
+]
+
+
+def _set_identity(store: SyncRedisTokenRevocationStore, seq: bytes) -> None:
+    store.client.delete(store.keys.integrity)
+    store.client.hset(store.keys.integrity, mapping={"epoch": "e-parity", "seq": seq})
+
+
+@pytest.mark.parametrize("value", SEQ_VALUES, ids=_ids)
+async def test_sequence_is_read_alike_by_python_the_check_and_every_bump(
+    parity_store: Parity, value: bytes
+) -> None:
+    """A stored ``seq`` reads as keys.read_seq reads it (a corrupt one as 0) in the check (sync
+    and async store: it never errors, so a revoked token is never admitted by the failure
+    policy), in health, and in every script that bumps it: sequenced.lua (a jti),
+    set_watermark.lua (a user), data_loss.lua (a recovery), each writing read + 1."""
+    from revoker.health import integrity_report
+    from revoker.keys import decode_seq, read_seq
+
+    store, aio = parity_store.sync, parity_store.aio
+    read = decode_seq(value)
+    assert read == (read_seq(value) or 0)
+    _set_identity(store, value)
+    store.client.set(store.keys.jti(PRESENTED), encode_mark(T_US, "parity"), ex=600)
+    token = _token(_family(store), T_US)
+    decided = await parity_store.is_revoked(token)
+    assert [status.rule for status in decided] == ["jti", "jti"], decided
+    assert (store.core.watch.seq, aio.core.watch.seq) == (read, read)
+    stored = {"epoch": "e-parity", "seq": value.decode(errors="replace")}  # as store.integrity()
+    report = integrity_report(stored, seen_epoch="e-parity", seen_seq=0, require_init=False)
+    assert report["seq"] == read
+    assert report["healthy"] is (read_seq(value) is not None), report
+
+    bumps: list[tuple[str, Callable[[], Any]]] = [
+        ("sequenced.lua", lambda: store.revoke_token("jti-" + uuid.uuid4().hex)),
+        ("set_watermark.lua", lambda: store.revoke_user_tokens(USER, tenant_id=TENANT)),
+        ("data_loss.lua", lambda: store.recover(cutoff=False, actor="parity")),
+    ]
+    for script, bump in bumps:
+        _set_identity(store, value)
+        bump()
+        after = store.client.hget(store.keys.integrity, "seq")
+        assert after == str(read + 1).encode(), (script, after)
+    _set_identity(store, value)
+    await aio.revoke_token("jti-" + uuid.uuid4().hex)
+    assert store.client.hget(store.keys.integrity, "seq") == str(read + 1).encode()
+
+
+@pytest.mark.parametrize("value", SEQ_VALUES, ids=_ids)
+async def test_a_sequence_read_lower_than_seen_is_a_rollback(
+    parity_store: Parity, value: bytes
+) -> None:
+    """A store that saw seq 5 takes a stored ``seq`` for a rollback exactly when keys.decode_seq
+    reads it below 5 (a corrupt one reads 0: always a rollback), and handles it by the policy
+    (here the cut-off) instead of failing the check."""
+    from revoker.keys import decode_seq
+
+    store = parity_store.sync
+    _set_identity(store, b"5")
+    token = _token(_family(store), T_US)
+    assert not store.is_revoked(token)
+    _set_identity(store, value)
+    rule = store.is_revoked(token).rule
+    state = store.client.hget(store.keys.integrity, "state")
+    if decode_seq(value) < 5:
+        assert (state, rule) == (b"cutoff", "global"), value
+    else:
+        assert (state, rule) == (None, None), value

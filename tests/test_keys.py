@@ -19,6 +19,7 @@ from revoker.keys import (
     FOREIGN_BUCKETS,
     MAX_ID_LENGTH,
     MAX_TIME,
+    MAX_TTL,
     NO_TENANT_TAG,
     RECORD_CLIENT,
     RECORD_CREATED,
@@ -474,6 +475,14 @@ def test_jti_ttl_with_expires_at() -> None:
     assert jti_ttl(1100, 1000, access_ttl=900, leeway=30) == 130
     assert jti_ttl(1100, 999.5, access_ttl=900, leeway=30) == 131
     assert jti_ttl(1000.2, 1000, access_ttl=900, leeway=0) == 1
+
+
+@pytest.mark.parametrize("exp", [1e300, 10.0**19, 2**80, float("inf"), float("nan")])
+def test_jti_ttl_is_bounded_whatever_the_exp(exp: float) -> None:
+    """No exp gives a TTL above MAX_TTL (Redis refuses an EX past its range), nor raises."""
+    assert jti_ttl(exp, 1000, access_ttl=900, leeway=30) == MAX_TTL
+    assert jti_ttl(MAX_TTL - 1000.0, 1000, access_ttl=900, leeway=0) == MAX_TTL - 2000
+    assert jti_ttl(-1e300, 1000, access_ttl=900, leeway=30) == 1
 
 
 def test_jti_ttl_of_an_expired_token_is_at_least_one_second() -> None:

@@ -28,7 +28,7 @@ from conftest import (
     with_cluster,
 )
 from revoker import exceptions as exc
-from revoker.keys import bucket_of_user, family_id_prefix
+from revoker.keys import MAX_TTL, bucket_of_user, family_id_prefix
 from revoker.localredis import LocalRedis, free_port
 from revoker.rules import now_us, to_us
 from revoker.settings import RevokerSettings, configure
@@ -193,6 +193,21 @@ async def test_revoke_token_reports_newly_revoked_once(s: Either) -> None:
     assert await s("revoke_token", "j1", reason="again") is False
     assert await s("is_token_revoked", "j1") is True
     assert await s("is_token_revoked", "j2") is False
+
+
+@with_cluster
+@pytest.mark.parametrize("exp", [1e300, 10.0**19 + 1, 2**70, float("inf"), float("nan"), -1e300])
+async def test_a_token_with_a_huge_exp_is_revoked_with_a_bounded_entry(
+    s: Either, exp: float
+) -> None:
+    """A validly signed token may carry any exp: its revocation is written (Redis refused the
+    unbounded EX: "invalid expire time"), with a TTL of at most keys.MAX_TTL."""
+    assert await s("revoke_token", "j-huge", expires_at=exp) is True
+    assert await s("is_token_revoked", "j-huge") is True
+    ttl = await s.raw("TTL", s.keys.jti("j-huge"))
+    assert 0 < ttl <= MAX_TTL
+    if exp > 0:
+        assert ttl > MAX_TTL - 60
 
 
 @with_cluster

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from revoker.keys import read_seq
 from revoker.settings import is_sentinel_url
 
 if TYPE_CHECKING:
@@ -145,11 +146,17 @@ def integrity_report(
     if stored is None:
         return {"healthy": False, "state": "unknown", "error": f"{type(error).__name__}: {error}"}
     epoch = stored.get("epoch")
-    seq_text = stored.get("seq") or "0"
-    seq = int(seq_text) if seq_text.isdigit() else 0
+    read = read_seq(stored.get("seq"))
+    seq = read or 0
     state = stored.get("state") or "ok"
     problem: str | None = None
-    if state in _LOST_STATES:
+    if read is None:
+        problem = (
+            f"the revocation sequence is corrupt ({str(stored.get('seq'))[:40]!r}): it reads 0, a "
+            "rollback to every process that saw more; run `revoker recover --cutoff` to start a "
+            "new epoch"
+        )
+    elif state in _LOST_STATES:
         problem = (
             f"the denylist was lost (epoch {stored.get('lost') or '-'}); handled by "
             f"REVOKER_ON_DATA_LOSS ({state}); run `revoker recover --accept` once what can be "

@@ -23,7 +23,10 @@ trip, and each process (each store) remembers the epoch and the highest ``seq`` 
   record of a loss or recovery this process can place (its ``lost`` or ``from`` is the epoch this
   process saw): a wipe followed by a revocation that created a new epoch;
 * ``rolled_back``: the same epoch with a ``seq`` lower than one this process had seen before it
-  sent the check (an older backup, a replica that had not received the latest writes).
+  sent the check (an older backup, a replica that had not received the latest writes). A corrupt
+  ``seq`` (unreadable by :func:`revoker.keys.read_seq`: not ASCII digits, or above
+  ``keys.MAX_TIME``) reads 0, so it is one too: never an error that would send the check to the
+  failure policy.
 
 **A new deployment and a wiped one.** A process that has never seen an epoch cannot tell an empty
 Redis of a new deployment from a wiped one by itself. The rule: without ``REVOKER_REQUIRE_INIT``,
@@ -45,6 +48,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from revoker.keys import MAX_TIME, decode_seq
+
 __all__ = [
     "HANDLED_STATES",
     "INTEGRITY_FIELDS",
@@ -60,6 +65,8 @@ __all__ = [
 INTEGRITY_FIELDS: Final = ("epoch", "seq", "state", "lost", "from")
 #: States that record a loss handled by a policy (awaiting ``revoker recover``).
 HANDLED_STATES: Final = frozenset({"cutoff", "fail-closed", "accepted"})
+#: Digits the fast path reads itself; a longer ``seq`` is judged by keys.read_seq (bounded).
+_SEQ_DIGITS: Final = len(str(MAX_TIME)) - 1
 #: The state ``revoker recover`` leaves.
 RECOVERED: Final = "recovered"
 
@@ -94,10 +101,9 @@ def read_observation(raw: Any) -> Observation:
     if not raw:
         return Observation(None, 0)
     epoch, seq, state, lost, replaced = (list(raw) + [None] * 5)[:5]
-    seq_text = _text(seq)
     return Observation(
         _text(epoch),
-        int(seq_text) if seq_text is not None and seq_text.isdigit() else 0,
+        decode_seq(seq if seq is not False else None),
         _text(state),
         _text(lost),
         _text(replaced),
@@ -173,8 +179,8 @@ class IntegrityWatch:
         ):
             return None
         seq_raw = raw[1]
-        if not isinstance(seq_raw, bytes) or not seq_raw.isdigit():
-            return None
+        if not isinstance(seq_raw, bytes) or not seq_raw.isdigit() or len(seq_raw) > _SEQ_DIGITS:
+            return None  # judged in full, by keys.read_seq's rule
         seq = int(seq_raw)
         if seq < snapshot[1]:
             return None

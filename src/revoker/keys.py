@@ -70,6 +70,18 @@ revocation write and its bump". ``state`` records a handled loss (``cutoff``, ``
 the watermarks. Both share the ``{integrity}`` tag, which no tenant tag can equal (those are
 ``t:...`` or ``-``); on a Redis Cluster they live in that one slot.
 
+**Reading the sequence** follows one rule, :func:`read_seq` (:func:`decode_seq` for the value a
+check compares), which ``scripts/_sequence.lua`` restates for the bump every script makes
+(``tests/test_format_parity.py`` holds them to it): ``seq`` is readable only if it is one or more
+ASCII digits and nothing else (as a time, above) with a value at most :data:`MAX_TIME` (no
+clamping: a clamped sequence would stop growing). A missing ``seq`` reads 0; an unreadable one
+(``"abc"``, ``"-5"``, ``"1.5"``, a non-ASCII digit such as ``"²"``, 17 digits) is **corrupt and
+reads 0 too**: never an error, so a check never takes the failure policy over it (with
+fail-open that admitted revoked tokens). Reading 0 makes a corrupt sequence a rollback signal:
+a process that had seen a higher one handles it as a loss (``REVOKER_ON_DATA_LOSS``), ``revoker
+health`` reports it, and the next bump of any script writes 1 (a script reads it by the same
+rule, so a revocation is still written).
+
 Ids are percent-escaped so that no id can contain ``{``, ``}`` or ``:``: no user, tenant or jti
 string can forge another key or move a key to another slot.
 
@@ -146,6 +158,7 @@ __all__ = [
     "FOREIGN_BUCKETS",
     "MAX_ID_LENGTH",
     "MAX_TIME",
+    "MAX_TTL",
     "NO_TENANT_TAG",
     "RECORD_CLIENT",
     "RECORD_CREATED",
@@ -161,6 +174,7 @@ __all__ = [
     "decode_feed_entry",
     "decode_mark",
     "decode_record",
+    "decode_seq",
     "encode_feed_entry",
     "encode_mark",
     "encode_record",
@@ -172,6 +186,7 @@ __all__ = [
     "family_ttl",
     "jti_ttl",
     "mark_time",
+    "read_seq",
     "read_time",
     "record_head",
     "tenant_tag",
@@ -213,6 +228,10 @@ RECORD_HEAD: Final = RECORD_EXPIRES + 1
 #: The largest time a stored value can hold (see "Reading a time" above): 2**53 - 1, the largest
 #: integer the Lua scripts' doubles hold exactly. In µs it is the year 2255.
 MAX_TIME: Final = 2**53 - 1
+#: The longest TTL any entry gets, in seconds (~285 years: MAX_TIME read as µs, i.e. the year
+#: 2255 counted from 1970, and far inside what Redis' ``EX`` holds). A TTL rule that would give
+#: more (a token whose ``exp`` is 1e300) gives this: no token outlives it in any useful sense.
+MAX_TTL: Final = MAX_TIME // 1_000_000
 #: Digits of MAX_TIME (16): a time with more, once leading zeros are gone, is above it.
 _MAX_TIME_DIGITS: Final = len(str(MAX_TIME))
 #: Buckets of the revoked marks of family ids that do not name their bucket (foreign ids).
@@ -360,6 +379,28 @@ def read_time(part: bytes) -> int | None:
 def mark_time(raw: bytes) -> int | None:
     """The time of a raw mark or watermark (its part before "|"), or None if it is unreadable."""
     return read_time(raw.partition(b"|")[0])
+
+
+def read_seq(raw: bytes | str | None) -> int | None:
+    """The integrity sequence ``raw`` holds (the rule of the module docstring, "Reading the
+    sequence"): 0 for None (no ``seq``), None if it is corrupt (unreadable)."""
+    if raw is None:
+        return 0
+    data = raw.encode(errors="replace") if isinstance(raw, str) else raw
+    if not data.isdigit():  # ASCII-only: "²" or a full-width digit is not a digit here
+        return None
+    if len(data) > _MAX_TIME_DIGITS:
+        data = data.lstrip(b"0") or b"0"
+        if len(data) > _MAX_TIME_DIGITS:
+            return None  # never int() thousands of digits (it raises past 4300)
+    seq = int(data)
+    return seq if seq <= MAX_TIME else None
+
+
+def decode_seq(raw: bytes | str | None) -> int:
+    """The sequence a check compares: :func:`read_seq`, with a corrupt value read as 0 (a
+    rollback signal to a process that saw more; never an error). Never raises."""
+    return read_seq(raw) or 0
 
 
 def encode_mark(at_us: int, reason: str | None = None) -> str:
@@ -712,13 +753,21 @@ class KeyLayout:
 
 
 def jti_ttl(expires_at: float | None, now: float, access_ttl: int, leeway: int) -> int:
-    """TTL of a revoked-jti entry: the token's remaining life plus leeway.
+    """TTL of a revoked-jti entry: the token's remaining life plus leeway, at most
+    :data:`MAX_TTL`.
 
     Without ``expires_at`` the longest an access token can live is assumed, so a jti revoked
-    without its token (the seed's ``revoke_token(jti=...)``) is covered for its whole life.
+    without its token (the seed's ``revoke_token(jti=...)``) is covered for its whole life. A
+    validly signed token may carry any ``exp`` (``1e300``, 20 digits, ``inf`` from ``1e400``):
+    its entry is written with :data:`MAX_TTL`, which covers it for as long as it can be presented
+    (Redis refuses an ``EX`` past its own range, which failed the revocation); ``nan`` is read as
+    the longest too. Never raises.
     """
     remaining = (expires_at - now) if expires_at is not None else access_ttl
-    return max(1, math.ceil(remaining + leeway))
+    ttl = remaining + leeway
+    if not ttl < MAX_TTL:  # also inf and nan
+        return MAX_TTL
+    return max(1, math.ceil(ttl))
 
 
 def watermark_ttl(longest_token_ttl: int, leeway: int) -> int:
