@@ -171,7 +171,9 @@ class SessionRecord:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # Stored bytes that are not UTF-8 (a corrupt identity hash) read as text, never an error:
+    # keys' parsers then judge them.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _time(text: str) -> int | None:

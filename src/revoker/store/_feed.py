@@ -262,7 +262,7 @@ class FeedPlans:
             return SnapshotStart(
                 feed_id=self._tail([tail]),
                 epoch=_text(epoch) if epoch is not None else None,
-                seq=(k.read_time(seq) or 0) if isinstance(seq, bytes) else int(seq or 0),
+                seq=k.decode_seq(seq),
                 state=_text(state) if state is not None else None,
             )
 
