@@ -39,6 +39,8 @@ from revoker.store._feed import FeedPlans, SnapshotBatch, SnapshotFamilies, Snap
 from revoker.tokens import TokenData
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from revoker.store import RedisTokenRevocationStore
 
 __all__ = ["Mirror"]
@@ -78,6 +80,22 @@ def _pack(commands: list[Any]) -> bytes:
         for part in map(_encoded, command):
             out.append(b"$%d\r\n%b\r\n" % (len(part), part))
     return b"".join(out)
+
+
+@contextlib.asynccontextmanager
+async def _held_connection(client: Any) -> AsyncIterator[Any]:
+    """One connection of ``client``'s pool, held for raw reads and given back after; on any
+    error it is disconnected first (a reply may be left unread on it)."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        yield connection
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 class _Resync(Exception):
@@ -299,17 +317,8 @@ class Mirror:
         builder = StateBuilder(self._key)
         # One connection for the whole snapshot, its replies read raw (hiredis's lists of bytes,
         # no reply callbacks): the plans' finishers read either shape.
-        pool = client.connection_pool
-        connection = await pool.get_connection()
-        try:
+        async with _held_connection(client) as connection:
             feed_id = await self._load(connection, builder, seen)
-        except BaseException:
-            # A reply may be left unread: the connection is not given back as it is.
-            with contextlib.suppress(Exception):
-                await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
         # Joining the groups is the last step (milliseconds): in a thread regardless, so the
         # event loop keeps serving (checks go to Redis until the mirror is ready).
         state = await asyncio.to_thread(builder.build)
@@ -400,16 +409,8 @@ class Mirror:
         revocation's entry is applied as soon as its reply is read: no pipeline object, reply
         callbacks or packing in redis-py between the socket and the state (~4x less CPU per read,
         in a process busy serving requests)."""
-        pool = client.connection_pool
-        connection = await pool.get_connection()
-        try:
+        async with _held_connection(client) as connection:
             await self._follow_on(connection)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
 
     async def _follow_on(self, connection: Any) -> None:
         state = self.state
