@@ -18,9 +18,9 @@ record crosses the wire; a rerun skips what an earlier run finished, and counts 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 
@@ -31,7 +31,7 @@ from revoker.job_record import JobRecord
 from revoker.rules import encode_mark, now_us, to_us
 from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
 from revoker.store._base import BACKEND_ERRORS, load_script
-from revoker.store._bulk import BulkScript, bulk_script
+from revoker.store._bulk import bulk_script
 
 __all__ = [
     "CHUNK_SCRIPT",
@@ -177,35 +177,30 @@ class ChunkRead:
         return [fid for ids in self.selected.values() for fid in ids]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
 def paced(exchange: Exchange, duty_cycle: float) -> Exchange:
     """``exchange``, pausing after each round trip so that round trips take ``duty_cycle`` of
     the time (REVOKER_FANOUT_DUTY_CYCLE); 1 is ``exchange`` itself."""
+    return _pacing(exchange, duty_cycle)
+
+
+def _pacing(call: Callable[_P, _R], duty_cycle: float) -> Callable[_P, _R]:
+    """``call`` (a round trip: an exchange or a script call), pausing after each call for
+    ``1 / duty_cycle - 1`` times as long as it took; 1 is ``call`` itself."""
     if duty_cycle >= 1:
-        return exchange
+        return call
     rest = 1 / duty_cycle - 1
 
-    def send(commands: list[Any]) -> list[Any]:
+    def paced_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         started = time.perf_counter()
-        replies = exchange(commands)
-        time.sleep((time.perf_counter() - started) * rest)
-        return replies
-
-    return send
-
-
-def _paced_script(script: BulkScript, duty_cycle: float) -> BulkScript:
-    """``script`` paced as :func:`paced` paces an exchange."""
-    if duty_cycle >= 1:
-        return script
-    rest = 1 / duty_cycle - 1
-
-    def call(keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        started = time.perf_counter()
-        reply = script(keys, args)
+        reply = call(*args, **kwargs)
         time.sleep((time.perf_counter() - started) * rest)
         return reply
 
-    return call
+    return paced_call
 
 
 def can_watch(store: SyncRedisTokenRevocationStore) -> bool:
@@ -510,7 +505,7 @@ def revoke_server_side(
     entry = core.feed_entry("family", at_us=k.decode_mark(mark)[0], tenant_id=tenant)
     sequence_keys, sequence_args, bump = core.script_sequence(entry)
     exchange = paced(bulk, duty_cycle)
-    call = _paced_script(bulk_script(store.client, bulk, CHUNK_SCRIPT), duty_cycle)
+    call = _pacing(bulk_script(store.client, bulk, CHUNK_SCRIPT), duty_cycle)
     window = [
         "" if select.after_us is None else select.after_us,
         "" if select.before_us is None else select.before_us,
