@@ -175,6 +175,12 @@ def text(driver: WebDriver, css: str) -> str:
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
 
+def text_when_shown(driver: WebDriver, what: str, css: str) -> str:
+    """The element's text once the page a click navigated to has it (a click does not wait)."""
+    wait_for(driver, what, lambda d: d.find_elements(By.CSS_SELECTOR, css))
+    return text(driver, css)
+
+
 def mark_page(driver: WebDriver) -> None:
     """Tag the loaded document: the tag survives only as long as the page is not reloaded."""
     driver.execute_script("window.__consoleTestMark = 'same page';")
@@ -212,6 +218,7 @@ def test_operator_revokes_a_tenant_in_the_browser(
 
     # A dry run first: its page shows the count once the worker has counted, without reload.
     b.find_element(By.LINK_TEXT, "Revoke").click()
+    text_when_shown(b, "revoke-page", "#tenant-id")
     b.find_element(By.ID, "tenant-id").send_keys("acme")
     b.find_element(By.ID, "tenant-reason").send_keys("credential leak")
     b.find_element(By.ID, "tenant-dry-run").click()
@@ -228,7 +235,7 @@ def test_operator_revokes_a_tenant_in_the_browser(
     # Confirm by typing the tenant id (a wrong one is refused first).
     b.find_element(By.ID, "confirm").send_keys("acme-typo")
     b.find_element(By.ID, "confirm-button").click()
-    assert "type 'acme' exactly" in text(b, "#error-message")
+    assert "type 'acme' exactly" in text_when_shown(b, "confirm-refused", "#error-message")
     b.back()
     wait_for(b, "confirm-again", lambda d: d.find_element(By.ID, "confirm-fields").is_enabled())
     field = b.find_element(By.ID, "confirm")
@@ -259,6 +266,7 @@ def test_operator_revokes_a_tenant_in_the_browser(
     # The job's audit entries (one per chunk that revoked), by the signed-in operator, add up.
     b.get(f"{admin_url}/console/jobs/{job_id}")
     b.find_element(By.ID, "audit-link").click()
+    text_when_shown(b, "audit", "#audit")
     entries = b.find_elements(By.CSS_SELECTOR, "#audit tbody tr[data-entry]")
     assert entries
     assert all("ops-alice" in row.text and "credential leak" in row.text for row in entries)
@@ -268,9 +276,10 @@ def test_operator_revokes_a_tenant_in_the_browser(
 
     # A token of the tenant issued before the revocation is revoked, and says by which rule.
     b.find_element(By.LINK_TEXT, "Check a token").click()
+    text_when_shown(b, "check-page", "#check-token")
     b.find_element(By.ID, "check-token").send_keys(victim)
     b.find_element(By.ID, "check-button").click()
-    verdict = text(b, "#verdict")
+    verdict = text_when_shown(b, "verdict", "#verdict")
     assert verdict.startswith("✗ Revoked (rule: ")
     assert "credential leak" in text(b, "#check-result")
     shot(b, "06-check")
@@ -286,7 +295,7 @@ def test_operator_revokes_a_tenant_in_the_browser(
     assert same_page(b), "the jobs list reloaded instead of updating in place"
 
     b.find_element(By.LINK_TEXT, "Health").click()
-    assert "ok" in text(b, "#overall")
+    assert "ok" in text_when_shown(b, "health", "#overall")
     assert worker.hostname in text(b, "#workers")
     shot(b, "07-health")
 
