@@ -475,3 +475,61 @@ def test_openapi_declares_bearer_and_client_credentials() -> None:
     assert "/.well-known/oauth-authorization-server" in document["paths"]
     jobs = document["paths"]["/jobs"]["get"]
     assert {"bearer": [REVOKE_SCOPE]} in jobs["security"]
+
+
+async def test_a_flood_of_wrong_secrets_is_bounded_and_spares_known_clients(
+    client: httpx.AsyncClient,
+    registry: ClientRegistry,
+    settings: RevokerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Wrong secrets sent at once run at most SECRET_CHECKS_AT_ONCE Argon2 checks at a time;
+    past the queue they are 503 with Retry-After at once; a client verified before is served
+    meanwhile, and once the flood ends a wrong secret is a 401 again."""
+    import asyncio
+    import threading
+
+    from revoker import clients
+
+    known = register(registry, INTROSPECT_SCOPE)
+    token, _ = create_access_token("u1", settings=settings)
+    form = {"token": token}
+    assert (await client.post("/oauth/introspect", data=form, headers=basic(known))).is_success
+
+    real_verify = clients.verify_secret
+    running = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def slow_verify(secret_hash: str, secret: str) -> bool:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        try:
+            time.sleep(0.05)  # a slower host's Argon2: the flood outlasts its own sending
+            return real_verify(secret_hash, secret)
+        finally:
+            with lock:
+                running["now"] -= 1
+
+    monkeypatch.setattr(clients, "verify_secret", slow_verify)
+    victim_id, _ = register(registry, INTROSPECT_SCOPE)
+    flood = 3 * (clients.SECRET_CHECKS_AT_ONCE + clients.SECRET_CHECKS_QUEUED)
+    wrong = [
+        client.post("/oauth/introspect", data=form, headers=basic((victim_id, f"guess-{n}")))
+        for n in range(flood)
+    ]
+    answers, served = await asyncio.gather(
+        asyncio.gather(*wrong),
+        client.post("/oauth/introspect", data=form, headers=basic(known)),
+    )
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) == {401, 503}, statuses
+    assert statuses.count(401) <= clients.SECRET_CHECKS_AT_ONCE + clients.SECRET_CHECKS_QUEUED
+    busy = next(answer for answer in answers if answer.status_code == 503)
+    assert busy.json()["error"] == "temporarily_unavailable"
+    assert busy.headers["retry-after"] == "1"
+    assert_no_store(busy)
+    assert running["most"] <= clients.SECRET_CHECKS_AT_ONCE
+    assert served.json()["active"] is True
+    after = await client.post("/oauth/introspect", data=form, headers=basic((victim_id, "x")))
+    assert after.status_code == 401

@@ -27,6 +27,7 @@ The Redis keys are :meth:`revoker.keys.KeyLayout.client` (one hash per client, f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import hmac
@@ -54,6 +55,8 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "REVOKE_SCOPE",
     "SCOPES",
+    "SECRET_CHECKS_AT_ONCE",
+    "SECRET_CHECKS_QUEUED",
     "VERIFIED_TTL",
     "AsyncClientRegistry",
     "ClientExists",
@@ -217,6 +220,41 @@ def _decode(client_id: str, raw: dict[Any, Any]) -> ClientRecord | None:
     )
 
 
+# --- bounding the secret checks -----------------------------------------------------------------
+
+#: Argon2 checks the admin API runs at once per process. Each takes ~19 MiB and most of a core for
+#: ~0.1 s, so a flood of wrong secrets (which no memo can answer) would otherwise take every core
+#: and every default-executor thread of the API, starving its other requests.
+SECRET_CHECKS_AT_ONCE: Final = 2
+#: Checks that may wait for one of those threads (~1 s of work at the rate above); past them a
+#: check is refused at once (Overloaded: 503 with Retry-After) rather than queued without bound.
+SECRET_CHECKS_QUEUED: Final = 16
+
+# Its own pool: queued checks wait in its queue, not in threads other work needs.
+_secret_checks = concurrent.futures.ThreadPoolExecutor(
+    SECRET_CHECKS_AT_ONCE, thread_name_prefix="revoker-secret-check"
+)
+_secret_checks_pending = 0
+_secret_checks_lock = threading.Lock()
+
+
+async def _bounded_check(
+    keys: KeyLayout, record: ClientRecord | None, secret: str
+) -> ClientRecord | None:
+    """:func:`_check` in the secret-check pool, or Overloaded when its queue is full."""
+    global _secret_checks_pending
+    with _secret_checks_lock:
+        if _secret_checks_pending >= SECRET_CHECKS_AT_ONCE + SECRET_CHECKS_QUEUED:
+            raise exc.Overloaded("too many client secret checks in progress; retry shortly")
+        _secret_checks_pending += 1
+    try:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_secret_checks, _check, keys, record, secret)
+    finally:
+        with _secret_checks_lock:
+            _secret_checks_pending -= 1
+
+
 # --- remembering successful checks ------------------------------------------------------------
 
 _process_key: Final = secrets.token_bytes(32)
@@ -363,7 +401,7 @@ class ClientRegistry:
 
 class AsyncClientRegistry:
     """The registered clients as the admin API reads them (redis.asyncio); the secret check
-    runs in a thread, off the event loop (Argon2 releases the GIL)."""
+    runs in a small pool of its own, off the event loop (Argon2 releases the GIL)."""
 
     def __init__(self, client: Any, keys: KeyLayout) -> None:
         self.client = client
@@ -377,8 +415,9 @@ class AsyncClientRegistry:
 
     async def authenticate(self, client_id: str, secret: str) -> ClientRecord | None:
         """The client if ``secret`` is its current secret, else None. Redis errors propagate
-        (the caller fails closed)."""
+        (the caller fails closed); Overloaded when the process's secret checks are at their
+        bound (:data:`SECRET_CHECKS_AT_ONCE` running, :data:`SECRET_CHECKS_QUEUED` waiting)."""
         record = await self.get(client_id)
         if _remembered(self.keys, record, secret):
             return record  # the usual case: no thread hop
-        return await asyncio.to_thread(_check, self.keys, record, secret)
+        return await _bounded_check(self.keys, record, secret)

@@ -26,9 +26,10 @@ The tree::
     │   └── StoreUnavailable        Redis unreachable, timed out, or the breaker is open
     │       ├── DenylistLost        the denylist was lost and REVOKER_ON_DATA_LOSS=fail-closed
     │       └── DurabilityNotReached  written, not acknowledged as durable (REVOKER_DURABILITY)
-    └── JobError                    bulk jobs
-        ├── JobNotFound             no job record with that id
-        └── DuplicateJob            the same request is already running (carries its job id)
+    ├── JobError                    bulk jobs
+    │   ├── JobNotFound             no job record with that id
+    │   └── DuplicateJob            the same request is already running (carries its job id)
+    └── Overloaded                  this process is at its bound for a costly check (HTTP 503)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "MalformedToken",
     "MissingClaim",
     "MissingExtra",
+    "Overloaded",
     "RefreshError",
     "RefreshTokenReused",
     "RevokerError",
@@ -227,3 +229,9 @@ class DuplicateJob(JobError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"an identical job is already in progress: {job_id}")
+
+
+class Overloaded(RevokerError):
+    """This process already runs (and queues) as many costly checks as it allows, such as the
+    Argon2 check of a client secret; the request is refused at once rather than queued without
+    bound. Retrying later is safe."""

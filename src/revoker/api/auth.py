@@ -175,7 +175,8 @@ async def authenticate_client(
     context: ApiContext, request: Request, form: Mapping[str, str] | None = None
 ) -> Principal | None:
     """The registered client the request authenticates as; None when it presents no client
-    credentials; ``invalid_client`` (401) when they are wrong, 503 when Redis does not answer."""
+    credentials; ``invalid_client`` (401) when they are wrong, 503 when Redis does not answer or
+    the process already runs as many secret checks as it allows."""
     credentials = client_credentials(request, form)
     if credentials is None:
         return None
@@ -183,7 +184,12 @@ async def authenticate_client(
     if len(secret) > _MAX_SECRET:
         raise _invalid_client("client authentication failed")
     registry = AsyncClientRegistry(context.store.client, context.store.keys)
-    record: ClientRecord | None = await registry.authenticate(client_id, secret)
+    try:
+        record: ClientRecord | None = await registry.authenticate(client_id, secret)
+    except exc.Overloaded as e:
+        raise ApiError(
+            503, "temporarily_unavailable", str(e), headers={"Retry-After": "1"}
+        ) from None
     if record is None:
         raise _invalid_client("client authentication failed")
     return Principal(record.name, "client", record.scopes, record.client_id)
