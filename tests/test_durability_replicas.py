@@ -207,3 +207,32 @@ def test_a_chunk_is_not_counted_done_while_the_replica_is_stopped(pair: Pair) ->
     finally:
         pair.replica.resume()
         store.close()
+
+
+def test_a_reuse_escalation_waits_for_the_replica(pair: Pair) -> None:
+    """The user watermark of a reuse escalation (reuse_escalation=user) is a durable write: with
+    the replica stopped the follow-up raises DurabilityNotReached (Celery retries it) and the job
+    is not done; with it running the replica holds the watermark when the job is."""
+    settings = configure(_settings(pair).model_copy(update={"reuse_escalation": "user"}))
+    store = SyncRedisTokenRevocationStore(settings=settings)
+    keys = store.keys
+    try:
+        seed_sessions(pair.p, settings, "acme", 3, client_ids=("web",))
+        first = jobs.enqueue_family_reuse("fam-1", tenant_id="acme", user_id="u0",
+                                          settings=settings)  # fmt: skip
+        pair.replica.pause()
+        with pytest.raises(DurabilityNotReached, match="0 of 1 replicas"):
+            tasks.handle_family_reuse(first)  # called directly, Celery's retry re-raises
+        assert jobs.get_job(first, settings=settings).status != "done"
+        pair.replica.resume()
+        pair.p.execute_command("WAIT", 1, 2000)
+        pair.p.config_resetstat()
+        second = jobs.enqueue_family_reuse("fam-2", tenant_id="acme", user_id="u1",
+                                           settings=settings)  # fmt: skip
+        tasks.handle_family_reuse(second)
+        assert jobs.get_job(second, settings=settings).status == "done"
+        assert pair.r.exists(keys.user_watermark("acme", "u1"))
+        assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] >= 1
+    finally:
+        pair.replica.resume()
+        store.close()
