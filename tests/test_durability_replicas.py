@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,12 +17,14 @@ import redis
 
 from celery_helpers import seed_sessions
 from conftest import make_settings
+from test_cli import assert_exit, cli_env, run_cli
 from revoker import health, jobs, tasks
 from revoker.exceptions import DurabilityNotReached
 from revoker.keys import family_bucket
 from revoker.localredis import LocalRedis, free_port
 from revoker.settings import RevokerSettings, configure
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
+from revoker.tokens import create_access_token, decode_token
 
 pytestmark = [pytest.mark.chaos]
 
@@ -236,3 +239,62 @@ def test_a_reuse_escalation_waits_for_the_replica(pair: Pair) -> None:
     finally:
         pair.replica.resume()
         store.close()
+
+
+async def test_a_handled_loss_is_durable_and_a_short_wait_only_logs(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cut-off a check writes on a loss is followed by a WAIT; with the replica stopped the
+    check still answers (revoked by the cut-off, within the wait's bound) and logs an ERROR that
+    the handling is not acknowledged as durable."""
+    settings = _settings(pair)
+    store = RedisTokenRevocationStore(settings=settings)
+    keys = store.keys
+    token, _ = create_access_token("u", tenant_id="t", settings=settings)
+    data = decode_token(token, "access", settings=settings)
+    try:
+        await store.revoke_token("j0")  # the epoch, seen by the store
+        assert not (await store.is_revoked(data)).revoked
+        for paused in (False, True):
+            pair.p.delete(keys.integrity)  # the loss
+            pair.p.execute_command("WAIT", 1, 2000)
+            pair.p.config_resetstat()
+            if paused:
+                pair.replica.pause()
+            caplog.clear()
+            started = time.monotonic()
+            with caplog.at_level(logging.ERROR, logger="revoker.integrity"):
+                status = await store.is_revoked(data)
+            took = time.monotonic() - started
+            assert status.rule == "global"
+            assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
+            short = [r for r in caplog.records if "not acknowledged as durable" in r.getMessage()]
+            assert len(short) == (1 if paused else 0), caplog.text
+            assert took < TIMEOUT + SLACK, took
+            if not paused:
+                assert pair.r.exists(keys.global_watermark)
+            pair.replica.resume()
+    finally:
+        pair.replica.resume()
+        await store.aclose()
+
+
+def test_recover_reports_a_short_wait_in_one_line(pair: Pair) -> None:
+    """`revoker recover` waits for the replica like a revocation: with it stopped it exits 3
+    with one line saying the recovery is not acknowledged as durable; with it running, 0."""
+    settings = _settings(pair)
+    env = cli_env(settings)
+    pair.replica.pause()
+    try:
+        result = run_cli(env, "recover", "--cutoff")
+        assert_exit(result, 3)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "not acknowledged as durable" in lines[0]
+        assert "0 of 1 replicas" in lines[0]
+    finally:
+        pair.replica.resume()
+    pair.p.execute_command("WAIT", 1, 2000)
+    pair.p.config_resetstat()
+    assert_exit(run_cli(env, "recover", "--accept"), 0)
+    assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1

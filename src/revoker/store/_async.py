@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar, cast
@@ -42,6 +43,8 @@ from revoker.tokens import TokenData
 __all__ = ["RedisTokenRevocationStore"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("revoker.integrity")
 
 #: Raised by every check while the denylist is lost and the policy is fail-closed.
 _FAIL_CLOSED = DenylistLost(
@@ -243,6 +246,7 @@ class RedisTokenRevocationStore:
                 observed, found[core.keys.global_watermark] = await self._execute(
                     core.plan_data_loss(judged)
                 )
+                await self._loss_audit(judged)
                 judged = observed
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
@@ -262,7 +266,27 @@ class RedisTokenRevocationStore:
     async def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
         """Adopt the data as it is now under a new epoch (``revoker recover``), after a global
         cut-off if ``cutoff``."""
-        return (await self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
+        observed = (await self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
+        # Acknowledged durable like any revocation: DurabilityNotReached if the wait falls short.
+        await self._execute(self.core.plan_recover_audit(cutoff=cutoff, actor=actor), durable=True)
+        return observed
+
+    async def _loss_audit(self, loss: Loss) -> None:
+        """Audit a loss just handled, durable as a revocation (REVOKER_DURABILITY): the wait
+        covers the cut-off written before it. A check does not fail for it: a wait that falls
+        short (or fails) is logged, and the check goes on with what it read."""
+        plan = self.core.plan_loss_audit(loss)
+        if plan is None:
+            return
+        try:
+            await self._execute(plan, durable=True)
+        except StoreUnavailable as e:
+            logger.error(  # noqa: TRY400 - one line: the error says all, a traceback would not
+                "revocation data lost: the handling of the loss (%s) is not acknowledged as "
+                "durable: %s",
+                loss.kind,
+                e,
+            )
 
     async def _check(self, token: TokenData, keys: list[str]) -> list[Any]:
         """The check script on ``keys`` (all in one slot, or a single Redis)."""

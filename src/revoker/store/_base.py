@@ -214,6 +214,8 @@ class StoreCore:
         self.watch = IntegrityWatch(require_init=settings.require_init)
         #: The last loss logged and counted: concurrent checks seeing one loss report it once.
         self._reported: tuple[str, str | None, str | None] | None = None
+        #: The last loss audited (plan_loss_audit): once per loss and store, as it is logged.
+        self._audited: tuple[str, str | None, str | None] | None = None
 
     # --- the denylist's identity -----------------------------------------------------------------
 
@@ -361,6 +363,29 @@ class StoreCore:
         return Plan(
             [ScriptCall("data_loss", keys, [*args, epoch, *self.feed_args(entry)])], self._adopt
         )
+
+    def plan_loss_audit(self, loss: Loss) -> Plan[None] | None:
+        """The audit entry (kind ``global``) of a loss handled by :meth:`plan_data_loss`, once
+        per loss and store (None after the first), sent after the script: the plain write that
+        REVOKER_DURABILITY's wait follows, so it covers the cut-off (store._durable)."""
+        reported = (loss.kind, loss.seen_epoch, loss.observed.epoch)
+        if reported == self._audited:
+            return None
+        self._audited = reported
+        policy = self.settings.on_data_loss
+        return self._global_audit(
+            loss.kind, f"denylist {loss.kind}; REVOKER_ON_DATA_LOSS={policy}", "system"
+        )
+
+    def plan_recover_audit(self, *, cutoff: bool, actor: str | None) -> Plan[None]:
+        """The audit entry of ``revoker recover`` (after :meth:`plan_recover`; see
+        :meth:`plan_loss_audit` for why it is a plan of its own)."""
+        mode = "cutoff" if cutoff else "accept"
+        return self._global_audit("recover", f"recover --{mode}", actor or "operator")
+
+    def _global_audit(self, target: str, reason: str, actor: str) -> Plan[None]:
+        command = self.audit_command("global", target, reason=reason, actor=actor, at_us=now_us())
+        return Plan([command], lambda _replies: None)
 
     def plan_recover(self, *, cutoff: bool, actor: str | None) -> Plan[tuple[Observation, Any]]:
         """``revoker recover``: adopt the data as it is now under a new epoch (``state``
