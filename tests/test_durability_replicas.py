@@ -19,9 +19,11 @@ from celery_helpers import seed_sessions
 from conftest import make_settings
 from test_cli import assert_exit, cli_env, run_cli
 from revoker import health, jobs, tasks
-from revoker.exceptions import DurabilityNotReached
+from revoker.exceptions import DurabilityNotReached, RefreshTokenReused
 from revoker.keys import family_bucket
 from revoker.localredis import LocalRedis, free_port
+from revoker.refresh import rotate_refresh_token, rotate_refresh_token_sync
+from revoker.sessions import start_session, start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
 from revoker.tokens import create_access_token, decode_token
@@ -298,3 +300,37 @@ def test_recover_reports_a_short_wait_in_one_line(pair: Pair) -> None:
     pair.p.config_resetstat()
     assert_exit(run_cli(env, "recover", "--accept"), 0)
     assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
+
+
+async def test_a_reuse_mark_waits_for_the_replica(pair: Pair) -> None:
+    """A rotation that finds reuse returns only once the replica has the family's mark: with the
+    replica stopped it raises DurabilityNotReached (the mark written, the follow-up enqueued);
+    with it running RefreshTokenReused, after one WAIT, and the replica holds the mark."""
+    settings = _settings(pair)
+    sync = SyncRedisTokenRevocationStore(settings=settings)
+    store = RedisTokenRevocationStore(settings=settings)
+    keys = sync.keys
+    try:
+        first = start_session_sync("u1", tenant_id="t", store=sync)
+        rotate_refresh_token_sync(first.refresh_token, store=sync)
+        pair.replica.pause()
+        started = time.monotonic()
+        with pytest.raises(DurabilityNotReached, match="0 of 1 replicas"):
+            rotate_refresh_token_sync(first.refresh_token, store=sync)  # reuse
+        assert time.monotonic() - started < TIMEOUT + SLACK
+        assert pair.p.hexists(keys.family_revoked("t", first.family_id), first.family_id)
+        assert [j.kind for j in jobs.list_jobs(settings=settings)] == ["family_reuse"]
+        pair.replica.resume()
+
+        second = await start_session("u2", tenant_id="t", store=store)
+        await rotate_refresh_token(second.refresh_token, store=store)
+        pair.p.execute_command("WAIT", 1, 2000)
+        pair.p.config_resetstat()
+        with pytest.raises(RefreshTokenReused):
+            await rotate_refresh_token(second.refresh_token, store=store)
+        assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
+        assert pair.r.hexists(keys.family_revoked("t", second.family_id), second.family_id)
+    finally:
+        pair.replica.resume()
+        sync.close()
+        await store.aclose()

@@ -165,6 +165,9 @@ async def rotate_refresh_token(
             "family", "rotation", target=data.family, tenant=data.tenant, reason="reuse"
         )
         await asyncio.to_thread(_enqueue_follow_up, data, store.settings)
+        # The family's mark is a revocation: acknowledged durable (REVOKER_DURABILITY), after the
+        # follow-up is on its way (DurabilityNotReached if the wait falls short: it was written).
+        await store.acknowledge_reuse()
         raise exc.RefreshTokenReused(data.family)
     return _resolve(data, pair, reply, store.settings)
 
@@ -187,5 +190,8 @@ def rotate_refresh_token_sync(
             "family", "rotation", target=data.family, tenant=data.tenant, reason="reuse"
         )
         _enqueue_follow_up(data, store.settings)
+        # The family's mark is a revocation: acknowledged durable (REVOKER_DURABILITY), after the
+        # follow-up is on its way (DurabilityNotReached if the wait falls short: it was written).
+        store.acknowledge_reuse()
         raise exc.RefreshTokenReused(data.family)
     return _resolve(data, pair, reply, store.settings)

@@ -788,6 +788,12 @@ class StoreCore:
         bump: list[Command] = [] if check_jti else self.sequence_bump()
         return Plan([ScriptCall("rotate_refresh", keys, args), *bump], finish)
 
+    def plan_reuse_count(self) -> Plan[None]:
+        """After a rotation that found reuse (its script revoked the family): count the family
+        revoked, a plain write sent after the script, which REVOKER_DURABILITY's wait follows
+        so that it covers the reuse mark (store._durable); run with ``durable=True``."""
+        return Plan([self.count_command("families")], lambda _replies: None)
+
     # --- health and stats ----------------------------------------------------------------------
 
     def plan_stats(self) -> Plan[dict[str, Any]]:

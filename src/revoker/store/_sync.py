@@ -371,6 +371,11 @@ class SyncRedisTokenRevocationStore:
             )
         )
 
+    def acknowledge_reuse(self) -> None:
+        """After :meth:`rotate_refresh` answered "reuse": count the revoked family, and return
+        once REVOKER_DURABILITY's wait confirms the reuse mark (DurabilityNotReached if not)."""
+        self._execute(self.core.plan_reuse_count(), durable=True)
+
     def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
         """See :meth:`RedisTokenRevocationStore.get_session`."""
         return self._execute(self.core.plan_get_session(family_id, tenant_id=tenant_id))
