@@ -235,19 +235,28 @@ class RedisTokenRevocationStore:
         present = [key for key in keys if key is not None]
         present.append(integrity)
         seen = core.watch.snapshot()
+        timeout = self.settings.redis_timeout
         try:
-            if self.is_cluster:
-                found = await self._cluster_check(token, present)
-            else:
-                values = await self._check(token, present)
-                found = dict(zip(present, values, strict=True))
-            judged = core.integrity_values(found[integrity], seen)
-            if isinstance(judged, Loss):
-                observed, found[core.keys.global_watermark] = await self._execute(
-                    core.plan_data_loss(judged)
-                )
-                await self._loss_audit(judged)
-                judged = observed
+            # The one bound on the whole check, whichever client it runs on: redis-py's own
+            # timeouts are per socket operation (a Sentinel lookup, a connect and a read each
+            # get one), so on a hung server they add up past REVOKER_REDIS_TIMEOUT.
+            async with asyncio.timeout(timeout):
+                if self.is_cluster:
+                    found = await self._cluster_check(token, present)
+                else:
+                    values = await self._check(token, present)
+                    found = dict(zip(present, values, strict=True))
+                judged = core.integrity_values(found[integrity], seen)
+                if isinstance(judged, Loss):
+                    observed, found[core.keys.global_watermark] = await self._execute(
+                        core.plan_data_loss(judged)
+                    )
+                    await self._loss_audit(judged)
+                    judged = observed
+        except TimeoutError as e:
+            raise StoreUnavailable(
+                f"Redis is unavailable: no answer within {timeout:g} s (REVOKER_REDIS_TIMEOUT)"
+            ) from e
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         if judged.state == "fail-closed":
