@@ -53,6 +53,13 @@ _FAIL_CLOSED = DenylistLost(
 )
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a loss handling no check waited for as seen: its failure is the next
+    check's to meet, not an "exception never retrieved" at exit."""
+    if not task.cancelled():
+        task.exception()
+
+
 class RedisTokenRevocationStore:
     """Revoke tokens, families, users and tenants, and check tokens, with ``redis.asyncio``.
 
@@ -236,23 +243,28 @@ class RedisTokenRevocationStore:
         present.append(integrity)
         seen = core.watch.snapshot()
         timeout = self.settings.redis_timeout
+        # The one bound on the whole check, whichever client it runs on: redis-py's own
+        # timeouts are per socket operation (a Sentinel lookup, a connect and a read each get
+        # one), so on a hung server they add up past REVOKER_REDIS_TIMEOUT. The pipelined
+        # connection bounds its call itself (and must see its own timeout to reconnect).
+        deadline = asyncio.get_running_loop().time() + timeout
+        bounded = asyncio.timeout_at(deadline if self._pipelined is None else None)
         try:
-            # The one bound on the whole check, whichever client it runs on: redis-py's own
-            # timeouts are per socket operation (a Sentinel lookup, a connect and a read each
-            # get one), so on a hung server they add up past REVOKER_REDIS_TIMEOUT.
-            async with asyncio.timeout(timeout):
+            async with bounded:
                 if self.is_cluster:
                     found = await self._cluster_check(token, present)
                 else:
                     values = await self._check(token, present)
                     found = dict(zip(present, values, strict=True))
-                judged = core.integrity_values(found[integrity], seen)
-                if isinstance(judged, Loss):
-                    observed, found[core.keys.global_watermark] = await self._execute(
-                        core.plan_data_loss(judged)
-                    )
-                    await self._loss_audit(judged)
-                    judged = observed
+            judged: Loss | Observation = core.integrity_values(found[integrity], seen)
+            if isinstance(judged, Loss):
+                # Within what is left of the bound; shielded, so that a handling cut short
+                # still finishes (and is adopted) in the background rather than being redone.
+                handling = asyncio.ensure_future(self._handle_loss(judged))
+                handling.add_done_callback(_retrieved)
+                async with asyncio.timeout_at(deadline):
+                    observed, found[core.keys.global_watermark] = await asyncio.shield(handling)
+                judged = observed
         except TimeoutError as e:
             raise StoreUnavailable(
                 f"Redis is unavailable: no answer within {timeout:g} s (REVOKER_REDIS_TIMEOUT)"
@@ -279,6 +291,13 @@ class RedisTokenRevocationStore:
         # Acknowledged durable like any revocation: DurabilityNotReached if the wait falls short.
         await self._execute(self.core.plan_recover_audit(cutoff=cutoff, actor=actor), durable=True)
         return observed
+
+    async def _handle_loss(self, loss: Loss) -> tuple[Observation, Any]:
+        """The data-loss plan of ``loss`` (its policy, once for every process), then its audit:
+        the identity afterwards and the global watermark."""
+        handled = await self._execute(self.core.plan_data_loss(loss))
+        await self._loss_audit(loss)
+        return handled
 
     async def _loss_audit(self, loss: Loss) -> None:
         """Audit a loss just handled, durable as a revocation (REVOKER_DURABILITY): the wait
