@@ -53,6 +53,7 @@ logger = logging.getLogger("revoker.integrity")
 
 __all__ = [
     "BACKEND_ERRORS",
+    "BUMP_EVAL",
     "FEED_ON_CLUSTER",
     "SEQUENCED_EVAL",
     "SEQUENCED_SCRIPTS",
@@ -99,6 +100,9 @@ def _minified(source: str) -> str:
 
 #: The EVAL body of :meth:`StoreCore.sequenced` (``scripts/sequenced.lua`` and its prelude).
 SEQUENCED_EVAL = _minified(load_script("sequenced"))
+#: The EVAL body of :meth:`StoreCore.sequence_bump` (``scripts/sequence_bump.lua`` after
+#: ``_sequence.lua``, whose ``revoker_seq`` is keys.read_seq's rule).
+BUMP_EVAL = _minified(_script_file("_sequence") + _script_file("sequence_bump"))
 
 #: Why the feed cannot be read (or written) on a Redis Cluster; the configuration error of
 #: whatever needs it there (the mirror check mode refuses a cluster with it).
@@ -220,9 +224,10 @@ class StoreCore:
     # --- the denylist's identity -----------------------------------------------------------------
 
     def sequence_bump(self, count: int = 1) -> list[Command]:
-        """The sequence bump of a write of revocation state (creating the epoch if absent)."""
-        integrity = self.keys.integrity
-        return [("HSETNX", integrity, "epoch", new_epoch()), ("HINCRBY", integrity, "seq", count)]
+        """The sequence bump of a write of revocation state (creating the epoch if absent), as
+        one plain command: an EVAL of ``scripts/sequence_bump.lua``, which reads the stored
+        value by keys.read_seq's rule, so a corrupt one (read 0) never fails the write."""
+        return [("EVAL", BUMP_EVAL, 1, self.keys.integrity, new_epoch(), count)]
 
     def sequenced(self, writes: Sequence[Command], entry: dict[str, str]) -> list[Command]:
         """A write of revocation state, its sequence bump and its feed ``entry``
