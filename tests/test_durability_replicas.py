@@ -17,7 +17,6 @@ import redis
 
 from celery_helpers import seed_sessions
 from conftest import make_settings
-from test_cli import assert_exit, cli_env, run_cli
 from revoker import health, jobs, tasks
 from revoker.exceptions import DurabilityNotReached, RefreshTokenReused
 from revoker.keys import family_bucket
@@ -27,6 +26,7 @@ from revoker.sessions import start_session, start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
 from revoker.tokens import create_access_token, decode_token
+from test_cli import assert_exit, cli_env, run_cli
 
 pytestmark = [pytest.mark.chaos]
 
