@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -243,20 +244,26 @@ def test_a_reuse_escalation_waits_for_the_replica(pair: Pair) -> None:
         store.close()
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_a_handled_loss_is_durable_and_a_short_wait_only_logs(
-    pair: Pair, caplog: pytest.LogCaptureFixture
+    pair: Pair, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
     """The cut-off a check writes on a loss is followed by a WAIT; with the replica stopped the
     check still answers (revoked by the cut-off, within the wait's bound) and logs an ERROR that
-    the handling is not acknowledged as durable."""
+    the handling is not acknowledged as durable. Both stores."""
     settings = _settings(pair)
-    store = RedisTokenRevocationStore(settings=settings)
-    keys = store.keys
+    aio = RedisTokenRevocationStore(settings=settings)
+    sync = SyncRedisTokenRevocationStore(settings=settings)
+    keys = aio.keys
     token, _ = create_access_token("u", tenant_id="t", settings=settings)
     data = decode_token(token, "access", settings=settings)
+
+    async def check() -> Any:
+        return await aio.is_revoked(data) if kind == "async" else sync.is_revoked(data)
+
     try:
-        await store.revoke_token("j0")  # the epoch, seen by the store
-        assert not (await store.is_revoked(data)).revoked
+        sync.revoke_token("j0")  # the epoch
+        assert not (await check()).revoked  # seen by the store
         for paused in (False, True):
             pair.p.delete(keys.integrity)  # the loss
             pair.p.execute_command("WAIT", 1, 2000)
@@ -266,7 +273,7 @@ async def test_a_handled_loss_is_durable_and_a_short_wait_only_logs(
             caplog.clear()
             started = time.monotonic()
             with caplog.at_level(logging.ERROR, logger="revoker.integrity"):
-                status = await store.is_revoked(data)
+                status = await check()
             took = time.monotonic() - started
             assert status.rule == "global"
             assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
@@ -278,7 +285,8 @@ async def test_a_handled_loss_is_durable_and_a_short_wait_only_logs(
             pair.replica.resume()
     finally:
         pair.replica.resume()
-        await store.aclose()
+        await aio.aclose()
+        sync.close()
 
 
 def test_recover_reports_a_short_wait_in_one_line(pair: Pair) -> None:
