@@ -290,3 +290,82 @@ async def test_noscript_eval_shares_the_calls_timeout() -> None:
     assert b"EVAL\r\n$8\r\nreturn 1" in b"".join(transport.written)
     with contextlib.suppress(RedisConnectionError):
         protocol.drop(RedisConnectionError("test over"))
+
+
+@contextlib.asynccontextmanager
+async def black_holes(count: int) -> AsyncIterator[list[int]]:
+    """``count`` TCP servers that accept and never answer: their ports."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    listeners = [await asyncio.start_server(swallow, "127.0.0.1", 0) for _ in range(count)]
+    try:
+        yield [listener.sockets[0].getsockname()[1] for listener in listeners]
+    finally:
+        for listener in listeners:
+            listener.close()
+        for writer in accepted:
+            writer.close()
+        for listener in listeners:
+            await listener.wait_closed()
+
+
+async def bounded_checks(store: RedisTokenRevocationStore, data: TokenData) -> list[str]:
+    """Five checks, each a StoreUnavailable within BOUND (what each took, for messages)."""
+    seen: list[str] = []
+    for _ in range(5):
+        result, took = await timed(lambda: store.is_revoked(data))
+        seen.append(f"{took:.3f}s {result!r}")
+        assert isinstance(result, exc.StoreUnavailable), seen
+        assert took < BOUND, seen
+    return seen
+
+
+async def test_a_check_through_unresponsive_sentinels_returns_within_the_timeout() -> None:
+    """Three sentinels that accept and never answer (the Sentinel client has no pipelined
+    connection): each check is a StoreUnavailable within the timeout, not the sum of redis-py's
+    per-socket timeouts (0.307 s measured against 0.1 s before the bound)."""
+    async with black_holes(3) as ports:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+        store = RedisTokenRevocationStore(
+            settings=bounded_settings(f"redis+sentinel://{hosts}/mymaster")
+        )
+        assert store._pipelined is None
+        data, _ = verified(store.settings)
+        try:
+            seen = await bounded_checks(store, data)
+            assert "REVOKER_REDIS_TIMEOUT" in seen[-1] or "Timeout" in seen[-1], seen
+        finally:
+            await store.aclose()
+
+
+@pytest.mark.redis
+async def test_a_check_on_an_injected_client_to_a_hung_redis_returns_within_the_timeout(
+    server: LocalRedis,
+) -> None:
+    """An injected redis.asyncio client with a generous socket timeout (2 s) on a SIGSTOPped
+    Redis: the check is still bounded by REVOKER_REDIS_TIMEOUT, and after SIGCONT it answers."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis(port=server.port, socket_timeout=2.0)
+    store = RedisTokenRevocationStore(client, settings=bounded_settings(server.url))
+    data, _ = verified(store.settings)
+    try:
+        assert not (await store.is_revoked(data)).revoked
+        server.pause()
+        await bounded_checks(store, data)
+        server.resume()
+        give_up = time.perf_counter() + 5
+        while isinstance(result := (await timed(lambda: store.is_revoked(data)))[0], Exception):
+            assert time.perf_counter() < give_up, result
+            await asyncio.sleep(0.05)
+        assert not result.revoked
+    finally:
+        await store.aclose()
+        await client.aclose()

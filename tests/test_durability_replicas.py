@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -17,11 +19,15 @@ import redis
 from celery_helpers import seed_sessions
 from conftest import make_settings
 from revoker import health, jobs, tasks
-from revoker.exceptions import DurabilityNotReached
+from revoker.exceptions import DurabilityNotReached, RefreshTokenReused
 from revoker.keys import family_bucket
 from revoker.localredis import LocalRedis, free_port
+from revoker.refresh import rotate_refresh_token, rotate_refresh_token_sync
+from revoker.sessions import start_session, start_session_sync
 from revoker.settings import RevokerSettings, configure
 from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
+from revoker.tokens import create_access_token, decode_token
+from test_cli import assert_exit, cli_env, run_cli
 
 pytestmark = [pytest.mark.chaos]
 
@@ -207,3 +213,132 @@ def test_a_chunk_is_not_counted_done_while_the_replica_is_stopped(pair: Pair) ->
     finally:
         pair.replica.resume()
         store.close()
+
+
+def test_a_reuse_escalation_waits_for_the_replica(pair: Pair) -> None:
+    """The user watermark of a reuse escalation (reuse_escalation=user) is a durable write: with
+    the replica stopped the follow-up raises DurabilityNotReached (Celery retries it) and the job
+    is not done; with it running the replica holds the watermark when the job is."""
+    settings = configure(_settings(pair).model_copy(update={"reuse_escalation": "user"}))
+    store = SyncRedisTokenRevocationStore(settings=settings)
+    keys = store.keys
+    try:
+        seed_sessions(pair.p, settings, "acme", 3, client_ids=("web",))
+        first = jobs.enqueue_family_reuse("fam-1", tenant_id="acme", user_id="u0",
+                                          settings=settings)  # fmt: skip
+        pair.replica.pause()
+        with pytest.raises(DurabilityNotReached, match="0 of 1 replicas"):
+            tasks.handle_family_reuse(first)  # called directly, Celery's retry re-raises
+        assert jobs.get_job(first, settings=settings).status != "done"
+        pair.replica.resume()
+        pair.p.execute_command("WAIT", 1, 2000)
+        pair.p.config_resetstat()
+        second = jobs.enqueue_family_reuse("fam-2", tenant_id="acme", user_id="u1",
+                                           settings=settings)  # fmt: skip
+        tasks.handle_family_reuse(second)
+        assert jobs.get_job(second, settings=settings).status == "done"
+        assert pair.r.exists(keys.user_watermark("acme", "u1"))
+        assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] >= 1
+    finally:
+        pair.replica.resume()
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_handled_loss_is_durable_and_a_short_wait_only_logs(
+    pair: Pair, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """The cut-off a check writes on a loss is followed by a WAIT; with the replica stopped the
+    check still answers (revoked by the cut-off, within the wait's bound) and logs an ERROR that
+    the handling is not acknowledged as durable. Both stores."""
+    settings = _settings(pair)
+    aio = RedisTokenRevocationStore(settings=settings)
+    sync = SyncRedisTokenRevocationStore(settings=settings)
+    keys = aio.keys
+    token, _ = create_access_token("u", tenant_id="t", settings=settings)
+    data = decode_token(token, "access", settings=settings)
+
+    async def check() -> Any:
+        return await aio.is_revoked(data) if kind == "async" else sync.is_revoked(data)
+
+    try:
+        sync.revoke_token("j0")  # the epoch
+        assert not (await check()).revoked  # seen by the store
+        for paused in (False, True):
+            pair.p.delete(keys.integrity)  # the loss
+            pair.p.execute_command("WAIT", 1, 2000)
+            pair.p.config_resetstat()
+            if paused:
+                pair.replica.pause()
+            caplog.clear()
+            started = time.monotonic()
+            with caplog.at_level(logging.ERROR, logger="revoker.integrity"):
+                status = await check()
+            took = time.monotonic() - started
+            assert status.rule == "global"
+            assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
+            short = [r for r in caplog.records if "not acknowledged as durable" in r.getMessage()]
+            assert len(short) == (1 if paused else 0), caplog.text
+            assert took < TIMEOUT + SLACK, took
+            if not paused:
+                assert pair.r.exists(keys.global_watermark)
+            pair.replica.resume()
+    finally:
+        pair.replica.resume()
+        await aio.aclose()
+        sync.close()
+
+
+def test_recover_reports_a_short_wait_in_one_line(pair: Pair) -> None:
+    """`revoker recover` waits for the replica like a revocation: with it stopped it exits 3
+    with one line saying the recovery is not acknowledged as durable; with it running, 0."""
+    settings = _settings(pair)
+    env = cli_env(settings)
+    pair.replica.pause()
+    try:
+        result = run_cli(env, "recover", "--cutoff")
+        assert_exit(result, 3)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "not acknowledged as durable" in lines[0]
+        assert "0 of 1 replicas" in lines[0]
+    finally:
+        pair.replica.resume()
+    pair.p.execute_command("WAIT", 1, 2000)
+    pair.p.config_resetstat()
+    assert_exit(run_cli(env, "recover", "--accept"), 0)
+    assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
+
+
+async def test_a_reuse_mark_waits_for_the_replica(pair: Pair) -> None:
+    """A rotation that finds reuse returns only once the replica has the family's mark: with the
+    replica stopped it raises DurabilityNotReached (the mark written, the follow-up enqueued);
+    with it running RefreshTokenReused, after one WAIT, and the replica holds the mark."""
+    settings = _settings(pair)
+    sync = SyncRedisTokenRevocationStore(settings=settings)
+    store = RedisTokenRevocationStore(settings=settings)
+    keys = sync.keys
+    try:
+        first = start_session_sync("u1", tenant_id="t", store=sync)
+        rotate_refresh_token_sync(first.refresh_token, store=sync)
+        pair.replica.pause()
+        started = time.monotonic()
+        with pytest.raises(DurabilityNotReached, match="0 of 1 replicas"):
+            rotate_refresh_token_sync(first.refresh_token, store=sync)  # reuse
+        assert time.monotonic() - started < TIMEOUT + SLACK
+        assert pair.p.hexists(keys.family_revoked("t", first.family_id), first.family_id)
+        assert [j.kind for j in jobs.list_jobs(settings=settings)] == ["family_reuse"]
+        pair.replica.resume()
+
+        second = await start_session("u2", tenant_id="t", store=store)
+        await rotate_refresh_token(second.refresh_token, store=store)
+        pair.p.execute_command("WAIT", 1, 2000)
+        pair.p.config_resetstat()
+        with pytest.raises(RefreshTokenReused):
+            await rotate_refresh_token(second.refresh_token, store=store)
+        assert pair.p.info("commandstats")["cmdstat_wait"]["calls"] == 1
+        assert pair.r.hexists(keys.family_revoked("t", second.family_id), second.family_id)
+    finally:
+        pair.replica.resume()
+        sync.close()
+        await store.aclose()

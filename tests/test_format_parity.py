@@ -45,7 +45,7 @@ from revoker.store import (
     RotationReply,
     SyncRedisTokenRevocationStore,
 )
-from revoker.store._base import load_script
+from revoker.store._base import Plan, load_script
 from revoker.tokens import TokenData
 
 USER, TENANT = "alice", "acme"
@@ -620,6 +620,8 @@ async def test_sequence_is_read_alike_by_python_the_check_and_every_bump(
         ("sequenced.lua", lambda: store.revoke_token("jti-" + uuid.uuid4().hex)),
         ("set_watermark.lua", lambda: store.revoke_user_tokens(USER, tenant_id=TENANT)),
         ("data_loss.lua", lambda: store.recover(cutoff=False, actor="parity")),
+        # The plain bump of a cluster's writes and of an unfiltered chunk (tasks.buckets).
+        ("sequence_bump.lua", lambda: store.execute(Plan(store.core.sequence_bump(), list))),
     ]
     for script, bump in bumps:
         _set_identity(store, value)

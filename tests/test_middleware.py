@@ -592,3 +592,77 @@ async def test_one_redis_command_per_checked_request() -> None:
     # Inside the script: GET of the jti and the user, tenant and global watermarks, HGET of the
     # family, HMGET of the integrity hash (epoch and sequence).
     assert calls == {"evalsha": 20, "get": 80, "hget": 20, "hmget": 20}
+
+
+# --- a configuration error -------------------------------------------------------------------
+
+
+def _misconfigured_app() -> Starlette:
+    """A tiny app whose middleware reads REVOKER_* (no settings given), like a real service."""
+    return Starlette(routes=[Route("/me", me)], middleware=[Middleware(TokenRevocationMiddleware)])
+
+
+async def test_a_configuration_error_fails_the_lifespan_startup(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad REVOKER_* variable: the lifespan startup answers lifespan.startup.failed naming it
+    (uvicorn then exits instead of swallowing it); a request without lifespan gets a 500 with
+    one log line, never the app unchecked nor a traceback."""
+    from revoker.settings import reset_settings
+
+    monkeypatch.setenv("REVOKER_DURABILITY", "replicas:none")
+    reset_settings()
+    app = _misconfigured_app()
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"], sent
+    assert "REVOKER_DURABILITY" in sent[0]["message"], sent
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with caplog.at_level(logging.ERROR, logger="revoker.middleware"):
+            response = await client.get("/me", headers={"Authorization": "Bearer x.y.z"})
+    assert response.status_code == 500
+    assert response.json()["error"] == "server_error"
+    refused = [r for r in caplog.records if "misconfigured" in r.getMessage()]
+    assert len(refused) == 1, caplog.text
+    assert refused[0].exc_info is None
+    assert "REVOKER_DURABILITY" in refused[0].getMessage()
+
+
+def test_uvicorn_exits_on_a_configuration_error(tmp_path: Any) -> None:
+    """A real uvicorn (lifespan "auto", its default) serving a misconfigured app exits non-zero
+    at startup with the error in its log, instead of serving 500s."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "misconfigured.py").write_text(
+        "from starlette.applications import Starlette\n"
+        "from starlette.middleware import Middleware\n"
+        "from revoker.middleware import TokenRevocationMiddleware\n"
+        "app = Starlette(middleware=[Middleware(TokenRevocationMiddleware)])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVOKER_")}
+    env["REVOKER_DURABILITY"] = "replicas:none"
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "misconfigured:app", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0, result.stderr
+    assert "REVOKER_DURABILITY" in result.stderr, result.stderr
+    assert "Application startup failed" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 #: The kinds of entries revoker writes: one token, one session (family), a user's or a tenant's
-#: watermark, one chunk of a bulk job (its sessions), a refresh-token reuse follow-up.
-KINDS: Final = ("token", "family", "user", "tenant", "job_chunk", "family_reuse")
+#: watermark, one chunk of a bulk job (its sessions), a refresh-token reuse follow-up, a change of
+#: the data's identity (a loss handled, ``revoker recover``: target the loss's kind or "recover").
+KINDS: Final = ("token", "family", "user", "tenant", "job_chunk", "family_reuse", "global")
 #: Entries read per round trip.
 PAGE_SIZE: Final = 500
 #: Entries examined per page at most, whatever the filters match.

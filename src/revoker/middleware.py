@@ -186,8 +186,20 @@ class TokenRevocationMiddleware:
         websocket_subprotocol_auth: bool | None = None,
     ) -> None:
         self.app = app
-        self.settings = settings or (store.settings if store is not None else get_settings())
-        self.checker = checker or RevocationChecker(store, settings=self.settings, breaker=breaker)
+        #: A configuration error met here (bad REVOKER_* variables): Starlette builds its
+        #: middleware while serving the first ASGI call, the lifespan's, whose error a server
+        #: with lifespan "auto" (uvicorn's default) swallows before answering 500 to every
+        #: request. Kept instead, and answered: lifespan.startup.failed saying it (see __call__).
+        self.configuration_error: exc.ConfigurationError | None = None
+        try:
+            self.settings = settings or (store.settings if store is not None else get_settings())
+            self.checker = checker or RevocationChecker(
+                store, settings=self.settings, breaker=breaker
+            )
+        except exc.ConfigurationError as e:
+            self.configuration_error = e
+            self.settings = settings or RevokerSettings.model_construct()  # unused: see __call__
+            return
         self.exempt_paths = frozenset(exempt_paths)
         self.exempt_prefixes = tuple(_prefix_rule(p) for p in exempt_prefixes)
         self.require_token = require_token
@@ -215,6 +227,9 @@ class TokenRevocationMiddleware:
         return self.fail_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.configuration_error is not None:
+            await self._misconfigured(scope, receive, send, self.configuration_error)
+            return
         if scope["type"] not in ("http", "websocket") or self.is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
@@ -273,6 +288,26 @@ class TokenRevocationMiddleware:
             )
             return
         await self.app(scope, receive, send)
+
+    async def _misconfigured(
+        self, scope: Scope, receive: Receive, send: Send, error: exc.ConfigurationError
+    ) -> None:
+        """Serve nothing with a bad configuration: the lifespan's startup fails saying why (the
+        server then stops), and a request (a server without lifespan) is a 500 with one log
+        line, the app never run unchecked."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                if message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] not in ("http", "websocket"):
+            return
+        logger.error("request refused: revoker is misconfigured: %s", error)
+        await self._reject(scope, receive, send, 500, "server_error", "revoker is misconfigured")
 
     async def _reject(
         self,

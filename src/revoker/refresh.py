@@ -12,7 +12,8 @@ written), signs the successor pair, and then asks Redis, in one script call
 * anything else is reuse: the family is revoked in that same step, so its refresh and access
   tokens stop working everywhere, whatever happens next. The follow-up (audit, record clean-up,
   optional escalation to the user) is a Celery job; if the broker is down it stays pending in the
-  job outbox and runs later.
+  job outbox and runs later. Under ``REVOKER_DURABILITY`` the rotation returns (raises
+  RefreshTokenReused) only once the mark is durable, DurabilityNotReached otherwise.
 
 Because the revoked mark is checked inside the script, a rotation racing a logout
 (``revoke_family``) cannot succeed once the logout has returned.
@@ -149,7 +150,9 @@ async def rotate_refresh_token(
     token (nothing is written), :class:`~revoker.exceptions.RefreshTokenReused` when a superseded
     token is presented (the family is revoked), :class:`~revoker.exceptions.FamilyRevoked`,
     :class:`~revoker.exceptions.UnknownFamily`, :class:`~revoker.exceptions.TokenRevoked` (by
-    jti or watermark) and :class:`~revoker.exceptions.StoreUnavailable`.
+    jti or watermark) and :class:`~revoker.exceptions.StoreUnavailable` (also
+    :class:`~revoker.exceptions.DurabilityNotReached` for a reuse whose mark is written but not
+    acknowledged as durable: the follow-up is enqueued all the same).
     """
     store = store or get_revocation_store()
     data = _verify(refresh_token, store.settings)
@@ -165,6 +168,9 @@ async def rotate_refresh_token(
             "family", "rotation", target=data.family, tenant=data.tenant, reason="reuse"
         )
         await asyncio.to_thread(_enqueue_follow_up, data, store.settings)
+        # The family's mark is a revocation: acknowledged durable (REVOKER_DURABILITY), after the
+        # follow-up is on its way (DurabilityNotReached if the wait falls short: it was written).
+        await store.acknowledge_reuse()
         raise exc.RefreshTokenReused(data.family)
     return _resolve(data, pair, reply, store.settings)
 
@@ -187,5 +193,8 @@ def rotate_refresh_token_sync(
             "family", "rotation", target=data.family, tenant=data.tenant, reason="reuse"
         )
         _enqueue_follow_up(data, store.settings)
+        # The family's mark is a revocation: acknowledged durable (REVOKER_DURABILITY), after the
+        # follow-up is on its way (DurabilityNotReached if the wait falls short: it was written).
+        store.acknowledge_reuse()
         raise exc.RefreshTokenReused(data.family)
     return _resolve(data, pair, reply, store.settings)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from revoker._extras import requires_extra
+from revoker.exceptions import ConfigurationError
 from revoker.settings import RevokerSettings, get_settings
 
 with requires_extra("worker", __name__):
@@ -149,11 +150,29 @@ def celery_config(settings: RevokerSettings) -> dict[str, Any]:
     }
 
 
+def _configuration() -> dict[str, Any]:
+    """The app's configuration from the process-wide settings.
+
+    Under the ``celery`` command (worker, beat, flower: it reads this while parsing its
+    options) a configuration error is one line on stderr and exit 2, as ``revoker`` says it,
+    never a traceback. Anywhere else (an application publishing a job) it is raised."""
+    try:
+        return celery_config(get_settings())
+    except ConfigurationError as e:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+        if ctx is None or ctx.find_root().info_name != "celery":
+            raise
+        click.echo(f"Error: {e}", err=True)
+        ctx.exit(2)
+
+
 # ``include``: the worker imports the task package, whose modules register every task on ``app``.
 app = Celery("revoker", include=["revoker.tasks", "revoker.events.tasks"])
 # A promise: the settings are read when Celery first needs its configuration (in the worker, after
 # the REVOKER_* environment is in place), never at import time.
-app.add_defaults(lambda: celery_config(get_settings()))
+app.add_defaults(_configuration)
 
 
 # --- observability: logs, metrics, the surface revocations are counted under ------------------

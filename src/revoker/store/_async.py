@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar, cast
@@ -43,11 +44,20 @@ __all__ = ["RedisTokenRevocationStore"]
 
 T = TypeVar("T")
 
+logger = logging.getLogger("revoker.integrity")
+
 #: Raised by every check while the denylist is lost and the policy is fail-closed.
 _FAIL_CLOSED = DenylistLost(
     "the revocation data was lost (REVOKER_ON_DATA_LOSS=fail-closed): failing closed until "
     "`revoker recover`"
 )
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a loss handling no check waited for as seen: its failure is the next
+    check's to meet, not an "exception never retrieved" at exit."""
+    if not task.cancelled():
+        task.exception()
 
 
 class RedisTokenRevocationStore:
@@ -232,18 +242,33 @@ class RedisTokenRevocationStore:
         present = [key for key in keys if key is not None]
         present.append(integrity)
         seen = core.watch.snapshot()
+        timeout = self.settings.redis_timeout
+        # The one bound on the whole check, whichever client it runs on: redis-py's own
+        # timeouts are per socket operation (a Sentinel lookup, a connect and a read each get
+        # one), so on a hung server they add up past REVOKER_REDIS_TIMEOUT. The pipelined
+        # connection bounds its call itself (and must see its own timeout to reconnect).
+        deadline = asyncio.get_running_loop().time() + timeout
+        bounded = asyncio.timeout_at(deadline if self._pipelined is None else None)
         try:
-            if self.is_cluster:
-                found = await self._cluster_check(token, present)
-            else:
-                values = await self._check(token, present)
-                found = dict(zip(present, values, strict=True))
-            judged = core.integrity_values(found[integrity], seen)
+            async with bounded:
+                if self.is_cluster:
+                    found = await self._cluster_check(token, present)
+                else:
+                    values = await self._check(token, present)
+                    found = dict(zip(present, values, strict=True))
+            judged: Loss | Observation = core.integrity_values(found[integrity], seen)
             if isinstance(judged, Loss):
-                observed, found[core.keys.global_watermark] = await self._execute(
-                    core.plan_data_loss(judged)
-                )
+                # Within what is left of the bound; shielded, so that a handling cut short
+                # still finishes (and is adopted) in the background rather than being redone.
+                handling = asyncio.ensure_future(self._handle_loss(judged))
+                handling.add_done_callback(_retrieved)
+                async with asyncio.timeout_at(deadline):
+                    observed, found[core.keys.global_watermark] = await asyncio.shield(handling)
                 judged = observed
+        except TimeoutError as e:
+            raise StoreUnavailable(
+                f"Redis is unavailable: no answer within {timeout:g} s (REVOKER_REDIS_TIMEOUT)"
+            ) from e
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
         if judged.state == "fail-closed":
@@ -262,7 +287,34 @@ class RedisTokenRevocationStore:
     async def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
         """Adopt the data as it is now under a new epoch (``revoker recover``), after a global
         cut-off if ``cutoff``."""
-        return (await self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
+        observed = (await self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
+        # Acknowledged durable like any revocation: DurabilityNotReached if the wait falls short.
+        await self._execute(self.core.plan_recover_audit(cutoff=cutoff, actor=actor), durable=True)
+        return observed
+
+    async def _handle_loss(self, loss: Loss) -> tuple[Observation, Any]:
+        """The data-loss plan of ``loss`` (its policy, once for every process), then its audit:
+        the identity afterwards and the global watermark."""
+        handled = await self._execute(self.core.plan_data_loss(loss))
+        await self._loss_audit(loss)
+        return handled
+
+    async def _loss_audit(self, loss: Loss) -> None:
+        """Audit a loss just handled, durable as a revocation (REVOKER_DURABILITY): the wait
+        covers the cut-off written before it. A check does not fail for it: a wait that falls
+        short (or fails) is logged, and the check goes on with what it read."""
+        plan = self.core.plan_loss_audit(loss)
+        if plan is None:
+            return
+        try:
+            await self._execute(plan, durable=True)
+        except StoreUnavailable as e:
+            logger.error(  # noqa: TRY400 - one line: the error says all, a traceback would not
+                "revocation data lost: the handling of the loss (%s) is not acknowledged as "
+                "durable: %s",
+                loss.kind,
+                e,
+            )
 
     async def _check(self, token: TokenData, keys: list[str]) -> list[Any]:
         """The check script on ``keys`` (all in one slot, or a single Redis)."""
@@ -346,6 +398,11 @@ class RedisTokenRevocationStore:
                 check_jti=not self.is_cluster,
             )
         )
+
+    async def acknowledge_reuse(self) -> None:
+        """After :meth:`rotate_refresh` answered "reuse": count the revoked family, and return
+        once REVOKER_DURABILITY's wait confirms the reuse mark (DurabilityNotReached if not)."""
+        await self._execute(self.core.plan_reuse_count(), durable=True)
 
     async def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
         """The family's session record, or None if unknown or expired."""

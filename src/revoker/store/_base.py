@@ -53,6 +53,7 @@ logger = logging.getLogger("revoker.integrity")
 
 __all__ = [
     "BACKEND_ERRORS",
+    "BUMP_EVAL",
     "FEED_ON_CLUSTER",
     "SEQUENCED_EVAL",
     "SEQUENCED_SCRIPTS",
@@ -99,6 +100,9 @@ def _minified(source: str) -> str:
 
 #: The EVAL body of :meth:`StoreCore.sequenced` (``scripts/sequenced.lua`` and its prelude).
 SEQUENCED_EVAL = _minified(load_script("sequenced"))
+#: The EVAL body of :meth:`StoreCore.sequence_bump` (``scripts/sequence_bump.lua`` after
+#: ``_sequence.lua``, whose ``revoker_seq`` is keys.read_seq's rule).
+BUMP_EVAL = _minified(_script_file("_sequence") + _script_file("sequence_bump"))
 
 #: Why the feed cannot be read (or written) on a Redis Cluster; the configuration error of
 #: whatever needs it there (the mirror check mode refuses a cluster with it).
@@ -214,13 +218,16 @@ class StoreCore:
         self.watch = IntegrityWatch(require_init=settings.require_init)
         #: The last loss logged and counted: concurrent checks seeing one loss report it once.
         self._reported: tuple[str, str | None, str | None] | None = None
+        #: The last loss audited (plan_loss_audit): once per loss and store, as it is logged.
+        self._audited: tuple[str, str | None, str | None] | None = None
 
     # --- the denylist's identity -----------------------------------------------------------------
 
     def sequence_bump(self, count: int = 1) -> list[Command]:
-        """The sequence bump of a write of revocation state (creating the epoch if absent)."""
-        integrity = self.keys.integrity
-        return [("HSETNX", integrity, "epoch", new_epoch()), ("HINCRBY", integrity, "seq", count)]
+        """The sequence bump of a write of revocation state (creating the epoch if absent), as
+        one plain command: an EVAL of ``scripts/sequence_bump.lua``, which reads the stored
+        value by keys.read_seq's rule, so a corrupt one (read 0) never fails the write."""
+        return [("EVAL", BUMP_EVAL, 1, self.keys.integrity, new_epoch(), count)]
 
     def sequenced(self, writes: Sequence[Command], entry: dict[str, str]) -> list[Command]:
         """A write of revocation state, its sequence bump and its feed ``entry``
@@ -361,6 +368,29 @@ class StoreCore:
         return Plan(
             [ScriptCall("data_loss", keys, [*args, epoch, *self.feed_args(entry)])], self._adopt
         )
+
+    def plan_loss_audit(self, loss: Loss) -> Plan[None] | None:
+        """The audit entry (kind ``global``) of a loss handled by :meth:`plan_data_loss`, once
+        per loss and store (None after the first), sent after the script: the plain write that
+        REVOKER_DURABILITY's wait follows, so it covers the cut-off (store._durable)."""
+        reported = (loss.kind, loss.seen_epoch, loss.observed.epoch)
+        if reported == self._audited:
+            return None
+        self._audited = reported
+        policy = self.settings.on_data_loss
+        return self._global_audit(
+            loss.kind, f"denylist {loss.kind}; REVOKER_ON_DATA_LOSS={policy}", "system"
+        )
+
+    def plan_recover_audit(self, *, cutoff: bool, actor: str | None) -> Plan[None]:
+        """The audit entry of ``revoker recover`` (after :meth:`plan_recover`; see
+        :meth:`plan_loss_audit` for why it is a plan of its own)."""
+        mode = "cutoff" if cutoff else "accept"
+        return self._global_audit("recover", f"recover --{mode}", actor or "operator")
+
+    def _global_audit(self, target: str, reason: str, actor: str) -> Plan[None]:
+        command = self.audit_command("global", target, reason=reason, actor=actor, at_us=now_us())
+        return Plan([command], lambda _replies: None)
 
     def plan_recover(self, *, cutoff: bool, actor: str | None) -> Plan[tuple[Observation, Any]]:
         """``revoker recover``: adopt the data as it is now under a new epoch (``state``
@@ -762,6 +792,12 @@ class StoreCore:
         # it (sent with every rotation there; the sequence only has to grow).
         bump: list[Command] = [] if check_jti else self.sequence_bump()
         return Plan([ScriptCall("rotate_refresh", keys, args), *bump], finish)
+
+    def plan_reuse_count(self) -> Plan[None]:
+        """After a rotation that found reuse (its script revoked the family): count the family
+        revoked, a plain write sent after the script, which REVOKER_DURABILITY's wait follows
+        so that it covers the reuse mark (store._durable); run with ``durable=True``."""
+        return Plan([self.count_command("families")], lambda _replies: None)
 
     # --- health and stats ----------------------------------------------------------------------
 

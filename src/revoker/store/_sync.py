@@ -7,6 +7,7 @@ differs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -45,6 +46,8 @@ from revoker.tokens import TokenData
 __all__ = ["SyncRedisTokenRevocationStore"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("revoker.integrity")
 
 
 class SyncRedisTokenRevocationStore:
@@ -271,6 +274,7 @@ class SyncRedisTokenRevocationStore:
                 observed, found[core.keys.global_watermark] = self._execute(
                     core.plan_data_loss(judged)
                 )
+                self._loss_audit(judged)
                 judged = observed
         except BACKEND_ERRORS as e:
             raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
@@ -292,7 +296,27 @@ class SyncRedisTokenRevocationStore:
     @counted("global", "recovery")
     def recover(self, *, cutoff: bool, actor: str | None = None) -> Observation:
         """See :meth:`RedisTokenRevocationStore.recover`."""
-        return self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor))[0]
+        observed = (self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
+        # Acknowledged durable like any revocation: DurabilityNotReached if the wait falls short.
+        self._execute(self.core.plan_recover_audit(cutoff=cutoff, actor=actor), durable=True)
+        return observed
+
+    def _loss_audit(self, loss: Loss) -> None:
+        """Audit a loss just handled, durable as a revocation (REVOKER_DURABILITY): the wait
+        covers the cut-off written before it. A check does not fail for it: a wait that falls
+        short (or fails) is logged, and the check goes on with what it read."""
+        plan = self.core.plan_loss_audit(loss)
+        if plan is None:
+            return
+        try:
+            self._execute(plan, durable=True)
+        except StoreUnavailable as e:
+            logger.error(  # noqa: TRY400 - one line: the error says all, a traceback would not
+                "revocation data lost: the handling of the loss (%s) is not acknowledged as "
+                "durable: %s",
+                loss.kind,
+                e,
+            )
 
     def record_session(
         self,
@@ -346,6 +370,11 @@ class SyncRedisTokenRevocationStore:
                 check_jti=not self.is_cluster,
             )
         )
+
+    def acknowledge_reuse(self) -> None:
+        """After :meth:`rotate_refresh` answered "reuse": count the revoked family, and return
+        once REVOKER_DURABILITY's wait confirms the reuse mark (DurabilityNotReached if not)."""
+        self._execute(self.core.plan_reuse_count(), durable=True)
 
     def get_session(self, family_id: str, *, tenant_id: str | None) -> SessionRecord | None:
         """See :meth:`RedisTokenRevocationStore.get_session`."""

@@ -96,7 +96,9 @@ def _escalate(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
         dry_run=False,
     )
     if record.watermark_at is None:
-        record.watermark_at = store.execute(store.jobs.plan_scope_watermark(request))
+        # Durable as an enqueued user revocation's watermark (REVOKER_DURABILITY): a chunk-less
+        # escalation is only as safe as this one write.
+        record.watermark_at = store.execute(store.jobs.plan_scope_watermark(request), durable=True)
         # Recorded at once: a rerun keeps this cut-off.
         store.execute(store.jobs.plan_record_watermark(record.id, record.watermark_at))
         count_revocation(
