@@ -41,6 +41,10 @@ logger = logging.getLogger("revoker.check")
 #: RFC 6750 §2.1 b64token: what a bearer credential may contain.
 _B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _AUTHORIZATION: Final = b"authorization"
+#: The spelling nearly every client sends: "Bearer <b64token>", nothing around it. A value it
+#: matches reads the same by the full rule below (strip, split at the first space, scheme
+#: case-blind, b64token); any other value is read by that rule.
+_PLAIN_BEARER: Final = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9\-._~+/]+=*)")
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -51,7 +55,8 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """
     found: bytes | None = None
     for name, value in headers:
-        if name.lower() != _AUTHORIZATION:
+        # ASGI servers send names lower-cased; the lower() is for the rest.
+        if name != _AUTHORIZATION and name.lower() != _AUTHORIZATION:
             continue
         if found is not None:
             raise exc.MalformedToken("more than one Authorization header")
@@ -60,6 +65,9 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         return None
     if len(found) > MAX_TOKEN_BYTES:
         raise exc.TokenTooLarge(f"Authorization header is larger than {MAX_TOKEN_BYTES} bytes")
+    plain = _PLAIN_BEARER.fullmatch(found)
+    if plain is not None:
+        return plain[1].decode("ascii")
     scheme, _, credentials = found.strip().partition(b" ")
     if scheme.lower() != b"bearer":
         return None

@@ -25,7 +25,7 @@ from typing import Final
 
 from revoker.keys import FeedEntry, encode_mark, tenant_tag
 from revoker.mirror._digests import DIGEST_SIZE, DigestSet, DigestSetBuilder
-from revoker.rules import RevocationStatus, decide
+from revoker.rules import NOT_REVOKED, RevocationStatus, decide, to_us
 from revoker.tokens import TokenData
 
 __all__ = ["MirrorState", "StateBuilder", "family_key", "user_key"]
@@ -106,6 +106,21 @@ class MirrorState:
         user = self.users.get(user_key(tag, token.sub))
         tenant = self.tenants.get(tag) if token.tenant is not None else None
         cutoff = self.global_cutoff
+        if jti is None and not family:
+            # The common answer, without a mark string per level: decide reads each watermark
+            # back to the same integer (keys.decode_mark of encode_mark) and revokes only at or
+            # before the latest, so a token issued after all of them is NOT_REVOKED there too.
+            # At or before one, decide itself says which level and when.
+            # (A cut-off below 0 reads back as 0: max() keeps that; -1 stands for "none".)
+            latest = -1
+            if user is not None:
+                latest = user & _TIME_MASK
+            if tenant is not None and tenant & _TIME_MASK > latest:
+                latest = tenant & _TIME_MASK
+            if cutoff is not None and max(cutoff, 0) > latest:
+                latest = max(cutoff, 0)
+            if latest < 0 or to_us(token.iat) > latest:
+                return NOT_REVOKED
         return decide(
             token.iat,
             (
