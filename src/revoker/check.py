@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -150,9 +150,7 @@ class RevocationChecker:
             return self._store
         # Looked up per call: the process-wide store is one per event loop (see
         # get_revocation_store), and a middleware object can outlive the loop it first saw.
-        from revoker.store import get_revocation_store
-
-        return get_revocation_store(self.settings)
+        return _process_store(self.settings)
 
     async def check(self, token: str) -> CheckResult:
         """Verify ``token`` as an access token and look it up.
@@ -267,6 +265,19 @@ class RevocationChecker:
                 extra=extra,
             )
 
+
+def _process_store(settings: RevokerSettings) -> RedisTokenRevocationStore:
+    """``revoker.store.get_revocation_store(settings)``, imported once (revoker.store imports
+    this module): an import statement per request costs a microsecond of import machinery."""
+    global _get_revocation_store
+    if _get_revocation_store is None:
+        from revoker.store import get_revocation_store
+
+        _get_revocation_store = get_revocation_store
+    return _get_revocation_store(settings)
+
+
+_get_revocation_store: Callable[[RevokerSettings], RedisTokenRevocationStore] | None = None
 
 #: Reported while the breaker is open: one shared instance, nothing is allocated per request.
 _BREAKER_OPEN: Final = exc.StoreUnavailable("circuit breaker open: Redis is down")

@@ -236,7 +236,11 @@ class RedisTokenRevocationStore:
             if self.is_cluster:
                 found = await self._cluster_check(token, present)
             else:
-                values = await self._check(token, present)
+                # One group: the jti's key first, the family's bucket (if any) second, the
+                # integrity hash last; so the script's ARGV needs no search (check_args's).
+                n = str(len(present))
+                args = ["2", token.family, n] if token.family is not None else ["0", "", n]
+                values = await self._check(token, present, args)
                 found = dict(zip(present, values, strict=True))
             judged = core.integrity_values(found[integrity], seen)
             if isinstance(judged, Loss):
@@ -264,9 +268,13 @@ class RedisTokenRevocationStore:
         cut-off if ``cutoff``."""
         return (await self._execute(self.core.plan_recover(cutoff=cutoff, actor=actor)))[0]
 
-    async def _check(self, token: TokenData, keys: list[str]) -> list[Any]:
-        """The check script on ``keys`` (all in one slot, or a single Redis)."""
-        args = self.core.check_args(token, keys)
+    async def _check(
+        self, token: TokenData, keys: list[str], args: list[str] | None = None
+    ) -> list[Any]:
+        """The check script on ``keys`` (all in one slot, or a single Redis); ``args``: its
+        ARGV when the caller knows it (else check_args finds it)."""
+        if args is None:
+            args = self.core.check_args(token, keys)
         script = self._scripts["check"]
         if self._pipelined is None:
             return cast(list[Any], await script(keys=keys, args=args))
