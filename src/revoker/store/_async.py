@@ -236,11 +236,7 @@ class RedisTokenRevocationStore:
             if self.is_cluster:
                 found = await self._cluster_check(token, present)
             else:
-                # One group: the jti's key first, the family's bucket (if any) second, the
-                # integrity hash last; so the script's ARGV needs no search (check_args's).
-                n = str(len(present))
-                args = ["2", token.family, n] if token.family is not None else ["0", "", n]
-                values = await self._check(token, present, args)
+                values = await self._check(token, present, core.ordered_check_args(token, present))
                 found = dict(zip(present, values, strict=True))
             judged = core.integrity_values(found[integrity], seen)
             if isinstance(judged, Loss):
