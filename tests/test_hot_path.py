@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote
 
+import fakeredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +15,8 @@ from conftest import make_settings
 from revoker import exceptions as exc
 from revoker.check import bearer_token
 from revoker.keys import _SAFE_CHARS, KeyLayout, escape_id
+from revoker.store import RedisTokenRevocationStore
+from revoker.store._async import CHECK_CALLS
 from revoker.store._base import StoreCore
 from revoker.tokens import TokenData, create_access_token, get_verifier
 
@@ -122,3 +125,19 @@ def test_a_cached_token_is_no_token_of_the_other_type() -> None:
         verifier.decode(token, "refresh", use_cache=True)
     assert verifier.cached(token, "refresh") is None
     assert verifier.decode(token, "access", use_cache=True) is first
+
+
+async def test_remembered_check_calls_are_bounded_and_hold_no_answer() -> None:
+    """A store remembers a recurring token's check keys (never its answer): a token checked,
+    then revoked, is revoked at its next check; the memory stays within CHECK_CALLS."""
+    settings = make_settings()
+    store = RedisTokenRevocationStore(fakeredis.aioredis.FakeRedis(), settings=settings)
+    token = get_verifier(settings).decode(create_access_token("ann", settings=settings)[0])
+    assert not (await store.is_revoked(token)).revoked
+    assert not (await store.is_revoked(token)).revoked  # the remembered call
+    await store.revoke_token(token.jti)
+    assert (await store.is_revoked(token)).rule == "jti"
+    for n in range(CHECK_CALLS + 5):
+        await store.is_revoked(token.model_copy(update={"jti": f"j{n}"}))
+    assert len(store._check_calls) <= CHECK_CALLS
+    await store.aclose()

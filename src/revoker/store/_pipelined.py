@@ -35,6 +35,9 @@ from redis.exceptions import ResponseError
 
 __all__ = ["PipelinedConnection", "pack_command"]
 
+#: Packed commands a connection remembers (the check's, ~500 B each).
+PACKED_COMMANDS = 1024
+
 
 def pack_command(*args: str | bytes) -> bytes:
     """One RESP2 command: an array of bulk strings."""
@@ -212,6 +215,9 @@ class PipelinedConnection:
         self.connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
+        #: Commands packed already, by their arguments: a token recurring sends the same check
+        #: command (its keys and ARGV); emptied when PACKED_COMMANDS are held.
+        self._packed: dict[tuple[str | bytes, ...], bytes] = {}
 
     @classmethod
     def for_client(
@@ -259,8 +265,14 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or protocol.closed or protocol.loop is not loop:
             protocol = await self._connected(loop, deadline)
+        packed = self._packed.get(args)
+        if packed is None:
+            packed = pack_command(*args)
+            if len(self._packed) >= PACKED_COMMANDS:
+                self._packed.clear()
+            self._packed[args] = packed
         try:
-            return await protocol.call(pack_command(*args), deadline - loop.time(), self.timeout)
+            return await protocol.call(packed, deadline - loop.time(), self.timeout)
         except ResponseError as e:
             script = self._script_of(args) if str(e).startswith("NOSCRIPT") else None
             if script is None:
