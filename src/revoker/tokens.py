@@ -11,6 +11,7 @@ name) is a MalformedToken before anything acts on it.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import logging
 import math
@@ -375,9 +376,10 @@ class TokenVerifier:
         hit = cache.get(token)
         if hit is None or hit.typ != expected_type or not time.time() < hit.exp:
             return None
-        with self._lock:
-            if token in cache:  # a thread may have evicted it meanwhile
-                cache.move_to_end(token)
+        # No lock: each OrderedDict operation is atomic under the GIL; the writers' lock keeps
+        # their insert-and-evict whole. A thread may have evicted the entry meanwhile.
+        with contextlib.suppress(KeyError):
+            cache.move_to_end(token)
         return hit
 
     def decode(
