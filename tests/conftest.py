@@ -216,12 +216,23 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys[i : i + 500])
 
 
+#: The test harness's own switches (REVOKER_TEST_REDIS_URL, REVOKER_TEST_FULL_SIZE,
+#: REVOKER_TEST_ARTIFACTS): no setting has this prefix, and a test reads them from os.environ, so
+#: the settings scrub below must leave them (it deleted them, and the full-size tests never ran).
+TEST_HARNESS_PREFIX = "REVOKER_TEST_"
+
+
+def scrub_settings_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Delete every REVOKER_* setting from the environment; keep the harness's REVOKER_TEST_*."""
+    for name in list(os.environ):
+        if name.startswith("REVOKER_") and not name.startswith(TEST_HARNESS_PREFIX):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test sees the developer's REVOKER_* environment or another test's settings."""
-    for name in list(os.environ):
-        if name.startswith("REVOKER_") and name != "REVOKER_TEST_REDIS_URL":
-            monkeypatch.delenv(name)
+    scrub_settings_environment(monkeypatch)
     reset_settings()
     reset_revocation_stores()
     yield

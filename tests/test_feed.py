@@ -546,6 +546,22 @@ def test_a_reader_is_told_when_the_feed_is_gone(sync_store: SyncRedisTokenRevoca
     assert not sync_store.read_feed("0-0").trimmed
 
 
+def test_a_reader_from_an_empty_feed_is_told_only_of_a_real_trim(
+    sync_store: SyncRedisTokenRevocationStore,
+) -> None:
+    """A reader at "0-0" (no feed when it began): the first appends are not a trim (the feed
+    holds every entry ever added to it); once an entry was trimmed away, they are (it may have
+    been one the reader needed)."""
+    assert not sync_store.read_feed("0-0").trimmed
+    sync_store.revoke_token("a")
+    sync_store.revoke_token("b")
+    read = sync_store.read_feed("0-0")
+    assert [e.ids for _, e in read.entries] == [("a",), ("b",)]
+    assert not read.trimmed
+    sync_store.client.xtrim(sync_store.keys.feed, maxlen=1, approximate=False)
+    assert sync_store.read_feed("0-0").trimmed
+
+
 # --- the read API ------------------------------------------------------------------------------
 
 

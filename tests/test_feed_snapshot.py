@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from conftest import scrub_settings_environment
 from revoker import keys as k
 from revoker.rules import now_us
+from revoker.settings import RevokerSettings
 from revoker.store import SnapshotBatch, SnapshotStart, SyncRedisTokenRevocationStore
 from revoker.store._base import Plan
 from revoker.store._feed import (
@@ -109,6 +111,18 @@ def test_a_snapshot_holds_every_kind_of_state(
     (family,) = [b for b in batches if b.kind == "family" and b.tenant_id == TENANT]
     at = family.values_us[0]
     assert family.expires[0] == -(-at // 10**6) + s.core.lifetimes.family_ttl
+
+
+def test_full_size_switch_survives_the_settings_scrub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The autouse scrub of REVOKER_* settings keeps the harness's REVOKER_TEST_* switches (it
+    deleted REVOKER_TEST_FULL_SIZE, so the 1M form below skipped even when asked for) and still
+    deletes a real setting; no setting is named test_*, so keeping the prefix hides none."""
+    monkeypatch.setenv("REVOKER_TEST_FULL_SIZE", "1")
+    monkeypatch.setenv("REVOKER_JWT_SECRET", "x" * 40)
+    scrub_settings_environment(monkeypatch)
+    assert os.environ.get("REVOKER_TEST_FULL_SIZE") == "1"
+    assert "REVOKER_JWT_SECRET" not in os.environ
+    assert not [name for name in RevokerSettings.model_fields if name.startswith("test_")]
 
 
 @pytest.mark.parametrize(

@@ -197,6 +197,29 @@ async def test_a_checked_request_sends_no_redis_command(stopped: None) -> None:
         await store.aclose()
 
 
+async def test_a_mirror_started_on_an_empty_feed_follows_its_first_entries(
+    mirror_settings: RevokerSettings, stopped: None
+) -> None:
+    """A mirror whose snapshot found no feed at all follows the first revocations from the feed:
+    no second snapshot (the feed's counts show none of its entries was ever trimmed), and the
+    revocation is enforced."""
+    settings = mirror_settings
+    store = RedisTokenRevocationStore(settings=settings)
+    admin = redis.Redis.from_url(settings.redis_url)
+    assert not admin.exists(store.keys.feed)
+    admin.close()
+    checker = RevocationChecker(store, settings=settings)
+    mirror = await ready(checker)
+    token = issue(settings, "ann", jti="first-ever")
+    await store.revoke_token("first-ever")
+    await store.revoke_user_tokens("bob", tenant_id=None)
+    async with asyncio.timeout(WAIT):
+        await mirror.caught_up()
+    assert await decision(checker, token) == (True, "jti")
+    assert mirror.resyncs == {"start": 1}
+    await store.aclose()
+
+
 async def test_a_feed_trimmed_past_the_mirror_makes_it_resync(
     mirror_settings: RevokerSettings, stopped: None
 ) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from revoker.keys import decode_feed_entry, encode_feed_entry, encode_mark
 from revoker.mirror._digests import MERGE_AT, DigestSet, DigestSetBuilder
-from revoker.mirror._state import MirrorState, StateBuilder
+from revoker.mirror._state import LOOKUPS, MirrorState, StateBuilder
 from revoker.rules import decide
 from revoker.tokens import TokenData
 
@@ -192,3 +192,22 @@ def test_families_hashed_from_their_fields_are_found_by_their_ids() -> None:
     assert index[0] == 0
     assert index[-1] == len(family_ids) + 1
     assert all(a <= b for a, b in pairwise(index))
+
+
+def test_remembered_lookups_never_hide_a_later_revocation() -> None:
+    """The state remembers what a token is looked up by, never its answer: a token checked
+    before its jti, family or user is revoked is revoked right after; the memory stays bounded."""
+    state = MirrorState()
+    checked = token(jti="j-late", family="3.f-late", sub="sam")
+    assert not state.status(checked).revoked
+    assert not state.status(checked).revoked  # from the remembered lookup
+    assert state.apply(entry("jti", ids=["j-late"], value_us=5, expires=LATER), NOW)  # type: ignore[arg-type]
+    assert state.status(checked).rule == "jti"
+    other = token(jti="j-other", family="3.f-late", sub="sam")
+    assert not state.status(other).revoked
+    state.add_family("t:acme", "3.f-late")
+    assert state.status(other).rule == "family"
+    for n in range(LOOKUPS + 10):
+        state.status(token(jti=f"j{n}"))
+    assert len(state._lookups) <= LOOKUPS
+    assert state.status(checked).rule == "jti"

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -60,6 +61,18 @@ class FakeTransport:
 def test_pack_command_is_resp2() -> None:
     """Commands are RESP2 arrays of bulk strings, byte lengths for non-ASCII."""
     assert pack_command("MGET", "a", "é") == b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$2\r\n\xc3\xa9\r\n"
+
+
+def test_pack_command_reads_alike_on_its_ascii_path_and_its_general_one() -> None:
+    """The all-ASCII path (one format, one encode) packs what the per-argument path packs: the
+    same bytes as with a bytes argument (which takes the general path), the same array."""
+    ascii_args = ("EVALSHA", "a" * 40, "2", "p:jti:{j}", "p:{t:x}:fr:5", "2", "5.f", "3")
+    packed = pack_command(*ascii_args)
+    assert packed == pack_command(*ascii_args[:-1], b"3")
+    reader = hiredis.Reader()
+    reader.feed(packed)
+    assert reader.gets() == [arg.encode() for arg in ascii_args]
+    assert pack_command("GET", "") == b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n"
 
 
 @pytest.mark.redis
@@ -274,6 +287,25 @@ async def test_a_late_reply_on_a_busy_connection_is_discarded_in_order() -> None
     assert await last == b"last"
     # The three calls were queued in one loop iteration: one write, in call order.
     assert transport.written == [b"firstslowlast"]
+
+
+async def test_a_call_queued_behind_a_longer_one_times_out_at_its_own_time() -> None:
+    """Each call gives up at its own time, even one queued behind a call with a later deadline
+    (a call that waited for a connection): one timer serves them all, moved earlier for it."""
+    loop = asyncio.get_running_loop()
+    protocol = _Protocol(loop)
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    patient = asyncio.ensure_future(protocol.call(b"patient", 10.0))
+    await asyncio.sleep(0)
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await protocol.call(b"hasty", 0.05, silence=10.0)  # not silent for that long: kept
+    assert 0.04 <= loop.time() - started < 1.0
+    assert not patient.done()
+    assert not protocol.closed
+    protocol.data_received(b"$7\r\npatient\r\n$5\r\nhasty\r\n")
+    assert await patient == b"patient"
 
 
 async def test_a_silent_connection_is_dropped_and_fails_queued_calls() -> None:

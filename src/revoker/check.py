@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -41,6 +41,10 @@ logger = logging.getLogger("revoker.check")
 #: RFC 6750 §2.1 b64token: what a bearer credential may contain.
 _B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _AUTHORIZATION: Final = b"authorization"
+#: The spelling nearly every client sends: "Bearer <b64token>", nothing around it. A value it
+#: matches reads the same by the full rule below (strip, split at the first space, scheme
+#: case-blind, b64token); any other value is read by that rule.
+_PLAIN_BEARER: Final = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9\-._~+/]+=*)")
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -51,7 +55,8 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """
     found: bytes | None = None
     for name, value in headers:
-        if name.lower() != _AUTHORIZATION:
+        # ASGI servers send names lower-cased; the lower() is for the rest.
+        if name != _AUTHORIZATION and name.lower() != _AUTHORIZATION:
             continue
         if found is not None:
             raise exc.MalformedToken("more than one Authorization header")
@@ -60,6 +65,9 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         return None
     if len(found) > MAX_TOKEN_BYTES:
         raise exc.TokenTooLarge(f"Authorization header is larger than {MAX_TOKEN_BYTES} bytes")
+    plain = _PLAIN_BEARER.fullmatch(found)
+    if plain is not None:
+        return plain[1].decode("ascii")
     scheme, _, credentials = found.strip().partition(b" ")
     if scheme.lower() != b"bearer":
         return None
@@ -142,9 +150,7 @@ class RevocationChecker:
             return self._store
         # Looked up per call: the process-wide store is one per event loop (see
         # get_revocation_store), and a middleware object can outlive the loop it first saw.
-        from revoker.store import get_revocation_store
-
-        return get_revocation_store(self.settings)
+        return _process_store(self.settings)
 
     async def check(self, token: str) -> CheckResult:
         """Verify ``token`` as an access token and look it up.
@@ -259,6 +265,19 @@ class RevocationChecker:
                 extra=extra,
             )
 
+
+def _process_store(settings: RevokerSettings) -> RedisTokenRevocationStore:
+    """``revoker.store.get_revocation_store(settings)``, imported once (revoker.store imports
+    this module): an import statement per request costs a microsecond of import machinery."""
+    global _get_revocation_store
+    if _get_revocation_store is None:
+        from revoker.store import get_revocation_store
+
+        _get_revocation_store = get_revocation_store
+    return _get_revocation_store(settings)
+
+
+_get_revocation_store: Callable[[RevokerSettings], RedisTokenRevocationStore] | None = None
 
 #: Reported while the breaker is open: one shared instance, nothing is allocated per request.
 _BREAKER_OPEN: Final = exc.StoreUnavailable("circuit breaker open: Redis is down")

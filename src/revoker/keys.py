@@ -551,12 +551,16 @@ class KeyLayout:
     def family_revoked(self, tenant_id: str | None, family_id: str) -> str:
         """The hash holding the family's revoked mark (the field is the family id), read by the
         per-request check: the bucket the id names, or for a foreign id one of its own."""
+        escape_id(family_id, "family id")  # a bad family id is named before a bad tenant id
+        return self._family_revoked(tenant_tag(tenant_id), family_id)
+
+    def _family_revoked(self, tag: str, family_id: str) -> str:
         escaped = escape_id(family_id, "family id")
         bucket = family_bucket(family_id)
         if bucket is not None:
-            return self.revoked_bucket(tenant_id, bucket)
+            return f"{self._revoked_bucket_base(tag)}{int(bucket)}"
         foreign = zlib.crc32(escaped.encode()) % FOREIGN_BUCKETS
-        return f"{self.revoked_bucket_base(tenant_id)}x{foreign}"
+        return f"{self._revoked_bucket_base(tag)}x{foreign}"
 
     def revoked_bucket(self, tenant_id: str | None, bucket: int) -> str:
         """The revoked marks of the families of one session bucket."""
@@ -569,7 +573,10 @@ class KeyLayout:
 
     def revoked_bucket_base(self, tenant_id: str | None) -> str:
         """What every revoked-mark bucket key of the tenant starts with."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:fr:"
+        return self._revoked_bucket_base(tenant_tag(tenant_id))
+
+    def _revoked_bucket_base(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:fr:"
 
     def revoked_bucket_pattern(self) -> str:
         """SCAN MATCH pattern of every revoked-mark bucket of every tenant."""
@@ -577,11 +584,17 @@ class KeyLayout:
 
     def user_watermark(self, tenant_id: str | None, user_id: str) -> str:
         """Every token of this user (in this tenant) issued at or before the value is revoked."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:uw:{escape_id(user_id, 'user id')}"
+        return self._user_watermark(tenant_tag(tenant_id), user_id)
+
+    def _user_watermark(self, tag: str, user_id: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:uw:{escape_id(user_id, 'user id')}"
 
     def tenant_watermark(self, tenant_id: str | None) -> str:
         """Every token of this tenant issued at or before the value is revoked."""
-        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:tw"
+        return self._tenant_watermark(tenant_tag(tenant_id))
+
+    def _tenant_watermark(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:tw"
 
     def job(self, job_id: str) -> str:
         """One bulk job record. Tagged by the job id: the job's keys below share its slot."""
@@ -737,11 +750,13 @@ class KeyLayout:
         """The keys the per-request check reads, in RULE_ORDER; None where a rule cannot apply.
 
         The family's is a hash (its field is the family id); the others are strings."""
+        jti_key = self.jti(jti)
+        tag = tenant_tag(tenant_id)  # once: three of the keys carry it (the per-request path)
         return [
-            self.jti(jti),
-            self.family_revoked(tenant_id, family_id) if family_id is not None else None,
-            self.user_watermark(tenant_id, user_id) if user_id is not None else None,
-            self.tenant_watermark(tenant_id) if tenant_id is not None else None,
+            jti_key,
+            self._family_revoked(tag, family_id) if family_id is not None else None,
+            self._user_watermark(tag, user_id) if user_id is not None else None,
+            self._tenant_watermark(tag) if tenant_id is not None else None,
             self.global_watermark,
         ]
 

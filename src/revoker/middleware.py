@@ -230,7 +230,10 @@ class TokenRevocationMiddleware:
         if self.configuration_error is not None:
             await self._misconfigured(scope, receive, send, self.configuration_error)
             return
-        if scope["type"] not in ("http", "websocket") or self.is_exempt(scope["path"]):
+        if scope["type"] not in ("http", "websocket") or (
+            (path := scope["path"]) in self.exempt_paths  # is_exempt, inline: every request
+            or (self.exempt_prefixes and _under(path, self.exempt_prefixes))
+        ):
             await self.app(scope, receive, send)
             return
         # Only the check is guarded: an exception raised by the app must reach the server (and

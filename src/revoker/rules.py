@@ -80,6 +80,14 @@ def decide(
     """
     jti_raw, family_raw, user_raw, tenant_raw = values[:4]
     global_raw = values[4] if len(values) > 4 else None
+    if (
+        jti_raw is None
+        and family_raw is None
+        and user_raw is None
+        and tenant_raw is None
+        and global_raw is None
+    ):
+        return NOT_REVOKED  # nothing revokes it (the common answer, before any parsing)
     if jti_raw is not None:
         at, reason = decode_mark(jti_raw)
         return RevocationStatus(True, "jti", at / 1e6 if at else None, reason)

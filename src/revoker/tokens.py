@@ -11,6 +11,7 @@ name) is a MalformedToken before anything acts on it.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import logging
 import math
@@ -18,13 +19,13 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, NoReturn
 
 import jwt
-from cachetools import TLRUCache
 from jwt.algorithms import Algorithm
 from pydantic import BaseModel, ConfigDict
 
@@ -344,11 +345,14 @@ class TokenVerifier:
                     # The fetch runs inside a request (on the event loop): keep it short.
                     timeout=JWKS_FETCH_TIMEOUT,
                 )
-        self._cache: TLRUCache[tuple[str, str], TokenData] | None = (
-            TLRUCache(maxsize=settings.verify_cache_size, ttu=_until_exp, timer=time.time)
-            if settings.verify_cache_size > 0
-            else None
+        # Verified tokens by their exact string, least recently used first; an entry is used
+        # only before its token's exp (as cachetools' TLRUCache with ttu=exp did, at a fifth of
+        # the cost on the per-request path: no tuple key, no wrapper item, no expiry heap). A
+        # token has one typ, so its string alone is the key: a hit of the other type is a miss.
+        self._cache: OrderedDict[str, TokenData] | None = (
+            OrderedDict() if settings.verify_cache_size > 0 else None
         )
+        self._cache_size = settings.verify_cache_size
         self._lock = threading.Lock()
         self._headers: dict[bytes, dict[str, Any]] = {}
 
@@ -366,24 +370,33 @@ class TokenVerifier:
 
     def cached(self, token: str, expected_type: TokenType = "access") -> TokenData | None:
         """The cached result of verifying ``token``, or None."""
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             return None
-        with self._lock:
-            return self._cache.get((expected_type, token))
+        hit = cache.get(token)
+        if hit is None or hit.typ != expected_type or not time.time() < hit.exp:
+            return None
+        # No lock: each OrderedDict operation is atomic under the GIL; the writers' lock keeps
+        # their insert-and-evict whole. A thread may have evicted the entry meanwhile.
+        with contextlib.suppress(KeyError):
+            cache.move_to_end(token)
+        return hit
 
     def decode(
         self, token: str, expected_type: TokenType = "access", *, use_cache: bool = False
     ) -> TokenData:
         """Verify ``token`` and return its claims, or raise a TokenError."""
-        if use_cache and self._cache is not None:
-            key = (expected_type, token)
-            with self._lock:
-                hit = self._cache.get(key)
+        cache = self._cache
+        if use_cache and cache is not None:
+            hit = self.cached(token, expected_type)
             if hit is not None:
                 return hit
             data = self._decode(token, expected_type)
             with self._lock:
-                self._cache[key] = data
+                cache[token] = data
+                cache.move_to_end(token)
+                while len(cache) > self._cache_size:
+                    cache.popitem(last=False)
             return data
         return self._decode(token, expected_type)
 
@@ -561,7 +574,9 @@ class TokenVerifier:
             raise exc.InvalidClaim("token exp must be a number")
         if not (0 <= iat <= MAX_TIMESTAMP and 0 <= exp <= MAX_TIMESTAMP):
             raise exc.InvalidClaim("token iat or exp is out of range")
-        return TokenData(
+        # Every value is of its field's exact type by now (checked above): model_construct
+        # builds the same model without pydantic validating each field again on every request.
+        return TokenData.model_construct(
             sub=sub,
             jti=jti,
             typ=typ,
@@ -788,10 +803,6 @@ def _segment(data: bytes) -> bytes:
         if padded_right and tail != 1 and canonical:
             return binascii.a2b_base64(stripped.translate(_TO_STANDARD) + b"=" * (-tail % 4))
     raise exc.MalformedToken("token is not a well-formed JWT")
-
-
-def _until_exp(_key: tuple[str, str], value: TokenData, _now: float) -> float:
-    return float(value.exp)
 
 
 def _load_pem(path: Any, setting: str, *, private: bool) -> Any:

@@ -25,7 +25,7 @@ from typing import Final
 
 from revoker.keys import FeedEntry, encode_mark, tenant_tag
 from revoker.mirror._digests import DIGEST_SIZE, DigestSet, DigestSetBuilder
-from revoker.rules import RevocationStatus, decide
+from revoker.rules import NOT_REVOKED, RevocationStatus, decide, to_us
 from revoker.tokens import TokenData
 
 __all__ = ["MirrorState", "StateBuilder", "family_key", "user_key"]
@@ -35,6 +35,8 @@ _TIME_BITS: Final = 53
 _TIME_MASK: Final = (1 << _TIME_BITS) - 1
 #: A revoked family's value for rules.decide: present, time unknown (decide reports None).
 _FAMILY_MARK: Final = b"|"
+#: Tokens whose lookup keys a state remembers (~300 B each): the tokens in use at once.
+LOOKUPS: Final = 1024
 #: Bytes per dict entry beyond its key and value objects (table slot and index; CPython 3.11).
 _DICT_ENTRY: Final = 40
 
@@ -63,6 +65,7 @@ class MirrorState:
 
     __slots__ = (
         "_hasher",
+        "_lookups",
         "epoch",
         "families",
         "global_cutoff",
@@ -83,6 +86,12 @@ class MirrorState:
         self.users: dict[str, int] = {}
         self.tenants: dict[str, int] = {}
         self.global_cutoff: int | None = None
+        #: (jti, tenant, sub, family) -> what they are looked up by (:meth:`_lookup_of`): two
+        #: keyed digests and two keys a token recurring does not pay for again. Pure functions
+        #: of the ids and this state's key, so never stale; emptied when LOOKUPS are held.
+        self._lookups: dict[
+            tuple[str, str | None, str, str | None], tuple[bytes, bytes | None, str, str]
+        ] = {}
         #: The last feed entry id reflected ("0-0": none), the epoch and sequence seen.
         self.last_id = "0-0"
         self.epoch: str | None = None
@@ -96,16 +105,47 @@ class MirrorState:
 
     # --- the decision ------------------------------------------------------------------------
 
+    def _lookup_of(self, token: TokenData) -> tuple[bytes, bytes | None, str, str]:
+        """What ``token`` is looked up by: its jti's digest, its family's (None: no family),
+        its user watermark's key and its tenant's tag."""
+        tag = tenant_tag(token.tenant)
+        return (
+            self.digest(token.jti.encode("utf-8", "surrogatepass")),
+            None if token.family is None else self.digest(family_key(tag, token.family)),
+            user_key(tag, token.sub),
+            tag,
+        )
+
     def status(self, token: TokenData) -> RevocationStatus:
         """The round-trip check's decision for ``token`` (rules.decide on the same values)."""
-        tag = tenant_tag(token.tenant)
-        jti = self.jtis.get(self.digest(token.jti.encode("utf-8", "surrogatepass")))
-        family = token.family is not None and (
-            self.digest(family_key(tag, token.family)) in self.families
-        )
-        user = self.users.get(user_key(tag, token.sub))
+        ids = (token.jti, token.tenant, token.sub, token.family)
+        found = self._lookups.get(ids)
+        if found is None:
+            found = self._lookup_of(token)
+            if len(self._lookups) >= LOOKUPS:
+                self._lookups.clear()
+            self._lookups[ids] = found
+        jti_digest, family_digest, user_watermark, tag = found
+        jti = self.jtis.get(jti_digest)
+        family = family_digest is not None and family_digest in self.families
+        user = self.users.get(user_watermark)
         tenant = self.tenants.get(tag) if token.tenant is not None else None
         cutoff = self.global_cutoff
+        if jti is None and not family:
+            # The common answer, without a mark string per level: decide reads each watermark
+            # back to the same integer (keys.decode_mark of encode_mark) and revokes only at or
+            # before the latest, so a token issued after all of them is NOT_REVOKED there too.
+            # At or before one, decide itself says which level and when.
+            # (A cut-off below 0 reads back as 0: max() keeps that; -1 stands for "none".)
+            latest = -1
+            if user is not None:
+                latest = user & _TIME_MASK
+            if tenant is not None and tenant & _TIME_MASK > latest:
+                latest = tenant & _TIME_MASK
+            if cutoff is not None and max(cutoff, 0) > latest:
+                latest = max(cutoff, 0)
+            if latest < 0 or to_us(token.iat) > latest:
+                return NOT_REVOKED
         return decide(
             token.iat,
             (

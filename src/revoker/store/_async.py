@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 logger = logging.getLogger("revoker.integrity")
 
+#: Tokens whose check keys a store remembers (~1 KB each with the packed command): the tokens
+#: in use at once.
+CHECK_CALLS = 1024
 #: Raised by every check while the denylist is lost and the policy is fail-closed.
 _FAIL_CLOSED = DenylistLost(
     "the revocation data was lost (REVOKER_ON_DATA_LOSS=fail-closed): failing closed until "
@@ -84,6 +87,14 @@ class RedisTokenRevocationStore:
             name: self.client.register_script(load_script(name))
             for name in (*StoreCore.SCRIPTS, *JobPlans.SCRIPTS)
         }
+        #: (jti, tenant, sub, family) -> the check's keys, the keys it sends, its ARGV: pure
+        #: functions of the ids and the key prefix (never stale), which a token recurring does
+        #: not build again (six escapes and formats); emptied when CHECK_CALLS are held.
+        #: Nothing here may mutate them.
+        self._check_calls: dict[
+            tuple[str, str | None, str, str | None],
+            tuple[list[str | None], list[str], list[str]],
+        ] = {}
         # The check's script call on one shared pipelined connection: a fifth of redis-py's CPU cost
         # per call (see _pipelined). Only for a client built here; an injected one is used as is.
         self._pipelined = (
@@ -237,25 +248,31 @@ class RedisTokenRevocationStore:
         three: the jti's, the tenant's and the integrity slot), sent in parallel.
         """
         core = self.core
-        keys = core.check_keys(token)
         integrity = core.keys.integrity
-        present = [key for key in keys if key is not None]
-        present.append(integrity)
+        ids = (token.jti, token.tenant, token.sub, token.family)
+        call = self._check_calls.get(ids)
+        if call is None:
+            keys = core.check_keys(token)
+            present = [key for key in keys if key is not None]
+            present.append(integrity)
+            call = (keys, present, core.ordered_check_args(token, present))
+            if len(self._check_calls) >= CHECK_CALLS:
+                self._check_calls.clear()
+            self._check_calls[ids] = call
+        keys, present, args = call
         seen = core.watch.snapshot()
         timeout = self.settings.redis_timeout
-        # The one bound on the whole check, whichever client it runs on: redis-py's own
-        # timeouts are per socket operation (a Sentinel lookup, a connect and a read each get
-        # one), so on a hung server they add up past REVOKER_REDIS_TIMEOUT. The pipelined
-        # connection bounds its call itself (and must see its own timeout to reconnect).
         deadline = asyncio.get_running_loop().time() + timeout
-        bounded = asyncio.timeout_at(deadline if self._pipelined is None else None)
         try:
-            async with bounded:
-                if self.is_cluster:
-                    found = await self._cluster_check(token, present)
-                else:
-                    values = await self._check(token, present)
-                    found = dict(zip(present, values, strict=True))
+            if self._pipelined is None:
+                # The one bound on the whole check on a redis-py client: its own timeouts are
+                # per socket operation (a Sentinel lookup, a connect and a read each get one),
+                # so on a hung server they add up past REVOKER_REDIS_TIMEOUT. The pipelined
+                # connection bounds its call itself (and must see its own timeout to reconnect).
+                async with asyncio.timeout_at(deadline):
+                    found = await self._lookup(token, present, args)
+            else:
+                found = await self._lookup(token, present, args)
             judged: Loss | Observation = core.integrity_values(found[integrity], seen)
             if isinstance(judged, Loss):
                 # Within what is left of the bound; shielded, so that a handling cut short
@@ -316,9 +333,22 @@ class RedisTokenRevocationStore:
                 e,
             )
 
-    async def _check(self, token: TokenData, keys: list[str]) -> list[Any]:
-        """The check script on ``keys`` (all in one slot, or a single Redis)."""
-        args = self.core.check_args(token, keys)
+    async def _lookup(
+        self, token: TokenData, present: list[str], args: list[str]
+    ) -> dict[str, Any]:
+        """The values of ``present`` for ``token``'s check, by key."""
+        if self.is_cluster:
+            return await self._cluster_check(token, present)
+        values = await self._check(token, present, args)
+        return dict(zip(present, values, strict=True))
+
+    async def _check(
+        self, token: TokenData, keys: list[str], args: list[str] | None = None
+    ) -> list[Any]:
+        """The check script on ``keys`` (all in one slot, or a single Redis); ``args``: its
+        ARGV when the caller knows it (else check_args finds it)."""
+        if args is None:
+            args = self.core.check_args(token, keys)
         script = self._scripts["check"]
         if self._pipelined is None:
             return cast(list[Any], await script(keys=keys, args=args))

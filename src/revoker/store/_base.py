@@ -446,6 +446,14 @@ class StoreCore:
         return [str(at), token.family, at_integrity]
 
     @staticmethod
+    def ordered_check_args(token: TokenData, present: Sequence[str]) -> list[str]:
+        """:meth:`check_args` for ``present``: check_keys' keys that are not None, then the
+        integrity hash, in that order (one group: a single Redis). The jti's key comes first,
+        so the family's bucket is second and the integrity hash last: nothing to search."""
+        n = str(len(present))
+        return ["2", token.family, n] if token.family is not None else ["0", "", n]
+
+    @staticmethod
     def group_by_slot(keys: Iterable[str]) -> dict[int, list[str]]:
         """Keys grouped by Redis Cluster slot, for one check script call per slot."""
         groups: dict[int, list[str]] = {}

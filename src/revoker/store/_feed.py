@@ -64,6 +64,20 @@ _START: Final = (
     'return {redis.call("XREVRANGE", KEYS[1], "+", "-", "COUNT", 1),'
     ' redis.call("HMGET", KEYS[2], "epoch", "seq", "state")}'
 )
+#: For a reader at "0-0" (the feed was empty when it began): the feed's first entry, and, if the
+#: feed exists, its length and how many entries were ever added to it (XINFO STREAM, Redis 7):
+#: equal, none was ever trimmed, so nothing the reader should have read is gone.
+_FIRST_AND_COUNTS: Final = """
+local first = redis.call("XRANGE", KEYS[1], "-", "+", "COUNT", 1)
+if redis.call("EXISTS", KEYS[1]) == 0 then return {first} end
+local info = redis.call("XINFO", "STREAM", KEYS[1])
+local length, added = false, false
+for i = 1, #info - 1, 2 do
+  if info[i] == "length" then length = info[i + 1]
+  elseif info[i] == "entries-added" then added = info[i + 1] end
+end
+return {first, length, added}
+"""
 #: What an entry this version cannot read stands for: an epoch change, so the reader loads a
 #: snapshot again instead of guessing what it changed.
 UNREADABLE_ENTRY: Final = k.FeedEntry("epoch", None, (), 0, 0, None)
@@ -231,22 +245,40 @@ class FeedPlans:
             read += ("BLOCK", int(block_ms))
         read += ("STREAMS", self.keys.feed, after_id)
 
+        from_start = after_id in ("0-0", "0")
+
         def finish(replies: list[Any]) -> FeedRead:
             entries = [(i, _decode(fields)) for i, fields in _xread_entries(replies[0])]
-            first = _stream_entries(replies[1])
+            counts: list[Any] = []
+            if from_start:
+                first_reply, *counts = replies[1]
+            else:
+                first_reply = replies[1]
+            first = _stream_entries(first_reply)
             first_id = first[0][0] if first else None
-            # No first entry: the feed is gone (an append never empties it); unless none was
-            # ever read. From "0-0" (the feed was empty when the reader began) any entry counts
-            # as possibly trimmed: on the safe side, at the cost of one more snapshot.
-            trimmed = (
-                _id_key(first_id) > _id_key(after_id)
-                if first_id is not None
-                else after_id not in ("0-0", "0")
-            )
+            if first_id is None:
+                # No first entry: the feed is gone (an append never empties it); unless none
+                # was ever read.
+                trimmed = not from_start
+            elif from_start:
+                # From "0-0" (the feed was empty when the reader began) every entry is one to
+                # read: none is missing if none was ever trimmed (as many entries as were ever
+                # added). Without those counts (before Redis 7), or when some were trimmed (the
+                # feed had entries once, trimmed away before the reader began): possibly,
+                # on the safe side, at the cost of one more snapshot.
+                length, added = [*counts, None, None][:2]
+                trimmed = not (isinstance(length, int) and length == added)
+            else:
+                trimmed = _id_key(first_id) > _id_key(after_id)
             last = entries[-1][0] if entries else after_id
             return FeedRead(entries, last, trimmed, first_id)
 
-        return Plan([read, ("XRANGE", self.keys.feed, "-", "+", "COUNT", 1)], finish)
+        first: Command = (
+            ("EVAL", _FIRST_AND_COUNTS, 1, self.keys.feed)
+            if from_start
+            else ("XRANGE", self.keys.feed, "-", "+", "COUNT", 1)
+        )
+        return Plan([read, first], finish)
 
     # --- the snapshot ------------------------------------------------------------------------
 
