@@ -521,13 +521,23 @@ def _replicated(group: SentinelGroup, timeout: float = 10) -> None:
 @pytest.mark.sentinel
 @pytest.mark.celery
 def test_a_bulk_job_completes_across_a_failover(sentinel_group: SentinelGroup) -> None:
-    """A tenant job on a worker whose broker and data are behind Sentinel survives a primary
-    SIGKILL at half way: it completes with exact counts, every session revoked exactly once."""
+    """A tenant job on a worker whose broker and data are behind Sentinel, with
+    REVOKER_DURABILITY=replicas:1, survives a primary SIGKILL at half way (the old primary comes
+    back as the new one's replica): it completes with exact counts, every session revoked
+    exactly once and every record removed (a chunk's deletes wait for the replica too)."""
     group = sentinel_group
     sessions, chunk = 20_000, 500
     s = configure(
         make_settings(
-            redis_url=group.url(), chunk_size=chunk, visibility_timeout=10, session_buckets=64
+            redis_url=group.url(),
+            chunk_size=chunk,
+            visibility_timeout=10,
+            session_buckets=64,
+            durability="replicas:1",
+            durability_timeout=0.5,
+            redis_timeout=1.0,
+            # Chunks retry while no replica answers WAIT (the failover, the old primary's sync).
+            max_redeliveries=100,
         )
     )
     store = SyncRedisTokenRevocationStore(settings=s)
@@ -551,6 +561,7 @@ def test_a_bulk_job_completes_across_a_failover(sentinel_group: SentinelGroup) -
         done_at_kill = r.scard(store.keys.job_chunks_done(job_id))
         group.primary.kill()
         _wait(lambda: group.master_port() == group.replica.port, 15, "no failover")
+        group.primary.restart()  # empty (no persistence); the sentinels make it a replica
         finish = time.monotonic() + 90
         while True:  # wait_for_job is a poller: it reports a failed read, we read again
             try:

@@ -97,7 +97,7 @@ def _runtime(record: JobRecord) -> float:
     return max(0.0, (record.finished_at or start) - start)
 
 
-def job_event(job_id: str, event: str, **fields: Any) -> None:
+def job_event(job_id: str, event: str, /, **fields: Any) -> None:
     """Send a task event for the job's own task (id = the job id) from inside a worker task.
 
     Flower builds its task list from events (not from the result backend), and a task's state
@@ -105,6 +105,7 @@ def job_event(job_id: str, event: str, **fields: Any) -> None:
     chunks run (``Ignore``), the chunks' ``task-progress`` events move it to PROGRESS with the
     counts, and the chunk that finishes the job sends ``task-succeeded`` (or ``task-failed``) for
     it. Best effort, and only inside a worker task (a direct call has no broker to tell).
+    ``job_id`` is positional-only: the progress fields carry a ``job_id`` of their own.
     """
     from celery import current_task
 

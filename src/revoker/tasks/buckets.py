@@ -29,6 +29,7 @@ from revoker.events import emit_chunk_events
 from revoker.exceptions import StoreUnavailable
 from revoker.job_record import JobRecord
 from revoker.rules import encode_mark, now_us, to_us
+from revoker.settings import RevokerSettings
 from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
 from revoker.store._base import BACKEND_ERRORS, load_script
 from revoker.store._bulk import bulk_script
@@ -316,8 +317,15 @@ def clear_records(
     keys: k.KeyLayout,
     tenant_id: str | None,
     read: ChunkRead,
+    *,
+    settings: RevokerSettings | None = None,
 ) -> None:
     """Delete the records a counted chunk made dead (its selected ones).
+
+    With ``settings``, the deletes end with ``REVOKER_DURABILITY``'s wait (DurabilityNotReached
+    when it falls short): the chunk counted itself done first, so a failover that lost the
+    deletes would otherwise leave dead records that a later job counts again. Raising makes the
+    chunk run again, and a chunk already done only repeats this (see ``revoke_chunk``).
 
     A bucket every record of which was selected goes whole (UNLINK: O(1) for Redis's main
     thread, which frees a big hash in the background), in one MULTI/EXEC guarded by the read's
@@ -352,6 +360,11 @@ def clear_records(
             commands.append(("HDEL", names[bucket], *ids[start : start + SCAN_FIELDS]))
     for start in range(0, len(commands), READ_BUCKETS):
         exchange(commands[start : start + READ_BUCKETS])
+    if settings is not None:
+        policy, timeout = settings.durability_policy, settings.durability_timeout
+        wait = policy.wait_command(timeout)
+        if wait is not None:
+            policy.check(exchange([wait])[0], timeout)
 
 
 def revoke_buckets(

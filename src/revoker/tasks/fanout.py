@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from revoker import keys as k
 from revoker._extras import requires_extra
@@ -192,12 +192,17 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
     settings, store = context()
     deliveries = store.run(store.jobs.begin_chunk(job_id, chunk))
     if deliveries is None:
-        # Counted, but maybe killed before it deleted its records: finish that (idempotent).
-        _delete_revoked(store, job_id, chunk)
+        # Counted, but maybe killed (or failed over) before its deletes were in: finish that
+        # (idempotent), again on the next delivery if Redis fails meanwhile.
+        try:
+            _delete_revoked_patiently(store, job_id, chunk)
+        except Exception as e:  # as a chunk's own failure below: retried, never dropped
+            raise self.retry(exc=e, countdown=1.0) from e
         return {"job_id": job_id, "chunk": chunk, "already_done": True}
     if deliveries > settings.max_redeliveries:
         _park_chunk(store, job_id, chunk, deliveries)
         return {"job_id": job_id, "chunk": chunk, "parked": True}
+    counted = False  # the chunk counted itself done: what may fail after it is the clean-up
     try:
         record = store.get_job(job_id)
         buckets = store.execute(store.jobs.plan_chunk_buckets(job_id, chunk))
@@ -247,27 +252,54 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
                         job_id, "done", chunk=chunk, matched=matched, revoked=revoked
                     )
                 )
+                counted = True
                 if revoked:
                     # Only now: a rerun before this point must find the records it selected the
                     # first time.
-                    clear_records(exchange, store.keys, record.tenant_id, read)
+                    clear_records(
+                        exchange, store.keys, record.tenant_id, read, settings=store.settings
+                    )
                 elif read.watched:
                     exchange([("UNWATCH",)])
         count_chunk(record, revoked)  # metrics and the log line, once the chunk is counted
     except JobNotFound:
         return {"job_id": job_id, "chunk": chunk, "missing_job": True}
-    except (Exception, SoftTimeLimitExceeded) as e:
-        message = f"{type(e).__name__}: {e}"[:500]
+    except Exception as e:  # noqa: BLE001 - any failure of a chunk is retried, never dropped
+        if not counted:
+            _retry_chunk(self, store, job_id, chunk, deliveries, e)
+        # Counted, then its deletes failed (a failover, say): done here, not by a task retry,
+        # which Celery drops when the broker is down too, and a job never redispatches a
+        # chunk already done.
+        log.warning("job %s chunk %d: clean-up failed (%s); retrying it", job_id, chunk, e)
         try:
-            store.execute(store.jobs.plan_note_error(job_id, f"chunk {chunk}: {message}"))
-        except Exception:  # noqa: BLE001 - Redis may be what failed; the retry tries again
-            log.debug("could not record the error of job %s", job_id)
-        # Each retry is a delivery for the cap; back off a little more each time.
-        raise self.retry(exc=e, countdown=min(5.0, 0.2 * deliveries)) from e
+            _delete_revoked_patiently(store, job_id, chunk)
+        except Exception as again:  # noqa: BLE001 - as a chunk's own failure: a task retry
+            _retry_chunk(self, store, job_id, chunk, deliveries, again)
+        count_chunk(record, revoked)
+    except SoftTimeLimitExceeded as e:
+        _retry_chunk(self, store, job_id, chunk, deliveries, e)
     if finished:
         release_job(store, job_id)
     meta = report(self, store, job_id)
     return {"job_id": job_id, "chunk": chunk, "matched": matched, "revoked": revoked, **meta}
+
+
+def _retry_chunk(
+    task: Task,
+    store: SyncRedisTokenRevocationStore,
+    job_id: str,
+    chunk: int,
+    deliveries: int,
+    e: BaseException,
+) -> NoReturn:
+    """Note the chunk's error on its job and have it delivered again."""
+    message = f"{type(e).__name__}: {e}"[:500]
+    try:
+        store.execute(store.jobs.plan_note_error(job_id, f"chunk {chunk}: {message}"))
+    except Exception:  # noqa: BLE001 - Redis may be what failed; the retry tries again
+        log.debug("could not record the error of job %s", job_id)
+    # Each retry is a delivery for the cap; back off a little more each time.
+    raise task.retry(exc=e, countdown=min(5.0, 0.2 * deliveries)) from e
 
 
 def _audit_chunk(
@@ -309,6 +341,29 @@ def _park_chunk(
     finish_job(store, job_id, "failed", error=error)
 
 
+#: How long a counted chunk goes on retrying its deletes itself (a Sentinel or Cluster failover
+#: takes a few seconds) before it leaves them to a task retry.
+CLEANUP_PATIENCE = 30.0
+
+
+def _delete_revoked_patiently(
+    store: SyncRedisTokenRevocationStore, job_id: str, chunk: int
+) -> None:
+    """:func:`_delete_revoked`, retried in this task for up to :data:`CLEANUP_PATIENCE`."""
+    deadline = time.monotonic() + CLEANUP_PATIENCE
+    delay = 0.1
+    while True:
+        try:
+            _delete_revoked(store, job_id, chunk)
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+        else:
+            return
+
+
 def _delete_revoked(store: SyncRedisTokenRevocationStore, job_id: str, chunk: int) -> None:
     """Delete the records a counted chunk revoked (it selects the same ones again)."""
     try:
@@ -325,4 +380,4 @@ def _delete_revoked(store: SyncRedisTokenRevocationStore, job_id: str, chunk: in
             exchange, store.keys, record.tenant_id, buckets, job_selection(record),
             watch=can_watch(store),
         )  # fmt: skip
-        clear_records(exchange, store.keys, record.tenant_id, read)
+        clear_records(exchange, store.keys, record.tenant_id, read, settings=store.settings)
