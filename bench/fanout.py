@@ -130,6 +130,9 @@ class Round:
     populate_rate: float = 0.0
     #: MEMORY USAGE per session of each structure (family hash, tenant index, user indexes).
     memory_parts: dict[str, float] = field(default_factory=dict)
+    #: Redis CPU seconds per session to read every record once and nothing else (filtered
+    #: rounds: :func:`read_floor`), the part of the walk no selection can avoid.
+    read_cpu_per_session: float = float("nan")
 
     #: redis-benchmark SET/s just before this round, on the same Redis.
     benchmark_rate: float = 0.0
@@ -301,6 +304,21 @@ def rotated_bytes_per_session(client: redis.Redis, settings: RevokerSettings, n:
     per_session = (used_memory(client) - before) / n
     client.flushall()
     return per_session
+
+
+def read_floor(client: redis.Redis, settings: RevokerSettings, n: int) -> float:
+    """Redis CPU seconds per session of one ``HGETALL`` of every bucket of the big tenant
+    (pipelined, nothing else running): what reading each record once costs Redis, whoever then
+    selects from it. Half the sessions selected, a mark costs at least twice this."""
+    base = StoreCore(settings).keys.session_bucket_base(BIG)
+    before = redis_cpu(client)
+    pipe = client.pipeline(transaction=False)
+    for bucket in range(settings.session_buckets):
+        pipe.execute_command("HGETALL", f"{base}{bucket}")
+        if len(pipe) >= 256:
+            pipe.execute()
+    pipe.execute()
+    return (redis_cpu(client) - before) / n
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -515,6 +533,7 @@ def one_round(
         per_session = (used_memory(client) - before) / n
         parts = memory_parts(client, settings, n)
         encodings = bucket_encodings(client, settings)
+        read_cpu = read_floor(client, settings, n) if kind == FILTERED else float("nan")
         print(f"  populated {fmt(n)} sessions at {fmt(rate)}/s", file=sys.stderr)
         small = f"small-tenant-{index}"
         big_token = start_session_sync("user-0", tenant_id=BIG, store=store).access_token
@@ -601,6 +620,7 @@ def one_round(
             encodings=encodings,
             memory_parts=parts,
             populate_rate=rate,
+            read_cpu_per_session=read_cpu,
             queued_s=started_at - record.created_at,
             planned_s=(float(dispatched) - started_at) if dispatched else float("nan"),
             chunks=record.chunks_total or 0,
@@ -769,6 +789,8 @@ def report(
     filtered_s = median([r.wall_s for r in filtered])
     writes_ratio = median([r.writes_per_s / r.benchmark_rate for r in filtered])
     worst_ratio = max(r.p99_ratio for r in [*unfiltered, *filtered])
+    read_floor_us = median([r.read_cpu_per_session for r in filtered]) * 1e6
+    read_ceiling = median([1 / (2 * r.read_cpu_per_session * r.benchmark_rate) for r in filtered])
     p99_during = max(percentile(r.during, 0.99) for r in rounds) * 1000
     enforcement_small = max(r.enforcement_small_ms for r in rounds)
     enforcement_big = max(r.enforcement_big_ms for r in unfiltered)
@@ -790,6 +812,10 @@ def report(
              " / ".join(f"{r.wall_s:.2f} s" for r in paced), "", ""],
             ["(context) check p99 during the fan-out (worst round)", f"{p99_during:.2f} ms", "",
              ""],
+            ["(context) Redis CPU to read each record once (HGETALL alone), per session walked; "
+             "the marks/s ratio it leaves even if selecting, marking and deleting were free "
+             "(one Redis core: 1 / (2 * that * redis-benchmark SET/s))",
+             f"{read_floor_us:.2f} µs; ≤ {read_ceiling:.2f}", "", ""],
             ["(context) marks written/s vs redis-benchmark writing new keys with a TTL",
              f"{median([r.writes_per_s for r in filtered]) / marker_rate:.2f}", "", ""],
             ["enforcement, tenant of 10 (worst round)", f"{enforcement_small:.2f} ms", "< 5 ms",

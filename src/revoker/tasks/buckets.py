@@ -103,7 +103,13 @@ LAZY_FREE_FIELDS = 64
 #: ~150-300 µs), two of a 200,000-session one (~120-160 µs; at 128, ~200-280 µs, for ~20% more
 #: marks/s: interleaved rounds of the filtered job, a loaded 2-core host). Cutting a bucket into
 #: HSCAN pages costs more than it saves: paged at 64 sessions per call, a 1,000,000-session job
-#: took twice the Redis CPU per session.
+#: took twice the Redis CPU per session. Re-measured (one private Redis, 1,000,000 sessions, the
+#: chunk loop in one process, same run): whole buckets ~640 µs per call at 5.2-6.0 µs of Redis CPU
+#: per session; paged at 64, 354 µs per call and +35%; at 32, 205 µs and +45%. And in
+#: `bench/run.py --only fanout --quick` rounds alternating 64 and 16 sessions per call, the smaller
+#: calls made the job ~1.6x slower without lowering a check's p99 during it (3.8-5.0 ms against
+#: 3.1-3.2 ms): on 2 shared cores that rise is CPU contention, which pacing
+#: (REVOKER_FANOUT_DUTY_CYCLE) addresses, not the length of a call.
 SCRIPT_FIELDS = 64
 #: The largest bucket read whole (HGETALL, cheaper than HSCAN pages); a bigger one (a user with
 #: hundreds of sessions) is read in pages of ``SCRIPT_SCAN_COUNT`` over as many calls as needed.
