@@ -28,7 +28,7 @@ from revoker.mirror._digests import DIGEST_SIZE, DigestSet, DigestSetBuilder
 from revoker.rules import NOT_REVOKED, RevocationStatus, decide, to_us
 from revoker.tokens import TokenData
 
-__all__ = ["MirrorState", "StateBuilder", "family_key", "user_key"]
+__all__ = ["LOOKUPS", "MirrorState", "StateBuilder", "family_key", "user_key"]
 
 #: The revocation time of a packed value (µs, < 2**53: keys.MAX_TIME); the expiry sits above it.
 _TIME_BITS: Final = 53

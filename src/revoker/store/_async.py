@@ -40,7 +40,7 @@ from revoker.store._jobs import Flow, JobPlans
 from revoker.store._pipelined import PipelinedConnection
 from revoker.tokens import TokenData
 
-__all__ = ["RedisTokenRevocationStore"]
+__all__ = ["CHECK_CALLS", "RedisTokenRevocationStore"]
 
 T = TypeVar("T")
 

@@ -33,7 +33,7 @@ import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["PipelinedConnection", "pack_command"]
+__all__ = ["PACKED_COMMANDS", "PipelinedConnection", "pack_command"]
 
 #: Packed commands a connection remembers (the check's, ~500 B each).
 PACKED_COMMANDS = 1024

@@ -89,7 +89,7 @@ with requires_extra("worker", __name__):
     from celery import Task
     from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-__all__ = ["COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
+__all__ = ["CLEANUP_PATIENCE", "COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
 
 log = logging.getLogger("revoker.tasks")
 
