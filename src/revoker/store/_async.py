@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar, cast
@@ -43,8 +42,6 @@ from revoker.tokens import TokenData
 __all__ = ["CHECK_CALLS", "RedisTokenRevocationStore"]
 
 T = TypeVar("T")
-
-logger = logging.getLogger("revoker.integrity")
 
 #: Tokens whose check keys a store remembers (~1 KB each with the packed command): the tokens
 #: in use at once.
@@ -326,12 +323,7 @@ class RedisTokenRevocationStore:
         try:
             await self._execute(plan, durable=True)
         except StoreUnavailable as e:
-            logger.error(  # noqa: TRY400 - one line: the error says all, a traceback would not
-                "revocation data lost: the handling of the loss (%s) is not acknowledged as "
-                "durable: %s",
-                loss.kind,
-                e,
-            )
+            self.core.loss_not_durable(loss, e)
 
     async def _lookup(
         self, token: TokenData, present: list[str], args: list[str]

@@ -369,6 +369,16 @@ class StoreCore:
             [ScriptCall("data_loss", keys, [*args, epoch, *self.feed_args(entry)])], self._adopt
         )
 
+    def loss_not_durable(self, loss: Loss, error: Exception) -> None:
+        """Log that a loss's handling was written but its durability wait fell short: a check
+        does not fail for it (it answers by what it read), one ERROR line says so."""
+        logger.error(
+            "revocation data lost: the handling of the loss (%s) is not acknowledged as "
+            "durable: %s",
+            loss.kind,
+            error,
+        )
+
     def plan_loss_audit(self, loss: Loss) -> Plan[None] | None:
         """The audit entry (kind ``global``) of a loss handled by :meth:`plan_data_loss`, once
         per loss and store (None after the first), sent after the script: the plain write that

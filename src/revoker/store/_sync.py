@@ -7,7 +7,6 @@ differs.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -46,8 +45,6 @@ from revoker.tokens import TokenData
 __all__ = ["SyncRedisTokenRevocationStore"]
 
 T = TypeVar("T")
-
-logger = logging.getLogger("revoker.integrity")
 
 
 class SyncRedisTokenRevocationStore:
@@ -311,12 +308,7 @@ class SyncRedisTokenRevocationStore:
         try:
             self._execute(plan, durable=True)
         except StoreUnavailable as e:
-            logger.error(  # noqa: TRY400 - one line: the error says all, a traceback would not
-                "revocation data lost: the handling of the loss (%s) is not acknowledged as "
-                "durable: %s",
-                loss.kind,
-                e,
-            )
+            self.core.loss_not_durable(loss, e)
 
     def record_session(
         self,
