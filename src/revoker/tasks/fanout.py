@@ -87,7 +87,7 @@ from revoker.tasks.buckets import (
 
 with requires_extra("worker", __name__):
     from celery import Task
-    from celery.exceptions import Ignore, SoftTimeLimitExceeded
+    from celery.exceptions import Ignore
 
 __all__ = ["CLEANUP_PATIENCE", "COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
 
@@ -264,7 +264,7 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         count_chunk(record, revoked)  # metrics and the log line, once the chunk is counted
     except JobNotFound:
         return {"job_id": job_id, "chunk": chunk, "missing_job": True}
-    except Exception as e:  # noqa: BLE001 - any failure of a chunk is retried, never dropped
+    except Exception as e:  # noqa: BLE001 - any failure of a chunk (a soft time limit too) is retried
         if not counted:
             _retry_chunk(self, store, job_id, chunk, deliveries, e)
         # Counted, then its deletes failed (a failover, say): done here, not by a task retry,
@@ -276,8 +276,6 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         except Exception as again:  # noqa: BLE001 - as a chunk's own failure: a task retry
             _retry_chunk(self, store, job_id, chunk, deliveries, again)
         count_chunk(record, revoked)
-    except SoftTimeLimitExceeded as e:
-        _retry_chunk(self, store, job_id, chunk, deliveries, e)
     if finished:
         release_job(store, job_id)
     meta = report(self, store, job_id)
