@@ -324,11 +324,11 @@ def clear_records(
     tenant_id: str | None,
     read: ChunkRead,
     *,
-    settings: RevokerSettings | None = None,
+    settings: RevokerSettings,
 ) -> None:
     """Delete the records a counted chunk made dead (its selected ones).
 
-    With ``settings``, the deletes end with ``REVOKER_DURABILITY``'s wait (DurabilityNotReached
+    The deletes end with ``REVOKER_DURABILITY``'s wait (DurabilityNotReached
     when it falls short): the chunk counted itself done first, so a failover that lost the
     deletes would otherwise leave dead records that a later job counts again. Raising makes the
     chunk run again, and a chunk already done only repeats this (see ``revoke_chunk``).
@@ -366,11 +366,10 @@ def clear_records(
             commands.append(("HDEL", names[bucket], *ids[start : start + SCAN_FIELDS]))
     for start in range(0, len(commands), READ_BUCKETS):
         exchange(commands[start : start + READ_BUCKETS])
-    if settings is not None:
-        policy, timeout = settings.durability_policy, settings.durability_timeout
-        wait = policy.wait_command(timeout)
-        if wait is not None:
-            policy.check(exchange([wait])[0], timeout)
+    policy, timeout = settings.durability_policy, settings.durability_timeout
+    wait = policy.wait_command(timeout)
+    if wait is not None:
+        policy.check(exchange([wait])[0], timeout)
 
 
 def revoke_buckets(
