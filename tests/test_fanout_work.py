@@ -334,6 +334,35 @@ def test_a_counted_chunk_retries_its_failed_clean_up_itself(
     assert _fields(r, store, "flaky") == set()
 
 
+def test_adaptive_pacer_lengthens_its_pause_while_round_trips_are_slow() -> None:
+    """REVOKER_FANOUT_ADAPTIVE_PACING: round trips at their idle baseline keep the duty cycle's
+    pause; slower ones (Redis busy with others) lengthen it, never past PACE_MAX_FACTOR; once
+    they are back at the baseline the pause shrinks back to the duty cycle's."""
+    pace = buckets.Pacer(floor=1.0)
+    for _ in range(5):
+        assert pace.pause(0.001, 10) == pytest.approx(0.001)  # 0.5 duty cycle: as long
+    slow = [pace.pause(0.003, 10) / 0.003 for _ in range(30)]
+    assert slow[0] > 1.0
+    assert slow == sorted(slow)
+    assert slow[-1] == buckets.PACE_MAX_FACTOR
+    # A call doing more work in proportion is not slow: the baseline is per unit of work.
+    assert pace.pause(0.010, 100) / 0.010 < buckets.PACE_MAX_FACTOR
+    fast = [pace.pause(0.001, 10) / 0.001 for _ in range(60)]
+    assert fast == sorted(fast, reverse=True)
+    assert fast[-1] == pytest.approx(1.0)
+    fixed = buckets.Pacer(floor=1.0, adaptive=False)
+    assert fixed.pause(0.003, 10) == pytest.approx(0.003)
+
+
+def test_adaptive_pacing_is_kept_across_a_processs_chunks() -> None:
+    """The pacer of a kind is the process's: a later chunk's exchange starts with the pause and
+    baseline the earlier one learned, and a new configuration starts afresh."""
+    first = buckets.pacer("test-kind", 1.0, True)
+    first.factor = 3.0
+    assert buckets.pacer("test-kind", 1.0, True) is first
+    assert buckets.pacer("test-kind", 0.5, True) is not first
+
+
 def test_paced_exchange_pauses_for_its_duty_cycle() -> None:
     """REVOKER_FANOUT_DUTY_CYCLE=0.5 makes each round trip take at least twice its own time;
     1 leaves the exchange as it is."""

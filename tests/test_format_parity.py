@@ -653,3 +653,48 @@ async def test_a_sequence_read_lower_than_seen_is_a_rollback(
         assert (state, rule) == (b"cutoff", "global"), value
     else:
         assert (state, rule) == (None, None), value
+
+
+@pytest.mark.parametrize("index", [i for i, (f, _) in enumerate(CHUNK_JOBS) if f.get("client_id")])
+async def test_index_script_selects_as_python(parity_store: Parity, index: int) -> None:
+    """chunk_index.lua, walking an index that names every record of the bucket (whatever its
+    client, with its stored created time as the entry), marks and deletes exactly the records
+    Selection selects: the entry only proposes, the record decides by the same rules."""
+    from revoker import keys as k
+    from revoker.job_record import JobRecord
+    from revoker.tasks.buckets import Selection, revoke_server_side
+
+    store = parity_store.sync
+    fields, user = CHUNK_JOBS[index]
+    tenant = "chunk-" + uuid.uuid4().hex[:8]
+    record = JobRecord(id="job-" + uuid.uuid4().hex[:8], tenant_id=tenant, created_at=0, **fields)
+    select = Selection(record, T_US, user)
+    bucket = bucket_of_user(USER, store.settings.session_buckets)
+    key = store.keys.session_bucket(tenant, bucket)
+    records = _chunk_records(now_us())
+    ids = [f"{family_id_prefix(bucket)}{n}" for n in range(len(records))]
+    ids[: len(ODD_IDS)] = [family_id_prefix(bucket) + odd for odd in ODD_IDS]
+    mapping = dict(zip(ids, records, strict=True))
+    store.client.hset(key, mapping=mapping)  # type: ignore[arg-type]
+    index_key = store.keys.client_index(tenant, fields["client_id"], bucket)
+    entries = {}
+    for fid, raw in mapping.items():
+        head = k.record_head(raw)
+        entries[fid] = head[k.RECORD_CREATED] if head is not None else b"x"
+    store.client.hset(index_key, mapping=entries)  # type: ignore[arg-type]
+    flat = [x for fid, raw in mapping.items() for x in (fid.encode(), raw)]
+    expected = {fid.decode() for fid in select(flat)}
+    assert expected
+    assert len(expected) < len(records)
+
+    mark = encode_mark(now_us(), "parity")
+    with store.bulk_exchange() as bulk:
+        done = revoke_server_side(
+            bulk, store, record, 0, [bucket], select, mark, index_client=fields["client_id"]
+        )
+    assert done.revoked == len(expected)
+    assert {f.decode() for f in store.client.hkeys(key)} == set(ids) - expected
+    marks_key = store.keys.revoked_bucket(tenant, bucket)
+    marked = {f.decode(): v for f, v in store.client.hgetall(marks_key).items()}
+    assert marked == dict.fromkeys(expected, mark.encode())
+    assert {f.decode() for f in store.client.hkeys(index_key)} == set(ids) - expected

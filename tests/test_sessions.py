@@ -11,6 +11,7 @@ import pytest
 from conftest import Backend, CheckPath, private_settings
 from revoker.exceptions import InvalidIdentifier
 from revoker.keys import (
+    KeyLayout,
     bucket_of_user,
     decode_record,
     family_bucket,
@@ -63,8 +64,10 @@ def check_written(
     bucket_key: str,
     pair: TokenPair,
     settings: RevokerSettings,
+    tenant: str | None,
 ) -> None:
-    """The session's record is in its user's bucket, with every field, and nothing else exists."""
+    """The session's record is in its user's bucket, with every field; beside it only its
+    client-index entry (its creation time, the bucket's TTL) and the tenant's index marker."""
     bucket = bucket_of_user("alice", settings.session_buckets)
     assert pair.family_id.startswith(family_id_prefix(bucket))
     assert family_bucket(pair.family_id) == bucket
@@ -80,8 +83,11 @@ def check_written(
     assert [data[n] for n in ("previous", "rotated", "successor", "issued")] == ["", "", "", ""]
     expected = family_ttl(settings.refresh_token_ttl, settings.leeway)
     assert expected - 2 <= bucket_ttl <= expected
-    # The bucket is the only key: no per-family hash, no index beside it.
-    assert prefix_keys == {bucket_key.encode()}
+    # No per-family key: the bucket, the client's index bucket and the tenant's marker.
+    keys = KeyLayout(settings.key_prefix)
+    index_key = keys.client_index(tenant, "web", bucket)
+    marker_key = keys.client_index_marker(tenant)
+    assert prefix_keys == {bucket_key.encode(), index_key.encode(), marker_key.encode()}
 
 
 @pytest.mark.parametrize("tenant", ["acme", None])
@@ -94,7 +100,8 @@ async def test_start_session_writes_its_record_in_one_pipeline(
         "alice", tenant_id=tenant, client_id="web", scopes=("read", "write"), store=store
     )
     assert trips.total == 1
-    assert trips.pipelines == [2]
+    # The record and its TTL, its client-index entry and TTL, the marker and its TTL.
+    assert trips.pipelines == [6]
     c = store.client
     bucket_key = store.keys.session_bucket(
         tenant, bucket_of_user("alice", store.settings.session_buckets)
@@ -106,6 +113,7 @@ async def test_start_session_writes_its_record_in_one_pipeline(
         bucket_key,
         pair,
         store.settings,
+        tenant,
     )
 
 
@@ -119,7 +127,8 @@ def test_start_session_sync_writes_the_same(
         "alice", tenant_id=tenant, client_id="web", scopes=("read", "write"), store=sync_store
     )
     assert trips.total == 1
-    assert trips.pipelines == [2]
+    # The record and its TTL, its client-index entry and TTL, the marker and its TTL.
+    assert trips.pipelines == [6]
     c = sync_store.client
     bucket_key = sync_store.keys.session_bucket(
         tenant, bucket_of_user("alice", sync_store.settings.session_buckets)
@@ -131,6 +140,7 @@ def test_start_session_sync_writes_the_same(
         bucket_key,
         pair,
         sync_store.settings,
+        tenant,
     )
 
 

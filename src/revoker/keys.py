@@ -8,6 +8,10 @@ Layout (``P`` is ``REVOKER_KEY_PREFIX``; ``<x>`` is an escaped id)::
                                            "<revoked_at_us>|<reason>"
     P:{<T>}:uw:<user>              string  "<revoked_at_us>|<reason>" user watermark
     P:{<T>}:tw                     string  "<revoked_at_us>|<reason>" tenant watermark
+    P:{<T>}:ci:<client>:<n>        hash    client index bucket n: family id -> "<created_us>" of
+                                           the sessions of one client in session bucket n
+    P:{<T>}:ix                     string  "<since_us>": the client index holds every session
+                                           of the tenant created or rotated since (its marker)
     P:job:{<job_id>}               hash    one bulk job record
     P:job:{<job_id>}:c:<n>         string  the session buckets of chunk n of the job (JSON list)
     P:job:{<job_id>}:done          set     chunk numbers finished (each counted once)
@@ -59,6 +63,23 @@ their own): a bulk job revokes a bucket's sessions with one HSET, and a revoked 
 hash field instead of a key with a TTL. A revoked mark is useful for the refresh lifetime plus
 leeway after its time: the bucket's TTL is its newest mark's, and the expiry task deletes older
 marks.
+
+**The client index** (``P:{<T>}:ci:<client>:<n>``, :meth:`KeyLayout.client_index`): beside its
+record, a session with a client has an entry in the index bucket of its client and its session
+bucket's number, the family id -> its creation time (:func:`encode_index_entry`, read by
+:func:`decode_index_entry` as a time, by the rule below), so that a job filtered by client reads
+only that client's sessions (``scripts/chunk_index.lua``). The session's creation writes it (and
+the bucket's TTL, ``Lifetimes.family_ttl``, as the session bucket's), each rotation writes it again
+and renews that TTL: an index bucket lives as long as its client's newest session in the bucket.
+The index is a superset hint, never the truth: a job reads each indexed record before it selects
+it (by the record, as the full walk does) and drops entries whose record is gone; the expiry and
+the unfiltered jobs' clean-up remove entries with their records. A tenant's marker
+``P:{<T>}:ix`` (:func:`encode_index_since`, :func:`decode_index_since`) holds when its index began:
+the first indexed creation writes it (``SET NX``, TTL ``Lifetimes.index_marker_ttl`` renewed by
+each creation); every session created or rotated since then is indexed, so once no session older
+than that can still verify (:meth:`Lifetimes.index_complete`: ``since`` 0, or ``family_ttl`` ago)
+the index is complete and a client-filtered job walks it; until then (records written before the
+index existed) the job walks every record.
 
 **Identity of the data** (``P:{integrity}:id``, see :mod:`revoker.integrity`): an ``epoch`` (a
 random id, no TTL) and a ``seq`` that only grows. Every write of revocation state bumps ``seq`` in
@@ -172,10 +193,14 @@ __all__ = [
     "bucket_number",
     "bucket_of_user",
     "decode_feed_entry",
+    "decode_index_entry",
+    "decode_index_since",
     "decode_mark",
     "decode_record",
     "decode_seq",
     "encode_feed_entry",
+    "encode_index_entry",
+    "encode_index_since",
     "encode_mark",
     "encode_record",
     "escape_feed_id",
@@ -419,6 +444,34 @@ def decode_mark(raw: bytes | str) -> tuple[int, str | None]:
     return at_us, reason.decode(errors="replace") or None
 
 
+# --- the client index -------------------------------------------------------------------------
+
+
+def encode_index_entry(created_us: int) -> str:
+    """The value of a session's client-index entry: its creation time, integer µs."""
+    return str(int(created_us))
+
+
+def decode_index_entry(raw: bytes | str) -> int | None:
+    """The creation time a client-index entry holds (:func:`read_time`), None if unreadable
+    (such an entry selects nothing by time; its record decides)."""
+    return read_time(raw.encode(errors="replace") if isinstance(raw, str) else raw)
+
+
+def encode_index_since(since_us: int) -> str:
+    """A tenant's client-index marker: since when (µs) every session created or rotated is
+    indexed; 0 for "every session ever" (a tenant whose index is known complete)."""
+    return str(int(since_us))
+
+
+def decode_index_since(raw: bytes | str | None) -> int | None:
+    """The time a client-index marker holds (:func:`read_time`); None when there is none or it
+    is unreadable: the index is then not known complete."""
+    if raw is None:
+        return None
+    return read_time(raw.encode(errors="replace") if isinstance(raw, str) else raw)
+
+
 # --- the change feed ---------------------------------------------------------------------------
 
 #: What a feed entry can record (module docstring, "The change feed").
@@ -547,6 +600,54 @@ class KeyLayout:
     def session_bucket_pattern(self) -> str:
         """SCAN MATCH pattern of every session bucket of every tenant."""
         return f"{self.prefix}:{{*}}:s:*"
+
+    def client_index(self, tenant_id: str | None, client_id: str, bucket: int) -> str:
+        """The client-index bucket of ``client_id``'s sessions in session bucket ``bucket``."""
+        return f"{self.client_index_base(tenant_id, client_id)}{int(bucket)}"
+
+    def client_index_base(self, tenant_id: str | None, client_id: str) -> str:
+        """What every client-index bucket key of the tenant's client starts with."""
+        client = escape_id(client_id, "client id")
+        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ci:{client}:"
+
+    def client_index_buckets(
+        self, tenant_id: str | None, client_id: str, buckets: Iterable[int]
+    ) -> list[str]:
+        """The client-index bucket keys of several session buckets (the base escaped once)."""
+        base = self.client_index_base(tenant_id, client_id)
+        return [f"{base}{int(bucket)}" for bucket in buckets]
+
+    def client_index_of_part(
+        self, tenant_id: str | None, escaped_client: bytes, buckets: Iterable[int]
+    ) -> list[bytes]:
+        """The client-index bucket keys of a client as a record stores it (escaped already:
+        :func:`escape_part`, the same escape as :func:`escape_id` for every valid id)."""
+        base = f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ci:".encode() + escaped_client + b":"
+        return [base + str(int(bucket)).encode() for bucket in buckets]
+
+    def client_index_of_session_bucket(self, session_key: bytes, escaped_client: bytes) -> bytes:
+        """The client-index bucket of the client (as a record stores it) in a session bucket."""
+        head, sep, number = session_key.rpartition(b":s:")
+        if not sep:
+            raise ValueError(f"not a session bucket key: {session_key!r}")
+        return head + b":ci:" + escaped_client + b":" + number
+
+    def client_index_pattern(self) -> str:
+        """SCAN MATCH pattern of every client-index bucket of every tenant."""
+        return f"{self.prefix}:{{*}}:ci:*"
+
+    def session_bucket_of_index(self, index_key: bytes) -> bytes | None:
+        """The session bucket key a client-index bucket key indexes (same tag, same number), or
+        None for a key that is not one."""
+        head, sep, rest = index_key.partition(b"}:ci:")
+        client, _, number = rest.rpartition(b":")
+        if not sep or not client or not number.isdigit() or len(number) > _BUCKET_DIGITS:
+            return None
+        return head + b"}:s:" + number
+
+    def client_index_marker(self, tenant_id: str | None) -> str:
+        """The tenant's client-index marker (module docstring, "The client index")."""
+        return f"{self.prefix}:{{{tenant_tag(tenant_id)}}}:ix"
 
     def family_revoked(self, tenant_id: str | None, family_id: str) -> str:
         """The hash holding the family's revoked mark (the field is the family id), read by the
@@ -835,6 +936,21 @@ class Lifetimes:
         """TTL of a session bucket and of a revoked-mark bucket, renewed by each write; also how
         long a record or mark is useful (see :func:`family_ttl`)."""
         return family_ttl(self.refresh_token_ttl, self.leeway)
+
+    @property
+    def index_marker_ttl(self) -> int:
+        """TTL of a tenant's client-index marker, renewed by each session created: twice the
+        records' lifetime. A marker gone (no session created for that long) only makes the next
+        one start later: the index is then not known complete for a ``family_ttl`` again."""
+        return 2 * self.family_ttl
+
+    def index_complete(self, since_us: int | None, now: float) -> bool:
+        """Whether a client index begun at ``since_us`` (its marker; None: no marker) holds every
+        session that can still verify: every one created or rotated since is indexed, and one
+        last written before ``family_ttl`` ago has no token left."""
+        if since_us is None:
+            return False
+        return since_us == 0 or since_us <= int((now - self.family_ttl) * 1_000_000)
 
     def records_expired_before(self, now: float) -> int:
         """Unix seconds: a record whose ``expires`` is below this can never verify or rotate."""

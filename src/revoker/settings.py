@@ -609,6 +609,14 @@ class RevokerSettings(BaseSettings):
         "workers' cores idle time, so per-request checks queue less behind a job that takes "
         "longer.",
     )
+    fanout_adaptive_pacing: bool = Field(
+        True,
+        description="Pace each fan-out chunk by its own round trips to Redis: while they take "
+        "longer than their idle baseline (Redis or the cores busy with other work, so per-request "
+        "checks wait too) the chunk pauses longer after each, up to 8 times the round trip; the "
+        "pause shrinks back to REVOKER_FANOUT_DUTY_CYCLE's once they do not. Keeps checks' "
+        "latency near its idle value during a job, at the cost of job time under load.",
+    )
 
     @field_validator("redis_url", "broker_url", "result_backend")
     @classmethod

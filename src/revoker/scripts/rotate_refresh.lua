@@ -8,7 +8,8 @@
 -- KEYS[4..] the tenant watermark if ARGV[12] == "1", then if ARGV[13] == "1" the jti key, the
 -- global watermark, the integrity hash (a reuse mark bumps its seq, creating its epoch
 -- ARGV[14] if absent: keys' "identity of the data") and the change feed (a reuse mark appends
--- its "family" entry, ARGV[15..]: see _sequence.lua)
+-- its "family" entry, ARGV[15..]: see _sequence.lua), then, if the token names a client, the
+-- family's client-index bucket (keys: "The client index"), written again on a rotation
 -- ARGV[1] presented refresh jti         ARGV[2] presented iat (integer µs)
 -- ARGV[3] the token's user id           ARGV[4] new refresh jti
 -- ARGV[5] new access jti                ARGV[6] new pair's iat (integer µs)
@@ -38,7 +39,9 @@ local feed_key
 if ARGV[13] == "1" then
   jti_key, global_wm_key, integrity_key = KEYS[n], KEYS[n + 1], KEYS[n + 2]
   feed_key = KEYS[n + 3]
+  n = n + 4
 end
+local index_key = KEYS[n]
 
 -- keys.read_time, the one rule for a stored time: one or more ASCII digits and nothing else
 -- (a mark's or watermark's part before its first "|"), capped at keys.MAX_TIME; anything else is
@@ -93,6 +96,12 @@ if f[5] == presented then
   f[7], f[8], f[9] = string.format("%.0f", now_us), ARGV[5], ARGV[6]
   redis.call("HSET", bucket, family, table.concat(f, "|", 1, 10))
   redis.call("EXPIRE", bucket, ttl)
+  if index_key then
+    -- The index entry (keys.encode_index_entry: the created time as stored) and the index
+    -- bucket's TTL, renewed with the session's: also indexes a session from before the index.
+    redis.call("HSET", index_key, family, f[3])
+    redis.call("EXPIRE", index_key, ttl)
+  end
   return {"rotated"}
 end
 

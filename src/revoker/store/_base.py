@@ -698,7 +698,26 @@ class StoreCore:
         ttl = self.lifetimes.family_ttl
         # A bucket expires with its newest session; all sessions share one lifetime, so the last
         # EXPIRE written is always the latest one.
-        return Plan([("HSET", key, family_id, record), ("EXPIRE", key, ttl)], lambda _r: None)
+        commands: list[Command | ScriptCall] = [
+            ("HSET", key, family_id, record),
+            ("EXPIRE", key, ttl),
+        ]
+        if client_id:
+            # The client index (keys, "The client index"): after the record, so a bulk job
+            # never finds an entry whose record is still to come; the same lifetime.
+            index = self.keys.client_index(tenant_id, client_id, bucket)
+            commands += [
+                ("HSET", index, family_id, k.encode_index_entry(to_us(created))),
+                ("EXPIRE", index, ttl),
+            ]
+        # The tenant's index marker: since when every session is indexed (the first indexed
+        # creation's time; kept, never moved later, while sessions keep being created).
+        marker = self.keys.client_index_marker(tenant_id)
+        commands += [
+            ("SET", marker, k.encode_index_since(to_us(created)), "NX"),
+            ("EXPIRE", marker, self.lifetimes.index_marker_ttl),
+        ]
+        return Plan(commands, lambda _r: None)
 
     def plan_get_session(
         self, family_id: str, *, tenant_id: str | None
@@ -769,6 +788,14 @@ class StoreCore:
                 self.keys.integrity,
                 self.keys.feed,
             ]
+        if token.client:
+            # Last: the family's client-index bucket, written again by a rotation with the
+            # bucket's TTL (keys, "The client index"), so the index outlives the session.
+            keys.append(
+                self.keys.client_index(
+                    tenant, token.client, k.bucket_of_user(user, self.settings.session_buckets)
+                )
+            )
         args = [
             k.escape_part(token.jti),
             to_us(token.iat),

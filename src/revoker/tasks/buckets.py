@@ -18,9 +18,9 @@ record crosses the wire; a rerun skips what an earlier run finished, and counts 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis
 
@@ -31,12 +31,19 @@ from revoker.job_record import JobRecord
 from revoker.rules import encode_mark, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
-from revoker.store._base import BACKEND_ERRORS, load_script
-from revoker.store._bulk import bulk_script
+from revoker.store._base import BACKEND_ERRORS, Plan, load_script
+from revoker.store._bulk import BulkScript, bulk_script
 
 __all__ = [
     "CHUNK_SCRIPT",
+    "INDEX_SCRIPT",
     "LAZY_FREE_FIELDS",
+    "PACE_BASELINE_DRIFT",
+    "PACE_GROW",
+    "PACE_MAX_FACTOR",
+    "PACE_SHRINK",
+    "PACE_SLOW",
+    "PACE_STEP",
     "READ_BUCKETS",
     "SCAN_FIELDS",
     "SCRIPT_BUCKETS",
@@ -48,6 +55,7 @@ __all__ = [
     "WRITE_BUCKETS",
     "WRITE_COMMANDS",
     "ChunkRead",
+    "Pacer",
     "Selection",
     "ServerRevocation",
     "can_watch",
@@ -58,11 +66,13 @@ __all__ = [
     "job_mark",
     "job_selection",
     "paced",
+    "pacer",
     "per_session_events_wanted",
     "read_chunk",
     "read_selected",
     "revoke_buckets",
     "revoke_server_side",
+    "walks_index",
     "watermark_holds",
     "write_marks",
 ]
@@ -123,6 +133,9 @@ SCRIPT_BUCKETS = 32
 #: ``_sequence.lua`` then ``chunk_buckets.lua``: the chunk's script, sequence bump and feed entry
 #: included (its source is what ``SCRIPT LOAD`` and EVALSHA name).
 CHUNK_SCRIPT = load_script("_sequence") + load_script("chunk_buckets")
+#: ``_sequence.lua`` then ``chunk_index.lua``: a client-filtered chunk walking the client index
+#: (keys, "The client index") instead of every record of its buckets.
+INDEX_SCRIPT = load_script("_sequence") + load_script("chunk_index")
 
 
 class Selection:
@@ -141,11 +154,15 @@ class Selection:
             k.escape_part(record.client_id).encode() if record.client_id is not None else None
         )
         self.after_us, self.before_us = record.window_us()
+        #: The client (escaped, as stored) of each selected record that has one, collected when
+        #: not None: a clean-up removes their client-index entries with the records.
+        self.clients: dict[bytes, bytes] | None = None
 
     def __call__(self, flat: Sequence[bytes]) -> list[bytes]:
         """The selected family ids of an HSCAN page (field, value, field, value...)."""
         cutoff, user, client = self.cutoff_us, self.user, self.client
         after, before = self.after_us, self.before_us
+        clients = self.clients
         out: list[bytes] = []
         head, read_time = k.record_head, k.read_time
         user_at, client_at, created_at = k.RECORD_USER, k.RECORD_CLIENT, k.RECORD_CREATED
@@ -163,6 +180,8 @@ class Selection:
             if (after is not None and created < after) or (before is not None and created > before):
                 continue
             out.append(flat[n])
+            if clients is not None and parts[client_at]:
+                clients[flat[n]] = parts[client_at]
         return out
 
 
@@ -177,6 +196,19 @@ class ChunkRead:
     #: Whether the read WATCHed the buckets (a later change makes :func:`clear_records` fall
     #: back from UNLINK to HDEL, so a session started meanwhile is never dropped).
     watched: bool = False
+    #: The client (escaped) of each selected family that has one: :func:`clear_records` removes
+    #: their client-index entries (keys, "The client index") with the records.
+    clients: dict[bytes, bytes] = field(default_factory=dict)
+
+    def index_entries(self, bucket: int) -> dict[bytes, list[bytes]]:
+        """The selected families of ``bucket`` that have a client, by client."""
+        out: dict[bytes, list[bytes]] = {}
+        clients = self.clients
+        for fid in self.selected.get(bucket, ()):
+            client = clients.get(fid)
+            if client is not None:
+                out.setdefault(client, []).append(fid)
+        return out
 
     @property
     def family_ids(self) -> list[bytes]:
@@ -184,30 +216,107 @@ class ChunkRead:
         return [fid for ids in self.selected.values() for fid in ids]
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
+#: Adaptive pacing (REVOKER_FANOUT_ADAPTIVE_PACING): a round trip is "slow" when its time per
+#: unit of work (a session examined by a script call, a command of an exchange) is above this
+#: multiple of its idle baseline; then Redis (or the cores) served something else meanwhile, and
+#: a per-request check arriving then waited as well.
+PACE_SLOW = 1.25
+#: How a slow round trip lengthens the pause factor (pause = factor x the round trip's time):
+#: ``factor * PACE_GROW + PACE_STEP``; a round trip at its baseline shortens it by ``PACE_SHRINK``,
+#: down to the duty cycle's factor. Multiplicative both ways: workers contending for one Redis
+#: back off together within a few calls, and come back within a few dozen once it is idle.
+PACE_GROW = 1.5
+PACE_STEP = 0.25
+PACE_SHRINK = 0.85
+#: The longest pause, as a multiple of the round trip (a duty cycle of 1/9): a job always moves.
+PACE_MAX_FACTOR = 8.0
+#: How fast the idle baseline (the lowest time per unit seen) forgets a low value, per call: a
+#: lucky fast call (a bucket cached, no other client) must not hold the job back for ever.
+PACE_BASELINE_DRIFT = 0.002
 
 
-def paced(exchange: Exchange, duty_cycle: float) -> Exchange:
+@dataclass(slots=True)
+class Pacer:
+    """The pause after each round trip of one kind (an exchange, a script's calls) of a worker
+    process: the duty cycle's, lengthened while the round trips take longer than their idle
+    baseline (see ``PACE_SLOW``). One per kind per process, shared by its chunks, so that a
+    chunk starts where the last one left off."""
+
+    floor: float
+    adaptive: bool = True
+    factor: float = 0.0
+    #: The idle baseline: seconds per unit of work, the lowest seen (drifting up slowly).
+    baseline: float | None = None
+
+    def pause(self, elapsed: float, units: int) -> float:
+        """Seconds to pause after a round trip of ``elapsed`` s that did ``units`` of work."""
+        self.factor = max(self.factor, self.floor)
+        if not self.adaptive:
+            return elapsed * self.floor
+        per = elapsed / max(1, units)
+        base = self.baseline
+        if base is None or per < base:
+            self.baseline = base = per
+        else:
+            self.baseline = base = base + (per - base) * PACE_BASELINE_DRIFT
+        if per > base * PACE_SLOW:
+            self.factor = min(PACE_MAX_FACTOR, self.factor * PACE_GROW + PACE_STEP)
+        else:
+            self.factor = max(self.floor, self.factor * PACE_SHRINK)
+        return elapsed * self.factor
+
+
+#: The worker process's pacers, by kind of round trip (see :func:`pacer`).
+_PACERS: dict[str, Pacer] = {}
+
+
+def pacer(kind: str, duty_cycle: float, adaptive: bool) -> Pacer:
+    """The process's pacer of ``kind`` for this configuration (its learned baseline and pause
+    kept across chunks)."""
+    floor = 0.0 if duty_cycle >= 1 else 1 / duty_cycle - 1
+    found = _PACERS.get(kind)
+    if found is None or found.floor != floor or found.adaptive != adaptive:
+        found = _PACERS[kind] = Pacer(floor, adaptive, floor)
+    return found
+
+
+def paced(exchange: Exchange, duty_cycle: float, *, adaptive: bool = False) -> Exchange:
     """``exchange``, pausing after each round trip so that round trips take ``duty_cycle`` of
-    the time (REVOKER_FANOUT_DUTY_CYCLE); 1 is ``exchange`` itself."""
-    return _pacing(exchange, duty_cycle)
+    the time (REVOKER_FANOUT_DUTY_CYCLE), and with ``adaptive`` longer while round trips take
+    longer than their idle baseline (REVOKER_FANOUT_ADAPTIVE_PACING, :class:`Pacer`); 1 and
+    not adaptive is ``exchange`` itself."""
+    if duty_cycle >= 1 and not adaptive:
+        return exchange
+    pace = pacer("exchange", duty_cycle, adaptive)
 
-
-def _pacing(call: Callable[_P, _R], duty_cycle: float) -> Callable[_P, _R]:
-    """``call`` (a round trip: an exchange or a script call), pausing after each call for
-    ``1 / duty_cycle - 1`` times as long as it took; 1 is ``call`` itself."""
-    if duty_cycle >= 1:
-        return call
-    rest = 1 / duty_cycle - 1
-
-    def paced_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+    def paced_exchange(commands: list[Any]) -> list[Any]:
         started = time.perf_counter()
-        reply = call(*args, **kwargs)
-        time.sleep((time.perf_counter() - started) * rest)
+        replies = exchange(commands)
+        _sleep(pace.pause(time.perf_counter() - started, len(commands)))
+        return replies
+
+    return paced_exchange
+
+
+def _paced_script(call: BulkScript, duty_cycle: float, adaptive: bool, kind: str) -> BulkScript:
+    """A chunk script's calls, paced as :func:`paced`; a call's work is the sessions it examined
+    (the third item of its reply)."""
+    if duty_cycle >= 1 and not adaptive:
+        return call
+    pace = pacer(kind, duty_cycle, adaptive)
+
+    def paced_call(keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        started = time.perf_counter()
+        reply = call(keys, args)
+        _sleep(pace.pause(time.perf_counter() - started, int(reply[2])))
         return reply
 
     return paced_call
+
+
+def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def can_watch(store: SyncRedisTokenRevocationStore) -> bool:
@@ -237,6 +346,8 @@ def read_chunk(
     pending: list[tuple[int, bytes]] = [(b, b"0") for b in buckets]
     watched = list(names.values())[:WATCH_BUCKETS] if watch else []
     prefix: list[Any] = [("WATCH", *watched)] if watched else []
+    clients: dict[bytes, bytes] = {}
+    select.clients = clients
     while pending:
         batch, pending = pending[:READ_BUCKETS], pending[READ_BUCKETS:]
         replies = exchange(
@@ -256,7 +367,8 @@ def read_chunk(
     deduped = {b: list(dict.fromkeys(ids)) for b, ids in selected.items()}
     first = set(list(names)[:WATCH_BUCKETS]) if watched else set()
     whole = {b for b in deduped if not unselected[b] and b in first}
-    return ChunkRead(deduped, whole, watched=bool(watched))
+    select.clients = None
+    return ChunkRead(deduped, whole, watched=bool(watched), clients=clients)
 
 
 def read_selected(
@@ -354,7 +466,18 @@ def clear_records(
                     break
                 whole.append(b)
         if whole:
-            replies = exchange([("MULTI",), ("UNLINK", *(names[b] for b in whole)), ("EXEC",)])
+            # With each whole bucket, its clients' index buckets: they index only its records,
+            # every one selected (a session written since changed the watched bucket, and its
+            # index entry follows its record: keys, "The client index").
+            indexes = [
+                key
+                for b in whole
+                for client in read.index_entries(b)
+                for key in keys.client_index_of_part(tenant_id, client, [b])
+            ]
+            replies = exchange(
+                [("MULTI",), ("UNLINK", *(names[b] for b in whole), *indexes), ("EXEC",)]
+            )
             if replies[-1] is not None:  # nil: a watched bucket changed, nothing was unlinked
                 for b in whole:
                     del rest[b]
@@ -364,6 +487,12 @@ def clear_records(
     for bucket, ids in rest.items():
         for start in range(0, len(ids), SCAN_FIELDS):
             commands.append(("HDEL", names[bucket], *ids[start : start + SCAN_FIELDS]))
+        # The records' client-index entries, after the records (an entry without its record is
+        # only dropped later; a record without its entry would be missed by an index walk).
+        for client, fids in read.index_entries(bucket).items():
+            (index,) = keys.client_index_of_part(tenant_id, client, [bucket])
+            for start in range(0, len(fids), SCAN_FIELDS):
+                commands.append(("HDEL", index, *fids[start : start + SCAN_FIELDS]))
     for start in range(0, len(commands), READ_BUCKETS):
         exchange(commands[start : start + READ_BUCKETS])
     policy, timeout = settings.durability_policy, settings.durability_timeout
@@ -481,6 +610,20 @@ def per_session_events_wanted(store: SyncRedisTokenRevocationStore) -> bool:
         raise StoreUnavailable(f"Redis is unavailable: {type(e).__name__}: {e}") from e
 
 
+def walks_index(store: SyncRedisTokenRevocationStore, record: JobRecord) -> bool:
+    """Whether a job can walk its client's index (keys, "The client index") instead of every
+    record: a tenant job filtered by client, whose tenant's index is known complete now (its
+    marker, :meth:`Lifetimes.index_complete`). Decided once, when the job plans its chunks (a
+    chunk rerun walks as its plan did). A job filtered only by its issue window, a user job (one
+    bucket) and an unfiltered one walk the records."""
+    if record.kind != "tenant" or record.client_id is None:
+        return False
+    raw = store.execute(
+        Plan([("GET", store.keys.client_index_marker(record.tenant_id))], lambda r: r[0])
+    )
+    return store.core.lifetimes.index_complete(k.decode_index_since(raw), time.time())
+
+
 @dataclass(frozen=True, slots=True)
 class ServerRevocation:
     """What :func:`revoke_server_side` did for a chunk, over every run of it."""
@@ -501,6 +644,8 @@ def revoke_server_side(
     mark: str,
     *,
     duty_cycle: float = 1.0,
+    adaptive: bool = False,
+    index_client: str | None = None,
 ) -> ServerRevocation:
     """Revoke a chunk's covered sessions in Redis: ``chunk_buckets.lua`` over its buckets, at
     most ``SCRIPT_BUCKETS`` named and about ``SCRIPT_FIELDS`` sessions examined per call.
@@ -513,8 +658,13 @@ def revoke_server_side(
     bucket finished (or the cursor of one cut short) and the sessions revoked. A rerun (a chunk
     killed, redelivered) skips the buckets finished, resumes a cut one at its cursor and adds
     only what it deletes: ``revoked`` is exact, and ``family_ids`` lists every family the chunk
-    revoked, in any run. ``bulk`` is the chunk's bulk exchange, unpaced (``duty_cycle`` paces
-    the calls). The caller drops the progress once the chunk is counted (:func:`forget_progress`).
+    revoked, in any run. ``bulk`` is the chunk's bulk exchange, unpaced (``duty_cycle`` and
+    ``adaptive`` pace the calls, as :func:`paced`). The caller drops the progress once the chunk
+    is counted (:func:`forget_progress`).
+
+    ``index_client`` (the job's client, where :func:`walks_index`): ``chunk_index.lua`` instead,
+    which reads each bucket's candidates from the client's index bucket and then only their
+    records, selecting by the record as ``chunk_buckets.lua`` does.
     """
     keys, core = store.keys, store.core
     tenant = record.tenant_id
@@ -522,8 +672,10 @@ def revoke_server_side(
     revoked_ids = keys.job_chunk_revoked(tenant, record.id, chunk)
     entry = core.feed_entry("family", at_us=k.decode_mark(mark)[0], tenant_id=tenant)
     sequence_keys, sequence_args, bump = core.script_sequence(entry)
-    exchange = paced(bulk, duty_cycle)
-    call = _pacing(bulk_script(store.client, bulk, CHUNK_SCRIPT), duty_cycle)
+    exchange = paced(bulk, duty_cycle, adaptive=adaptive)
+    source = CHUNK_SCRIPT if index_client is None else INDEX_SCRIPT
+    kind = "script" if index_client is None else "index script"
+    call = _paced_script(bulk_script(store.client, bulk, source), duty_cycle, adaptive, kind)
     window = [
         "" if select.after_us is None else select.after_us,
         "" if select.before_us is None else select.before_us,
@@ -545,10 +697,19 @@ def revoke_server_side(
     while pending:
         part = pending[:width]
         names: list[str] = []
-        for session, marks in zip(
-            keys.session_buckets(tenant, part), keys.revoked_buckets(tenant, part), strict=True
-        ):
-            names += (session, marks)
+        if index_client is None:
+            for session, marks in zip(
+                keys.session_buckets(tenant, part), keys.revoked_buckets(tenant, part), strict=True
+            ):
+                names += (session, marks)
+        else:
+            for index, session, marks in zip(
+                keys.client_index_buckets(tenant, index_client, part),
+                keys.session_buckets(tenant, part),
+                keys.revoked_buckets(tenant, part),
+                strict=True,
+            ):
+                names += (index, session, marks)
         finished, revoked, _seen = call(
             [progress, revoked_ids, *names, *sequence_keys],
             [*head, len(part), *part, *sequence_args],

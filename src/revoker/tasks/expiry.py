@@ -9,6 +9,7 @@ from collections.abc import Callable
 from revoker import keys as k
 from revoker.job_record import FINISHED_STATUSES
 from revoker.store import SyncRedisTokenRevocationStore
+from revoker.store._base import Plan
 from revoker.tasks._state import context, task
 from revoker.tasks.buckets import SCAN_FIELDS
 from revoker.worker import BEAT_EXPIRE_SECONDS
@@ -36,11 +37,13 @@ def expire_entries(slices: int = 1) -> dict[str, int]:
     now = time.time()
     part = (max(1, slices), int(now // BEAT_EXPIRE_SECONDS) % max(1, slices))
     pruned = _prune_sessions(store, now, part)
+    orphans = _prune_index(store, part)
     marks = _prune_marks(store, now, part)
     jobs_removed = _prune_jobs(store, now)
     trimmed = store.execute(store.jobs.plan_trim_audit(store.core.lifetimes.audit_cutoff_id(now)))
     return {
         "sessions": pruned,
+        "index_entries": orphans,
         "revoked_marks": marks,
         "jobs": jobs_removed,
         "audit_entries": trimmed,
@@ -112,9 +115,53 @@ def _prune_sessions(
     deleting it in two steps races nothing.
     """
     limit = store.core.lifetimes.records_expired_before(now)
+    keys = store.keys
+
+    def index_entries(key: bytes, gone: dict[bytes, bytes]) -> None:
+        # The expired records' client-index entries, after the records (keys, "The client
+        # index"): by client, as each record names it.
+        by_index: dict[bytes, list[bytes]] = {}
+        for fid, record in gone.items():
+            parts = k.record_head(record)
+            if parts is not None and parts[k.RECORD_CLIENT]:
+                index = keys.client_index_of_session_bucket(key, parts[k.RECORD_CLIENT])
+                by_index.setdefault(index, []).append(fid)
+        for index, fids in by_index.items():
+            store.execute(store.jobs.plan_hdel(index, fids))
+
     return _prune_buckets(
-        store, store.keys.session_bucket_pattern(), part, lambda record: _expired(record, limit)
+        store,
+        keys.session_bucket_pattern(),
+        part,
+        lambda record: _expired(record, limit),
+        after=index_entries,
     )
+
+
+def _prune_index(store: SyncRedisTokenRevocationStore, part: tuple[int, int] = (1, 0)) -> int:
+    """Delete the client-index entries whose record is gone (a record deleted by a path that
+    does not know its client, or cut between the two deletes); returns how many. An entry is
+    only a hint (keys, "The client index"), so an orphan costs memory, never a revocation."""
+    pruned = 0
+    keys = store.keys
+    for key in store.scan_keys(keys.client_index_pattern(), count=SCAN_COUNT):
+        sessions = keys.session_bucket_of_index(key)
+        if sessions is None or not _in_slice(key, part):
+            continue
+        cursor: int = 0
+        while True:
+            cursor, page = store.hscan(key, cursor, count=SCAN_FIELDS)
+            fids = list(page)
+            if fids:
+                records = store.execute(
+                    Plan([("HMGET", sessions, *fids)], lambda replies: list(replies[0]))
+                )
+                gone = [fid for fid, record in zip(fids, records, strict=True) if record is None]
+                if gone:
+                    pruned += store.execute(store.jobs.plan_hdel(key, gone))
+            if not cursor:
+                break
+    return pruned
 
 
 def _prune_buckets(
@@ -122,9 +169,12 @@ def _prune_buckets(
     pattern: str,
     part: tuple[int, int],
     doomed: Callable[[bytes], bool],
+    *,
+    after: Callable[[bytes, dict[bytes, bytes]], None] | None = None,
 ) -> int:
     """Delete the fields whose value is ``doomed`` from every bucket matching ``pattern`` in
     slice ``part``; returns how many. Buckets found by SCAN, read by HSCAN pages (bounded steps).
+    ``after`` is told each bucket's deleted fields and their values, once they are deleted.
     """
     pruned = 0
     for key in store.scan_keys(pattern, count=SCAN_COUNT):
@@ -136,6 +186,8 @@ def _prune_buckets(
             gone = [field for field, value in page.items() if doomed(value)]
             if gone:
                 pruned += store.execute(store.jobs.plan_hdel(key, gone))
+                if after is not None:
+                    after(key, {field: page[field] for field in gone})
             if not cursor:
                 break
     return pruned

@@ -61,6 +61,7 @@ from revoker.job_record import JobRecord
 from revoker.metrics import JOB_CHUNKS_PARKED
 from revoker.rules import now_us
 from revoker.store import SyncRedisTokenRevocationStore
+from revoker.store._base import Plan
 from revoker.tasks._state import (
     context,
     count_chunk,
@@ -81,6 +82,7 @@ from revoker.tasks.buckets import (
     per_session_events_wanted,
     read_chunk,
     revoke_server_side,
+    walks_index,
     watermark_holds,
     write_marks,
 )
@@ -89,7 +91,14 @@ with requires_extra("worker", __name__):
     from celery import Task
     from celery.exceptions import Ignore
 
-__all__ = ["CLEANUP_PATIENCE", "COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
+__all__ = [
+    "CLEANUP_PATIENCE",
+    "COUNT_BATCH",
+    "WALK_FIELD",
+    "plan_chunks",
+    "revoke_chunk",
+    "revoke_job",
+]
 
 log = logging.getLogger("revoker.tasks")
 
@@ -97,12 +106,23 @@ log = logging.getLogger("revoker.tasks")
 COUNT_BATCH = 1_000
 
 
+def _none(_replies: list[Any]) -> None:
+    return None
+
+
+#: The job record's field naming how its chunks walk: ``index`` (the client index, see
+#: ``buckets.walks_index``), absent for every record of the buckets.
+WALK_FIELD = "walk"
+
+
 def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
     """Split the job's buckets into chunk lists stored in Redis; returns the number of chunks.
 
     A user job has one bucket, its user's. A tenant job counts every bucket of the tenant (HLEN,
     O(1), ``COUNT_BATCH`` per round trip) and groups consecutive non-empty ones into chunks of at
-    least ``chunk_size`` sessions (the last may be smaller).
+    least ``chunk_size`` sessions (the last may be smaller). A job that walks its client's index
+    (``buckets.walks_index``, recorded in the job's ``walk`` field for its chunks) counts the
+    client's index buckets instead: its chunks hold ``chunk_size`` of the client's sessions.
     """
     settings = store.settings
     keys = store.keys
@@ -113,10 +133,20 @@ def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
     else:
         group: list[int] = []
         size = 0
+        index = walks_index(store, record)
+        # Before the chunk lists: the plan is used only once recorded whole (snapshot), and a
+        # replanned job records its decision again.
+        job = keys.job(record.id)
+        decision = ("HSET", job, WALK_FIELD, "index") if index else ("HDEL", job, WALK_FIELD)
+        store.execute(Plan([decision], _none))
         with store.bulk_exchange() as exchange:
             for start in range(0, settings.session_buckets, COUNT_BATCH):
                 numbers = range(start, min(settings.session_buckets, start + COUNT_BATCH))
-                names = keys.session_buckets(record.tenant_id, numbers)
+                if index:
+                    assert record.client_id is not None
+                    names = keys.client_index_buckets(record.tenant_id, record.client_id, numbers)
+                else:
+                    names = keys.session_buckets(record.tenant_id, numbers)
                 counts = exchange([("HLEN", name) for name in names])
                 for bucket, count in zip(numbers, counts, strict=True):
                     if not count:
@@ -211,16 +241,24 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
         # One bulk connection for the chunk: its read WATCHes the buckets that its clean-up
         # may drop whole, after the chunk is counted (see tasks.buckets.clear_records).
         with store.bulk_exchange() as bulk:
-            exchange = paced(bulk, settings.fanout_duty_cycle)
+            exchange = paced(
+                bulk, settings.fanout_duty_cycle, adaptive=settings.fanout_adaptive_pacing
+            )
             marks = not record.dry_run and not (
                 enforced_by_watermark(record) and watermark_holds(exchange, store.keys, record)
             )
             if marks and not per_session_events_wanted(store):
                 # The marks are the enforcement (a filtered job): selected, marked and deleted
-                # in Redis, a few buckets per atomic step (tasks.buckets.revoke_server_side).
+                # in Redis, a few buckets per atomic step (tasks.buckets.revoke_server_side),
+                # through the client index where the job's plan walks it.
+                walk = store.execute(
+                    Plan([("HGET", store.keys.job(job_id), WALK_FIELD)], lambda r: r[0])
+                )
+                index_client = record.client_id if walk in (b"index", "index") else None
                 done = revoke_server_side(
                     bulk, store, record, chunk, buckets, job_selection(record), job_mark(record),
-                    duty_cycle=settings.fanout_duty_cycle,
+                    duty_cycle=settings.fanout_duty_cycle, index_client=index_client,
+                    adaptive=settings.fanout_adaptive_pacing,
                 )  # fmt: skip
                 matched = revoked = done.revoked
                 if revoked:
