@@ -138,6 +138,10 @@ class Round:
     benchmark_rate: float = 0.0
     #: REVOKER_FANOUT_DUTY_CYCLE of the round's worker.
     duty: float = 1.0
+    #: REVOKER_FANOUT_ADAPTIVE_PACING of the round's worker.
+    adaptive: bool = False
+    #: Whether the tenant's client index was known complete (a filtered job walks it).
+    index: bool = False
     #: The job's fixed costs: enqueue -> its task started (Celery delivering it), started ->
     #: its chunks dispatched (counting the buckets, HLEN each; storing the chunk lists; one
     #: message per chunk), and the chunks it planned.
@@ -147,7 +151,13 @@ class Round:
 
     @property
     def label(self) -> str:
-        label = self.kind if self.duty >= 1 else f"{self.kind}, duty cycle {self.duty:g}"
+        label = self.kind
+        if self.kind == FILTERED:
+            label += ", client index" if self.index else ", every record"
+        if self.duty < 1:
+            label += f", duty cycle {self.duty:g}"
+        if self.adaptive:
+            label += ", adaptive pacing"
         return label if self.workers == WORKERS else f"{label}, {self.workers} worker"
 
     @property
@@ -523,6 +533,7 @@ def one_round(
     workdir: Path,
     writes: frozenset[str],
     index: int,
+    walk_index: bool = False,
 ) -> Round:
     client = redis.Redis.from_url(data.url, socket_timeout=600)
     store = SyncRedisTokenRevocationStore(settings=settings)
@@ -534,6 +545,11 @@ def one_round(
         parts = memory_parts(client, settings, n)
         encodings = bucket_encodings(client, settings)
         read_cpu = read_floor(client, settings, n) if kind == FILTERED else float("nan")
+        marker = StoreCore(settings).keys.client_index_marker(BIG)
+        if walk_index:
+            # A fresh deployment: every session was indexed from the start (keys, "The client
+            # index"). Otherwise the marker says since now, and the job walks every record.
+            client.set(marker, "0")
         print(f"  populated {fmt(n)} sessions at {fmt(rate)}/s", file=sys.stderr)
         small = f"small-tenant-{index}"
         big_token = start_session_sync("user-0", tenant_id=BIG, store=store).access_token
@@ -642,8 +658,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def run(quick: bool = False) -> str:
     n = 200_000 if quick else 1_000_000
-    # One round of each kind: a full run (1,000,000 sessions) takes ~4 minutes this way.
-    repeats = 1
     bench_requests = 400_000 if quick else 2_000_000
     workdir = Path(tempfile.mkdtemp(prefix="revoker-bench-fanout-"))
     rounds: list[Round] = []
@@ -666,22 +680,36 @@ def run(quick: bool = False) -> str:
             client.flushall()
             marker_rate, marker_command = redis_benchmark_markers(data.port, n, settings)
             print(f"  {marker_command}: {fmt(marker_rate)} SET/s", file=sys.stderr)
-            plan = [(kind, 1.0, WORKERS) for _ in range(repeats) for kind in (UNFILTERED, FILTERED)]
-            plan += [(UNFILTERED, PACED, WORKERS), (FILTERED, PACED, WORKERS)]
+            # (kind, duty cycle, workers, adaptive pacing, client index). Fixed pacing, then
+            # adaptive, then fixed again (A/B/A: the host's load drifts between rounds).
+            plan: list[tuple[str, float, int, bool, bool]] = []
+            for adaptive in (False, True, False):
+                plan += [(UNFILTERED, 1.0, WORKERS, adaptive, False)]
+                plan += [(FILTERED, 1.0, WORKERS, adaptive, True)]
+            plan.insert(2, (FILTERED, 1.0, WORKERS, False, False))  # every record, as before
+            plan += [
+                (UNFILTERED, PACED, WORKERS, False, False),
+                (FILTERED, PACED, WORKERS, False, True),
+            ]
             # One unfiltered round with a single worker process: the figure of sessions/s
             # against worker processes (bench/plots.py) needs a second point.
-            plan += [(UNFILTERED, 1.0, 1)]
-            for r, (kind, duty, workers) in enumerate(plan):
+            plan += [(UNFILTERED, 1.0, 1, False, False)]
+            for r, (kind, duty, workers, adaptive, walk_index) in enumerate(plan):
                 client.flushall()
                 rate, bench_command = redis_benchmark(data.port, bench_requests)
                 print(f"  {bench_command}: {fmt(rate)} SET/s", file=sys.stderr)
-                paced = settings.model_copy(update={"fanout_duty_cycle": duty})
+                paced = settings.model_copy(
+                    update={"fanout_duty_cycle": duty, "fanout_adaptive_pacing": adaptive}
+                )
                 result = one_round(
                     kind=kind, workers=workers, n=n, settings=paced, data=data,
                     server=server, workdir=workdir, writes=writes, index=len(rounds),
+                    walk_index=walk_index,
                 )  # fmt: skip
                 result.benchmark_rate = rate
                 result.duty = duty
+                result.adaptive = adaptive
+                result.index = walk_index
                 rounds.append(result)
                 print(
                     f"  round {r + 1}/{len(plan)}, {result.label}: {result.wall_s:.2f} s, "
@@ -780,17 +808,22 @@ def report(
         rows,
     )  # fmt: skip
     main = [r for r in rounds if r.workers == WORKERS]
-    unfiltered = [r for r in main if r.kind == UNFILTERED and r.duty >= 1]
-    filtered = [r for r in main if r.kind == FILTERED and r.duty >= 1]
+    fixed_rounds = [r for r in main if r.duty >= 1 and not r.adaptive]
+    unfiltered = [r for r in fixed_rounds if r.kind == UNFILTERED]
+    filtered = [r for r in fixed_rounds if r.kind == FILTERED and r.index]
+    walked = [r for r in fixed_rounds if r.kind == FILTERED and not r.index]
+    adaptive = [r for r in main if r.adaptive]
+    adaptive_ratio = max(r.p99_ratio for r in adaptive)
     paced = [r for r in main if r.duty < 1]
     paced_ratio = max(r.p99_ratio for r in paced)
     unfiltered_s = median([r.wall_s for r in unfiltered])
     unfiltered_rate = median([r.sessions_per_s for r in unfiltered])
     filtered_s = median([r.wall_s for r in filtered])
     writes_ratio = median([r.writes_per_s / r.benchmark_rate for r in filtered])
-    worst_ratio = max(r.p99_ratio for r in [*unfiltered, *filtered])
-    read_floor_us = median([r.read_cpu_per_session for r in filtered]) * 1e6
-    read_ceiling = median([1 / (2 * r.read_cpu_per_session * r.benchmark_rate) for r in filtered])
+    worst_ratio = max(r.p99_ratio for r in [*unfiltered, *filtered, *walked])
+    walked_ratio = median([r.writes_per_s / r.benchmark_rate for r in walked])
+    read_floor_us = median([r.read_cpu_per_session for r in walked]) * 1e6
+    read_ceiling = median([1 / (2 * r.read_cpu_per_session * r.benchmark_rate) for r in walked])
     p99_during = max(percentile(r.during, 0.99) for r in rounds) * 1000
     enforcement_small = max(r.enforcement_small_ms for r in rounds)
     enforcement_big = max(r.enforcement_big_ms for r in unfiltered)
@@ -802,10 +835,16 @@ def report(
              f"({fmt(unfiltered_rate)} sessions/s)", "", ""],
             [f"filtered job (half of {fmt(n)} selected), enqueue → done", f"{filtered_s:.2f} s",
              "", ""],
-            ["filtered job: marks written/s vs redis-benchmark SET/s (same round)",
-             f"{writes_ratio:.2f}", "≥ 0.5", _verdict(writes_ratio >= 0.5)],
+            ["filtered job through the client index: marks written/s vs redis-benchmark SET/s "
+             "(same round)", f"{writes_ratio:.2f}", "≥ 0.5", _verdict(writes_ratio >= 0.5)],
+            ["(context) the same, walking every record (an index not known complete)",
+             f"{walked_ratio:.2f}", "", ""],
             ["check p99 during a fan-out / just before it (worst round, unpaced)",
              f"{worst_ratio:.2f}", "≤ 1.5", _verdict(worst_ratio <= 1.5)],
+            ["the same, REVOKER_FANOUT_ADAPTIVE_PACING (worst adaptive round)",
+             f"{adaptive_ratio:.2f}", "≤ 1.5", _verdict(adaptive_ratio <= 1.5)],
+            ["adaptive jobs, enqueue → done (unfiltered / filtered through the index)",
+             " / ".join(f"{r.wall_s:.2f} s" for r in adaptive), "", ""],
             [f"the same, REVOKER_FANOUT_DUTY_CYCLE={PACED:g} (worst paced round)",
              f"{paced_ratio:.2f}", "≤ 1.5", _verdict(paced_ratio <= 1.5)],
             [f"paced jobs, enqueue → done (unfiltered / filtered) at duty cycle {PACED:g}",
@@ -840,10 +879,9 @@ def report(
     unaccounted = last.bytes_per_session - sum(last.memory_parts.values())
     # The commands of the last round of each kind, unpaced: one reads its records (unfiltered),
     # the other runs chunk_buckets.lua (filtered).
-    shown = [r for r in main if r.duty >= 1]
     commands = "\n".join(
         f"- {r.label}: {command_breakdown(r)}"
-        for r in [next(x for x in reversed(shown) if x.kind == kind) for kind in KINDS]
+        for r in [*unfiltered[-1:], *walked[-1:], *filtered[-1:]]
     )
     mode = " (--quick: figures are indicative only)" if quick else ""
     settings_buckets = settings.session_buckets
@@ -960,6 +998,7 @@ def save_raw(rounds: list[Round], *, quick: bool) -> None:
     data = {
         "rounds": [
             {"workers": r.workers, "kind": r.kind, "duty": r.duty, "sessions": r.sessions,
+             "adaptive": r.adaptive, "index": r.index,
              "sessions_per_s": r.sessions_per_s,
              "enforcement_ms": {"10": r.enforcement_small_ms,
                                 str(r.sessions): r.enforcement_big_ms}}

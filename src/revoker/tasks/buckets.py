@@ -228,8 +228,9 @@ PACE_SLOW = 1.25
 PACE_GROW = 1.5
 PACE_STEP = 0.25
 PACE_SHRINK = 0.85
-#: The longest pause, as a multiple of the round trip (a duty cycle of 1/9): a job always moves.
-PACE_MAX_FACTOR = 8.0
+#: The longest pause, as a multiple of the round trip (a duty cycle of 1/4): a job always moves,
+#: at a quarter of its speed at worst (a loaded host's noise must not stall it).
+PACE_MAX_FACTOR = 3.0
 #: How fast the idle baseline (the lowest time per unit seen) forgets a low value, per call: a
 #: lucky fast call (a bucket cached, no other client) must not hold the job back for ever.
 PACE_BASELINE_DRIFT = 0.002
@@ -245,20 +246,28 @@ class Pacer:
     floor: float
     adaptive: bool = True
     factor: float = 0.0
-    #: The idle baseline: seconds per unit of work, the lowest seen (drifting up slowly).
-    baseline: float | None = None
+    #: The idle baselines: seconds per unit of work, the lowest seen (drifting up slowly), by
+    #: the round trip's shape (its first command and the magnitude of its work: a batch of two
+    #: HSCANs is not compared with one GET, nor a call examining 5 sessions with one of 120).
+    baselines: dict[tuple[str, int], float] = field(default_factory=dict)
 
-    def pause(self, elapsed: float, units: int) -> float:
-        """Seconds to pause after a round trip of ``elapsed`` s that did ``units`` of work."""
+    def pause(self, elapsed: float, units: int, what: str = "") -> float:
+        """Seconds to pause after a round trip of ``elapsed`` s that did ``units`` of work
+        (``what``: its first command, or the script's name)."""
         self.factor = max(self.factor, self.floor)
         if not self.adaptive:
             return elapsed * self.floor
         per = elapsed / max(1, units)
-        base = self.baseline
-        if base is None or per < base:
-            self.baseline = base = per
+        shape = (what, max(1, units).bit_length())
+        base = self.baselines.get(shape)
+        if base is None:
+            # A shape seen for the first time has no baseline yet: not a sign of contention.
+            self.baselines[shape] = per
+            return elapsed * self.factor
+        if per < base:
+            self.baselines[shape] = base = per
         else:
-            self.baseline = base = base + (per - base) * PACE_BASELINE_DRIFT
+            self.baselines[shape] = base = base + (per - base) * PACE_BASELINE_DRIFT
         if per > base * PACE_SLOW:
             self.factor = min(PACE_MAX_FACTOR, self.factor * PACE_GROW + PACE_STEP)
         else:
@@ -292,7 +301,8 @@ def paced(exchange: Exchange, duty_cycle: float, *, adaptive: bool = False) -> E
     def paced_exchange(commands: list[Any]) -> list[Any]:
         started = time.perf_counter()
         replies = exchange(commands)
-        _sleep(pace.pause(time.perf_counter() - started, len(commands)))
+        what = str(commands[0][0]) if commands else ""
+        _sleep(pace.pause(time.perf_counter() - started, len(commands), what))
         return replies
 
     return paced_exchange
@@ -308,7 +318,7 @@ def _paced_script(call: BulkScript, duty_cycle: float, adaptive: bool, kind: str
     def paced_call(keys: Sequence[Any], args: Sequence[Any]) -> Any:
         started = time.perf_counter()
         reply = call(keys, args)
-        _sleep(pace.pause(time.perf_counter() - started, int(reply[2])))
+        _sleep(pace.pause(time.perf_counter() - started, int(reply[2]), kind))
         return reply
 
     return paced_call
