@@ -272,15 +272,21 @@ def populate(settings: RevokerSettings, port: int, tenant: str, n: int) -> float
 
 
 def memory_parts(client: redis.Redis, settings: RevokerSettings, n: int) -> dict[str, float]:
-    """Bytes per session of the tenant's session buckets: ``MEMORY USAGE`` (exact: SAMPLES 0)
-    of every bucket, over the sessions. MEMORY USAGE counts a key's name, object and value, not
-    its main-dict and expires-dict entries (one per bucket, not per session)."""
+    """Bytes per session of the tenant's session buckets and client-index buckets: ``MEMORY
+    USAGE`` (exact: SAMPLES 0) of every bucket, over the sessions. MEMORY USAGE counts a key's
+    name, object and value, not its main-dict and expires-dict entries (one per bucket, not per
+    session)."""
     base = StoreCore(settings).keys.session_bucket_base(BIG)
     pipe = client.pipeline(transaction=False)
     for bucket in range(settings.session_buckets):
         pipe.memory_usage(f"{base}{bucket}", samples=0)
     total = sum(int(used or 0) for used in pipe.execute())
-    return {"session buckets": total / n}
+    keys = StoreCore(settings).keys
+    for client_id in ("web", "mobile"):  # the clients populate gives the sessions
+        for key in keys.client_index_buckets(BIG, client_id, range(settings.session_buckets)):
+            pipe.memory_usage(key, samples=0)
+    index = sum(int(used or 0) for used in pipe.execute())
+    return {"session buckets": total / n, "client index buckets": index / n}
 
 
 def bucket_encodings(client: redis.Redis, settings: RevokerSettings) -> str:
