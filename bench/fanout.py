@@ -1003,7 +1003,10 @@ def save_raw(rounds: list[Round], *, quick: bool) -> None:
 
     data = {
         "rounds": [
-            {"workers": r.workers, "kind": r.kind, "duty": r.duty, "sessions": r.sessions,
+            # An adaptive round's kind names it: bench/plots.py's sessions/s figure compares
+            # unfiltered rounds at full speed only.
+            {"workers": r.workers, "kind": r.kind + (" (adaptive)" if r.adaptive else ""),
+             "duty": r.duty, "sessions": r.sessions,
              "adaptive": r.adaptive, "index": r.index,
              "sessions_per_s": r.sessions_per_s,
              "enforcement_ms": {"10": r.enforcement_small_ms,
