@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import REGISTRY
 
+from revoker.keys import decode_time
 from revoker.store._base import Plan
 
 if TYPE_CHECKING:
@@ -100,9 +101,9 @@ class AuditEntry:
     @property
     def at(self) -> float:
         """When it was written (unix seconds): the ``at`` field, else the stream id's time."""
-        raw = self.fields.get("at")
-        if raw and raw.isdigit():
-            return int(raw) / 1e6
+        at_us = decode_time(self.fields.get("at"))
+        if at_us is not None:
+            return at_us / 1e6
         return int(self.id.partition("-")[0]) / 1000
 
     def as_dict(self) -> dict[str, Any]:
