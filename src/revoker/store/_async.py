@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Unpack, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -18,6 +18,7 @@ from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
     BACKEND_ERRORS,
+    NewSession,
     Plan,
     RotationReply,
     ScriptCall,
@@ -368,31 +369,9 @@ class RedisTokenRevocationStore:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    async def record_session(
-        self,
-        family_id: str,
-        *,
-        user_id: str,
-        tenant_id: str | None,
-        client_id: str | None,
-        scopes: Sequence[str],
-        current_jti: str,
-        created: float,
-        expires: int,
-    ) -> None:
+    async def record_session(self, family_id: str, **session: Unpack[NewSession]) -> None:
         """Record a family (session) in its user's session bucket."""
-        await self._execute(
-            self.core.plan_record_session(
-                family_id,
-                user_id=user_id,
-                tenant_id=tenant_id,
-                client_id=client_id,
-                scopes=scopes,
-                current_jti=current_jti,
-                created=created,
-                expires=expires,
-            )
-        )
+        await self._execute(self.core.plan_record_session(family_id, **session))
 
     async def rotation_precheck(self, token: TokenData) -> RevocationStatus:
         """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import unquote
 
 from redis.crc import key_slot
@@ -58,6 +58,7 @@ __all__ = [
     "SEQUENCED_EVAL",
     "SEQUENCED_SCRIPTS",
     "Command",
+    "NewSession",
     "Plan",
     "RotationReply",
     "ScriptCall",
@@ -157,6 +158,19 @@ def atomic_pipeline(
         return [*executed, *replies[inside + 2 :]]
 
     return wrapped, unwrap
+
+
+class NewSession(TypedDict):
+    """What ``record_session`` records of a new family, spelled once for the plan and both
+    stores (keyword arguments, every one required; see :func:`revoker.start_session`)."""
+
+    user_id: str
+    tenant_id: str | None
+    client_id: str | None
+    scopes: Sequence[str]
+    current_jti: str
+    created: float
+    expires: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,18 +679,8 @@ class StoreCore:
             return None
         return self.keys.session_bucket(tenant_id, bucket)
 
-    def plan_record_session(
-        self,
-        family_id: str,
-        *,
-        user_id: str,
-        tenant_id: str | None,
-        client_id: str | None,
-        scopes: Sequence[str],
-        current_jti: str,
-        created: float,
-        expires: int,
-    ) -> Plan[None]:
+    def plan_record_session(self, family_id: str, **session: Unpack[NewSession]) -> Plan[None]:
+        user_id, client_id = session["user_id"], session["client_id"]
         bucket = k.bucket_of_user(user_id, self.settings.session_buckets)
         if k.family_bucket(family_id) != bucket:
             raise InvalidIdentifier(
@@ -689,12 +693,12 @@ class StoreCore:
         record = k.encode_record(
             user_id=user_id,
             client_id=client_id,
-            created_us=to_us(created),
-            expires=expires,
-            current_jti=current_jti,
-            scopes=scopes,
+            created_us=to_us(session["created"]),
+            expires=session["expires"],
+            current_jti=session["current_jti"],
+            scopes=session["scopes"],
         )
-        key = self.keys.session_bucket(tenant_id, bucket)
+        key = self.keys.session_bucket(session["tenant_id"], bucket)
         ttl = self.lifetimes.family_ttl
         # A bucket expires with its newest session; all sessions share one lifetime, so the last
         # EXPIRE written is always the latest one.

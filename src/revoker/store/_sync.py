@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from redis.cluster import RedisCluster
 
@@ -21,6 +21,7 @@ from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
     BACKEND_ERRORS,
+    NewSession,
     Plan,
     RotationReply,
     ScriptCall,
@@ -310,31 +311,9 @@ class SyncRedisTokenRevocationStore:
         except StoreUnavailable as e:
             self.core.loss_not_durable(loss, e)
 
-    def record_session(
-        self,
-        family_id: str,
-        *,
-        user_id: str,
-        tenant_id: str | None,
-        client_id: str | None,
-        scopes: Sequence[str],
-        current_jti: str,
-        created: float,
-        expires: int,
-    ) -> None:
+    def record_session(self, family_id: str, **session: Unpack[NewSession]) -> None:
         """See :meth:`RedisTokenRevocationStore.record_session`."""
-        self._execute(
-            self.core.plan_record_session(
-                family_id,
-                user_id=user_id,
-                tenant_id=tenant_id,
-                client_id=client_id,
-                scopes=scopes,
-                current_jti=current_jti,
-                created=created,
-                expires=expires,
-            )
-        )
+        self._execute(self.core.plan_record_session(family_id, **session))
 
     def rotation_precheck(self, token: TokenData) -> RevocationStatus:
         """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
