@@ -71,20 +71,7 @@ class JobDetail:
 async def job_detail(store: RedisTokenRevocationStore, job_id: str) -> JobDetail:
     """The job and its chunk state (JobNotFound when unknown or expired)."""
     record = await store.get_job(job_id)
-
-    def finish(replies: list[Any]) -> tuple[dict[int, int], str | None]:
-        deliveries = {int(_text(n)): int(_text(c)) for n, c in (replies[0] or {}).items()}
-        return deliveries, _text(replies[1]) if replies[1] is not None else None
-
-    deliveries, last_error = await store.execute(
-        Plan(
-            [
-                ("HGETALL", store.keys.job_deliveries(job_id)),
-                ("HGET", store.keys.job(job_id), "last_error"),
-            ],
-            finish,
-        )
-    )
+    deliveries, last_error = await store.execute(store.jobs.plan_deliveries(job_id))
     # A chunk delivered more often than the cap is parked (tasks.fanout): it will not run again.
     cap = store.settings.max_redeliveries
     parked = sorted(n for n, count in deliveries.items() if count > cap)
