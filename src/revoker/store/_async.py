@@ -20,6 +20,7 @@ from revoker.store._base import (
     BACKEND_ERRORS,
     NewSession,
     Plan,
+    Rotation,
     RotationReply,
     ScriptCall,
     SessionRecord,
@@ -377,28 +378,11 @@ class RedisTokenRevocationStore:
         """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
         return await self._execute(self.core.plan_rotation_precheck(token))
 
-    async def rotate_refresh(
-        self,
-        token: TokenData,
-        *,
-        refresh_jti: str,
-        access_jti: str,
-        issued_at_us: int,
-        expires_at: int,
-        reuse_mark: str,
-    ) -> RotationReply:
+    async def rotate_refresh(self, token: TokenData, **rotation: Unpack[Rotation]) -> RotationReply:
         """Rotate a verified refresh token to a new pair (see revoker.refresh)."""
-        return await self._execute(
-            self.core.plan_rotate(
-                token,
-                refresh_jti=refresh_jti,
-                access_jti=access_jti,
-                issued_at_us=issued_at_us,
-                expires_at=expires_at,
-                reuse_mark=reuse_mark,
-                check_jti=not self.is_cluster,
-            )
-        )
+        # On a cluster the jti key lives in another slot: rotation_precheck checked it.
+        plan = self.core.plan_rotate(token, check_jti=not self.is_cluster, **rotation)
+        return await self._execute(plan)
 
     async def acknowledge_reuse(self) -> None:
         """After :meth:`rotate_refresh` answered "reuse": count the revoked family, and return

@@ -60,6 +60,7 @@ __all__ = [
     "Command",
     "NewSession",
     "Plan",
+    "Rotation",
     "RotationReply",
     "ScriptCall",
     "SessionRecord",
@@ -171,6 +172,17 @@ class NewSession(TypedDict):
     current_jti: str
     created: float
     expires: int
+
+
+class Rotation(TypedDict):
+    """The successor pair a rotation makes current (``rotate_refresh``): spelled once for the
+    plan and both stores (keyword arguments, every one required; see :mod:`revoker.refresh`)."""
+
+    refresh_jti: str
+    access_jti: str
+    issued_at_us: int
+    expires_at: int
+    reuse_mark: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -737,15 +749,7 @@ class StoreCore:
         return Plan([("HGET", key, family_id)], finish)
 
     def plan_rotate(
-        self,
-        token: TokenData,
-        *,
-        refresh_jti: str,
-        access_jti: str,
-        issued_at_us: int,
-        expires_at: int,
-        reuse_mark: str,
-        check_jti: bool,
+        self, token: TokenData, *, check_jti: bool, **rotation: Unpack[Rotation]
     ) -> Plan[RotationReply]:
         """Make the pair (``refresh_jti``, ``access_jti``) current if ``token`` is; one script call.
 
@@ -755,6 +759,7 @@ class StoreCore:
         if token.family is None:
             raise InvalidIdentifier("a refresh token without a family cannot be rotated")
         tenant, family, user = token.tenant, token.family, token.sub
+        reuse_mark = rotation["reuse_mark"]
         # The user's bucket, not the family id's: a family id naming another bucket is unknown.
         bucket = self.keys.session_bucket(
             tenant, k.bucket_of_user(user, self.settings.session_buckets)
@@ -777,10 +782,10 @@ class StoreCore:
             k.escape_part(token.jti),
             to_us(token.iat),
             k.escape_part(user),
-            k.escape_part(refresh_jti),
-            k.escape_part(access_jti),
-            issued_at_us,
-            expires_at,
+            k.escape_part(rotation["refresh_jti"]),
+            k.escape_part(rotation["access_jti"]),
+            rotation["issued_at_us"],
+            rotation["expires_at"],
             self.settings.refresh_reuse_grace_seconds,
             self.lifetimes.family_ttl,
             reuse_mark,
