@@ -232,6 +232,7 @@ def test_layout_is_readable() -> None:
     assert LAYOUT.session_bucket("acme", 42) == "rv:{t:acme}:s:42"
     assert LAYOUT.session_bucket(None, 0) == "rv:{-}:s:0"
     assert LAYOUT.job_chunk("j1", 3) == "rv:job:{j1}:c:3"
+    assert LAYOUT.prefix_pattern() == "rv:*"
 
 
 @pytest.mark.parametrize(

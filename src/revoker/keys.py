@@ -556,6 +556,10 @@ class KeyLayout:
         base = self.session_bucket_base(tenant_id)
         return [f"{base}{int(bucket)}" for bucket in buckets]
 
+    def prefix_pattern(self) -> str:
+        """A SCAN MATCH pattern of every key under the prefix (what the demo deletes after it)."""
+        return f"{self.prefix}:*"
+
     def session_bucket_pattern(self) -> str:
         """SCAN MATCH pattern of every session bucket of every tenant."""
         return f"{self.prefix}:{{*}}:s:*"
