@@ -443,3 +443,25 @@ async def test_sign_in_with_client_credentials(
         assert (await web.get("/console/jobs")).status_code == 303
     finally:
         client.close()
+
+
+async def test_job_detail_shows_deliveries_parked_chunks_and_the_last_error(
+    store: RedisTokenRevocationStore,
+) -> None:
+    """A job's page reads its chunks' deliveries and last error through the store's job plan:
+    a chunk delivered more often than max_redeliveries is listed as parked."""
+    from revoker.bulk import BulkRevocation
+    from revoker.console.data import job_detail
+    from revoker.job_record import JobRecord
+
+    request = BulkRevocation(scope="tenant", tenant_id="acme", reason="r", actor="ops")
+    record = JobRecord.for_request(request, job_id="console-job", created_at=1.0)
+    await store.record_job(record, idem_key=store.keys.job_idempotency("console-job"))
+    cap = store.settings.max_redeliveries
+    deliveries = store.keys.job_deliveries(record.id)
+    await store.client.hset(deliveries, mapping={"0": 1, "3": cap + 1})
+    await store.client.hset(store.keys.job(record.id), "last_error", "chunk 3: boom")
+    detail = await job_detail(store, record.id)
+    assert detail.deliveries == {0: 1, 3: cap + 1}
+    assert detail.parked == [3]
+    assert detail.last_error == "chunk 3: boom"

@@ -33,6 +33,7 @@ from revoker.keys import (
     bucket_of_user,
     decode_mark,
     decode_record,
+    decode_time,
     encode_mark,
     encode_record,
     escape_id,
@@ -231,6 +232,7 @@ def test_layout_is_readable() -> None:
     assert LAYOUT.session_bucket("acme", 42) == "rv:{t:acme}:s:42"
     assert LAYOUT.session_bucket(None, 0) == "rv:{-}:s:0"
     assert LAYOUT.job_chunk("j1", 3) == "rv:job:{j1}:c:3"
+    assert LAYOUT.prefix_pattern() == "rv:*"
 
 
 @pytest.mark.parametrize(
@@ -347,6 +349,45 @@ def test_corrupt_record_decodes_without_raising_and_times_as_stored() -> None:
     assert (data["user"], data["current"]) == ("\ufffd", "rt|1")
     assert (data["created"], data["expires"]) == ("%31%32", "12abc")
     assert read_time(data["created"].encode()) is None
+
+
+#: Stored whole times (µs) and what every reader makes of them: valid, edge and corrupt.
+WHOLE_TIMES: list[tuple[str | None, int | None]] = [
+    ("1700000000000000", 1_700_000_000_000_000),
+    ("00012", 12),
+    ("0", 0),
+    (str(MAX_TIME + 1), MAX_TIME),
+    ("9" * 5000, MAX_TIME),
+    ("", None),
+    (None, None),
+    ("12abc", None),
+    ("-5", None),
+    (" 12", None),
+    ("1.5e15", None),
+    ("\u00b2", None),  # str.isdigit() says yes, int() raises
+    ("\uff11\uff12", None),  # full-width digits: int() would read 12
+]
+
+
+@pytest.mark.parametrize(("raw", "at_us"), WHOLE_TIMES)
+def test_whole_times_read_alike_everywhere(raw: str | None, at_us: int | None) -> None:
+    """decode_time reads a stored ``at`` by read_time's rule, and the audit, console, events and
+    health readers read it through it: the same time, 0 or None, never an exception."""
+    from revoker import health
+    from revoker.audit import AuditEntry
+    from revoker.console.data import AuditEntry as ConsoleEntry
+    from revoker.events.router import occurrences_of_chunk
+
+    assert decode_time(raw) == at_us
+    if raw is not None:
+        assert decode_time(raw.encode()) == at_us
+    seconds = at_us / 1e6 if at_us is not None else None
+    fields = {"kind": "tenant", "target": "t"} | ({} if raw is None else {"at": raw})
+    assert AuditEntry.from_stream("1-0", fields).at == seconds
+    assert ConsoleEntry("5000-0", fields).at == (seconds if seconds is not None else 5.0)
+    assert health._seconds(raw) == seconds
+    chunk = {"job": "j", "s": '[["f","u",""]]'} | ({} if raw is None else {"at": raw})
+    assert [o.at_us for o in occurrences_of_chunk(chunk)] == [at_us or 0]
 
 
 @given(ids, st.integers(min_value=1, max_value=65_536))

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from revoker.keys import MAX_ID_LENGTH
+from revoker.keys import MAX_ID_LENGTH, decode_time
 
 if TYPE_CHECKING:
     from revoker.store._base import Plan, StoreCore
@@ -168,7 +168,7 @@ class AuditEntry:
     @classmethod
     def from_stream(cls, entry_id: Any, fields: Any) -> AuditEntry:
         text = {_text(k): _text(v) for k, v in (fields or {}).items()}
-        at = text.get("at", "")
+        at_us = decode_time(text.get("at"))
         return cls(
             id=_text(entry_id),
             kind=text.get("kind", ""),
@@ -176,7 +176,7 @@ class AuditEntry:
             tenant=text.get("tenant") or None,
             actor=text.get("actor") or None,
             reason=text.get("reason") or None,
-            at=int(at) / 1e6 if at.isdigit() else None,
+            at=at_us / 1e6 if at_us is not None else None,
             extra={k: v for k, v in text.items() if k not in _BASE_FIELDS},
         )
 

@@ -37,6 +37,7 @@ import click
 import redis
 
 from revoker._extras import require_extra, requires_extra
+from revoker.keys import KeyLayout
 from revoker.settings import ENV_PREFIX, RevokerSettings, configure, load_settings
 from revoker.store._clients import sync_client_for_url
 
@@ -451,7 +452,8 @@ def _forget_keys(settings: RevokerSettings) -> None:
     client = sync_client_for_url(settings.redis_url, timeout=5)
     try:
         batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=1000):
+        pattern = KeyLayout(settings.key_prefix).prefix_pattern()
+        for key in client.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 client.delete(*batch)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from revoker.keys import read_seq
+from revoker.keys import decode_time, read_seq
 from revoker.settings import is_sentinel_url
 
 if TYPE_CHECKING:
@@ -200,7 +200,8 @@ def mirror_report(settings: RevokerSettings) -> dict[str, Any]:
 
 
 def _seconds(us: str | None) -> float | None:
-    return int(us) / 1e6 if us and us.isdigit() else None
+    at_us = decode_time(us)
+    return at_us / 1e6 if at_us is not None else None
 
 
 def server_report(config: dict[str, str | None], replicas: int | None) -> dict[str, Any]:

@@ -108,7 +108,9 @@ string can forge another key or move a key to another slot.
 
 Stored values have one encoder and one decoder each, here: a revoked mark of a jti or family and a
 watermark (:func:`encode_mark`, :func:`decode_mark`), a session record (:func:`encode_record`,
-:func:`decode_record`; the fan-out and the expiry read records raw with :func:`record_head`).
+:func:`decode_record`; the fan-out and the expiry read records raw with :func:`record_head`),
+and a time stored whole, in µs (:func:`decode_time`: the ``at`` of audit and chunk-stream
+entries, the integrity hash's ``lost_at`` and ``recovered_at``).
 
 **Reading a time** (of a mark, a watermark, or a record's ``created`` / ``expires``) follows one
 rule, :func:`read_time`, which ``scripts/rotate_refresh.lua`` and ``scripts/set_watermark.lua``
@@ -198,6 +200,7 @@ __all__ = [
     "decode_mark",
     "decode_record",
     "decode_seq",
+    "decode_time",
     "encode_feed_entry",
     "encode_index_entry",
     "encode_index_since",
@@ -401,6 +404,15 @@ def read_time(part: bytes) -> int | None:
     return at if at <= MAX_TIME else MAX_TIME
 
 
+def decode_time(raw: bytes | str | None) -> int | None:
+    """A stored time in µs that is a whole value (an audit or chunk-stream entry's ``at``, the
+    integrity hash's ``lost_at`` and ``recovered_at``) by :func:`read_time`'s rule; None when it
+    is absent or unreadable. Never raises (``str.isdigit`` accepts ``"²"``, which int() refuses)."""
+    if raw is None:
+        return None
+    return read_time(raw.encode(errors="replace") if isinstance(raw, str) else raw)
+
+
 def mark_time(raw: bytes) -> int | None:
     """The time of a raw mark or watermark (its part before "|"), or None if it is unreadable."""
     return read_time(raw.partition(b"|")[0])
@@ -596,6 +608,10 @@ class KeyLayout:
         """The keys of several session buckets of the tenant (the tag escaped once)."""
         base = self.session_bucket_base(tenant_id)
         return [f"{base}{int(bucket)}" for bucket in buckets]
+
+    def prefix_pattern(self) -> str:
+        """A SCAN MATCH pattern of every key under the prefix (what the demo deletes after it)."""
+        return f"{self.prefix}:*"
 
     def session_bucket_pattern(self) -> str:
         """SCAN MATCH pattern of every session bucket of every tenant."""

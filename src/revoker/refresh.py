@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from typing import Final
 
 from revoker import exceptions as exc
 from revoker.keys import encode_mark
@@ -33,6 +33,7 @@ from revoker.sessions import TokenPair, issue_session_tokens
 from revoker.settings import RevokerSettings
 from revoker.store import (
     RedisTokenRevocationStore,
+    Rotation,
     RotationReply,
     SyncRedisTokenRevocationStore,
     get_revocation_store,
@@ -79,11 +80,11 @@ def _sign(
     return pair
 
 
-def _successor(data: TokenData, settings: RevokerSettings) -> tuple[TokenPair, dict[str, Any]]:
+def _successor(data: TokenData, settings: RevokerSettings) -> tuple[TokenPair, Rotation]:
     """Sign the pair that replaces ``data`` and the script arguments that make it current."""
     issued_at_us = now_us()
     pair = _sign(data, settings, issued_at_us=issued_at_us)
-    new = {
+    new: Rotation = {
         "refresh_jti": pair.refresh_jti,
         "access_jti": pair.access_jti,
         "issued_at_us": issued_at_us,

@@ -11,6 +11,7 @@ from typing import Any
 from revoker import keys as k
 from revoker.settings import RevokerSettings
 from revoker.store import (
+    NewSession,
     RedisTokenRevocationStore,
     SyncRedisTokenRevocationStore,
     get_revocation_store,
@@ -102,7 +103,7 @@ def _new_session(
     client_id: str | None,
     scopes: Iterable[str],
     settings: RevokerSettings,
-) -> tuple[TokenPair, dict[str, Any]]:
+) -> tuple[TokenPair, NewSession]:
     scopes = tuple(scopes)
     pair, created = issue_session_tokens(
         user_id,
@@ -113,7 +114,7 @@ def _new_session(
         scopes=scopes,
         settings=settings,
     )
-    record = {
+    record: NewSession = {
         "user_id": user_id,
         "tenant_id": tenant_id,
         "client_id": client_id,

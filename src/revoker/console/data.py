@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import REGISTRY
 
+from revoker.keys import decode_time
 from revoker.store._base import Plan
 
 if TYPE_CHECKING:
@@ -70,20 +71,7 @@ class JobDetail:
 async def job_detail(store: RedisTokenRevocationStore, job_id: str) -> JobDetail:
     """The job and its chunk state (JobNotFound when unknown or expired)."""
     record = await store.get_job(job_id)
-
-    def finish(replies: list[Any]) -> tuple[dict[int, int], str | None]:
-        deliveries = {int(_text(n)): int(_text(c)) for n, c in (replies[0] or {}).items()}
-        return deliveries, _text(replies[1]) if replies[1] is not None else None
-
-    deliveries, last_error = await store.execute(
-        Plan(
-            [
-                ("HGETALL", store.keys.job_deliveries(job_id)),
-                ("HGET", store.keys.job(job_id), "last_error"),
-            ],
-            finish,
-        )
-    )
+    deliveries, last_error = await store.execute(store.jobs.plan_deliveries(job_id))
     # A chunk delivered more often than the cap is parked (tasks.fanout): it will not run again.
     cap = store.settings.max_redeliveries
     parked = sorted(n for n, count in deliveries.items() if count > cap)
@@ -100,9 +88,9 @@ class AuditEntry:
     @property
     def at(self) -> float:
         """When it was written (unix seconds): the ``at`` field, else the stream id's time."""
-        raw = self.fields.get("at")
-        if raw and raw.isdigit():
-            return int(raw) / 1e6
+        at_us = decode_time(self.fields.get("at"))
+        if at_us is not None:
+            return at_us / 1e6
         return int(self.id.partition("-")[0]) / 1000
 
     def as_dict(self) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def occurrences_of_audit(entry_id: str, f: dict[str, str]) -> list[Occurrence]:
     common: dict[str, Any] = {
         "source": f"a:{entry_id}",
         "tenant_id": tenant,
-        "at_us": int(f.get("at") or 0) if (f.get("at") or "").isdigit() else 0,
+        "at_us": k.decode_time(f.get("at")) or 0,
         "reason": f.get("reason") or None,
         "initiator": initiating_entity(kind, f.get("actor") or None),
         "actor": f.get("actor") or None,
@@ -111,7 +111,7 @@ def occurrences_of_audit(entry_id: str, f: dict[str, str]) -> list[Occurrence]:
 def occurrences_of_chunk(f: dict[str, str]) -> list[Occurrence]:
     """The sessions of one chunk-stream entry (see :func:`revoker.events.emit_chunk_events`)."""
     tenant = f.get("tenant") or None
-    at = int(f["at"]) if f.get("at", "").isdigit() else 0
+    at = k.decode_time(f.get("at")) or 0
     initiator = initiating_entity("job_chunk", f.get("actor") or None)
     out = []
     for family, user, client in json.loads(f.get("s") or "[]"):

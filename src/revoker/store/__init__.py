@@ -8,7 +8,7 @@ import weakref
 
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._async import RedisTokenRevocationStore
-from revoker.store._base import RotationReply, SessionRecord, StoreCore
+from revoker.store._base import NewSession, Rotation, RotationReply, SessionRecord, StoreCore
 from revoker.store._bulk import Exchange
 from revoker.store._feed import FeedPlans, FeedRead, SnapshotBatch, SnapshotStart
 from revoker.store._jobs import Flow, JobPlans, JobProgress, JobStart
@@ -22,7 +22,9 @@ __all__ = [
     "JobPlans",
     "JobProgress",
     "JobStart",
+    "NewSession",
     "RedisTokenRevocationStore",
+    "Rotation",
     "RotationReply",
     "SessionRecord",
     "SnapshotBatch",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Unpack, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -18,7 +18,9 @@ from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
     BACKEND_ERRORS,
+    NewSession,
     Plan,
+    Rotation,
     RotationReply,
     ScriptCall,
     SessionRecord,
@@ -368,58 +370,19 @@ class RedisTokenRevocationStore:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    async def record_session(
-        self,
-        family_id: str,
-        *,
-        user_id: str,
-        tenant_id: str | None,
-        client_id: str | None,
-        scopes: Sequence[str],
-        current_jti: str,
-        created: float,
-        expires: int,
-    ) -> None:
+    async def record_session(self, family_id: str, **session: Unpack[NewSession]) -> None:
         """Record a family (session) in its user's session bucket."""
-        await self._execute(
-            self.core.plan_record_session(
-                family_id,
-                user_id=user_id,
-                tenant_id=tenant_id,
-                client_id=client_id,
-                scopes=scopes,
-                current_jti=current_jti,
-                created=created,
-                expires=expires,
-            )
-        )
+        await self._execute(self.core.plan_record_session(family_id, **session))
 
     async def rotation_precheck(self, token: TokenData) -> RevocationStatus:
         """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
         return await self._execute(self.core.plan_rotation_precheck(token))
 
-    async def rotate_refresh(
-        self,
-        token: TokenData,
-        *,
-        refresh_jti: str,
-        access_jti: str,
-        issued_at_us: int,
-        expires_at: int,
-        reuse_mark: str,
-    ) -> RotationReply:
+    async def rotate_refresh(self, token: TokenData, **rotation: Unpack[Rotation]) -> RotationReply:
         """Rotate a verified refresh token to a new pair (see revoker.refresh)."""
-        return await self._execute(
-            self.core.plan_rotate(
-                token,
-                refresh_jti=refresh_jti,
-                access_jti=access_jti,
-                issued_at_us=issued_at_us,
-                expires_at=expires_at,
-                reuse_mark=reuse_mark,
-                check_jti=not self.is_cluster,
-            )
-        )
+        # On a cluster the jti key lives in another slot: rotation_precheck checked it.
+        plan = self.core.plan_rotate(token, check_jti=not self.is_cluster, **rotation)
+        return await self._execute(plan)
 
     async def acknowledge_reuse(self) -> None:
         """After :meth:`rotate_refresh` answered "reuse": count the revoked family, and return

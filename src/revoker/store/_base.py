@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import unquote
 
 from redis.crc import key_slot
@@ -58,7 +58,9 @@ __all__ = [
     "SEQUENCED_EVAL",
     "SEQUENCED_SCRIPTS",
     "Command",
+    "NewSession",
     "Plan",
+    "Rotation",
     "RotationReply",
     "ScriptCall",
     "SessionRecord",
@@ -157,6 +159,30 @@ def atomic_pipeline(
         return [*executed, *replies[inside + 2 :]]
 
     return wrapped, unwrap
+
+
+class NewSession(TypedDict):
+    """What ``record_session`` records of a new family, spelled once for the plan and both
+    stores (keyword arguments, every one required; see :func:`revoker.start_session`)."""
+
+    user_id: str
+    tenant_id: str | None
+    client_id: str | None
+    scopes: Sequence[str]
+    current_jti: str
+    created: float
+    expires: int
+
+
+class Rotation(TypedDict):
+    """The successor pair a rotation makes current (``rotate_refresh``): spelled once for the
+    plan and both stores (keyword arguments, every one required; see :mod:`revoker.refresh`)."""
+
+    refresh_jti: str
+    access_jti: str
+    issued_at_us: int
+    expires_at: int
+    reuse_mark: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,18 +691,8 @@ class StoreCore:
             return None
         return self.keys.session_bucket(tenant_id, bucket)
 
-    def plan_record_session(
-        self,
-        family_id: str,
-        *,
-        user_id: str,
-        tenant_id: str | None,
-        client_id: str | None,
-        scopes: Sequence[str],
-        current_jti: str,
-        created: float,
-        expires: int,
-    ) -> Plan[None]:
+    def plan_record_session(self, family_id: str, **session: Unpack[NewSession]) -> Plan[None]:
+        user_id, client_id = session["user_id"], session["client_id"]
         bucket = k.bucket_of_user(user_id, self.settings.session_buckets)
         if k.family_bucket(family_id) != bucket:
             raise InvalidIdentifier(
@@ -689,12 +705,12 @@ class StoreCore:
         record = k.encode_record(
             user_id=user_id,
             client_id=client_id,
-            created_us=to_us(created),
-            expires=expires,
-            current_jti=current_jti,
-            scopes=scopes,
+            created_us=to_us(session["created"]),
+            expires=session["expires"],
+            current_jti=session["current_jti"],
+            scopes=session["scopes"],
         )
-        key = self.keys.session_bucket(tenant_id, bucket)
+        key = self.keys.session_bucket(session["tenant_id"], bucket)
         ttl = self.lifetimes.family_ttl
         # A bucket expires with its newest session; all sessions share one lifetime, so the last
         # EXPIRE written is always the latest one.
@@ -752,15 +768,7 @@ class StoreCore:
         return Plan([("HGET", key, family_id)], finish)
 
     def plan_rotate(
-        self,
-        token: TokenData,
-        *,
-        refresh_jti: str,
-        access_jti: str,
-        issued_at_us: int,
-        expires_at: int,
-        reuse_mark: str,
-        check_jti: bool,
+        self, token: TokenData, *, check_jti: bool, **rotation: Unpack[Rotation]
     ) -> Plan[RotationReply]:
         """Make the pair (``refresh_jti``, ``access_jti``) current if ``token`` is; one script call.
 
@@ -770,6 +778,7 @@ class StoreCore:
         if token.family is None:
             raise InvalidIdentifier("a refresh token without a family cannot be rotated")
         tenant, family, user = token.tenant, token.family, token.sub
+        reuse_mark = rotation["reuse_mark"]
         # The user's bucket, not the family id's: a family id naming another bucket is unknown.
         bucket = self.keys.session_bucket(
             tenant, k.bucket_of_user(user, self.settings.session_buckets)
@@ -800,10 +809,10 @@ class StoreCore:
             k.escape_part(token.jti),
             to_us(token.iat),
             k.escape_part(user),
-            k.escape_part(refresh_jti),
-            k.escape_part(access_jti),
-            issued_at_us,
-            expires_at,
+            k.escape_part(rotation["refresh_jti"]),
+            k.escape_part(rotation["access_jti"]),
+            rotation["issued_at_us"],
+            rotation["expires_at"],
             self.settings.refresh_reuse_grace_seconds,
             self.lifetimes.family_ttl,
             reuse_mark,

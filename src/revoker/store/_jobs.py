@@ -288,6 +288,22 @@ class JobPlans:
             lambda replies: None if replies[0] is None else _text(replies[0]),
         )
 
+    def plan_deliveries(self, job_id: str) -> Plan[tuple[dict[int, int], str | None]]:
+        """Deliveries counted per chunk (a chunk past ``max_redeliveries`` is parked) and the
+        last chunk failure noted: what a job's page shows beside its record."""
+
+        def finish(replies: list[Any]) -> tuple[dict[int, int], str | None]:
+            deliveries = {int(_text(n)): int(_text(c)) for n, c in (replies[0] or {}).items()}
+            return deliveries, None if replies[1] is None else _text(replies[1])
+
+        return Plan(
+            [
+                ("HGETALL", self.keys.job_deliveries(job_id)),
+                ("HGET", self.keys.job(job_id), "last_error"),
+            ],
+            finish,
+        )
+
     def plan_record_watermark(self, job_id: str, watermark: float) -> Plan[None]:
         """Keep a job's cut-off: a rerun after a crash reuses it instead of moving it."""
         return Plan([("HSET", self.keys.job(job_id), "watermark_at", repr(watermark))], _none)

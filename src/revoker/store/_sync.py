@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from redis.cluster import RedisCluster
 
@@ -21,7 +21,9 @@ from revoker.rules import RevocationStatus
 from revoker.settings import RevokerSettings, get_settings
 from revoker.store._base import (
     BACKEND_ERRORS,
+    NewSession,
     Plan,
+    Rotation,
     RotationReply,
     ScriptCall,
     SessionRecord,
@@ -310,58 +312,19 @@ class SyncRedisTokenRevocationStore:
         except StoreUnavailable as e:
             self.core.loss_not_durable(loss, e)
 
-    def record_session(
-        self,
-        family_id: str,
-        *,
-        user_id: str,
-        tenant_id: str | None,
-        client_id: str | None,
-        scopes: Sequence[str],
-        current_jti: str,
-        created: float,
-        expires: int,
-    ) -> None:
+    def record_session(self, family_id: str, **session: Unpack[NewSession]) -> None:
         """See :meth:`RedisTokenRevocationStore.record_session`."""
-        self._execute(
-            self.core.plan_record_session(
-                family_id,
-                user_id=user_id,
-                tenant_id=tenant_id,
-                client_id=client_id,
-                scopes=scopes,
-                current_jti=current_jti,
-                created=created,
-                expires=expires,
-            )
-        )
+        self._execute(self.core.plan_record_session(family_id, **session))
 
     def rotation_precheck(self, token: TokenData) -> RevocationStatus:
         """On a cluster, the jti and global watermark checks rotate_refresh.lua cannot make."""
         return self._execute(self.core.plan_rotation_precheck(token))
 
-    def rotate_refresh(
-        self,
-        token: TokenData,
-        *,
-        refresh_jti: str,
-        access_jti: str,
-        issued_at_us: int,
-        expires_at: int,
-        reuse_mark: str,
-    ) -> RotationReply:
+    def rotate_refresh(self, token: TokenData, **rotation: Unpack[Rotation]) -> RotationReply:
         """See :meth:`RedisTokenRevocationStore.rotate_refresh`."""
-        return self._execute(
-            self.core.plan_rotate(
-                token,
-                refresh_jti=refresh_jti,
-                access_jti=access_jti,
-                issued_at_us=issued_at_us,
-                expires_at=expires_at,
-                reuse_mark=reuse_mark,
-                check_jti=not self.is_cluster,
-            )
-        )
+        # On a cluster the jti key lives in another slot: rotation_precheck checked it.
+        plan = self.core.plan_rotate(token, check_jti=not self.is_cluster, **rotation)
+        return self._execute(plan)
 
     def acknowledge_reuse(self) -> None:
         """After :meth:`rotate_refresh` answered "reuse": count the revoked family, and return
