@@ -693,6 +693,8 @@ class StoreCore:
 
     def plan_record_session(self, family_id: str, **session: Unpack[NewSession]) -> Plan[None]:
         user_id, client_id = session["user_id"], session["client_id"]
+        tenant_id = session["tenant_id"]
+        created_us = to_us(session["created"])
         bucket = k.bucket_of_user(user_id, self.settings.session_buckets)
         if k.family_bucket(family_id) != bucket:
             raise InvalidIdentifier(
@@ -705,12 +707,12 @@ class StoreCore:
         record = k.encode_record(
             user_id=user_id,
             client_id=client_id,
-            created_us=to_us(session["created"]),
+            created_us=created_us,
             expires=session["expires"],
             current_jti=session["current_jti"],
             scopes=session["scopes"],
         )
-        key = self.keys.session_bucket(session["tenant_id"], bucket)
+        key = self.keys.session_bucket(tenant_id, bucket)
         ttl = self.lifetimes.family_ttl
         # A bucket expires with its newest session; all sessions share one lifetime, so the last
         # EXPIRE written is always the latest one.
@@ -723,14 +725,14 @@ class StoreCore:
             # never finds an entry whose record is still to come; the same lifetime.
             index = self.keys.client_index(tenant_id, client_id, bucket)
             commands += [
-                ("HSET", index, family_id, k.encode_index_entry(to_us(created))),
+                ("HSET", index, family_id, k.encode_index_entry(created_us)),
                 ("EXPIRE", index, ttl),
             ]
         # The tenant's index marker: since when every session is indexed (the first indexed
         # creation's time; kept, never moved later, while sessions keep being created).
         marker = self.keys.client_index_marker(tenant_id)
         commands += [
-            ("SET", marker, k.encode_index_since(to_us(created)), "NX"),
+            ("SET", marker, k.encode_index_since(created_us), "NX"),
             ("EXPIRE", marker, self.lifetimes.index_marker_ttl),
         ]
         return Plan(commands, lambda _r: None)
