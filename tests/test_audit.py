@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from celery_helpers import worker_env
 from revoker.api import ADMIN_SCOPE, create_app
-from revoker.audit import AuditQuery, read_audit
+from revoker.audit import AuditEntry, AuditQuery, read_audit
 from revoker.cli import cli
 from revoker.rules import now_us
 from revoker.settings import RevokerSettings
@@ -230,3 +230,14 @@ def test_a_narrow_filter_stops_at_the_scan_budget(
         )
         assert rest.entries == []
         assert rest.next_cursor is None
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"), [("12", 12), ("²", "²"), ("١٢", "١٢"), ("-3", "-3"), ("", "")]
+)
+def test_a_corrupt_count_is_shown_as_stored_not_raised(stored: str, shown: object) -> None:
+    """A count or chunk field that is not ASCII digits (a corrupt or hand-written entry) is
+    passed through as text: ``int()`` of a Unicode digit such as '²' raises."""
+    entry = AuditEntry.from_stream(b"1-0", {b"kind": b"job", b"count": stored, b"chunk": stored})
+    assert entry.as_dict()["count"] == shown
+    assert entry.as_dict()["chunk"] == shown

@@ -200,7 +200,7 @@ class AuditEntry:
         for name, value in self.extra.items():
             if name == "families":
                 out[name] = value.split()
-            elif name in ("count", "chunk") and value.isdigit():
+            elif name in ("count", "chunk") and value.isascii() and value.isdigit():
                 out[name] = int(value)
             else:
                 out[name] = value
