@@ -83,6 +83,28 @@ def test_bearer_fast_path_reads_as_the_full_rule(
     assert _outcome(lambda: bearer_token([(b"Authorization", value)])) == got
 
 
+def test_remembered_authorization_values_are_bounded_and_skip_no_rule() -> None:
+    """A recurring Authorization value gives the same token (the same string); the values
+    remembered stay within their bound, a long one is not remembered, and a repeated header
+    or an oversized value is refused whatever was remembered."""
+    from revoker import check
+
+    value = b"Bearer abc.def.ghi"
+    first = bearer_token([(b"authorization", value)])
+    assert first == "abc.def.ghi"
+    assert bearer_token([(b"host", b"x"), (b"authorization", bytes(value))]) is first
+    with pytest.raises(exc.MalformedToken, match="more than one"):
+        bearer_token([(b"authorization", value), (b"Authorization", value)])
+    for n in range(check._BEARERS_SIZE + 10):
+        assert bearer_token([(b"authorization", b"Bearer t%d" % n)]) == f"t{n}"
+    assert len(check._BEARERS) <= check._BEARERS_SIZE
+    long = b"Bearer " + b"x" * check._BEARERS_VALUE_BYTES
+    assert bearer_token([(b"authorization", long)]) == "x" * check._BEARERS_VALUE_BYTES
+    assert long not in check._BEARERS
+    with pytest.raises(exc.TokenTooLarge):
+        bearer_token([(b"authorization", b"Bearer " + b"x" * 9000)])
+
+
 ids = st.text(alphabet=st.sampled_from("ab:{}%,é.-_1f"), min_size=1, max_size=12)
 
 

@@ -252,3 +252,37 @@ def test_recovery_cutoffs_count_under_recovery(settings: RevokerSettings) -> Non
             client.close()
         store.is_revoked(decode_token(token, expected_type="refresh", settings=settings))
     assert revocations("global", "recovery") == before + 2
+
+
+def test_tallied_checks_read_exactly_from_every_thread() -> None:
+    """Checks counted through CHECKS.counting from 4 threads at once, and by labels().inc(),
+    are all in the exposition: every read (a scrape, get_sample_value) adds the tallies first,
+    and a second read adds nothing twice."""
+    import threading
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    from revoker.metrics import CHECKS
+
+    def read() -> float:
+        return REGISTRY.get_sample_value("revoker_checks_total", {"outcome": "ok"}) or 0.0
+
+    before = read()
+    count = CHECKS.counting("ok")
+    assert CHECKS.counting("ok") == count  # one tally per label values
+
+    def work() -> None:
+        for _ in range(5000):
+            count()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    CHECKS.labels("ok").inc()
+    assert read() == before + 20_001
+    assert read() == before + 20_001
+    count()
+    scraped = value(parse(generate_latest(REGISTRY).decode()), "revoker_checks_total", outcome="ok")
+    assert scraped == before + 20_002

@@ -197,6 +197,64 @@ async def test_a_checked_request_sends_no_redis_command(stopped: None) -> None:
         await store.aclose()
 
 
+async def test_the_warm_path_asks_the_mirror_as_it_is_now(
+    mirror_settings: RevokerSettings, stopped: None
+) -> None:
+    """check_now answers a cached token from the fresh mirror without a round trip, and
+    remembers no answer: once a revocation is applied it leaves the token to check (which
+    refuses it); a token not cached, or a mirror not fresh, is check's too."""
+    store = CountingStore(settings=mirror_settings)
+    checker = RevocationChecker(store, settings=mirror_settings)
+    mirror = await ready(checker)
+    token = issue(mirror_settings, "ann", tenant_id="acme")
+    assert checker.check_now(token) is None  # not verified yet
+    first = await checker.check(token)
+    trips = store.round_trips
+    for _ in range(3):
+        result = checker.check_now(token)
+        assert result is not None
+        assert result.token == first.token
+        assert result.store_error is None
+    assert store.round_trips == trips
+    mirror.synced = False  # a resync due: the mirror may not answer
+    assert checker.check_now(token) is None
+    mirror.synced = True
+    assert checker.check_now(token) is not None
+    await store.revoke_user_tokens("ann", tenant_id="acme")
+    async with asyncio.timeout(WAIT):
+        await mirror.caught_up()
+    assert checker.check_now(token) is None
+    assert await decision(checker, token) == (True, "user")
+    await store.aclose()
+
+
+def test_a_mirror_is_fresh_only_while_synced_within_the_lag_and_not_fail_closed() -> None:
+    """status() answers only with a state, synced, read within REVOKER_MIRROR_MAX_LAG and the
+    integrity state not fail-closed: each condition alone sends the check to Redis."""
+    from revoker.mirror import MirrorState
+
+    settings = make_settings(check_mode="mirror", mirror_max_lag=1.0, mirror_max_staleness=5)
+    mirror = Mirror(settings)
+    token = decode_token(issue(settings, "ann"), settings=settings)
+    now = time.monotonic()
+    assert mirror.status(token, now) is None  # no state yet
+    mirror.state = MirrorState()
+    mirror.fresh_at = now
+    assert mirror.status(token, now) is None  # not synced
+    mirror.synced = True
+    status = mirror.status(token, now)
+    assert status is not None
+    assert not status.revoked
+    assert mirror.status(token, now + 0.9) is not None
+    assert mirror.status(token, now + 1.1) is None  # past the lag bound
+    mirror.integrity_state = "fail-closed"
+    assert mirror.status(token, now) is None
+    mirror.integrity_state = "ok"
+    assert mirror.status(token, now) is not None
+    mirror.state = None
+    assert mirror.status(token, now) is None
+
+
 async def test_a_mirror_started_on_an_empty_feed_follows_its_first_entries(
     mirror_settings: RevokerSettings, stopped: None
 ) -> None:

@@ -217,3 +217,47 @@ def test_header_cache_is_bounded_and_keeps_no_refused_header() -> None:
         with pytest.raises(exc.InvalidSignature):  # a header that passes, but no valid signature
             fresh.decode(f"{head}.{body}.{b64(b'0' * 32)}")
     assert fresh._headers == {}
+
+
+def test_claims_are_built_as_model_construct_builds_them() -> None:
+    """With this pydantic the cold path builds its TokenData without model_construct, and what
+    it builds is model_construct's, field for field and in pydantic's own state."""
+    assert tokens._construct_token_data is tokens._fast_token_data
+    s = make_settings(verify_cache_size=0)
+    token, _ = create_access_token("alice", tenant_id="acme", scopes=("a", "b"), settings=s)
+    made = TokenVerifier(s).decode(token)
+    expected = tokens.TokenData.model_construct(**made.model_dump())
+    assert made.__getstate__() == expected.__getstate__()
+    assert made == tokens.TokenData(**made.model_dump())
+    assert made.model_dump(exclude_unset=True) == made.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("family", "accepted"),
+    [
+        (None, True),
+        ("f1", True),
+        ("é" * 10, True),
+        ("a" * 256, True),
+        ("a" * 257, False),
+        ("é" * 257, False),
+        ("", False),
+        (5, False),
+        (["alice"], False),
+    ],
+)
+def test_an_id_claim_is_refused_as_escape_id_refuses_it(family: object, accepted: bool) -> None:
+    """The ASCII shortcut in the claims' check accepts exactly what escape_id accepts: a
+    non-empty string of at most MAX_ID_LENGTH characters (here the ``fam`` claim, which only
+    revoker checks; absent is no family)."""
+    s = make_settings(verify_cache_size=0)
+    token, _ = create_access_token("alice", settings=s)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    if family is not None:
+        claims["fam"] = family
+    forged = jwt.encode(claims, TEST_SECRET, algorithm="HS256")
+    if accepted:
+        assert TokenVerifier(s).decode(forged).family == family
+    else:
+        with pytest.raises(exc.InvalidClaim, match="token fam must be"):
+            TokenVerifier(s).decode(forged)

@@ -31,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -75,6 +77,7 @@ __all__ = [
     "RevocationKind",
     "Surface",
     "SurfaceMiddleware",
+    "TalliedCounter",
     "count_revocation",
     "counted",
     "current_surface",
@@ -98,9 +101,68 @@ SURFACES: Final[tuple[Surface, ...]] = get_args(Surface)
 RevocationKind = Literal["token", "family", "user", "tenant", "global"]
 REVOCATION_KINDS: Final[tuple[RevocationKind, ...]] = get_args(RevocationKind)
 
+#: Whether metric values live in this process's memory (prometheus-client's MutexValue), not
+#: in the files of multiprocess mode (PROMETHEUS_MULTIPROC_DIR, read by another process).
+_IN_MEMORY: Final = values.ValueClass is getattr(values, "MutexValue", None)
+
+
+class _Tally:
+    """One child's increments, counted by an ``itertools.count`` (atomic, no lock)."""
+
+    __slots__ = ("added", "child", "count", "reads")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self.count = itertools.count()
+        #: Values the flush took from ``count`` (each next() of it), and increments added.
+        self.reads = 0
+        self.added = 0
+
+
+class TalliedCounter(Counter):
+    """A Counter whose per-request increments cost a C call, not a locked ``inc()``.
+
+    :meth:`counting` gives a callable that counts one for some labels: it advances an
+    ``itertools.count`` (atomic under the GIL, lossless across threads), and the counts are
+    added to the children whenever the metric is collected (a scrape, ``get_sample_value``):
+    what any reader sees is exact. In multiprocess mode (values in files another process
+    reads) the callable is the child's own ``inc``. ``labels(...).inc()`` works as on any
+    Counter, and adds up with the tallies.
+    """
+
+    def counting(self, *labelvalues: str) -> Callable[[], object]:
+        """A callable counting one for ``labelvalues`` (one tally per label values)."""
+        child = self.labels(*labelvalues)
+        if not _IN_MEMORY:
+            return child.inc
+        with _TALLY_LOCK:
+            tallies: dict[tuple[str, ...], _Tally] = self.__dict__.setdefault("_tallies", {})
+            tally = tallies.get(labelvalues)
+            if tally is None:
+                tally = tallies[labelvalues] = _Tally(child)
+        return tally.count.__next__
+
+    def flush(self) -> None:
+        """Add the tallied increments to the children."""
+        with _TALLY_LOCK:
+            for tally in self.__dict__.get("_tallies", {}).values():
+                # next() returns the increments so far plus this flush's earlier reads.
+                counted = next(tally.count) - tally.reads
+                tally.reads += 1
+                if counted > tally.added:
+                    tally.child.inc(counted - tally.added)
+                    tally.added = counted
+
+    def collect(self) -> Iterable[Metric]:
+        self.flush()
+        return super().collect()
+
+
+_TALLY_LOCK: Final = threading.Lock()
+
 #: Checked requests by outcome: ok, revoked, invalid, missing, error_open (let through while
 #: Redis failed), error_closed (503 while Redis failed).
-CHECKS: Final = Counter(
+CHECKS: Final = TalliedCounter(
     "revoker_checks_total", "Tokens checked by the middleware, by outcome.", ["outcome"]
 )
 #: Seconds spent in the revocation lookup (Redis round trip and decision), not in verification.

@@ -205,7 +205,7 @@ class TokenRevocationMiddleware:
         self.require_token = require_token
         self.fail_open = self.settings.fail_open if fail_open is None else fail_open
         self.fail_closed_prefixes = tuple(_prefix_rule(p) for p in fail_closed_prefixes)
-        self._missing = CHECKS.labels("missing")
+        self._missing = CHECKS.counting("missing")
         self.websocket_subprotocol_auth = (
             self.settings.websocket_subprotocol_auth
             if websocket_subprotocol_auth is None
@@ -250,7 +250,11 @@ class TokenRevocationMiddleware:
                     token, others = offered
                     scope = _without_token(scope, others)
                     send = _echoing(send, token)
-            result = None if token is None else await self.checker.check(token)
+            if token is None:
+                result = None
+            else:
+                # The warm path answers without a coroutine; anything else is check()'s.
+                result = self.checker.check_now(token) or await self.checker.check(token)
         except exc.TokenError as e:
             if isinstance(e, exc.TokenRevoked):
                 logger.info(
@@ -269,7 +273,7 @@ class TokenRevocationMiddleware:
             return
         if result is None:
             if self.require_token:
-                self._missing.inc()
+                self._missing()
                 await self._reject(scope, receive, send, 401, None, "a bearer token is required")
                 return
             await self.app(scope, receive, send)

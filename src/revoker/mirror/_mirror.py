@@ -117,12 +117,14 @@ class Mirror:
         #: The heartbeat: an idle feed is read at least this often (a quarter of the lag bound).
         self.block_ms = max(10, min(1000, int(self.max_lag * 250)))
         self._key = secrets.token_bytes(16)
-        self.state: MirrorState | None = None
-        #: The state reflects the feed from its snapshot on (False while a resync is due).
-        self.synced = False
-        #: time.monotonic() when the last complete read was sent (-inf: never).
-        self.fresh_at = -math.inf
-        self.integrity_state: str | None = None
+        #: Until when (time.monotonic()) the state may answer checks: fresh_at + max_lag while
+        #: a state is synced and the integrity state is not fail-closed, else -inf. Kept by the
+        #: four properties below, so that a check's freshness test is one comparison.
+        self.fresh_until = -math.inf
+        self._state: MirrorState | None = None
+        self._synced = False
+        self._fresh_at = -math.inf
+        self._integrity_state: str | None = None
         self._watch = IntegrityWatch(require_init=settings.require_init)
         self.error: str | None = None
         self.resyncs: dict[str, int] = {}
@@ -135,17 +137,59 @@ class Mirror:
         self._next_sweep = 0.0
         self._stopping = False
 
+    # --- freshness -----------------------------------------------------------------------------
+
+    def _bound(self) -> None:
+        fresh = self._state is not None and self._synced and self._integrity_state != "fail-closed"
+        self.fresh_until = self._fresh_at + self.max_lag if fresh else -math.inf
+
+    @property
+    def state(self) -> MirrorState | None:
+        """What the mirror holds (None: no snapshot loaded yet)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: MirrorState | None) -> None:
+        self._state = value
+        self._bound()
+
+    @property
+    def synced(self) -> bool:
+        """The state reflects the feed from its snapshot on (False while a resync is due)."""
+        return self._synced
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        self._synced = value
+        self._bound()
+
+    @property
+    def fresh_at(self) -> float:
+        """time.monotonic() when the last complete read was sent (-inf: never)."""
+        return self._fresh_at
+
+    @fresh_at.setter
+    def fresh_at(self, value: float) -> None:
+        self._fresh_at = value
+        self._bound()
+
+    @property
+    def integrity_state(self) -> str | None:
+        """The integrity hash's state as last read (None: not read yet)."""
+        return self._integrity_state
+
+    @integrity_state.setter
+    def integrity_state(self, value: str | None) -> None:
+        self._integrity_state = value
+        self._bound()
+
     # --- what checks ask -----------------------------------------------------------------------
 
     def status(self, token: TokenData, now: float) -> RevocationStatus | None:
-        """The decision for ``token`` if the mirror is fresh (lag within the bound), else None."""
-        state = self.state
-        if (
-            state is None
-            or not self.synced
-            or now - self.fresh_at > self.max_lag
-            or self.integrity_state == "fail-closed"
-        ):
+        """The decision for ``token`` if the mirror is fresh (lag within the bound: a synced
+        state, integrity not fail-closed; :attr:`fresh_until`), else None."""
+        state = self._state
+        if now > self.fresh_until or state is None:
             return None
         return state.status(token)
 

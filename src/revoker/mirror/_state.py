@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeAlias
 
 from revoker.keys import FeedEntry, encode_mark, tenant_tag
 from revoker.mirror._digests import DIGEST_SIZE, DigestSet, DigestSetBuilder
 from revoker.rules import NOT_REVOKED, RevocationStatus, decide, to_us
 from revoker.tokens import TokenData
 
-__all__ = ["LOOKUPS", "MirrorState", "StateBuilder", "family_key", "user_key"]
+__all__ = ["LOOKUPS", "Lookup", "MirrorState", "StateBuilder", "family_key", "user_key"]
 
 #: The revocation time of a packed value (µs, < 2**53: keys.MAX_TIME); the expiry sits above it.
 _TIME_BITS: Final = 53
@@ -39,6 +39,11 @@ _FAMILY_MARK: Final = b"|"
 LOOKUPS: Final = 1024
 #: Bytes per dict entry beyond its key and value objects (table slot and index; CPython 3.11).
 _DICT_ENTRY: Final = 40
+
+#: What a token is looked up by: its jti's digest, its family's (None: no family), its user
+#: watermark's key, its tenant's tag (None: no tenant) and its iat in µs. A pure function of
+#: the token's ids and the state's key: a token recurring does not pay for it again.
+Lookup: TypeAlias = tuple[bytes, bytes | None, str, str | None, int]
 
 
 def family_key(tag: str, family_id: str) -> bytes:
@@ -70,6 +75,7 @@ class MirrorState:
         "families",
         "global_cutoff",
         "jtis",
+        "key",
         "last_id",
         "seq",
         "tenants",
@@ -77,8 +83,10 @@ class MirrorState:
     )
 
     def __init__(self, key: bytes | None = None) -> None:
-        # Keyed per process: nobody can craft ids whose digests collide here.
-        self._hasher = hashlib.blake2b(digest_size=DIGEST_SIZE, key=key or secrets.token_bytes(16))
+        #: The digests' key. Keyed per process: nobody can craft ids whose digests collide
+        #: here. A :data:`Lookup` made by a state is valid for every state of the same key.
+        self.key = key or secrets.token_bytes(16)
+        self._hasher = hashlib.blake2b(digest_size=DIGEST_SIZE, key=self.key)
         self.families = DigestSet()
         #: digest of the jti -> packed (expiry, revocation time).
         self.jtis: dict[bytes, int] = {}
@@ -89,9 +97,7 @@ class MirrorState:
         #: (jti, tenant, sub, family) -> what they are looked up by (:meth:`_lookup_of`): two
         #: keyed digests and two keys a token recurring does not pay for again. Pure functions
         #: of the ids and this state's key, so never stale; emptied when LOOKUPS are held.
-        self._lookups: dict[
-            tuple[str, str | None, str, str | None], tuple[bytes, bytes | None, str, str]
-        ] = {}
+        self._lookups: dict[tuple[str, str | None, str, str | None], Lookup] = {}
         #: The last feed entry id reflected ("0-0": none), the epoch and sequence seen.
         self.last_id = "0-0"
         self.epoch: str | None = None
@@ -105,54 +111,66 @@ class MirrorState:
 
     # --- the decision ------------------------------------------------------------------------
 
-    def _lookup_of(self, token: TokenData) -> tuple[bytes, bytes | None, str, str]:
-        """What ``token`` is looked up by: its jti's digest, its family's (None: no family),
-        its user watermark's key and its tenant's tag."""
+    def lookup_of(self, token: TokenData) -> Lookup:
+        """What ``token`` is looked up by (:data:`Lookup`)."""
         tag = tenant_tag(token.tenant)
         return (
             self.digest(token.jti.encode("utf-8", "surrogatepass")),
             None if token.family is None else self.digest(family_key(tag, token.family)),
             user_key(tag, token.sub),
-            tag,
+            None if token.tenant is None else tag,
+            to_us(token.iat),
         )
+
+    def admits(self, lookup: Lookup) -> bool:
+        """Whether nothing here revokes the token of ``lookup``: no revoked jti or family, and
+        issued after every watermark that applies (the common answer, without a mark string
+        per level). False: :meth:`status` says what does (``rules.decide``).
+
+        decide reads each watermark back to the same integer (keys.decode_mark of encode_mark)
+        and revokes only at or before the latest, so a token issued after all of them is
+        NOT_REVOKED there too. (A cut-off below 0 reads back as 0: max() keeps that; -1 stands
+        for "none".)"""
+        jti_digest, family_digest, user_watermark, tag, issued_us = lookup
+        if jti_digest in self.jtis or (
+            family_digest is not None and family_digest in self.families
+        ):
+            return False
+        latest = -1
+        user = self.users.get(user_watermark)
+        if user is not None:
+            latest = user & _TIME_MASK
+        if tag is not None:
+            tenant = self.tenants.get(tag)
+            if tenant is not None and tenant & _TIME_MASK > latest:
+                latest = tenant & _TIME_MASK
+        cutoff = self.global_cutoff
+        if cutoff is not None and max(cutoff, 0) > latest:
+            latest = max(cutoff, 0)
+        return latest < 0 or issued_us > latest
 
     def status(self, token: TokenData) -> RevocationStatus:
         """The round-trip check's decision for ``token`` (rules.decide on the same values)."""
         ids = (token.jti, token.tenant, token.sub, token.family)
         found = self._lookups.get(ids)
         if found is None:
-            found = self._lookup_of(token)
+            found = self.lookup_of(token)
             if len(self._lookups) >= LOOKUPS:
                 self._lookups.clear()
             self._lookups[ids] = found
-        jti_digest, family_digest, user_watermark, tag = found
-        jti = self.jtis.get(jti_digest)
-        family = family_digest is not None and family_digest in self.families
-        user = self.users.get(user_watermark)
-        tenant = self.tenants.get(tag) if token.tenant is not None else None
+        if self.admits(found):
+            return NOT_REVOKED
+        jti_digest, family_digest, user_watermark, tag, _ = found
         cutoff = self.global_cutoff
-        if jti is None and not family:
-            # The common answer, without a mark string per level: decide reads each watermark
-            # back to the same integer (keys.decode_mark of encode_mark) and revokes only at or
-            # before the latest, so a token issued after all of them is NOT_REVOKED there too.
-            # At or before one, decide itself says which level and when.
-            # (A cut-off below 0 reads back as 0: max() keeps that; -1 stands for "none".)
-            latest = -1
-            if user is not None:
-                latest = user & _TIME_MASK
-            if tenant is not None and tenant & _TIME_MASK > latest:
-                latest = tenant & _TIME_MASK
-            if cutoff is not None and max(cutoff, 0) > latest:
-                latest = max(cutoff, 0)
-            if latest < 0 or to_us(token.iat) > latest:
-                return NOT_REVOKED
         return decide(
             token.iat,
             (
-                _mark(jti),
-                _FAMILY_MARK if family else None,
-                _mark(user),
-                _mark(tenant),
+                _mark(self.jtis.get(jti_digest)),
+                _FAMILY_MARK
+                if family_digest is not None and family_digest in self.families
+                else None,
+                _mark(self.users.get(user_watermark)),
+                None if tag is None else _mark(self.tenants.get(tag)),
                 None if cutoff is None else encode_mark(cutoff),
             ),
         )
