@@ -228,3 +228,17 @@ def seed_sessions(
         pipe.execute_command("EXPIRE", keys.session_bucket(tenant_id, b), ttl)
     pipe.execute()
     return ids
+
+
+def run_job_inline(monkeypatch: Any, job_id: str) -> Any:
+    """Run a job as a worker would, in this process (``revoke_job``, which runs each chunk, with
+    the broker replaced by direct calls), and return its record (a ``jobs.JobRecord``)."""
+    from revoker import jobs, tasks
+    from revoker.worker import app
+
+    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(
+        tasks.revoke_chunk, "apply_async", lambda args, **kw: tasks.revoke_chunk(*args)
+    )
+    tasks.revoke_job(job_id)
+    return jobs.get_job(job_id)

@@ -257,6 +257,14 @@ def private_settings(**overrides: Any) -> Iterator[RevokerSettings]:
 
 
 @pytest.fixture
+def r() -> Iterator[redis.Redis]:
+    """A client of the test Redis (the job and expiry tests read and write its keys directly)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def settings() -> Iterator[RevokerSettings]:
     """Process-wide settings with a private key prefix; its keys are deleted afterwards."""
     with private_settings() as s:

@@ -9,7 +9,6 @@ Redis under the test's own prefix, as in ``tests/test_fanout_work.py``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import REDIS_URL, delete_prefix, make_settings
+from celery_helpers import run_job_inline
+from conftest import private_settings
 from revoker import jobs, tasks
 from revoker.keys import bucket_of_user, family_id_prefix, read_time
 from revoker.localredis import free_port
@@ -27,7 +27,6 @@ from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.tasks import buckets
 from revoker.tokens import decode_token, generate_jti
-from revoker.worker import app
 
 pytestmark = [pytest.mark.redis]
 
@@ -37,33 +36,13 @@ BUCKETS = 64
 @pytest.fixture
 def s() -> Iterator[RevokerSettings]:
     """Settings with a closed broker port (jobs run inline), 64 buckets and small chunks."""
-    settings = configure(
-        make_settings(
-            broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=BUCKETS,
-            chunk_size=100, max_redeliveries=3,
-        )
-    )  # fmt: skip
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    delete_prefix(client, settings.key_prefix)
-    client.close()
-
-
-@pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    """A client of the test Redis."""
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-def _run_inline(monkeypatch: pytest.MonkeyPatch, job_id: str) -> jobs.JobRecord:
-    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
-    monkeypatch.setattr(
-        tasks.revoke_chunk, "apply_async", lambda args, **kw: tasks.revoke_chunk(*args)
-    )
-    tasks.revoke_job(job_id)
-    return jobs.get_job(job_id)
+    with private_settings(
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+        session_buckets=BUCKETS,
+        chunk_size=100,
+        max_redeliveries=3,
+    ) as settings:
+        yield configure(settings)
 
 
 def _record(
@@ -166,7 +145,7 @@ def test_a_filtered_job_walks_only_its_clients_index(
     pair = start_session_sync("u3", tenant_id="walk", client_id="web", store=store)
     job_id = jobs.enqueue_tenant_revocation("walk", client_id="web", reason="r", actor="a")
     sources = _sources(monkeypatch)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert record.families_revoked == record.families_matched == len(web) + 1
     # 201 of the client's sessions in chunks of at least 100: 2, not the 4 of all 401 records.
@@ -196,7 +175,7 @@ def test_a_tenant_whose_index_is_not_known_complete_walks_every_record(
     web |= {fid for i, fid in enumerate(indexed) if i % 2 == 0}
     job_id = jobs.enqueue_tenant_revocation("old", client_id="web", reason="r", actor="a")
     sources = _sources(monkeypatch)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert record.families_revoked == len(web)
     assert set(sources) == {buckets.CHUNK_SCRIPT}
@@ -226,7 +205,7 @@ def test_an_entry_whose_record_is_gone_revokes_nothing_and_is_dropped(
     gone = ids[0]
     r.hdel(store.keys.session_bucket("orph", bucket_of_user("u0", BUCKETS)), gone)
     job_id = jobs.enqueue_tenant_revocation("orph", client_id="web", reason="r", actor="a")
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert record.families_revoked == len(ids) - 1
     assert r.hget(store.keys.family_revoked("orph", gone), gone) is None
@@ -242,7 +221,7 @@ def test_an_unfiltered_job_removes_the_index_with_the_records(
     ids = _record(r, store, "all", 300, users=30)
     job_id = jobs.enqueue_tenant_revocation("all", reason="r", actor="a")
     later = start_session_sync("u1", tenant_id="all", client_id="web", store=store)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert record.families_revoked == len(ids)
     assert _fields(r, store, "all") == {later.family_id}

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 import redis
 
-from conftest import REDIS_URL, delete_prefix, make_settings, private_settings
+from conftest import private_settings
 from revoker import jobs, tasks
 from revoker.exceptions import JobNotFound
 from revoker.keys import (
@@ -38,21 +38,10 @@ pytestmark = [pytest.mark.redis]
 @pytest.fixture
 def s() -> Iterator[RevokerSettings]:
     """Private prefix, 8 session buckets, a broker that is down; keys deleted afterwards."""
-    settings = configure(
-        make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=8)
-    )
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    delete_prefix(client, settings.key_prefix)
-    client.close()
-
-
-@pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    """A client of the test Redis."""
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
+    with private_settings(
+        broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=8
+    ) as settings:
+        yield configure(settings)
 
 
 def write_records(

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from celery_helpers import seed_sessions
-from conftest import REDIS_URL, delete_prefix, make_settings
+from celery_helpers import run_job_inline, seed_sessions
+from conftest import private_settings
 from revoker import jobs, tasks
 from revoker.exceptions import TokenRevoked
 from revoker.keys import bucket_of_user, family_bucket
@@ -29,7 +29,6 @@ from revoker.settings import RevokerSettings, configure
 from revoker.store import SyncRedisTokenRevocationStore, get_sync_revocation_store
 from revoker.tasks import buckets, fanout
 from revoker.tokens import decode_token
-from revoker.worker import app
 
 pytestmark = [pytest.mark.redis]
 
@@ -39,33 +38,13 @@ BUCKETS = 64
 @pytest.fixture
 def s() -> Iterator[RevokerSettings]:
     """Settings with a closed broker port (jobs run inline), 64 buckets and small chunks."""
-    settings = configure(
-        make_settings(
-            broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=BUCKETS,
-            chunk_size=100, max_redeliveries=3,
-        )
-    )  # fmt: skip
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    delete_prefix(client, settings.key_prefix)
-    client.close()
-
-
-@pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    """A client of the test Redis."""
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
-
-
-def _run_inline(monkeypatch: pytest.MonkeyPatch, job_id: str) -> jobs.JobRecord:
-    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
-    monkeypatch.setattr(
-        tasks.revoke_chunk, "apply_async", lambda args, **kw: tasks.revoke_chunk(*args)
-    )
-    tasks.revoke_job(job_id)
-    return jobs.get_job(job_id)
+    with private_settings(
+        broker_url=f"redis://127.0.0.1:{free_port()}/0",
+        session_buckets=BUCKETS,
+        chunk_size=100,
+        max_redeliveries=3,
+    ) as settings:
+        yield configure(settings)
 
 
 def _fields(r: redis.Redis, store: SyncRedisTokenRevocationStore, tenant: str) -> set[str]:
@@ -125,7 +104,7 @@ def test_unfiltered_tenant_job_writes_no_marks_and_counts_exactly(
     job_id = jobs.enqueue_tenant_revocation("acme", reason="breach", actor="ops")
     later = start_session_sync("u1", tenant_id="acme", store=store)  # after the watermark
     sent = _spy(monkeypatch, store)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     covered = {*seeded, *(p.family_id for p in pairs)}
     assert record.families_matched == record.families_revoked == len(covered)
@@ -161,7 +140,7 @@ def test_unfiltered_user_job_spares_bucket_neighbours(
     mine = [start_session_sync("alice", tenant_id="acme", store=store) for _ in range(4)]
     theirs = start_session_sync(neighbour, tenant_id="acme", store=store)
     job_id = jobs.enqueue_user_revocation("alice", tenant_id="acme", reason="r", actor="a")
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert (record.status, record.families_matched, record.families_revoked) == ("done", 4, 4)
     assert _marks(r, store, "acme") == 0
     assert _fields(r, store, "acme") == {theirs.family_id}
@@ -182,7 +161,7 @@ def test_filtered_job_keeps_per_session_marks(
     web = {fid for i, fid in enumerate(seeded) if i % 2 == 0}
     pair = start_session_sync("u1", tenant_id="acme", client_id="web", store=store)
     job_id = jobs.enqueue_tenant_revocation("acme", client_id="web", reason="r", actor="a")
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.families_matched == record.families_revoked == len(web) + 1
     assert _marks(r, store, "acme") == len(web) + 1
     assert _refused(store, pair.access_token) == "family"
@@ -212,7 +191,7 @@ def test_buckets_past_the_watch_cap_are_cleared_by_hdel(
             yield send
 
     monkeypatch.setattr(store, "bulk_exchange", spied)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.families_revoked == len(seeded)
     assert _fields(r, store, "cap") == set()
     chunks = record.chunks_total
@@ -230,7 +209,7 @@ def test_a_lost_watermark_makes_the_job_write_marks(
     pairs = [start_session_sync(f"u{i}", tenant_id="lost", store=store) for i in range(5)]
     job_id = jobs.enqueue_tenant_revocation("lost", reason="r", actor="a")
     r.delete(store.keys.tenant_watermark("lost"))
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.families_revoked == len(pairs)
     assert _marks(r, store, "lost") == len(pairs)
     assert all(_refused(store, pair.access_token) == "family" for pair in pairs)
@@ -253,7 +232,7 @@ def test_a_session_joining_a_covered_bucket_mid_chunk_is_kept(
         real(*args, **kwargs)
 
     monkeypatch.setattr(fanout, "clear_records", racing)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.families_revoked == len(seeded)
     assert joined
     assert _fields(r, store, "acme") == {joined[0]}
@@ -328,7 +307,7 @@ def test_a_counted_chunk_retries_its_failed_clean_up_itself(
 
     monkeypatch.setattr(fanout, "clear_records", failing_once)
     monkeypatch.setattr(tasks.revoke_chunk, "retry", no_retry)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert (record.status, record.families_matched, record.families_revoked) == ("done", 60, 60)
     assert len(calls) > 1
     assert _fields(r, store, "flaky") == set()
@@ -408,7 +387,7 @@ def test_filtered_job_selects_marks_and_deletes_in_redis(
     job_id = jobs.enqueue_tenant_revocation("srv", client_id="web", reason="r", actor="a")
     later = start_session_sync("u1", tenant_id="srv", client_id="web", store=store)
     sent = _spy(monkeypatch, store)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert record.families_matched == record.families_revoked == len(web)
     assert record.chunks_total > 1
@@ -540,7 +519,7 @@ def test_a_filtered_job_with_per_session_events_wanted_reads_its_records(
     emitted: list[bytes] = []
     monkeypatch.setattr(fanout, "emit_chunk_events", lambda _s, _r, ids: emitted.extend(ids))
     sent = _spy(monkeypatch, store)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.families_revoked == len(web)
     assert "EVALSHA" not in sent
     assert {fid.decode() for fid in emitted} == web

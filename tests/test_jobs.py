@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from celery_helpers import seed_sessions
+from celery_helpers import run_job_inline, seed_sessions
 from conftest import REDIS_URL, delete_prefix, make_settings
 from revoker import jobs, tasks
 from revoker.exceptions import DuplicateJob, InvalidIdentifier, JobNotFound, StoreUnavailable
@@ -55,14 +55,6 @@ def s() -> Iterator[RevokerSettings]:
     yield settings
     client = redis.Redis.from_url(REDIS_URL)
     delete_prefix(client, settings.key_prefix)
-    client.close()
-
-
-@pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    """A client of the test Redis."""
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
     client.close()
 
 
@@ -197,16 +189,6 @@ def test_poison_chunk_is_parked_after_max_redeliveries(s: RevokerSettings, r: re
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _run_inline(monkeypatch: pytest.MonkeyPatch, job_id: str) -> jobs.JobRecord:
-    """Run a job as a worker would, in this process: ``revoke_job``, which runs each chunk."""
-    monkeypatch.setattr(app, "producer_or_acquire", lambda *a, **kw: contextlib.nullcontext(None))
-    monkeypatch.setattr(
-        tasks.revoke_chunk, "apply_async", lambda args, **kw: tasks.revoke_chunk(*args)
-    )
-    tasks.revoke_job(job_id)
-    return jobs.get_job(job_id)
 
 
 def _sharing_a_bucket(user: str, buckets: int, count: int) -> list[str]:
@@ -680,7 +662,7 @@ def test_tenant_job_revokes_every_session_before_its_cutoff(
     other_tenant = start_session_sync("u1", tenant_id="globex", store=store)
     job_id = jobs.enqueue_tenant_revocation("acme", reason="breach", actor="ops")
     later = start_session_sync("u2", tenant_id="acme", store=store)  # after the cut-off
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert record.families_revoked == record.families_matched == len(seeded) + 3
     assert record.chunks_done == record.chunks_total
@@ -706,7 +688,7 @@ def test_user_job_revokes_only_that_user(
     elsewhere = start_session_sync("alice", tenant_id="globex", store=store)
     job_id = jobs.enqueue_user_revocation("alice", tenant_id="acme", reason="r", actor="a")
     later = start_session_sync("alice", tenant_id="acme", store=store)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert (record.status, record.chunks_total, record.families_revoked) == ("done", 1, 4)
     assert all(_check(store, pair.access_token) for pair in mine)
     assert _marked(r, store, "acme") == set()  # the user watermark refuses them
@@ -727,7 +709,7 @@ def test_filtered_job_revokes_only_the_matching_client(
     seeded = seed_sessions(r, s, "acme", 200, users=20, client_ids=("web", "ios", None))
     job_id = jobs.enqueue_tenant_revocation("acme", client_id="web", reason="r", actor="a")
     later = start_session_sync("u1", tenant_id="acme", client_id="web", store=store)
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     seeded_web = {fid for i, fid in enumerate(seeded) if i % 3 == 0}
     assert record.status == "done", record.error
     assert record.families_revoked == len(web) + len(seeded_web)
@@ -749,7 +731,7 @@ def test_dry_run_job_counts_and_changes_nothing(
     pair = start_session_sync("u1", tenant_id="acme", store=store)
     seeded = seed_sessions(r, s, "acme", 300, users=30)
     job_id = jobs.enqueue_tenant_revocation("acme", dry_run=True, reason="r", actor="a")
-    record = _run_inline(monkeypatch, job_id)
+    record = run_job_inline(monkeypatch, job_id)
     assert record.status == "done", record.error
     assert (record.families_matched, record.families_revoked) == (301, 0)
     assert _marked(r, store, "acme") == set()

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from celery_helpers import WorkerProcess, seed_sessions, start_beat, start_worker, worker_env
-from conftest import REDIS_URL, delete_prefix, make_settings
+from conftest import make_settings, private_settings
 from revoker import jobs, tasks
 from revoker.exceptions import ConfigurationError
 from revoker.job_record import JobRecord
@@ -43,20 +43,10 @@ MARGIN = 20.0
 @pytest.fixture
 def s() -> Iterator[RevokerSettings]:
     """Process-wide settings whose broker is down; the prefix's keys are deleted afterwards."""
-    settings = configure(
-        make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=BUCKETS)
-    )
-    yield settings
-    client = redis.Redis.from_url(REDIS_URL)
-    delete_prefix(client, settings.key_prefix)
-    client.close()
-
-
-@pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
+    with private_settings(
+        broker_url=f"redis://127.0.0.1:{free_port()}/0", session_buckets=BUCKETS
+    ) as settings:
+        yield configure(settings)
 
 
 def _filtered_job(tenant: str) -> str:

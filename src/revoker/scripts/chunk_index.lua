@@ -12,47 +12,12 @@
 --         chunk_buckets.lua; a bucket's cursor here is its index bucket's HSCAN cursor).
 -- KEYS[3 .. 2 + 3 * nb] per bucket, its client-index bucket, session bucket, revoked-mark bucket.
 -- KEYS[3 + 3 * nb], KEYS[4 + 3 * nb], if given: the integrity hash and the feed.
--- ARGV as chunk_buckets.lua's (ARGV[9]: index entries to examine in this call).
+-- KEYS[1], KEYS[2] and ARGV as chunk_buckets.lua's, in _chunk.lua (prepended; ARGV[9]: index
+-- entries to examine in this call).
 -- Returns {buckets finished (a prefix of the list), sessions revoked by this call, index entries
 -- examined by this call}.
-local MAX_TIME = 9007199254740991
-local progress, revoked_ids = KEYS[1], KEYS[2]
-local cutoff = tonumber(ARGV[1])
-local after = ARGV[4] ~= "" and tonumber(ARGV[4]) or nil
-local before = ARGV[5] ~= "" and tonumber(ARGV[5]) or nil
-local mark, mark_ttl, progress_ttl = ARGV[6], ARGV[7], ARGV[8]
-local budget, count, whole = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
-local nb = tonumber(ARGV[12])
 local integrity, feed = KEYS[3 + 3 * nb], KEYS[4 + 3 * nb]
 
--- The selection of chunk_buckets.lua, on the record (tests/test_format_parity.py holds both to
--- tasks.buckets.Selection).
-local function literal(part)
-  if part == "" then return "[^|]*" end
-  return (string.gsub(part, "%W", "%%%0"))
-end
-local covered = "^" .. literal(ARGV[2]) .. "|" .. literal(ARGV[3]) .. "|(%d+)|"
-local function in_range(at)
-  if at > MAX_TIME then at = MAX_TIME end
-  return at <= cutoff and (not after or at >= after) and (not before or at <= before)
-end
-
-local function escape_feed_id(id)
-  return (string.gsub(id, "[^A-Za-z0-9%-%._~@%+=!%$&'%(%)%*;]", function(c)
-    return string.format("%%%02X", string.byte(c))
-  end))
-end
-
-local function call_in_parts(command, key, values)
-  for i = 1, #values, 1000 do
-    redis.call(command, key, unpack(values, i, math.min(#values, i + 999)))
-  end
-end
-
-local numbers = {unpack(ARGV, 13, 12 + nb)}
-numbers[nb + 1] = "n"
-local states = redis.call("HMGET", progress, unpack(numbers))
-numbers[nb + 1] = nil
 local seen, revoked, finished = 0, 0, 0
 local pages, reached = {}, {}
 for j = 1, nb do
@@ -118,29 +83,5 @@ for j = 1, nb do
   if cursor == "d" and finished == j - 1 then finished = j end
   if seen >= budget then break end
 end
-reached[#reached + 1] = "n"
-reached[#reached + 1] = string.format("%d", tonumber(states[nb + 1] or "0") + revoked)
-call_in_parts("HSET", progress, reached)
-if not states[nb + 1] then redis.call("EXPIRE", progress, progress_ttl) end
-if revoked > 0 then
-  local all = {}
-  for p = 1, #pages do
-    for i = 1, #pages[p] do all[#all + 1] = pages[p][i] end
-  end
-  local appended = table.concat(all, " ") .. " "
-  if redis.call("APPEND", revoked_ids, appended) == #appended then
-    redis.call("EXPIRE", revoked_ids, progress_ttl)
-  end
-  if integrity then
-    local joined
-    if string.find(table.concat(all), "^[A-Za-z0-9%._%-]*$") then
-      joined = table.concat(all, ",")
-    else
-      local escaped = {}
-      for i = 1, #all do escaped[i] = escape_feed_id(all[i]) end
-      joined = table.concat(escaped, ",")
-    end
-    revoker_sequenced(integrity, feed, 13 + nb, joined)
-  end
-end
+record_step(reached, revoked, pages, integrity, feed)
 return {finished, revoked, seen}

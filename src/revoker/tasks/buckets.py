@@ -130,12 +130,15 @@ SCRIPT_SCAN_COUNT = 100
 #: as the last one finished (one more for a margin): naming buckets a call does not reach costs
 #: it their keys' arguments.
 SCRIPT_BUCKETS = 32
-#: ``_sequence.lua`` then ``chunk_buckets.lua``: the chunk's script, sequence bump and feed entry
-#: included (its source is what ``SCRIPT LOAD`` and EVALSHA name).
-CHUNK_SCRIPT = load_script("_sequence") + load_script("chunk_buckets")
-#: ``_sequence.lua`` then ``chunk_index.lua``: a client-filtered chunk walking the client index
-#: (keys, "The client index") instead of every record of its buckets.
-INDEX_SCRIPT = load_script("_sequence") + load_script("chunk_index")
+#: What both chunk scripts begin with: ``_sequence.lua`` (the sequence bump and feed entry), then
+#: ``_chunk.lua`` (their arguments, the selection and the step's end).
+_CHUNK_PRELUDE = load_script("_sequence") + load_script("_chunk")
+#: The prelude then ``chunk_buckets.lua``: the chunk's script (its source is what ``SCRIPT LOAD``
+#: and EVALSHA name).
+CHUNK_SCRIPT = _CHUNK_PRELUDE + load_script("chunk_buckets")
+#: The prelude then ``chunk_index.lua``: a client-filtered chunk walking the client index (keys,
+#: "The client index") instead of every record of its buckets.
+INDEX_SCRIPT = _CHUNK_PRELUDE + load_script("chunk_index")
 
 
 class Selection:
