@@ -152,6 +152,9 @@ OUT_OF_RANGE: list[tuple[str, bytes]] = [
     ("exp-year-10000", claims(exp=str(MAX_TIMESTAMP + 1).encode())),
     ("exp-20-digits", claims(exp=b"9" * 20)),
     ("iat-negative", claims(iat=b"-1e300")),
+    ("nbf-negative", claims(nbf=b"-1e300")),
+    ("nbf-below-zero", claims(nbf=b"-1")),
+    ("nbf-true", claims(nbf=b"true")),
 ]
 OUT_OF_RANGE_IDS = [case[0] for case in OUT_OF_RANGE]
 
@@ -213,7 +216,8 @@ def test_verifier_refuses_json_out_of_bounds(
 
 @pytest.mark.parametrize("payload", [c[1] for c in OUT_OF_RANGE], ids=OUT_OF_RANGE_IDS)
 def test_verifier_refuses_times_out_of_range(hs: RevokerSettings, payload: bytes) -> None:
-    """An exp or iat that no date can hold is InvalidClaim (it would break Redis TTLs, dates)."""
+    """An exp, iat or nbf that no date can hold is InvalidClaim (it would break Redis TTLs,
+    dates and introspection's integers)."""
     with pytest.raises(exc.InvalidClaim, match="out of range"):
         decode_token(sign(HEADER, payload), settings=hs)
 

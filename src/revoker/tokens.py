@@ -604,6 +604,11 @@ class TokenVerifier:
             raise exc.InvalidClaim("token exp must be a number")
         if not (0 <= iat <= MAX_TIMESTAMP and 0 <= exp <= MAX_TIMESTAMP):
             raise exc.InvalidClaim("token iat or exp is out of range")
+        # PyJWT refuses an nbf in the future but not one no date can hold (-1e300, or true):
+        # introspection reports nbf, so it gets the same bound as iat and exp.
+        nbf = payload.get("nbf")
+        if nbf is not None and (type(nbf) not in (int, float) or not 0 <= nbf <= MAX_TIMESTAMP):
+            raise exc.InvalidClaim("token nbf is not a number or is out of range")
         # Every value is of its field's exact type by now (checked above): built as
         # model_construct builds it, without pydantic validating each field again.
         return _construct_token_data(
