@@ -465,9 +465,9 @@ def encode_index_entry(created_us: int) -> str:
 
 
 def decode_index_entry(raw: bytes | str) -> int | None:
-    """The creation time a client-index entry holds (:func:`read_time`), None if unreadable
+    """The creation time a client-index entry holds (:func:`decode_time`), None if unreadable
     (such an entry selects nothing by time; its record decides)."""
-    return read_time(raw.encode(errors="replace") if isinstance(raw, str) else raw)
+    return decode_time(raw)
 
 
 def encode_index_since(since_us: int) -> str:
@@ -477,11 +477,9 @@ def encode_index_since(since_us: int) -> str:
 
 
 def decode_index_since(raw: bytes | str | None) -> int | None:
-    """The time a client-index marker holds (:func:`read_time`); None when there is none or it
+    """The time a client-index marker holds (:func:`decode_time`); None when there is none or it
     is unreadable: the index is then not known complete."""
-    if raw is None:
-        return None
-    return read_time(raw.encode(errors="replace") if isinstance(raw, str) else raw)
+    return decode_time(raw)
 
 
 # --- the change feed ---------------------------------------------------------------------------

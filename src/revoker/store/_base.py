@@ -782,9 +782,8 @@ class StoreCore:
         tenant, family, user = token.tenant, token.family, token.sub
         reuse_mark = rotation["reuse_mark"]
         # The user's bucket, not the family id's: a family id naming another bucket is unknown.
-        bucket = self.keys.session_bucket(
-            tenant, k.bucket_of_user(user, self.settings.session_buckets)
-        )
+        number = k.bucket_of_user(user, self.settings.session_buckets)
+        bucket = self.keys.session_bucket(tenant, number)
         keys = [
             bucket,
             self.keys.family_revoked(tenant, family),
@@ -802,11 +801,7 @@ class StoreCore:
         if token.client:
             # Last: the family's client-index bucket, written again by a rotation with the
             # bucket's TTL (keys, "The client index"), so the index outlives the session.
-            keys.append(
-                self.keys.client_index(
-                    tenant, token.client, k.bucket_of_user(user, self.settings.session_buckets)
-                )
-            )
+            keys.append(self.keys.client_index(tenant, token.client, number))
         args = [
             k.escape_part(token.jti),
             to_us(token.iat),

@@ -20,6 +20,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+from revoker import keys as k
 from revoker.bulk import BulkRevocation
 from revoker.exceptions import DuplicateJob, InvalidIdentifier, JobNotFound
 from revoker.job_record import ACTIVE_STATUSES, JobRecord, JobStatus
@@ -27,6 +28,8 @@ from revoker.store._base import Command, Plan, ScriptCall, StoreCore, _text
 
 __all__ = [
     "CHUNK_LISTS_PER_ROUND_TRIP",
+    "WALK_FIELD",
+    "WALK_INDEX",
     "Flow",
     "JobPlans",
     "JobProgress",
@@ -40,6 +43,12 @@ Flow = Generator[Plan[Any], Any, T]
 
 #: Chunk lists written per round trip when a job's plan is recorded.
 CHUNK_LISTS_PER_ROUND_TRIP: Final = 100
+
+
+#: The job record's field naming how its chunks walk (:meth:`JobPlans.plan_record_walk`), and
+#: its value for the client index.
+WALK_FIELD: Final = "walk"
+WALK_INDEX: Final = "index"
 
 
 def _none(_replies: list[Any]) -> None:
@@ -495,6 +504,38 @@ class JobPlans:
 
     def plan_hdel(self, key: bytes | str, fields: Sequence[bytes]) -> Plan[int]:
         return Plan([("HDEL", key, *fields)], lambda replies: int(replies[0]))
+
+    def plan_absent(self, key: bytes | str, fields: Sequence[bytes]) -> Plan[list[bytes]]:
+        """Which of ``fields`` the hash ``key`` holds no value for (a client-index entry whose
+        record is gone: the expiry's orphans)."""
+        return Plan(
+            [("HMGET", key, *fields)],
+            lambda replies: [f for f, v in zip(fields, replies[0], strict=True) if v is None],
+        )
+
+    # --- the client index (keys, "The client index") ---------------------------------------
+
+    def plan_index_since(self, tenant_id: str | None) -> Plan[int | None]:
+        """Since when the tenant's client index holds every session (its marker; None: none or
+        unreadable, so not known complete)."""
+        return Plan(
+            [("GET", self.keys.client_index_marker(tenant_id))],
+            lambda replies: k.decode_index_since(replies[0]),
+        )
+
+    def plan_record_walk(self, job_id: str, *, index: bool) -> Plan[None]:
+        """Keep how a job's chunks walk (the job record's ``walk`` field): the client index, or
+        (field absent) every record of their buckets. Decided once, when the chunks are planned."""
+        key = self.keys.job(job_id)
+        command = ("HSET", key, WALK_FIELD, WALK_INDEX) if index else ("HDEL", key, WALK_FIELD)
+        return Plan([command], _none)
+
+    def plan_walks_index(self, job_id: str) -> Plan[bool]:
+        """Whether the job's plan walks its client's index (:meth:`plan_record_walk`)."""
+        return Plan(
+            [("HGET", self.keys.job(job_id), WALK_FIELD)],
+            lambda replies: replies[0] is not None and _text(replies[0]) == WALK_INDEX,
+        )
 
 
 def _float(value: Any) -> float | None:

@@ -31,7 +31,7 @@ from revoker.job_record import JobRecord
 from revoker.rules import encode_mark, now_us, to_us
 from revoker.settings import RevokerSettings
 from revoker.store import Exchange, StoreCore, SyncRedisTokenRevocationStore
-from revoker.store._base import BACKEND_ERRORS, Plan, load_script
+from revoker.store._base import BACKEND_ERRORS, load_script
 from revoker.store._bulk import BulkScript, bulk_script
 
 __all__ = [
@@ -631,10 +631,8 @@ def walks_index(store: SyncRedisTokenRevocationStore, record: JobRecord) -> bool
     bucket) and an unfiltered one walk the records."""
     if record.kind != "tenant" or record.client_id is None:
         return False
-    raw = store.execute(
-        Plan([("GET", store.keys.client_index_marker(record.tenant_id))], lambda r: r[0])
-    )
-    return store.core.lifetimes.index_complete(k.decode_index_since(raw), time.time())
+    since = store.execute(store.jobs.plan_index_since(record.tenant_id))
+    return store.core.lifetimes.index_complete(since, time.time())
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from revoker import keys as k
 from revoker.job_record import FINISHED_STATUSES
 from revoker.store import SyncRedisTokenRevocationStore
-from revoker.store._base import Plan
 from revoker.tasks._state import context, task
 from revoker.tasks.buckets import SCAN_FIELDS
 from revoker.worker import BEAT_EXPIRE_SECONDS
@@ -153,10 +152,7 @@ def _prune_index(store: SyncRedisTokenRevocationStore, part: tuple[int, int] = (
             cursor, page = store.hscan(key, cursor, count=SCAN_FIELDS)
             fids = list(page)
             if fids:
-                records = store.execute(
-                    Plan([("HMGET", sessions, *fids)], lambda replies: list(replies[0]))
-                )
-                gone = [fid for fid, record in zip(fids, records, strict=True) if record is None]
+                gone = store.execute(store.jobs.plan_absent(sessions, fids))
                 if gone:
                     pruned += store.execute(store.jobs.plan_hdel(key, gone))
             if not cursor:

@@ -61,7 +61,6 @@ from revoker.job_record import JobRecord
 from revoker.metrics import JOB_CHUNKS_PARKED
 from revoker.rules import now_us
 from revoker.store import SyncRedisTokenRevocationStore
-from revoker.store._base import Plan
 from revoker.tasks._state import (
     context,
     count_chunk,
@@ -91,28 +90,12 @@ with requires_extra("worker", __name__):
     from celery import Task
     from celery.exceptions import Ignore
 
-__all__ = [
-    "CLEANUP_PATIENCE",
-    "COUNT_BATCH",
-    "WALK_FIELD",
-    "plan_chunks",
-    "revoke_chunk",
-    "revoke_job",
-]
+__all__ = ["CLEANUP_PATIENCE", "COUNT_BATCH", "plan_chunks", "revoke_chunk", "revoke_job"]
 
 log = logging.getLogger("revoker.tasks")
 
 #: Buckets counted (HLEN, O(1) each) per round trip while a tenant job plans its chunks.
 COUNT_BATCH = 1_000
-
-
-def _none(_replies: list[Any]) -> None:
-    return None
-
-
-#: The job record's field naming how its chunks walk: ``index`` (the client index, see
-#: ``buckets.walks_index``), absent for every record of the buckets.
-WALK_FIELD = "walk"
 
 
 def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
@@ -136,9 +119,7 @@ def plan_chunks(store: SyncRedisTokenRevocationStore, record: JobRecord) -> int:
         index = walks_index(store, record)
         # Before the chunk lists: the plan is used only once recorded whole (snapshot), and a
         # replanned job records its decision again.
-        job = keys.job(record.id)
-        decision = ("HSET", job, WALK_FIELD, "index") if index else ("HDEL", job, WALK_FIELD)
-        store.execute(Plan([decision], _none))
+        store.execute(store.jobs.plan_record_walk(record.id, index=index))
         with store.bulk_exchange() as exchange:
             for start in range(0, settings.session_buckets, COUNT_BATCH):
                 numbers = range(start, min(settings.session_buckets, start + COUNT_BATCH))
@@ -251,10 +232,8 @@ def revoke_chunk(self: Task, job_id: str, chunk: int) -> dict[str, Any]:
                 # The marks are the enforcement (a filtered job): selected, marked and deleted
                 # in Redis, a few buckets per atomic step (tasks.buckets.revoke_server_side),
                 # through the client index where the job's plan walks it.
-                walk = store.execute(
-                    Plan([("HGET", store.keys.job(job_id), WALK_FIELD)], lambda r: r[0])
-                )
-                index_client = record.client_id if walk in (b"index", "index") else None
+                walks = store.execute(store.jobs.plan_walks_index(job_id))
+                index_client = record.client_id if walks else None
                 done = revoke_server_side(
                     bulk, store, record, chunk, buckets, job_selection(record), job_mark(record),
                     duty_cycle=settings.fanout_duty_cycle, index_client=index_client,
