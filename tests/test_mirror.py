@@ -201,8 +201,9 @@ async def test_the_warm_path_asks_the_mirror_as_it_is_now(
     mirror_settings: RevokerSettings, stopped: None
 ) -> None:
     """check_now answers a cached token from the fresh mirror without a round trip, and
-    remembers no answer: once a revocation is applied it leaves the token to check (which
-    refuses it); a token not cached, or a mirror not fresh, is check's too."""
+    remembers an answer only for the state version it was given at: once a revocation is
+    applied it leaves the token to check (which refuses it); a token not cached, or a mirror
+    not fresh, is check's too."""
     store = CountingStore(settings=mirror_settings)
     checker = RevocationChecker(store, settings=mirror_settings)
     mirror = await ready(checker)

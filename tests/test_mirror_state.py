@@ -211,3 +211,31 @@ def test_remembered_lookups_never_hide_a_later_revocation() -> None:
         state.status(token(jti=f"j{n}"))
     assert len(state._lookups) <= LOOKUPS
     assert state.status(checked).rule == "jti"
+
+
+def test_every_change_a_check_reads_takes_a_new_version() -> None:
+    """A jti, family, user, tenant or global entry applied, and a sweep that forgets something,
+    each give the state a version never seen before (the warm path's memo is only valid at the
+    version it admitted a token at); a sweep that forgets nothing keeps it; two states never
+    share one."""
+    state = MirrorState()
+    seen = {state.version, MirrorState(state.key).version}
+    assert len(seen) == 2
+    changes = [
+        entry("jti", ids=["j-gone"], value_us=5, expires=int(NOW) + 2),
+        entry("family", tenant_id="acme", ids=["3.f"], value_us=5, expires=LATER),
+        entry("user", tenant_id="acme", ids=["sam"], value_us=5, expires=LATER),
+        entry("tenant", tenant_id="acme", value_us=5, expires=LATER),
+        entry("global", value_us=5),
+    ]
+    for change in changes:
+        before = state.version
+        assert state.apply(change, NOW)  # type: ignore[arg-type]
+        assert state.version != before
+        assert state.version not in seen
+        seen.add(state.version)
+    unchanged = state.version
+    assert state.sweep(NOW) == 0
+    assert state.version == unchanged
+    assert state.sweep(NOW + 10) == 1  # the jti's expiry passed
+    assert state.version not in seen

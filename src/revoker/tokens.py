@@ -298,7 +298,8 @@ class CachedToken:
 
     ``memo`` belongs to the per-request check (:mod:`revoker.check`): what it would otherwise
     compute again on every request with this exact token (a pure function of the claims and
-    of its owner's key, which the memo names). Never a revocation answer."""
+    of its owner's key, which the memo names), and the mirror state version at which the token
+    was last admitted: an answer only for that exact version, never for a later one."""
 
     __slots__ = ("data", "exp", "memo", "typ")
 

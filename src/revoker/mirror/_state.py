@@ -19,6 +19,7 @@ Memory (the process's RSS, measured by ``bench/mirror.py``):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 from collections.abc import Iterable
 from typing import Final, TypeAlias
@@ -39,6 +40,9 @@ _FAMILY_MARK: Final = b"|"
 LOOKUPS: Final = 1024
 #: Bytes per dict entry beyond its key and value objects (table slot and index; CPython 3.11).
 _DICT_ENTRY: Final = 40
+#: Version numbers: every state takes one when made and another at each change (never reused,
+#: across states too), so a version names one state as it was at one moment.
+_VERSIONS: Final = itertools.count(1)
 
 #: What a token is looked up by: its jti's digest, its family's (None: no family), its user
 #: watermark's key, its tenant's tag (None: no tenant) and its iat in µs. A pure function of
@@ -80,6 +84,7 @@ class MirrorState:
         "seq",
         "tenants",
         "users",
+        "version",
     )
 
     def __init__(self, key: bytes | None = None) -> None:
@@ -102,6 +107,9 @@ class MirrorState:
         self.last_id = "0-0"
         self.epoch: str | None = None
         self.seq = 0
+        #: Changes with anything a check reads here (:data:`_VERSIONS`): a check that admitted
+        #: a token at this version would admit it again (check.RevocationChecker.check_now).
+        self.version = next(_VERSIONS)
 
     def digest(self, data: bytes) -> bytes:
         """The keyed digest of ``data``."""
@@ -185,18 +193,20 @@ class MirrorState:
             at_us = min(at_us, old & _TIME_MASK) if at_us else old & _TIME_MASK
             expires = max(expires, old >> _TIME_BITS)
         self.jtis[digest] = _pack(at_us, expires)
+        self.version = next(_VERSIONS)
 
     def add_family(self, tag: str, family_id: str) -> None:
         self.families.add(self.digest(family_key(tag, family_id)))
+        self.version = next(_VERSIONS)
 
-    @staticmethod
-    def _raise(table: dict[str, int], key: str, at_us: int, expires: int) -> None:
+    def _raise(self, table: dict[str, int], key: str, at_us: int, expires: int) -> None:
         """A watermark only moves forward (set_watermark.lua keeps the later one)."""
         old = table.get(key)
         if old is not None:
             at_us = max(at_us, old & _TIME_MASK)
             expires = max(expires, old >> _TIME_BITS)
         table[key] = _pack(at_us, expires)
+        self.version = next(_VERSIONS)
 
     def add_user(self, tag: str, user_id: str, at_us: int, expires: int) -> None:
         self._raise(self.users, user_key(tag, user_id), at_us, expires)
@@ -206,6 +216,7 @@ class MirrorState:
 
     def add_global(self, at_us: int) -> None:
         self.global_cutoff = at_us if self.global_cutoff is None else max(at_us, self.global_cutoff)
+        self.version = next(_VERSIONS)
 
     def apply(self, entry: FeedEntry, now: float) -> bool:
         """Apply one feed entry; False for an ``epoch`` entry (the mirror must resync instead).
@@ -245,6 +256,8 @@ class MirrorState:
             for key in expired:
                 del table[key]
             gone += len(expired)
+        if gone:
+            self.version = next(_VERSIONS)
         return gone
 
     # --- size --------------------------------------------------------------------------------
