@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import struct
 import sys
 from array import array
 from bisect import bisect_left
@@ -51,7 +52,8 @@ HASH_KEYED: Final[bool] = (
     and sys.hash_info.algorithm.startswith("siphash")
     and sys.hash_info.width == 64
 )
-#: Bits of a digest that name its group (implied, not stored).
+#: Bits of a digest that name its group (implied, not stored; DigestSet.__contains__ has them as
+#: literals).
 _GROUP_BITS: Final = 16
 _GROUPS: Final = 1 << _GROUP_BITS
 _GROUP_SHIFT: Final = 64 - _GROUP_BITS
@@ -116,9 +118,13 @@ class Digester:
             yield from_bytes(hasher.digest(), "little", signed=True)
 
 
+#: A digest's 8 bytes, little-endian (struct.error: not a signed 64-bit int).
+_PACK: Final = struct.Struct("<q").pack
+
+
 def _suffix(digest: int) -> bytes:
     """The stored part of ``digest``: its low 48 bits, little-endian."""
-    return digest.to_bytes(DIGEST_SIZE, "little", signed=True)[:_STORED]
+    return _PACK(digest)[:_STORED]
 
 
 class DigestSet:
@@ -142,19 +148,19 @@ class DigestSet:
         if digest in self._recent:
             return True
         index = self._index
-        if index is None or type(digest) is not int:
+        if index is None:
+            return False
+        try:
+            suffix = _PACK(digest)[:6]  # _STORED bytes (literals: the hot path)
+        except struct.error:  # not a signed 64-bit int: never added
             return False
         # The top 16 bits as unsigned (>> is arithmetic: the mask makes a negative's right).
-        group = (digest >> _GROUP_SHIFT) & (_GROUPS - 1)
-        start, end = index[group] * _STORED, index[group + 1] * _STORED
+        group = (digest >> 48) & 0xFFFF  # type: ignore[operator]
+        start, end = index[group] * 6, index[group + 1] * 6
         buffer = self._buffer
-        try:
-            suffix = digest.to_bytes(DIGEST_SIZE, "little", signed=True)[:_STORED]
-        except OverflowError:  # not a digest: never added
-            return False
         at = buffer.find(suffix, start, end)
         while at >= 0:
-            if at % _STORED == 0:  # a match straddling two entries is no match
+            if at % 6 == 0:  # a match straddling two entries is no match
                 return True
             at = buffer.find(suffix, at + 1, end)
         return False
