@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterator
 from itertools import pairwise
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from revoker.keys import decode_feed_entry, encode_feed_entry, encode_mark
-from revoker.mirror._digests import MERGE_AT, Digester, DigestSet, DigestSetBuilder
+from revoker.mirror._digests import _BATCH, MERGE_AT, Digester, DigestSet, DigestSetBuilder
 from revoker.mirror._state import LOOKUPS, MirrorState, StateBuilder
 from revoker.rules import decide
 from revoker.tokens import TokenData
@@ -126,6 +127,8 @@ def test_a_build_groups_every_digest_by_its_top_16_bits() -> None:
         builder.add_all(iter(values[at : at + 7_000]))
     builder.add_all(values[:10])  # duplicates
     assert len(builder) == len(values) + 10
+    assert len(builder._pending) < _BATCH
+    builder.add_all(iter(values[:0]))
     built = builder.build()
     assert len(builder) == 0
     index = built._index
@@ -143,6 +146,25 @@ def test_a_build_groups_every_digest_by_its_top_16_bits() -> None:
             group, set()
         )
     assert all(v in built for v in values)
+
+
+def test_a_builder_holds_at_most_a_batch_of_ints() -> None:
+    """However many digests one call hands in (a generator of 100,000), the builder holds at
+    most one batch of them as ints; all are found after the build."""
+    values = random_digests(100_000)
+    builder = DigestSetBuilder()
+    seen = []
+
+    def handed() -> Iterator[int]:
+        for value in values:
+            seen.append(len(builder._pending))
+            yield value
+
+    builder.add_all(handed())
+    assert max(seen) < _BATCH
+    built = builder.build()
+    assert len(built) == len(values)
+    assert all(v in built for v in values[::97])
 
 
 def test_families_cost_about_6_bytes_each() -> None:

@@ -37,7 +37,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from itertools import accumulate, repeat
+from itertools import accumulate, islice, repeat
 from operator import add
 from typing import Any, Final
 
@@ -83,7 +83,8 @@ _LITTLE: Final = sys.byteorder == "little"
 class Digester:
     """The mirror's keyed 64-bit digests (module docstring): ``hash`` of ``prefix`` + data when
     :data:`HASH_KEYED` (or ``keyed``), else BLAKE2b keyed by ``prefix``, of 8 bytes, read as a
-    signed little-endian int. Both give ints in ``hash``'s range (signed 64-bit)."""
+    signed little-endian int. Both give ints in ``hash``'s range (signed 64-bit; ``hash`` never
+    gives -1 but -2 in its place, which doubles one value's odds and changes no rate)."""
 
     __slots__ = ("_blake", "keyed", "prefix")
 
@@ -254,9 +255,14 @@ class DigestSetBuilder:
 
     def add_all(self, digests: Iterable[int]) -> None:
         """Add each of ``digests`` (signed 64-bit ints, as :class:`Digester` makes them)."""
-        pending = self._pending
-        pending.extend(digests)
-        if len(pending) >= _BATCH:
+        items = iter(digests)
+        while True:
+            # At most a batch at a time, whatever the caller hands in: the ints held and the
+            # GIL held by one sort stay bounded.
+            pending = self._pending
+            pending.extend(islice(items, _BATCH - len(pending)))
+            if len(pending) < _BATCH:
+                return
             self._flush()
 
     def _flush(self) -> None:
