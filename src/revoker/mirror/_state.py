@@ -8,15 +8,15 @@ keys exist and with what time", never "what that means".
 Memory (the process's RSS, measured by ``bench/mirror.py``):
 
 * a revoked family is a 64-bit keyed digest (:class:`~revoker.mirror._digests.Digester`) of
-  its tenant tag and id in a :class:`~revoker.mirror._digests.DigestSet` (~6.3 B each at a
-  million). Its revocation time and reason are not kept (a token of a revoked family is revoked
-  whatever they are): a family decision reports no ``revoked_at``;
+  its tenant tag and id in a :class:`~revoker.mirror._digests.DigestSet` (6.26 B held each at
+  a million, ~7.2 B of RSS). Its revocation time and reason are not kept (a token of a revoked
+  family is revoked whatever they are): a family decision reports no ``revoked_at``;
 * a revoked jti is a dict entry from its digest (an int) to one int packing the revocation time
-  (µs) and the expiry (unix s), forgotten once the expiry passed (:meth:`MirrorState.sweep`).
+  (µs) and the expiry (unix s), forgotten once the expiry passed (:meth:`MirrorState.sweep`);
+* user and tenant watermarks and the global cut-off: a dict entry each (they are few).
 
 A digest collision (~5e-14 per lookup at a million families) can only make a live token look
 revoked, never admit a revoked one: what is held is what revokes.
-* user and tenant watermarks and the global cut-off: a dict entry each (they are few).
 """
 
 from __future__ import annotations
