@@ -7,25 +7,27 @@ keys exist and with what time", never "what that means".
 
 Memory (the process's RSS, measured by ``bench/mirror.py``):
 
-* a revoked family is a 16-byte keyed digest of its tenant tag and id in a
-  :class:`~revoker.mirror._digests.DigestSet` (~14.3 B each at a million). Its revocation time and
-  reason are not kept (a token of a revoked family is revoked whatever they are): a family
-  decision reports no ``revoked_at``;
-* a revoked jti is a dict entry from its digest to one int packing the revocation time (µs) and
-  the expiry (unix s), forgotten once the expiry passed (:meth:`MirrorState.sweep`);
+* a revoked family is a 64-bit keyed digest (:class:`~revoker.mirror._digests.Digester`) of
+  its tenant tag and id in a :class:`~revoker.mirror._digests.DigestSet` (6.26 B held each at
+  a million, ~7.2 B of RSS). Its revocation time and reason are not kept (a token of a revoked
+  family is revoked whatever they are): a family decision reports no ``revoked_at``;
+* a revoked jti is a dict entry from its digest (an int) to one int packing the revocation time
+  (µs) and the expiry (unix s), forgotten once the expiry passed (:meth:`MirrorState.sweep`);
 * user and tenant watermarks and the global cut-off: a dict entry each (they are few).
+
+A digest collision (~5e-14 per lookup at a million families) can only make a live token look
+revoked, never admit a revoked one: what is held is what revokes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import secrets
 from collections.abc import Iterable
 from typing import Final, TypeAlias
 
 from revoker.keys import FeedEntry, encode_mark, tenant_tag
-from revoker.mirror._digests import DIGEST_SIZE, DigestSet, DigestSetBuilder
+from revoker.mirror._digests import HASH_KEYED, Digester, DigestSet, DigestSetBuilder
 from revoker.rules import NOT_REVOKED, RevocationStatus, decide, to_us
 from revoker.tokens import TokenData
 
@@ -43,11 +45,14 @@ _DICT_ENTRY: Final = 40
 #: Version numbers: every state takes one when made and another at each change (never reused,
 #: across states too), so a version names one state as it was at one moment.
 _VERSIONS: Final = itertools.count(1)
+#: A digest's int (``sys.getsizeof``: 3 digits of 30 bits, as 15 in 16 digests need) and a
+#: packed value's (an expiry above 53 bits of time: 3 digits too).
+_INT: Final = 36
 
 #: What a token is looked up by: its jti's digest, its family's (None: no family), its user
 #: watermark's key, its tenant's tag (None: no tenant) and its iat in µs. A pure function of
 #: the token's ids and the state's key: a token recurring does not pay for it again.
-Lookup: TypeAlias = tuple[bytes, bytes | None, str, str | None, int]
+Lookup: TypeAlias = tuple[int, int | None, str, str | None, int]
 
 
 def family_key(tag: str, family_id: str) -> bytes:
@@ -73,7 +78,7 @@ class MirrorState:
     """Revoked jtis and families, watermarks, and the feed position they reflect."""
 
     __slots__ = (
-        "_hasher",
+        "_digester",
         "_lookups",
         "epoch",
         "families",
@@ -87,14 +92,16 @@ class MirrorState:
         "version",
     )
 
-    def __init__(self, key: bytes | None = None) -> None:
-        #: The digests' key. Keyed per process: nobody can craft ids whose digests collide
-        #: here. A :data:`Lookup` made by a state is valid for every state of the same key.
+    def __init__(self, key: bytes | None = None, *, keyed: bool = HASH_KEYED) -> None:
+        #: The digests' key (the :class:`Digester`'s prefix). Random per mirror: nobody can
+        #: craft ids whose digests collide here. A :data:`Lookup` made by a state is valid for
+        #: every state of the same key (``keyed``, the digest's kind, is the process's own:
+        #: :data:`HASH_KEYED`; tests choose it).
         self.key = key or secrets.token_bytes(16)
-        self._hasher = hashlib.blake2b(digest_size=DIGEST_SIZE, key=self.key)
+        self._digester = Digester(self.key, keyed=keyed)
         self.families = DigestSet()
         #: digest of the jti -> packed (expiry, revocation time).
-        self.jtis: dict[bytes, int] = {}
+        self.jtis: dict[int, int] = {}
         #: user_key -> packed (expiry, watermark); tenant tag -> the same.
         self.users: dict[str, int] = {}
         self.tenants: dict[str, int] = {}
@@ -111,20 +118,19 @@ class MirrorState:
         #: a token at this version would admit it again (check.RevocationChecker.check_now).
         self.version = next(_VERSIONS)
 
-    def digest(self, data: bytes) -> bytes:
+    def digest(self, data: bytes) -> int:
         """The keyed digest of ``data``."""
-        hasher = self._hasher.copy()
-        hasher.update(data)
-        return hasher.digest()
+        return self._digester.of(data)
 
     # --- the decision ------------------------------------------------------------------------
 
     def lookup_of(self, token: TokenData) -> Lookup:
         """What ``token`` is looked up by (:data:`Lookup`)."""
         tag = tenant_tag(token.tenant)
+        of = self._digester.of
         return (
-            self.digest(token.jti.encode("utf-8", "surrogatepass")),
-            None if token.family is None else self.digest(family_key(tag, token.family)),
+            of(token.jti.encode("utf-8", "surrogatepass")),
+            None if token.family is None else of(family_key(tag, token.family)),
             user_key(tag, token.sub),
             None if token.tenant is None else tag,
             to_us(token.iat),
@@ -275,7 +281,7 @@ class MirrorState:
     @property
     def nbytes(self) -> int:
         """An estimate of the bytes held (the families exactly; dict entries by their parts)."""
-        jti = len(self.jtis) * (_DICT_ENTRY + DIGEST_SIZE + 33 + 36)
+        jti = len(self.jtis) * (_DICT_ENTRY + _INT + _INT)
         users = sum(len(k) + 49 + 36 + _DICT_ENTRY for k in self.users)
         tenants = sum(len(k) + 49 + 36 + _DICT_ENTRY for k in self.tenants)
         return self.families.nbytes + jti + users + tenants
@@ -284,8 +290,8 @@ class MirrorState:
 class StateBuilder:
     """Builds a state from a snapshot's rows without an object per revoked family."""
 
-    def __init__(self, key: bytes | None = None) -> None:
-        self.state = MirrorState(key)
+    def __init__(self, key: bytes | None = None, *, keyed: bool = HASH_KEYED) -> None:
+        self.state = MirrorState(key, keyed=keyed)
         self._families = DigestSetBuilder()
 
     def add_families(self, tag: str, family_ids: Iterable[str]) -> None:
@@ -296,10 +302,9 @@ class StateBuilder:
 
     def add_family_fields(self, tag: str, fields: Iterable[bytes]) -> None:
         """Revoked families of the tenant ``tag`` as their mark buckets name them (each field is
-        the id's UTF-8 bytes: the digest is :func:`family_key`'s, without a string per id)."""
-        base = self.state._hasher.copy()
-        base.update(f"{tag}\0".encode())
-        self._families.add_hashed(base, fields)
+        the id's UTF-8 bytes: the digest is :func:`family_key`'s, without a string per id, and
+        with ``hash``, without a Python frame per id)."""
+        self._families.add_all(self.state._digester.of_all(f"{tag}\0".encode(), fields))
 
     def build(self) -> MirrorState:
         self._families.finish_into(self.state.families)
