@@ -120,6 +120,10 @@ class Round:
     during: list[float] = field(default_factory=list)  # check latencies (s) during the fan-out
     idle: list[float] = field(default_factory=list)  # check latencies (s) before it
     check_errors: int = 0
+    #: The same for a check in REVOKER_CHECK_MODE=mirror (another process, same tokens).
+    mirror_during: list[float] = field(default_factory=list)
+    mirror_idle: list[float] = field(default_factory=list)
+    mirror_errors: int = 0
     worker_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
     bytes_per_session: float = 0.0
@@ -176,6 +180,11 @@ class Round:
     def p99_ratio(self) -> float:
         """The check's p99 during the fan-out over its p99 just before it."""
         return percentile(self.during, 0.99) / percentile(self.idle, 0.99)
+
+    @property
+    def mirror_p99_ratio(self) -> float:
+        """The same for the mirror-mode check."""
+        return percentile(self.mirror_during, 0.99) / percentile(self.mirror_idle, 0.99)
 
     @property
     def write_commands_per_s(self) -> float:
@@ -413,7 +422,8 @@ def worker_cpu(worker: WorkerProcess) -> float:
 
 
 def _checker_main(config_path: str) -> None:
-    """Run ``store.is_revoked`` at CHECK_RATE until SIGTERM; print the samples as JSON."""
+    """Run a check at CHECK_RATE until SIGTERM (``store.is_revoked``, or in mirror mode what the
+    middleware runs); print the samples as JSON."""
     config = json.loads(Path(config_path).read_text())
     # A service runs on its own machine, not on the workers' cores: a higher priority keeps the
     # checker's own CPU-scheduling delays out of the latencies (root may raise it; others can't).
@@ -435,6 +445,19 @@ async def _check_loop(config: dict[str, Any]) -> None:
     store = RedisTokenRevocationStore(settings=settings)
     # The middleware caches verified tokens; what is measured here is the Redis round trip.
     tokens = [decode_token(t, settings=settings) for t in config["tokens"]]
+    mirrored = config.get("mode") == "mirror"
+    checker = None
+    if mirrored:
+        from revoker.check import RevocationChecker
+
+        mirror_settings = settings.model_copy(update={"check_mode": "mirror"})
+        checker = RevocationChecker(store, settings=mirror_settings)
+        for text in config["tokens"]:  # the verify cache warm, as in a serving process
+            await checker.check(text)
+        mirror = checker.mirror()
+        assert mirror is not None
+        async with asyncio.timeout(120):
+            await mirror.wait_ready()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     samples: list[Sample] = []
@@ -449,27 +472,41 @@ async def _check_loop(config: dict[str, Any]) -> None:
             await asyncio.sleep(next_at - now)
         next_at += interval
         token = tokens[i % len(tokens)]
+        text = config["tokens"][i % len(tokens)]
         i += 1
         wall = time.time()
         started = time.perf_counter()
         try:
-            status = await store.is_revoked(token)
+            if checker is not None:
+                # The middleware's path: the warm answer, else the whole check.
+                result = checker.check_now(text) or await checker.check(text)
+                if result.store_error is not None:
+                    errors += 1
+                    continue
+                revoked = False  # check() raises TokenRevoked
+            else:
+                revoked = (await store.is_revoked(token)).revoked
         except StoreUnavailable:
             errors += 1
             continue
         samples.append((wall, time.perf_counter() - started))
-        if status.revoked:
+        if revoked:
             raise RuntimeError("a checker token was revoked: the benchmark is misconfigured")
+    if checker is not None:
+        await checker.aclose()
     await store.aclose()
     print(json.dumps({"samples": samples, "errors": errors}), flush=True)
 
 
 @contextlib.contextmanager
-def steady_checker(redis_url: str, tokens: list[str], workdir: Path) -> Iterator[dict[str, Any]]:
-    """Run the checker process for the ``with`` block; the yielded dict gets its results."""
-    config_path = workdir / "checker-config.json"
+def steady_checker(
+    redis_url: str, tokens: list[str], workdir: Path, mode: str = "redis"
+) -> Iterator[dict[str, Any]]:
+    """Run the checker process (``mode``: REVOKER_CHECK_MODE) for the ``with`` block; the
+    yielded dict gets its results."""
+    config_path = workdir / f"checker-config-{mode}.json"
     config_path.write_text(
-        json.dumps({"redis_url": redis_url, "tokens": tokens, "rate": CHECK_RATE})
+        json.dumps({"redis_url": redis_url, "tokens": tokens, "rate": CHECK_RATE, "mode": mode})
     )
     env = clean_env({"PYTHONPATH": str(Path(__file__).resolve().parent)})
     process = subprocess.Popen(
@@ -566,7 +603,10 @@ def one_round(
         ]
         worker = start_worker(worker_env(settings), concurrency=workers)
         try:
-            with steady_checker(data.url, checked, workdir) as checks:
+            with (
+                steady_checker(data.url, checked, workdir) as checks,
+                steady_checker(data.url, checked, workdir, "mirror") as mirror_checks,
+            ):
                 time.sleep(2.0)  # baseline samples of the check before any fan-out
                 small_ms, small_job = first_401_ms(
                     server,
@@ -618,6 +658,7 @@ def one_round(
             if calls != calls_before.get(name, (0, 0))[0]
         }
         samples: list[Sample] = checks["samples"]
+        mirror_samples: list[Sample] = mirror_checks["samples"]
         TIMELINES.append(timeline(workers, window_start, samples, record))  # for bench/plots.py
         return Round(
             kind=kind,
@@ -635,6 +676,11 @@ def one_round(
             # The 2 s before the job: after the small tenant's job, nothing else running.
             idle=[lat for at, lat in samples if window_start - 2.0 <= at < window_start],
             check_errors=int(checks["errors"]),
+            mirror_during=[lat for at, lat in mirror_samples if window_start <= at <= window_end],
+            mirror_idle=[
+                lat for at, lat in mirror_samples if window_start - 2.0 <= at < window_start
+            ],
+            mirror_errors=int(mirror_checks["errors"]),
             worker_cpu_s=worker_seconds,
             redis_cpu_s=redis_seconds,
             bytes_per_session=per_session,
@@ -797,6 +843,8 @@ def report(
                 f"{percentile(r.idle, 0.5) * 1000:.2f} / {percentile(r.idle, 0.99) * 1000:.2f}",
                 f"{percentile(r.during, 0.5) * 1000:.2f} / {percentile(r.during, 0.99) * 1000:.2f}",
                 f"{r.p99_ratio:.2f}",
+                f"{percentile(r.mirror_idle, 0.99) * 1e6:.0f} / "
+                f"{percentile(r.mirror_during, 0.99) * 1e6:.0f} ({r.mirror_p99_ratio:.2f}x)",
                 f"{r.check_errors}",
                 f"{r.worker_cpu_s / r.sessions * 1e6:.1f}",
                 f"{r.redis_cpu_s / r.sessions * 1e6:.1f}",
@@ -808,7 +856,8 @@ def report(
             "job", "sessions walked", "sessions revoked", "enqueue → done s", "sessions/s",
             "marks written/s", "redis-benchmark SET/s (same run, just before)",
             "marks written / redis-benchmark SET", "check p50 / p99 ms before",
-            "check p50 / p99 ms during", "p99 during / before", "check errors",
+            "check p50 / p99 ms during", "p99 during / before",
+            "mirror-mode check p99 µs before / during", "check errors",
             "worker CPU µs/session", "Redis CPU µs/session", "enforcement ms, 10 / all sessions",
         ],
         rows,
@@ -831,6 +880,9 @@ def report(
     read_floor_us = median([r.read_cpu_per_session for r in walked]) * 1e6
     read_ceiling = median([1 / (2 * r.read_cpu_per_session * r.benchmark_rate) for r in walked])
     p99_during = max(percentile(r.during, 0.99) for r in rounds) * 1000
+    mirror_ratio = max(r.mirror_p99_ratio for r in main)
+    mirror_during = max(percentile(r.mirror_during, 0.99) for r in main) * 1e6
+    mirror_vs_trip = mirror_during / 1e6 / min(percentile(r.idle, 0.99) for r in main)
     enforcement_small = max(r.enforcement_small_ms for r in rounds)
     enforcement_big = max(r.enforcement_big_ms for r in unfiltered)
     memory = median([r.bytes_per_session for r in rounds])
@@ -857,6 +909,10 @@ def report(
              " / ".join(f"{r.wall_s:.2f} s" for r in paced), "", ""],
             ["(context) check p99 during the fan-out (worst round)", f"{p99_during:.2f} ms", "",
              ""],
+            ["(context) REVOKER_CHECK_MODE=mirror: the check's p99 during / just before "
+             "(worst round: µs, so a scheduler time slice moves it), and its worst p99 during "
+             "over the round-trip check's best p99 before",
+             f"{mirror_ratio:.2f}x ({mirror_during:.0f} µs); {mirror_vs_trip:.2f}", "", ""],
             ["(context) Redis CPU to read each record once (HGETALL alone), per session walked; "
              "the marks/s ratio it leaves even if selecting, marking and deleting were free "
              "(one Redis core: 1 / (2 * that * redis-benchmark SET/s))",
@@ -918,6 +974,9 @@ the checks' latency.
 A separate process (at nice -10 where permitted, as a service would not share the workers'
 cores) calls `store.is_revoked` {CHECK_RATE} times a second on the same Redis throughout
 ("before" = the 2 s before the job with nothing else running, "during" = enqueue to done).
+A second one does the same with `REVOKER_CHECK_MODE=mirror` (the middleware's path, the verify
+cache warm: `check_now`, else `check`): its mirror reads no Redis per check but follows the feed,
+so every chunk's revocations reach it while it checks.
 Enforcement (unfiltered jobs): a uvicorn service with `TokenRevocationMiddleware` is polled over
 one keep-alive connection from the moment `enqueue` returns until it answers 401.
 
