@@ -22,7 +22,7 @@ from revoker.keys import bucket_of_user, family_id_prefix
 from revoker.localredis import LocalRedis
 from revoker.mirror import Mirror, stop_mirrors
 from revoker.settings import RevokerSettings
-from revoker.store import RedisTokenRevocationStore
+from revoker.store import RedisTokenRevocationStore, SyncRedisTokenRevocationStore
 from revoker.tokens import create_access_token, decode_token
 
 pytestmark = pytest.mark.redis
@@ -227,6 +227,49 @@ async def test_the_warm_path_asks_the_mirror_as_it_is_now(
     assert checker.check_now(token) is None
     assert await decision(checker, token) == (True, "user")
     await store.aclose()
+
+
+def test_a_second_loop_of_the_same_thread_never_reads_the_first_loops_mirror(
+    mirror_settings: RevokerSettings,
+) -> None:
+    """A mirror whose task ended (stopped with its loop) answers no check; a checker then used
+    by another loop of the same thread (asyncio.run again) does not take the old mirror's
+    answer for a token revoked in between, and follows the feed in a mirror of its own."""
+    checker = RevocationChecker(settings=mirror_settings)
+    token = issue(mirror_settings, "ann", tenant_id="acme")
+
+    async def first() -> Mirror:
+        store = RedisTokenRevocationStore(settings=mirror_settings)
+        checker._store = store  # this loop's store, closed with it
+        await checker.check(token)
+        mirror = await ready(checker)
+        assert checker.check_now(token) is not None
+        await mirror.stop()  # as a lifespan's shutdown does
+        assert mirror.fresh_state is None
+        assert checker.check_now(token) is None
+        await store.aclose()
+        return mirror
+
+    old = asyncio.run(first())
+    sync_store = SyncRedisTokenRevocationStore(settings=mirror_settings)
+    sync_store.revoke_user_tokens("ann", tenant_id="acme")
+    sync_store.close()
+
+    async def second() -> None:
+        store = RedisTokenRevocationStore(settings=mirror_settings)
+        checker._store = store
+        assert checker.check_now(token) is None
+        assert await decision(checker, token) == (True, "user")
+        mirror = checker.mirror()
+        assert mirror is not None
+        assert mirror is not old
+        await ready(checker)
+        assert checker.check_now(token) is None  # the new mirror has the watermark
+        assert await decision(checker, token) == (True, "user")
+        await stop_mirrors()
+        await store.aclose()
+
+    asyncio.run(second())
 
 
 def test_a_mirror_is_fresh_only_while_synced_within_the_lag_and_not_fail_closed() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -142,9 +143,11 @@ class RevocationChecker:
         self._error_open = CHECKS.counting("error_open")
         self._error_closed = CHECKS.counting("error_closed")
         self.mode = self.settings.check_mode
-        # The running loop's mirror, looked up once per loop (mirror mode only).
+        # The running loop's mirror, looked up once per loop (mirror mode only), and the thread
+        # that loop runs in.
         self._mirror: Mirror | None = None
         self._mirror_loop: asyncio.AbstractEventLoop | None = None
+        self._mirror_thread: int | None = None
         self._to_redis = MIRROR_FALLBACKS.labels("redis")
         self._to_stale = MIRROR_FALLBACKS.labels("stale")
 
@@ -158,6 +161,7 @@ class RevocationChecker:
 
             self._mirror = get_mirror(self.settings, self._store)
             self._mirror_loop = loop
+            self._mirror_thread = threading.get_ident()
         return self._mirror
 
     async def aclose(self) -> None:
@@ -188,13 +192,16 @@ class RevocationChecker:
         changed, and otherwise costs one integer comparison (no dictionary or digest touched:
         in a busy server, those reads miss the CPU's caches)."""
         mirror = self._mirror
-        if mirror is None or self._mirror_loop is not asyncio.get_running_loop():
+        # The mirror's loop, told by its thread: asyncio.get_running_loop() makes a getpid()
+        # system call each time. A thread runs another loop only once this one is gone, and
+        # the loop's end stops its mirror's task, which ends its freshness (fresh_state None).
+        if mirror is None or self._mirror_thread != threading.get_ident():
             return None
         entry = self.verifier.cached_entry(token)
         if entry is None:
             return None
-        state = mirror.state
-        if time.monotonic() > mirror.fresh_until or state is None:
+        state = mirror.fresh_state
+        if state is None or time.monotonic() > mirror.fresh_until:
             return None
         memo = entry.memo
         if memo is None or memo[0] is not state.key:

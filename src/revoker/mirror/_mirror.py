@@ -121,6 +121,9 @@ class Mirror:
         #: a state is synced and the integrity state is not fail-closed, else -inf. Kept by the
         #: four properties below, so that a check's freshness test is one comparison.
         self.fresh_until = -math.inf
+        #: The state while it may answer checks (until fresh_until), else None: what the warm
+        #: path reads (a plain attribute: a property costs it a call per request).
+        self.fresh_state: MirrorState | None = None
         self._state: MirrorState | None = None
         self._synced = False
         self._fresh_at = -math.inf
@@ -142,6 +145,7 @@ class Mirror:
     def _bound(self) -> None:
         fresh = self._state is not None and self._synced and self._integrity_state != "fail-closed"
         self.fresh_until = self._fresh_at + self.max_lag if fresh else -math.inf
+        self.fresh_state = self._state if self.fresh_until > -math.inf else None
 
     @property
     def state(self) -> MirrorState | None:
@@ -274,6 +278,15 @@ class Mirror:
     # --- the follower --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._follow_until_stopped()
+        finally:
+            # Stopped or cancelled (its loop shut down): nothing keeps the state current, so it
+            # answers no check from now on (another loop of the same thread gets its own mirror:
+            # check.RevocationChecker.check_now tells loops apart by their thread).
+            self.fresh_at = -math.inf
+
+    async def _follow_until_stopped(self) -> None:
         delay = _RETRY_FIRST
         reason = "start" if self.state is None else "restart"
         while not self._stopping:
