@@ -87,6 +87,8 @@ SESSIONS_PER_USER = 4
 CHECKED_SESSIONS = 200
 #: Steady per-request checks per second during the fan-out (a lightly loaded service).
 CHECK_RATE = 500
+#: redis-benchmark's SETs while the checker measures the load's effect on its p99 (~2-4 s).
+LOAD_REQUESTS = 1_500_000
 #: Sessions written per pipelined batch while populating.
 POPULATE_BATCH = 2_000
 #: Sessions whose records carry a rotation's fields, for their memory per session (written
@@ -124,6 +126,11 @@ class Round:
     mirror_during: list[float] = field(default_factory=list)
     mirror_idle: list[float] = field(default_factory=list)
     mirror_errors: int = 0
+    #: The same round-trip check while redis-benchmark (the marks' baseline, LOAD_REQUESTS
+    #: SETs) loads the same Redis after the job, and in the 2 s before that: what a load with
+    #: no revoker in it does to the check's p99 on this host.
+    load_during: list[float] = field(default_factory=list)
+    load_idle: list[float] = field(default_factory=list)
     worker_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
     bytes_per_session: float = 0.0
@@ -185,6 +192,11 @@ class Round:
     def mirror_p99_ratio(self) -> float:
         """The same for the mirror-mode check."""
         return percentile(self.mirror_during, 0.99) / percentile(self.mirror_idle, 0.99)
+
+    @property
+    def load_p99_ratio(self) -> float:
+        """The check's p99 under redis-benchmark's load over its p99 just before it."""
+        return percentile(self.load_during, 0.99) / percentile(self.load_idle, 0.99)
 
     @property
     def write_commands_per_s(self) -> float:
@@ -647,6 +659,12 @@ def one_round(
                     worker_seconds = worker_cpu(worker) - cpu_before
                     redis_seconds = redis_cpu(client) - redis_cpu_before
                     calls_after = command_calls(client)
+                    # The host's floor for the ratio: the same checker, the job done, while
+                    # the marks' baseline (redis-benchmark) loads the same Redis.
+                    time.sleep(2.0)
+                    load_start = time.time()
+                    redis_benchmark(data.port, LOAD_REQUESTS)
+                    load_end = time.time()
         finally:
             worker.stop()
         if record.status != "done":
@@ -687,6 +705,8 @@ def one_round(
                 lat for at, lat in mirror_samples if window_start - 2.0 <= at < window_start
             ],
             mirror_errors=int(mirror_checks["errors"]),
+            load_during=[lat for at, lat in samples if load_start <= at <= load_end],
+            load_idle=[lat for at, lat in samples if load_start - 2.0 <= at < load_start],
             worker_cpu_s=worker_seconds,
             redis_cpu_s=redis_seconds,
             bytes_per_session=per_session,
@@ -849,6 +869,7 @@ def report(
                 f"{percentile(r.idle, 0.5) * 1000:.2f} / {percentile(r.idle, 0.99) * 1000:.2f}",
                 f"{percentile(r.during, 0.5) * 1000:.2f} / {percentile(r.during, 0.99) * 1000:.2f}",
                 f"{r.p99_ratio:.2f}",
+                f"{r.load_p99_ratio:.2f}",
                 f"{percentile(r.mirror_idle, 0.99) * 1e6:.0f} / "
                 f"{percentile(r.mirror_during, 0.99) * 1e6:.0f} ({r.mirror_p99_ratio:.2f}x)",
                 f"{r.check_errors}",
@@ -863,6 +884,7 @@ def report(
             "marks written/s", "redis-benchmark SET/s (same run, just before)",
             "marks written / redis-benchmark SET", "check p50 / p99 ms before",
             "check p50 / p99 ms during", "p99 during / before",
+            "p99 under redis-benchmark / before",
             "mirror-mode check p99 µs before / during", "check errors",
             "worker CPU µs/session", "Redis CPU µs/session", "enforcement ms, 10 / all sessions",
         ],
@@ -886,6 +908,7 @@ def report(
     read_floor_us = median([r.read_cpu_per_session for r in walked]) * 1e6
     read_ceiling = median([1 / (2 * r.read_cpu_per_session * r.benchmark_rate) for r in walked])
     p99_during = max(percentile(r.during, 0.99) for r in rounds) * 1000
+    load_ratios = [r.load_p99_ratio for r in rounds]
     mirror_ratio = max(r.mirror_p99_ratio for r in main)
     mirror_during = max(percentile(r.mirror_during, 0.99) for r in main) * 1e6
     mirror_vs_trip = mirror_during / 1e6 / min(percentile(r.idle, 0.99) for r in main)
@@ -905,6 +928,11 @@ def report(
              f"{walked_ratio:.2f}", "", ""],
             ["check p99 during a fan-out / just before it (worst round, unpaced)",
              f"{worst_ratio:.2f}", "≤ 1.5", _verdict(worst_ratio <= 1.5)],
+            ["(context) the same check's p99 while redis-benchmark's SETs (the marks' baseline) "
+             "load the same Redis, over its p99 just before (worst / median round): a load "
+             "with no revoker in it, on the same host",
+             f"{max(load_ratios):.2f} / {median(load_ratios):.2f}", "≤ 1.5",
+             _verdict(max(load_ratios) <= 1.5)],
             ["the same, REVOKER_FANOUT_ADAPTIVE_PACING (worst adaptive round)",
              f"{adaptive_ratio:.2f}", "≤ 1.5", _verdict(adaptive_ratio <= 1.5)],
             ["adaptive jobs, enqueue → done (unfiltered / filtered through the index)",
@@ -980,6 +1008,9 @@ the checks' latency.
 A separate process (at nice -10 where permitted, as a service would not share the workers'
 cores) calls `store.is_revoked` {CHECK_RATE} times a second on the same Redis throughout
 ("before" = the 2 s before the job with nothing else running, "during" = enqueue to done).
+After the job, the same checker measures the host's floor for that ratio: its p99 while
+`redis-benchmark -P 64 -c 1 -t set -n {fmt(LOAD_REQUESTS)}` (the marks' baseline, no revoker in
+it) loads the same Redis, over its p99 in the 2 s before ("p99 under redis-benchmark / before").
 A second one (at the default priority, from the "before" window on) does the same with
 `REVOKER_CHECK_MODE=mirror` (the middleware's path, the verify cache warm: `check_now`, else
 `check`): its mirror reads no Redis per check but follows the feed, so every chunk's revocations
